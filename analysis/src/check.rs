@@ -1,0 +1,644 @@
+//! The detectors: one pass per key (keys are checked in parallel), one detector per
+//! anomaly of the spec, each leaving a compact [`Finding`] with the operations that
+//! prove it and, for stale reads and non-converged entries, the likely [`CauseKind`].
+//!
+//! Every definition here follows `shared/spec/history.md` word for word; the property
+//! test in `tests/` holds this code against a brute-force reading of the same text.
+
+use crate::model::{History, Op, Outcome, Val, INIT, NONE};
+use coherence_store::OpKind;
+use rayon::prelude::*;
+use rustc_hash::{FxHashMap, FxHashSet};
+use serde::Serialize;
+
+/// The anomalies of the spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AnomalyKind {
+    /// A read returned a version older than one acknowledged more than Δ before it began.
+    StaleRead,
+    /// A read returned a value no write produced.
+    PhantomRead,
+    /// Two writes tied to the same key and version.
+    VersionFork,
+    /// An acknowledged write missing from the database's final state.
+    LostWrite,
+    /// A process read an older version after a newer one.
+    MonotonicRead,
+    /// A process read a version older than its own acknowledged write.
+    ReadYourWrites,
+    /// After the final phase a cache node disagreed with the database.
+    NonConvergence,
+}
+
+impl AnomalyKind {
+    /// All of them, in the order of the spec.
+    pub const ALL: [AnomalyKind; 7] = [
+        AnomalyKind::StaleRead,
+        AnomalyKind::PhantomRead,
+        AnomalyKind::VersionFork,
+        AnomalyKind::LostWrite,
+        AnomalyKind::MonotonicRead,
+        AnomalyKind::ReadYourWrites,
+        AnomalyKind::NonConvergence,
+    ];
+
+    /// The spec's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyKind::StaleRead => "stale-read",
+            AnomalyKind::PhantomRead => "phantom-read",
+            AnomalyKind::VersionFork => "version-fork",
+            AnomalyKind::LostWrite => "lost-write",
+            AnomalyKind::MonotonicRead => "monotonic-read",
+            AnomalyKind::ReadYourWrites => "read-your-writes",
+            AnomalyKind::NonConvergence => "non-convergence",
+        }
+    }
+}
+
+/// The likely cause of a stale read or a non-converged entry, as the history shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CauseKind {
+    /// A fill of the old version completed after the newer write was acknowledged.
+    FillRace,
+    /// The read was served by a replica.
+    ReplicaRead,
+    /// The node had been promoted by a failover.
+    FailoverPromoted,
+    /// The node was invalidated, but only after the read.
+    LateInvalidation,
+    /// No invalidation of the node followed the newer write.
+    LostInvalidation,
+    /// A database read served by another database node than the one that took the write.
+    DatabaseReplicaLag,
+    /// The cache holds a version the database no longer has.
+    DatabaseLostWrite,
+    /// A nemesis fault was active, and nothing more specific shows.
+    FaultActive,
+    /// The node was invalidated after the write and no fill of the old value shows.
+    Unexplained,
+}
+
+impl CauseKind {
+    /// The name used in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            CauseKind::FillRace => "fill-race",
+            CauseKind::ReplicaRead => "replica-read",
+            CauseKind::FailoverPromoted => "failover-promoted",
+            CauseKind::LateInvalidation => "late-invalidation",
+            CauseKind::LostInvalidation => "lost-invalidation",
+            CauseKind::DatabaseReplicaLag => "database-replica-lag",
+            CauseKind::DatabaseLostWrite => "database-lost-write",
+            CauseKind::FaultActive => "fault-active",
+            CauseKind::Unexplained => "unexplained",
+        }
+    }
+}
+
+/// Why a read is a phantom.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PhantomWhy {
+    /// No write of the key has that id (nor is it `"init"` at version 0).
+    NoSuchWrite,
+    /// The write failed.
+    FailedWrite,
+    /// The write was acknowledged with another version.
+    WrongVersion,
+}
+
+/// A cause with the events that show it.
+#[derive(Debug, Clone, Copy)]
+pub struct Cause {
+    /// What it was.
+    pub kind: CauseKind,
+    /// The op that shows it (a fill), or [`NONE`].
+    pub op: u32,
+    /// An event index that shows it (an invalidation, a failover, a fault), or `u64::MAX`.
+    pub event: u64,
+}
+
+/// One anomaly, compactly: what the detectors found before it is explained.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    /// Which anomaly.
+    pub kind: AnomalyKind,
+    /// Interned key.
+    pub key: u32,
+    /// The offending op: the read (stale, phantom, monotonic, read-your-writes), the
+    /// final read (non-convergence), the ok write (lost-write), the first write (fork).
+    pub op: u32,
+    /// The other op of the proof: the newer write (stale), the earlier read (monotonic),
+    /// the process's own write (read-your-writes), the write whose id was read
+    /// (phantom), the final database read (lost-write, non-convergence), the second
+    /// write (fork); [`NONE`] when there is none.
+    pub other: u32,
+    /// A third op: the read that tied an info write to a version (fork), the earliest
+    /// acknowledged newer write (non-convergence), or [`NONE`].
+    pub extra: u32,
+    /// The version at stake (fork: the forked version; others: the version read).
+    pub version: i64,
+    /// Staleness in ns (stale reads).
+    pub staleness: u64,
+    /// Phantom reads: why.
+    pub phantom: Option<PhantomWhy>,
+    /// Stale reads and non-convergence: the likely cause.
+    pub cause: Option<Cause>,
+}
+
+impl Finding {
+    fn new(kind: AnomalyKind, key: u32, op: u32) -> Finding {
+        Finding {
+            kind,
+            key,
+            op,
+            other: NONE,
+            extra: NONE,
+            version: 0,
+            staleness: 0,
+            phantom: None,
+            cause: None,
+        }
+    }
+}
+
+/// A fault interval of the nemesis.
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// The `f` that opened it.
+    pub f: String,
+    /// Index and time of the opening event.
+    pub start: (u64, u64),
+    /// Index and time of the closing event (`None`: never closed).
+    pub end: Option<(u64, u64)>,
+}
+
+/// What every key's check needs to know of the whole history.
+pub struct Context<'h> {
+    /// The history.
+    pub history: &'h History,
+    /// Δ in ns.
+    pub bound: u64,
+    /// Failovers: index, time, promoted node (interned, or NONE if not a known node).
+    pub promotions: Vec<(u64, u64, u32)>,
+    /// Nemesis fault intervals.
+    pub faults: Vec<Fault>,
+}
+
+impl<'h> Context<'h> {
+    /// Gathers failovers and fault intervals from the nemesis events.
+    pub fn new(history: &'h History, bound: u64) -> Context<'h> {
+        let mut promotions = Vec::new();
+        let mut faults: Vec<Fault> = Vec::new();
+        for ev in history.standalone.iter().filter(|e| e.actor == "nemesis") {
+            if ev.f.contains("failover") {
+                let promoted = ev
+                    .value
+                    .as_deref()
+                    .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+                    .and_then(|v| v.get("promoted").and_then(|p| p.as_str().map(String::from)));
+                let node = promoted
+                    .and_then(|p| history.nodes.get(&p))
+                    .unwrap_or(NONE);
+                promotions.push((ev.index, ev.time, node));
+            }
+            if let Some(closer) = closing_f(&ev.f) {
+                for fault in faults.iter_mut().filter(|f| f.end.is_none()) {
+                    if closer == "*" || opening_of(&fault.f) == closer {
+                        fault.end = Some((ev.index, ev.time));
+                        if closer != "*" {
+                            break;
+                        }
+                    }
+                }
+            } else if is_opening(&ev.f) {
+                faults.push(Fault {
+                    f: ev.f.clone(),
+                    start: (ev.index, ev.time),
+                    end: None,
+                });
+            }
+        }
+        Context {
+            history,
+            bound,
+            promotions,
+            faults,
+        }
+    }
+
+    /// A fault active at some time in `[from, to]`.
+    pub fn fault_during(&self, from: u64, to: u64) -> Option<&Fault> {
+        self.faults
+            .iter()
+            .find(|f| f.start.1 <= to && f.end.is_none_or(|e| e.1 >= from))
+    }
+}
+
+/// For a closing nemesis `f`, the key that matches its opener.
+fn closing_f(f: &str) -> Option<String> {
+    if let Some(rest) = f.strip_prefix("stop-") {
+        return Some(rest.to_string());
+    }
+    match f {
+        "restart" => Some("kill".into()),
+        "resume" => Some("pause".into()),
+        "heal" => Some("*".into()),
+        _ => None,
+    }
+}
+
+fn is_opening(f: &str) -> bool {
+    f.starts_with("start-") || matches!(f, "kill" | "pause")
+}
+
+fn opening_of(f: &str) -> String {
+    f.strip_prefix("start-").unwrap_or(f).to_string()
+}
+
+/// Everything the per-key passes found.
+#[derive(Debug, Default)]
+pub struct Findings {
+    /// All anomalies, sorted by kind, then by the offending op's index.
+    pub findings: Vec<Finding>,
+    /// Staleness (ns, 0 when fresh) of every ok read and db-read that returned a value.
+    pub staleness: Vec<u64>,
+    /// Keys with ok writes but no ok db-final-read (lost-write undecidable there).
+    pub keys_without_final: u64,
+    /// Final reads after the final phase whose key has no db-final-read.
+    pub final_reads_undecided: u64,
+    /// Final reads after the final phase.
+    pub final_reads: u64,
+}
+
+/// Runs every detector on every key, in parallel.
+pub fn check(ctx: &Context<'_>) -> Findings {
+    let h = ctx.history;
+    let parts: Vec<Findings> = (0..h.keys.len() as u32)
+        .into_par_iter()
+        .with_min_len(16)
+        .map(|key| check_key(ctx, key))
+        .collect();
+    let mut all = Findings::default();
+    for mut part in parts {
+        all.findings.append(&mut part.findings);
+        all.staleness.append(&mut part.staleness);
+        all.keys_without_final += part.keys_without_final;
+        all.final_reads_undecided += part.final_reads_undecided;
+        all.final_reads += part.final_reads;
+    }
+    all.findings
+        .sort_by_key(|f| (f.kind, h.ops[f.op as usize].invoke_index, f.other));
+    all
+}
+
+#[derive(Clone, Copy)]
+enum WriteState {
+    Ok { version: i64, op: u32 },
+    Info { op: u32 },
+    Fail { op: u32 },
+}
+
+#[derive(Default, Clone, Copy)]
+struct Session {
+    /// Highest version read so far, and the op that read it.
+    read: Option<(i64, u32)>,
+    /// Highest version written (ok) so far, and the write op.
+    written: Option<(i64, u32)>,
+}
+
+/// The per-key pass.
+fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
+    let h = ctx.history;
+    let ops = &h.key_ops[key as usize];
+    let mut out = Findings::default();
+
+    // Writes: acknowledged ones by version, and the state of every write id.
+    let mut acked: Vec<(i64, u64, u32)> = Vec::new(); // (version, complete time, op)
+    let mut states: FxHashMap<u32, WriteState> = FxHashMap::default();
+    for &id in ops {
+        let op = &h.ops[id as usize];
+        if op.kind != OpKind::Write {
+            continue;
+        }
+        let Some(val) = op.value else { continue };
+        match op.outcome {
+            Outcome::Ok => {
+                acked.push((val.version, op.complete_time, id));
+                states.insert(
+                    val.write,
+                    WriteState::Ok {
+                        version: val.version,
+                        op: id,
+                    },
+                );
+            }
+            Outcome::Info => {
+                states.entry(val.write).or_insert(WriteState::Info { op: id });
+            }
+            Outcome::Fail => {
+                states.entry(val.write).or_insert(WriteState::Fail { op: id });
+            }
+        }
+    }
+    acked.sort_unstable();
+    let init_in_force = !acked.iter().any(|a| a.0 == 0);
+    // suffix[i]: the earliest acknowledgement among acked[i..], and its op.
+    let mut suffix: Vec<(u64, u32)> = vec![(u64::MAX, NONE); acked.len() + 1];
+    for i in (0..acked.len()).rev() {
+        suffix[i] = suffix[i + 1].min((acked[i].1, acked[i].2));
+    }
+    let newer_than = |v: i64| -> (u64, u32) {
+        let pos = acked.partition_point(|a| a.0 <= v);
+        suffix[pos]
+    };
+
+    // Versions tied to write ids, for forks: (version) -> [(write id, write op, read op)].
+    let mut ties: FxHashMap<i64, Vec<(u32, u32, u32)>> = FxHashMap::default();
+    let mut tie = |version: i64, write: u32, op: u32, read: u32| {
+        let list = ties.entry(version).or_default();
+        if !list.iter().any(|t| t.0 == write) {
+            list.push((write, op, read));
+        }
+    };
+    for &(version, _, op) in &acked {
+        tie(version, h.ops[op as usize].value.map_or(NONE, |v| v.write), op, NONE);
+    }
+    if init_in_force {
+        tie(0, INIT, NONE, NONE);
+    }
+
+    let final_value = h.finals[key as usize].as_ref();
+    let final_phase_index = ctx.history.final_phase.map(|f| f.0);
+    let mut sessions: FxHashMap<u32, Session> = FxHashMap::default();
+    let info_tie = |val: Val, read: u32, tie: &mut dyn FnMut(i64, u32, u32, u32)| {
+        if let Some(WriteState::Info { op }) = states.get(&val.write) {
+            tie(val.version, val.write, *op, read);
+        }
+    };
+
+    for &id in ops {
+        let op = &h.ops[id as usize];
+        if op.kind == OpKind::Write && op.outcome == Outcome::Ok {
+            if let Some(val) = op.value {
+                let s = sessions.entry(op.process).or_default();
+                if s.written.is_none_or(|w| val.version > w.0) {
+                    s.written = Some((val.version, id));
+                }
+            }
+            continue;
+        }
+        if op.outcome != Outcome::Ok {
+            continue;
+        }
+        let reads_value = matches!(
+            op.kind,
+            OpKind::Read | OpKind::DbRead | OpKind::FinalRead | OpKind::DbFinalRead
+        );
+        if !reads_value {
+            continue;
+        }
+        let Some(val) = op.value else { continue }; // a miss
+        info_tie(val, id, &mut tie);
+        if op.kind == OpKind::DbFinalRead {
+            if let Some(log) = final_value.filter(|f| f.op == id).and_then(|f| f.log.as_ref()) {
+                for &entry in log {
+                    info_tie(entry, id, &mut tie);
+                }
+            }
+            continue;
+        }
+
+        // phantom-read
+        let phantom = if val.write == INIT {
+            (!init_in_force || val.version != 0).then_some((PhantomWhy::WrongVersion, NONE))
+        } else {
+            match states.get(&val.write) {
+                None => Some((PhantomWhy::NoSuchWrite, NONE)),
+                Some(WriteState::Fail { op }) => Some((PhantomWhy::FailedWrite, *op)),
+                Some(WriteState::Ok { version, op }) if *version != val.version => {
+                    Some((PhantomWhy::WrongVersion, *op))
+                }
+                _ => None,
+            }
+        };
+        if let Some((why, write_op)) = phantom {
+            let mut f = Finding::new(AnomalyKind::PhantomRead, key, id);
+            f.other = write_op;
+            f.version = val.version;
+            f.phantom = Some(why);
+            out.findings.push(f);
+        }
+
+        if op.kind == OpKind::FinalRead {
+            if final_phase_index.is_some_and(|fp| op.invoke_index > fp) {
+                out.final_reads += 1;
+                match final_value {
+                    None => out.final_reads_undecided += 1,
+                    Some(fin) if fin.value != val => {
+                        let mut f = Finding::new(AnomalyKind::NonConvergence, key, id);
+                        f.other = fin.op;
+                        f.version = val.version;
+                        let (_, newer) = newer_than(val.version);
+                        f.extra = newer;
+                        f.cause = Some(if val.version > fin.value.version {
+                            Cause {
+                                kind: CauseKind::DatabaseLostWrite,
+                                op: NONE,
+                                event: u64::MAX,
+                            }
+                        } else {
+                            cache_cause(ctx, key, op, val, newer)
+                        });
+                        out.findings.push(f);
+                    }
+                    Some(_) => {}
+                }
+            }
+            continue;
+        }
+
+        // stale-read (read and db-read)
+        let (first_ack, newer) = newer_than(val.version);
+        let staleness = op.invoke_time.saturating_sub(first_ack);
+        out.staleness.push(if first_ack == u64::MAX { 0 } else { staleness });
+        if first_ack != u64::MAX && first_ack.saturating_add(ctx.bound) < op.invoke_time {
+            let mut f = Finding::new(AnomalyKind::StaleRead, key, id);
+            f.other = newer;
+            f.version = val.version;
+            f.staleness = staleness;
+            f.cause = Some(if op.kind == OpKind::DbRead {
+                db_cause(ctx, op, newer)
+            } else {
+                cache_cause(ctx, key, op, val, newer)
+            });
+            out.findings.push(f);
+        }
+
+        // monotonic-read and read-your-writes
+        let s = sessions.entry(op.process).or_default();
+        if let Some((v, earlier)) = s.read {
+            if v > val.version {
+                let mut f = Finding::new(AnomalyKind::MonotonicRead, key, id);
+                f.other = earlier;
+                f.version = val.version;
+                out.findings.push(f);
+            }
+        }
+        if let Some((v, write)) = s.written {
+            if v > val.version {
+                let mut f = Finding::new(AnomalyKind::ReadYourWrites, key, id);
+                f.other = write;
+                f.version = val.version;
+                out.findings.push(f);
+            }
+        }
+        if s.read.is_none_or(|r| val.version > r.0) {
+            s.read = Some((val.version, id));
+        }
+    }
+
+    // version-fork: one per (key, version) with two or more writes.
+    let mut forked: Vec<_> = ties.into_iter().filter(|(_, w)| w.len() > 1).collect();
+    forked.sort_unstable_by_key(|(v, _)| *v);
+    for (version, writes) in forked {
+        let mut f = Finding::new(AnomalyKind::VersionFork, key, writes[0].1);
+        f.other = writes[1].1;
+        f.extra = if writes[1].2 != NONE { writes[1].2 } else { writes[0].2 };
+        f.version = version;
+        if f.op == NONE {
+            // "init" is no op; lead with the write that has one.
+            std::mem::swap(&mut f.op, &mut f.other);
+        }
+        out.findings.push(f);
+    }
+
+    // lost-write
+    match final_value {
+        None if !acked.is_empty() => out.keys_without_final += 1,
+        None => {}
+        Some(fin) => {
+            let held: Option<FxHashSet<Val>> =
+                fin.log.as_ref().map(|l| l.iter().copied().collect());
+            for &(version, _, id) in &acked {
+                let val = h.ops[id as usize].value.expect("acked writes have values");
+                let lost = match &held {
+                    Some(held) => !held.contains(&val),
+                    None => version > fin.value.version,
+                };
+                if lost {
+                    let mut f = Finding::new(AnomalyKind::LostWrite, key, id);
+                    f.other = fin.op;
+                    f.version = version;
+                    out.findings.push(f);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The likely cause of a cache read `read` (of `val` on its node) not showing the
+/// newer write `newer`.
+fn cache_cause(ctx: &Context<'_>, key: u32, read: &Op, val: Val, newer: u32) -> Cause {
+    let h = ctx.history;
+    let cause = |kind, op, event| Cause { kind, op, event };
+    let Some(w) = h.ops.get(newer as usize) else {
+        return cause(CauseKind::Unexplained, NONE, u64::MAX);
+    };
+    let node = read.node;
+    // 1. A fill of the old value on this node that completed after the newer write
+    //    was acknowledged, and started before the read returned.
+    let fill = h.key_ops[key as usize]
+        .iter()
+        .rev()
+        .map(|&id| (id, &h.ops[id as usize]))
+        .find(|(_, f)| {
+            f.kind == OpKind::Fill
+                && f.node == node
+                && f.outcome != Outcome::Fail
+                && f.value == Some(val)
+                && f.complete_time > w.complete_time
+                && f.invoke_time <= read.complete_time
+        });
+    if let Some((id, _)) = fill {
+        return cause(CauseKind::FillRace, id, u64::MAX);
+    }
+    if read.replica {
+        return cause(CauseKind::ReplicaRead, NONE, u64::MAX);
+    }
+    if node != NONE {
+        if let Some(p) = ctx
+            .promotions
+            .iter()
+            .rev()
+            .find(|p| p.2 == node && p.1 <= read.invoke_time)
+        {
+            return cause(CauseKind::FailoverPromoted, NONE, p.0);
+        }
+    }
+    let invals = &h.invalidations[key as usize];
+    let after_write = invals
+        .iter()
+        .filter(|i| i.node == node && i.time >= w.invoke_time);
+    let mut late = None;
+    let mut in_time = None;
+    for inv in after_write {
+        if inv.time <= read.invoke_time {
+            in_time.get_or_insert(inv.index);
+        } else {
+            late.get_or_insert(inv.index);
+        }
+    }
+    if in_time.is_none() {
+        if let Some(index) = late {
+            return cause(CauseKind::LateInvalidation, NONE, index);
+        }
+        return cause(
+            CauseKind::LostInvalidation,
+            NONE,
+            ctx.fault_during(w.invoke_time, read.invoke_time)
+                .map_or(u64::MAX, |f| f.start.0),
+        );
+    }
+    if let Some(fault) = ctx.fault_during(w.invoke_time, read.invoke_time) {
+        return cause(CauseKind::FaultActive, NONE, fault.start.0);
+    }
+    cause(CauseKind::Unexplained, NONE, in_time.unwrap_or(u64::MAX))
+}
+
+/// The likely cause of a stale database read.
+fn db_cause(ctx: &Context<'_>, read: &Op, newer: u32) -> Cause {
+    let h = ctx.history;
+    let w = &h.ops[newer as usize];
+    if let Some(p) = ctx.promotions.iter().rev().find(|p| p.1 <= read.invoke_time) {
+        if p.1 >= w.invoke_time {
+            return Cause {
+                kind: CauseKind::FailoverPromoted,
+                op: NONE,
+                event: p.0,
+            };
+        }
+    }
+    if read.replica || (read.node != NONE && w.node != NONE && read.node != w.node) {
+        return Cause {
+            kind: CauseKind::DatabaseReplicaLag,
+            op: NONE,
+            event: u64::MAX,
+        };
+    }
+    match ctx.fault_during(w.invoke_time, read.invoke_time) {
+        Some(f) => Cause {
+            kind: CauseKind::FaultActive,
+            op: NONE,
+            event: f.start.0,
+        },
+        None => Cause {
+            kind: CauseKind::Unexplained,
+            op: NONE,
+            event: u64::MAX,
+        },
+    }
+}

@@ -1,0 +1,511 @@
+//! Explanations: each finding as data (the operations with their lines, the cycle,
+//! the cause) and then as sentences. The report and the text output reuse the data.
+
+use crate::check::{AnomalyKind, Cause, CauseKind, Context, Finding, PhantomWhy};
+use crate::graph::{self, EdgeKind, Step};
+use crate::model::{History, Op, Val, INIT, NONE};
+use coherence_store::OpKind;
+use serde::Serialize;
+
+/// An operation as shown to people.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpView {
+    /// Index of the invoke event (the operation's number in sentences).
+    pub index: u64,
+    /// Index of the completion event, if it completed.
+    pub complete_index: Option<u64>,
+    /// Line of the invoke in the history file.
+    pub line: u64,
+    /// Line of the completion.
+    pub complete_line: Option<u64>,
+    /// The operation.
+    pub f: String,
+    /// ok, fail or info.
+    #[serde(rename = "type")]
+    pub outcome: String,
+    /// The client process.
+    pub process: i64,
+    /// The node that served it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The version read or written, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<i64>,
+    /// The write id read or written, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub write: Option<String>,
+    /// Invoke time in ns.
+    pub invoke_ns: u64,
+    /// Completion time in ns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub complete_ns: Option<u64>,
+}
+
+/// One edge of a cycle, as data and as a sentence.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepView {
+    /// Index of the operation the edge leaves.
+    pub from: u64,
+    /// Index of the operation it reaches.
+    pub to: u64,
+    /// ww, wr, rw, rt or po.
+    pub kind: EdgeKind,
+    /// The edge in words.
+    pub why: String,
+}
+
+/// The likely cause, as data and as a sentence.
+#[derive(Debug, Clone, Serialize)]
+pub struct CauseView {
+    /// Its name (`fill-race`, `lost-invalidation`, ...).
+    pub kind: CauseKind,
+    /// In words.
+    pub text: String,
+    /// History indices that show it.
+    pub indices: Vec<u64>,
+}
+
+/// An anomaly, explained.
+#[derive(Debug, Clone, Serialize)]
+pub struct Anomaly {
+    /// Which anomaly.
+    pub name: AnomalyKind,
+    /// The key.
+    pub key: String,
+    /// The cache or database node of the offending operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// The process of the offending operation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<i64>,
+    /// Every history index that proves it, ascending.
+    pub indices: Vec<u64>,
+    /// The operations involved.
+    pub ops: Vec<OpView>,
+    /// Staleness in ns (stale reads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staleness_ns: Option<u64>,
+    /// One sentence that states the anomaly.
+    pub summary: String,
+    /// The cycle, step by step; empty when the anomaly is no cycle (a phantom read).
+    pub cycle: Vec<StepView>,
+    /// The cycle in one line, e.g. `write 4 →rt read 9 →rw write 4`.
+    pub cycle_text: String,
+    /// The likely cause (stale reads and non-convergence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cause: Option<CauseView>,
+}
+
+/// Formats a duration in ns for people: `0 ns`, `250 µs`, `8 ms`, `1.5 s`.
+pub fn duration(ns: u64) -> String {
+    if ns == 0 {
+        "0 s".to_string()
+    } else if ns < 1_000 {
+        format!("{ns} ns")
+    } else if ns < 1_000_000 {
+        trim(ns as f64 / 1e3, "µs")
+    } else if ns < 1_000_000_000 {
+        trim(ns as f64 / 1e6, "ms")
+    } else {
+        trim(ns as f64 / 1e9, "s")
+    }
+}
+
+fn trim(x: f64, unit: &str) -> String {
+    let s = format!("{x:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    format!("{s} {unit}")
+}
+
+/// Formats a point in the run (ns since start) to the microsecond: `20 ms`, `1.00001 ms`,
+/// `10.2 s`.
+pub fn at(ns: u64) -> String {
+    if ns < 1_000_000_000 {
+        let s = format!("{:.6}", ns as f64 / 1e6);
+        format!("{} ms", s.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        let s = format!("{:.6}", ns as f64 / 1e9);
+        format!("{} s", s.trim_end_matches('0').trim_end_matches('.'))
+    }
+}
+
+fn line(index: u64) -> u64 {
+    index + 1
+}
+
+/// Describes an operation by its kind and number: `read 9`, `write 4`.
+fn name(h: &History, id: u32) -> String {
+    let op = &h.ops[id as usize];
+    format!("{} {}", op.kind.as_str(), op.invoke_index)
+}
+
+fn version_of(h: &History, v: Val) -> String {
+    format!("version {} ({:?})", v.version, h.writes.name(v.write))
+}
+
+/// Builds the view of an operation.
+pub fn op_view(h: &History, id: u32) -> OpView {
+    let op = &h.ops[id as usize];
+    let done = op.complete_index != u64::MAX;
+    OpView {
+        index: op.invoke_index,
+        complete_index: done.then_some(op.complete_index),
+        line: line(op.invoke_index),
+        complete_line: done.then(|| line(op.complete_index)),
+        f: op.kind.as_str().to_string(),
+        outcome: match op.outcome {
+            crate::model::Outcome::Ok => "ok",
+            crate::model::Outcome::Fail => "fail",
+            crate::model::Outcome::Info => "info",
+        }
+        .to_string(),
+        process: h.process_name(op.process),
+        node: (op.node != NONE).then(|| h.nodes.name(op.node).to_string()),
+        version: op.value.map(|v| v.version).filter(|v| *v >= 0),
+        write: op.value.map(|v| h.writes.name(v.write).to_string()),
+        invoke_ns: op.invoke_time,
+        complete_ns: done.then_some(op.complete_time),
+    }
+}
+
+/// Explains one finding: its operations, cycle, sentences and cause.
+pub fn explain(ctx: &Context<'_>, f: &Finding) -> Anomaly {
+    let h = ctx.history;
+    let op = &h.ops[f.op as usize];
+    let key = h.keys.name(f.key).to_string();
+    let steps = graph::cycle(h, ctx.bound, f);
+    let mut op_ids: Vec<u32> = vec![f.op, f.other, f.extra];
+    if let Some(steps) = &steps {
+        op_ids.extend(steps.iter().flat_map(|s| [s.from, s.to]));
+    }
+    if let Some(c) = f.cause.filter(|c| c.op != NONE) {
+        op_ids.push(c.op);
+    }
+    let mut seen = rustc_hash::FxHashSet::default();
+    op_ids.retain(|&id| id != NONE && seen.insert(id));
+    op_ids.sort_by_key(|&id| h.ops[id as usize].invoke_index);
+    let ops: Vec<OpView> = op_ids.iter().map(|&id| op_view(h, id)).collect();
+    let mut indices: Vec<u64> = ops
+        .iter()
+        .flat_map(|o| std::iter::once(o.index).chain(o.complete_index))
+        .collect();
+    let cause = f.cause.map(|c| cause_view(ctx, f, c));
+    if let Some(c) = &cause {
+        indices.extend(&c.indices);
+    }
+    indices.sort_unstable();
+    indices.dedup();
+    let cycle: Vec<StepView> = steps
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|s| step_view(ctx, s))
+        .collect();
+    let cycle_text = match &steps {
+        Some(steps) if !steps.is_empty() => {
+            let mut s = name(h, steps[0].from);
+            for step in steps {
+                s.push_str(&format!(" →{} {}", step.kind.name(), name(h, step.to)));
+            }
+            s
+        }
+        _ => String::new(),
+    };
+    Anomaly {
+        name: f.kind,
+        key,
+        node: (op.node != NONE).then(|| h.nodes.name(op.node).to_string()),
+        process: Some(h.process_name(op.process)),
+        indices,
+        ops,
+        staleness_ns: (f.kind == AnomalyKind::StaleRead).then_some(f.staleness),
+        summary: summary(ctx, f),
+        cycle,
+        cycle_text,
+        cause,
+    }
+}
+
+fn on_node(h: &History, op: &Op) -> String {
+    if op.node == NONE {
+        String::new()
+    } else {
+        format!(" on {}", h.nodes.name(op.node))
+    }
+}
+
+fn summary(ctx: &Context<'_>, f: &Finding) -> String {
+    let h = ctx.history;
+    let op = &h.ops[f.op as usize];
+    let key = h.keys.name(f.key);
+    let other = h.ops.get(f.other as usize);
+    let seen = op.value.map(|v| version_of(h, v)).unwrap_or_default();
+    match f.kind {
+        AnomalyKind::StaleRead => {
+            let w = other.expect("a stale read has a newer write");
+            let u = w.value.map_or(0, |v| v.version);
+            format!(
+                "{} of key {key:?}{} returned {seen} at {}, but version {u} had been acknowledged at {} ({}), {} earlier; the bound allows {}.",
+                name(h, f.op),
+                on_node(h, op),
+                at(op.invoke_time),
+                at(w.complete_time),
+                name(h, f.other),
+                duration(f.staleness),
+                duration(ctx.bound),
+            )
+        }
+        AnomalyKind::PhantomRead => {
+            let why = match f.phantom {
+                Some(PhantomWhy::FailedWrite) => format!(
+                    "{} failed (line {}): it never took effect, so its value cannot be read",
+                    name(h, f.other),
+                    line(other.map_or(0, |o| o.complete_index))
+                ),
+                Some(PhantomWhy::WrongVersion) if op.value.is_some_and(|v| v.write == INIT) => {
+                    "the initial state \"init\" is version 0 only (and only when no write was acknowledged as version 0)".to_string()
+                }
+                Some(PhantomWhy::WrongVersion) => format!(
+                    "{} was acknowledged as version {}",
+                    name(h, f.other),
+                    other.and_then(|o| o.value).map_or(0, |v| v.version)
+                ),
+                _ => format!("no write of key {key:?} in the history has that id"),
+            };
+            format!(
+                "{} of key {key:?}{} returned {seen}, but {why}.",
+                name(h, f.op),
+                on_node(h, op)
+            )
+        }
+        AnomalyKind::VersionFork => {
+            let who = |id: u32| {
+                if id == NONE {
+                    "the initial state (\"init\")".to_string()
+                } else {
+                    let o = &h.ops[id as usize];
+                    format!(
+                        "{} ({:?}, {})",
+                        name(h, id),
+                        o.value.map_or("?", |v| h.writes.name(v.write)),
+                        if o.outcome == crate::model::Outcome::Ok {
+                            "acknowledged"
+                        } else {
+                            "outcome unknown"
+                        }
+                    )
+                }
+            };
+            let shown = if f.extra != NONE {
+                format!(" ({} showed it as version {})", name(h, f.extra), f.version)
+            } else {
+                String::new()
+            };
+            format!(
+                "{} and {} are both version {} of key {key:?}{shown}: the database handed that version out twice, as a failover that loses committed data does.",
+                who(f.op),
+                who(f.other),
+                f.version
+            )
+        }
+        AnomalyKind::LostWrite => {
+            let fin = h.finals[f.key as usize].as_ref();
+            let how = match fin {
+                Some(fin) if fin.log.is_some() => {
+                    "its log of every version it still holds lacks it".to_string()
+                }
+                Some(fin) => format!("it ends at version {}", fin.value.version),
+                None => String::new(),
+            };
+            format!(
+                "{} of key {key:?} was acknowledged as {seen} at {}, but the database's final state ({}) has lost it: {how}.",
+                name(h, f.op),
+                at(op.complete_time),
+                name(h, f.other)
+            )
+        }
+        AnomalyKind::MonotonicRead => {
+            let earlier = other.expect("an earlier read");
+            format!(
+                "process {} read version {} of key {key:?} ({}) and later version {} ({}{}).",
+                h.process_name(op.process),
+                earlier.value.map_or(0, |v| v.version),
+                name(h, f.other),
+                f.version,
+                name(h, f.op),
+                on_node(h, op)
+            )
+        }
+        AnomalyKind::ReadYourWrites => {
+            let w = other.expect("the process's write");
+            format!(
+                "process {} wrote version {} of key {key:?} ({}, acknowledged at {}) and later read version {} ({}{}).",
+                h.process_name(op.process),
+                w.value.map_or(0, |v| v.version),
+                name(h, f.other),
+                at(w.complete_time),
+                f.version,
+                name(h, f.op),
+                on_node(h, op)
+            )
+        }
+        AnomalyKind::NonConvergence => {
+            let fin = h.finals[f.key as usize].as_ref();
+            format!(
+                "after the final phase, {} of key {key:?}{} returned {seen}, but the database's final value is {} ({}).",
+                name(h, f.op),
+                on_node(h, op),
+                fin.map(|fin| version_of(h, fin.value)).unwrap_or_default(),
+                name(h, f.other)
+            )
+        }
+    }
+}
+
+fn step_view(ctx: &Context<'_>, s: &Step) -> StepView {
+    let h = ctx.history;
+    let (a, b) = (&h.ops[s.from as usize], &h.ops[s.to as usize]);
+    let (na, nb) = (name(h, s.from), name(h, s.to));
+    let (va, vb) = (
+        s.from_value.map_or(-1, |v| v.version),
+        s.to_value.map_or(-1, |v| v.version),
+    );
+    let why = match s.kind {
+        EdgeKind::Rt => format!(
+            "{na} completed at {} and {nb} began at {}, {} later (more than the bound of {})",
+            at(a.complete_time),
+            at(b.invoke_time),
+            duration(b.invoke_time - a.complete_time),
+            duration(ctx.bound)
+        ),
+        EdgeKind::Wr => format!("{nb} saw version {} written by {na}", vb),
+        EdgeKind::Rw if a.kind == OpKind::DbFinalRead => format!(
+            "{na} shows the database's final state without version {} of {nb}, so {nb} must come after it",
+            vb
+        ),
+        EdgeKind::Rw => format!(
+            "{na} saw version {}, which {nb} replaced (version {})",
+            va,
+            vb
+        ),
+        EdgeKind::Ww if va == vb => format!(
+            "{na} and {nb} both installed version {}, so each would have to follow the other",
+            va
+        ),
+        EdgeKind::Ww => format!(
+            "{na} installed version {} and {nb} the later version {}",
+            va,
+            vb
+        ),
+        EdgeKind::Po => format!(
+            "{na} came before {nb} in process {}",
+            h.process_name(a.process)
+        ),
+    };
+    StepView {
+        from: a.invoke_index,
+        to: b.invoke_index,
+        kind: s.kind,
+        why,
+    }
+}
+
+fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
+    let h = ctx.history;
+    let read = &h.ops[f.op as usize];
+    let node = h.node_name(read.node);
+    let newer_id = if f.kind == AnomalyKind::NonConvergence {
+        f.extra
+    } else {
+        f.other
+    };
+    let newer = h.ops.get(newer_id as usize).filter(|o| o.kind == OpKind::Write);
+    let ev = |index: u64| {
+        h.standalone
+            .iter()
+            .find(|e| e.index == index)
+            .map(|e| e.f.clone())
+            .unwrap_or_else(|| "invalidate".to_string())
+    };
+    let mut indices = Vec::new();
+    if c.event != u64::MAX {
+        indices.push(c.event);
+    }
+    let fault_note = if c.event != u64::MAX
+        && matches!(c.kind, CauseKind::LostInvalidation)
+    {
+        format!(
+            "; a nemesis {} (line {}) was active then",
+            ev(c.event),
+            line(c.event)
+        )
+    } else {
+        String::new()
+    };
+    let text = match c.kind {
+        CauseKind::FillRace => {
+            let fill = &h.ops[c.op as usize];
+            indices.push(fill.invoke_index);
+            if fill.complete_index != u64::MAX {
+                indices.push(fill.complete_index);
+            }
+            let inval = newer.and_then(|w| {
+                h.invalidations[f.key as usize].iter().find(|i| {
+                    i.node == read.node && i.time >= w.invoke_time && i.time <= fill.complete_time
+                })
+            });
+            let inval_text = match inval {
+                Some(i) => {
+                    indices.push(i.index);
+                    format!(" and after {node} was invalidated at {} (line {})", at(i.time), line(i.index))
+                }
+                None => String::new(),
+            };
+            format!(
+                "the cache-aside fill race: {} installed version {} on {node} at {}, after version {} was acknowledged at {}{inval_text}",
+                name(h, c.op),
+                fill.value.map_or(0, |v| v.version),
+                at(fill.complete_time),
+                newer.and_then(|w| w.value).map_or(0, |v| v.version),
+                at(newer.map_or(0, |w| w.complete_time)),
+            )
+        }
+        CauseKind::ReplicaRead => format!("the read was served by a replica ({node}) that had not caught up"),
+        CauseKind::FailoverPromoted => format!(
+            "{node} had been promoted by the failover at line {}, and did not hold the newer version",
+            line(c.event)
+        ),
+        CauseKind::LateInvalidation => format!(
+            "the invalidation of {node} came late: it was logged at line {}, after the read began",
+            line(c.event)
+        ),
+        CauseKind::LostInvalidation => format!(
+            "a lost invalidation: no invalidation of {node} for this key followed {}{fault_note}",
+            newer.map_or("the newer write".to_string(), |_| name(h, newer_id))
+        ),
+        CauseKind::DatabaseReplicaLag => format!(
+            "database replica lag: the read was served by {node}, which had not yet applied what {} committed",
+            name(h, newer_id)
+        ),
+        CauseKind::DatabaseLostWrite => format!(
+            "the cache holds version {}, which the database no longer has: the database lost that write (a failover?)",
+            f.version
+        ),
+        CauseKind::FaultActive => format!(
+            "a nemesis fault was active: {} (line {})",
+            ev(c.event),
+            line(c.event)
+        ),
+        CauseKind::Unexplained => format!(
+            "not shown by the history: {node} was invalidated after the newer write{}, yet served the old version, and no fill of it appears",
+            if c.event != u64::MAX { format!(" (line {})", line(c.event)) } else { String::new() }
+        ),
+    };
+    indices.sort_unstable();
+    indices.dedup();
+    CauseView {
+        kind: c.kind,
+        text,
+        indices,
+    }
+}

@@ -1,0 +1,412 @@
+//! The history as the checker sees it: paired operations with interned keys, nodes and
+//! write ids, standalone events (nemesis, control, invalidator), and a per-key index.
+//!
+//! It is built by [`Builder`], a [`coherence_store::Visitor`], while the store reads the
+//! file, so the file is never held in memory. Line numbers are `index + 1`: the reader
+//! guarantees one event per line with indices counting up from 0.
+
+use coherence_store::{EventRef, EventType, OpKind, ProcessRef, ValueRef, Visitor};
+use rustc_hash::FxHashMap;
+
+/// "No such thing" for interned ids and indices.
+pub const NONE: u32 = u32::MAX;
+
+/// Interns strings as dense `u32` ids.
+#[derive(Debug, Default)]
+pub struct Interner {
+    ids: FxHashMap<Box<str>, u32>,
+    names: Vec<Box<str>>,
+}
+
+impl Interner {
+    /// The id of `s`, adding it when new.
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(s.into());
+        self.ids.insert(s.into(), id);
+        id
+    }
+
+    /// The id of `s`, if known.
+    pub fn get(&self, s: &str) -> Option<u32> {
+        self.ids.get(s).copied()
+    }
+
+    /// The string of an id.
+    pub fn name(&self, id: u32) -> &str {
+        &self.names[id as usize]
+    }
+
+    /// How many strings are interned.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// True when nothing is interned.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// How an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// It happened.
+    Ok,
+    /// It certainly did not happen.
+    Fail,
+    /// Unknown: an `info` completion, or no completion at all.
+    Info,
+}
+
+/// A versioned value with its write id interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Val {
+    /// The version.
+    pub version: i64,
+    /// The interned write id.
+    pub write: u32,
+}
+
+/// One client operation: an invoke and its completion.
+#[derive(Debug, Clone)]
+pub struct Op {
+    /// The operation.
+    pub kind: OpKind,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// True when the event says it was served by a replica (`"role": "replica"`).
+    pub replica: bool,
+    /// Dense process id (see [`History::process_name`]).
+    pub process: u32,
+    /// Interned key ([`NONE`] for operations without one).
+    pub key: u32,
+    /// Interned node ([`NONE`] when not given).
+    pub node: u32,
+    /// Index of the invoke event.
+    pub invoke_index: u64,
+    /// Index of the completion event (`u64::MAX` when it never completed).
+    pub complete_index: u64,
+    /// Time of the invoke.
+    pub invoke_time: u64,
+    /// Time of the completion (`u64::MAX` when it never completed).
+    pub complete_time: u64,
+    /// For a write: its write id (version from the ok, or -1). For reads and fills:
+    /// the value returned or installed. `None` for a miss.
+    pub value: Option<Val>,
+}
+
+impl Op {
+    /// True for an ok operation.
+    pub fn is_ok(&self) -> bool {
+        self.outcome == Outcome::Ok
+    }
+}
+
+/// An event of a string process (nemesis, control, invalidator, monitor).
+#[derive(Debug, Clone)]
+pub struct Standalone {
+    /// Its index.
+    pub index: u64,
+    /// Its time.
+    pub time: u64,
+    /// The actor's name.
+    pub actor: String,
+    /// The operation.
+    pub f: String,
+    /// Interned key, or [`NONE`].
+    pub key: u32,
+    /// Interned node, or [`NONE`].
+    pub node: u32,
+    /// The value as JSON text, if any.
+    pub value: Option<String>,
+}
+
+/// An invalidation: by a client (`invalidate` ok) or a standalone event.
+#[derive(Debug, Clone, Copy)]
+pub struct Invalidation {
+    /// Index of the event that logged it (the completion for a client).
+    pub index: u64,
+    /// When it was logged.
+    pub time: u64,
+    /// Interned node.
+    pub node: u32,
+}
+
+/// The final state of a key as a `db-final-read` returned it.
+#[derive(Debug, Clone)]
+pub struct Final {
+    /// The op that read it.
+    pub op: u32,
+    /// The final value.
+    pub value: Val,
+    /// Every version the database still holds, when the client sent the log.
+    pub log: Option<Vec<Val>>,
+}
+
+/// The whole history, paired and indexed.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Operations in invoke order.
+    pub ops: Vec<Op>,
+    /// Events of string processes, except invalidations (see `invalidations`).
+    pub standalone: Vec<Standalone>,
+    /// Keys.
+    pub keys: Interner,
+    /// Nodes.
+    pub nodes: Interner,
+    /// Write ids; id 0 is `"init"`.
+    pub writes: Interner,
+    /// Client process numbers by dense id.
+    pub processes: Vec<i64>,
+    /// Invalidations per key.
+    pub invalidations: Vec<Vec<Invalidation>>,
+    /// The last ok `db-final-read` per key.
+    pub finals: Vec<Option<Final>>,
+    /// Op ids per key, in invoke order.
+    pub key_ops: Vec<Vec<u32>>,
+    /// The `final-phase` event: index and time.
+    pub final_phase: Option<(u64, u64)>,
+    /// Number of events.
+    pub events: u64,
+    /// Time of the last event.
+    pub end_time: u64,
+}
+
+/// The interned id of `"init"`.
+pub const INIT: u32 = 0;
+
+impl History {
+    /// The number a process had in the file.
+    pub fn process_name(&self, id: u32) -> i64 {
+        self.processes[id as usize]
+    }
+
+    /// The node's name, or `"?"`.
+    pub fn node_name(&self, id: u32) -> &str {
+        if id == NONE {
+            "?"
+        } else {
+            self.nodes.name(id)
+        }
+    }
+}
+
+/// Builds a [`History`] from the events the store reader hands out.
+#[derive(Debug)]
+pub struct Builder {
+    history: History,
+    process_ids: FxHashMap<i64, u32>,
+    /// Op id by invoke index, for pairing completions.
+    open: FxHashMap<u64, u32>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        let mut history = History::default();
+        history.writes.intern("init");
+        Builder {
+            history,
+            process_ids: FxHashMap::default(),
+            open: FxHashMap::default(),
+        }
+    }
+}
+
+impl Builder {
+    /// A builder with nothing read yet.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    fn key_id(&mut self, key: Option<&str>) -> u32 {
+        match key {
+            Some(k) => {
+                let id = self.history.keys.intern(k);
+                if id as usize == self.history.invalidations.len() {
+                    self.history.invalidations.push(Vec::new());
+                    self.history.finals.push(None);
+                    self.history.key_ops.push(Vec::new());
+                }
+                id
+            }
+            None => NONE,
+        }
+    }
+
+    fn node_id(&mut self, node: Option<&str>) -> u32 {
+        node.map_or(NONE, |n| self.history.nodes.intern(n))
+    }
+
+    fn val(&mut self, v: &coherence_store::reader::VersionedRef<'_>) -> Val {
+        Val {
+            version: v.version,
+            write: self.history.writes.intern(&v.write),
+        }
+    }
+
+    /// Finishes: builds the per-key index.
+    pub fn finish(mut self) -> History {
+        let h = &mut self.history;
+        for (id, op) in h.ops.iter().enumerate() {
+            if op.key != NONE {
+                h.key_ops[op.key as usize].push(id as u32);
+            }
+        }
+        self.history
+    }
+}
+
+impl Visitor for Builder {
+    fn visit(&mut self, ev: &EventRef<'_>) -> Result<(), String> {
+        self.history.events += 1;
+        self.history.end_time = ev.time;
+        match &ev.process {
+            ProcessRef::Actor(actor) => {
+                let key = self.key_id(ev.key.as_deref());
+                let node = self.node_id(ev.node.as_deref());
+                match ev.op {
+                    OpKind::Invalidate if key != NONE => {
+                        self.history.invalidations[key as usize].push(Invalidation {
+                            index: ev.index,
+                            time: ev.time,
+                            node,
+                        });
+                    }
+                    _ => {
+                        if ev.op == OpKind::FinalPhase && self.history.final_phase.is_none() {
+                            self.history.final_phase = Some((ev.index, ev.time));
+                        }
+                        let value = match &ev.value {
+                            ValueRef::Raw(raw) => Some(raw.get().to_string()),
+                            _ => None,
+                        };
+                        self.history.standalone.push(Standalone {
+                            index: ev.index,
+                            time: ev.time,
+                            actor: actor.to_string(),
+                            f: ev.f.to_string(),
+                            key,
+                            node,
+                            value,
+                        });
+                    }
+                }
+                Ok(())
+            }
+            ProcessRef::Client(p) => {
+                if ev.kind == EventType::Invoke {
+                    let next = self.process_ids.len() as u32;
+                    let process = *self.process_ids.entry(*p).or_insert(next);
+                    if process == next {
+                        self.history.processes.push(*p);
+                    }
+                    let key = self.key_id(ev.key.as_deref());
+                    let node = self.node_id(ev.node.as_deref());
+                    let value = match &ev.value {
+                        ValueRef::WriteRequest(id) => Some(Val {
+                            version: -1,
+                            write: self.history.writes.intern(id),
+                        }),
+                        ValueRef::Versioned(v) => Some(self.val(v)),
+                        _ => None,
+                    };
+                    let id = self.history.ops.len() as u32;
+                    self.open.insert(ev.index, id);
+                    self.history.ops.push(Op {
+                        kind: ev.op,
+                        outcome: Outcome::Info,
+                        replica: ev.role.as_deref() == Some("replica"),
+                        process,
+                        key,
+                        node,
+                        invoke_index: ev.index,
+                        complete_index: u64::MAX,
+                        invoke_time: ev.time,
+                        complete_time: u64::MAX,
+                        value,
+                    });
+                    return Ok(());
+                }
+                let invoke = ev
+                    .invoke_index
+                    .ok_or("a completion without its invoke (the reader should have caught this)")?;
+                let id = self
+                    .open
+                    .remove(&invoke)
+                    .ok_or("a completion whose invoke was not seen")?;
+                let node = match ev.node.as_deref() {
+                    Some(n) => self.history.nodes.intern(n),
+                    None => NONE,
+                };
+                let completed_value = match ev.kind {
+                    EventType::Ok => match &ev.value {
+                        ValueRef::Versioned(v) => Some(Some(self.val(v))),
+                        ValueRef::Final { value, log } => {
+                            let value = self.val(value);
+                            let log = log.as_ref().map(|l| {
+                                l.iter()
+                                    .map(|(version, write)| Val {
+                                        version: *version,
+                                        write: self.history.writes.intern(write),
+                                    })
+                                    .collect()
+                            });
+                            let op = &self.history.ops[id as usize];
+                            if op.key != NONE {
+                                self.history.finals[op.key as usize] =
+                                    Some(Final { op: id, value, log });
+                            }
+                            Some(Some(value))
+                        }
+                        ValueRef::Absent => Some(None),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let op = &mut self.history.ops[id as usize];
+                op.outcome = match ev.kind {
+                    EventType::Ok => Outcome::Ok,
+                    EventType::Fail => Outcome::Fail,
+                    _ => Outcome::Info,
+                };
+                op.complete_index = ev.index;
+                op.complete_time = ev.time;
+                if node != NONE {
+                    op.node = node;
+                }
+                if ev.role.as_deref() == Some("replica") {
+                    op.replica = true;
+                }
+                match op.kind {
+                    OpKind::Write => {
+                        if let Some(Some(v)) = completed_value {
+                            // The ok names the version; keep the write id of the invoke.
+                            op.value = Some(Val {
+                                version: v.version,
+                                write: op.value.map_or(v.write, |w| w.write),
+                            });
+                        }
+                    }
+                    OpKind::Invalidate if op.outcome == Outcome::Ok && op.key != NONE => {
+                        let inv = Invalidation {
+                            index: ev.index,
+                            time: ev.time,
+                            node: op.node,
+                        };
+                        self.history.invalidations[op.key as usize].push(inv);
+                    }
+                    _ => {
+                        if let Some(v) = completed_value {
+                            op.value = v;
+                        }
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}

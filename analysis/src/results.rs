@@ -1,0 +1,404 @@
+//! The checker's results: the verdict, counts, per-check status, the staleness
+//! distribution, breakdowns per node and key, and the explained anomalies. Written as
+//! `results.json` (versioned) and rendered as text.
+
+use crate::check::{AnomalyKind, Context, Findings};
+use crate::explain::{self, Anomaly};
+use crate::model::{History, Outcome, NONE};
+use coherence_store::OpKind;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The name of the results format.
+pub const FORMAT: &str = "coherence-results";
+/// The version of the results format; bump it when a field changes meaning.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A check's three-valued verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// No anomaly, and the history could decide.
+    Valid,
+    /// Anomalies found.
+    Invalid,
+    /// No anomaly found, but the history cannot decide (part of) the check.
+    Unknown,
+}
+
+/// One checker's result.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// The anomaly it looks for.
+    pub name: AnomalyKind,
+    /// Its verdict.
+    pub status: Status,
+    /// How many it found.
+    pub count: u64,
+    /// Why it is unknown, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The share of reads at most so stale.
+#[derive(Debug, Clone, Serialize)]
+pub struct Within {
+    /// The staleness limit in ns.
+    pub within_ns: u64,
+    /// The limit for people (`0 s`, `10 ms`, ...).
+    pub within: String,
+    /// Fraction of reads no staler than that.
+    pub fraction: f64,
+    /// The fraction as nines (e.g. 3.0 for 99.9 %); `null` when every read was.
+    pub nines: Option<f64>,
+}
+
+/// The staleness distribution of all ok reads and db-reads that returned a value.
+#[derive(Debug, Clone, Serialize)]
+pub struct Staleness {
+    /// How many reads.
+    pub reads: u64,
+    /// Median staleness, ns.
+    pub p50_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// 99.9th percentile, ns.
+    pub p999_ns: u64,
+    /// Maximum, ns.
+    pub max_ns: u64,
+    /// Fresh within 0, 10 ms, 100 ms, 1 s, 10 s.
+    pub fresh_within: Vec<Within>,
+}
+
+/// Counts for one node.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct NodeCounts {
+    /// Ok reads (read, db-read, final-read) served.
+    pub reads: u64,
+    /// Of which misses.
+    pub misses: u64,
+    /// Anomalies whose offending operation ran on this node, by name.
+    pub anomalies: BTreeMap<&'static str, u64>,
+}
+
+/// Anomaly counts of one key.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyCounts {
+    /// The key.
+    pub key: String,
+    /// Total anomalies.
+    pub total: u64,
+    /// By name.
+    pub anomalies: BTreeMap<&'static str, u64>,
+}
+
+/// Operation counts by `f` and outcome.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OpCounts {
+    /// Completed ok.
+    pub ok: u64,
+    /// Failed.
+    pub fail: u64,
+    /// Unknown outcome (info or never completed).
+    pub info: u64,
+}
+
+/// What the history held.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryStats {
+    /// Events (lines).
+    pub events: u64,
+    /// Client operations.
+    pub operations: u64,
+    /// Operations by `f`.
+    pub by_f: BTreeMap<&'static str, OpCounts>,
+    /// Invokes that never completed (treated as info).
+    pub unfinished: u64,
+    /// Keys.
+    pub keys: u64,
+    /// Client processes.
+    pub processes: u64,
+    /// Time of the last event, ns.
+    pub duration_ns: u64,
+    /// Whether a `final-phase` was logged.
+    pub final_phase: bool,
+    /// Nemesis events.
+    pub nemesis_events: u64,
+}
+
+/// A nemesis or control event, for the report's timeline.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActorEvent {
+    /// Its index.
+    pub index: u64,
+    /// Its time, ns.
+    pub time_ns: u64,
+    /// Who logged it.
+    pub process: String,
+    /// What it was.
+    pub f: String,
+    /// Its value as JSON, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<serde_json::Value>,
+}
+
+/// Everything `check` concludes.
+#[derive(Debug, Clone, Serialize)]
+pub struct Results {
+    /// Always [`FORMAT`].
+    pub format: &'static str,
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// The version of coherence that checked.
+    pub tool_version: &'static str,
+    /// The history checked.
+    pub history: String,
+    /// Δ in ns.
+    pub staleness_bound_ns: u64,
+    /// Δ for people.
+    pub staleness_bound: String,
+    /// False when any anomaly was found.
+    pub valid: bool,
+    /// Counts of all seven anomalies, zeros included.
+    #[serde(rename = "anomaly-counts")]
+    pub anomaly_counts: BTreeMap<&'static str, u64>,
+    /// Each check's verdict.
+    pub checks: Vec<CheckResult>,
+    /// What the history held.
+    pub stats: HistoryStats,
+    /// The staleness distribution.
+    pub staleness: Staleness,
+    /// Likely causes of stale reads and non-converged entries, counted.
+    pub causes: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
+    /// Per node.
+    pub per_node: BTreeMap<String, NodeCounts>,
+    /// Keys with anomalies, most first (at most `key_limit`).
+    pub per_key: Vec<KeyCounts>,
+    /// How many keys had anomalies in all.
+    pub keys_with_anomalies: u64,
+    /// Explained anomalies, at most `anomaly_limit` per name, in history order.
+    pub anomalies: Vec<Anomaly>,
+    /// The cap on explained anomalies per name.
+    pub anomaly_limit: usize,
+    /// Nemesis and control events.
+    pub events: Vec<ActorEvent>,
+    /// Reader warnings (e.g. a cut-short last line).
+    pub warnings: Vec<String>,
+}
+
+/// How results are built.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Δ in ns.
+    pub staleness_bound: u64,
+    /// Explained anomalies kept per name.
+    pub anomaly_limit: usize,
+    /// Keys listed in `per_key`.
+    pub key_limit: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            staleness_bound: 0,
+            anomaly_limit: 100,
+            key_limit: 100,
+        }
+    }
+}
+
+fn nth(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    // nearest-rank percentile
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn staleness(mut samples: Vec<u64>) -> Staleness {
+    samples.sort_unstable();
+    let n = samples.len() as u64;
+    let fresh_within = [0u64, 10_000_000, 100_000_000, 1_000_000_000, 10_000_000_000]
+        .iter()
+        .map(|&limit| {
+            let fresh = samples.partition_point(|&s| s <= limit) as u64;
+            let fraction = if n == 0 { 1.0 } else { fresh as f64 / n as f64 };
+            Within {
+                within_ns: limit,
+                within: explain::duration(limit),
+                fraction,
+                nines: (fraction < 1.0).then(|| -(1.0 - fraction).log10()),
+            }
+        })
+        .collect();
+    Staleness {
+        reads: n,
+        p50_ns: nth(&samples, 0.5),
+        p99_ns: nth(&samples, 0.99),
+        p999_ns: nth(&samples, 0.999),
+        max_ns: samples.last().copied().unwrap_or(0),
+        fresh_within,
+    }
+}
+
+/// Turns findings into results.
+pub fn build(
+    ctx: &Context<'_>,
+    findings: Findings,
+    options: &Options,
+    history_path: &str,
+    warnings: Vec<String>,
+    unfinished: u64,
+) -> Results {
+    let h: &History = ctx.history;
+    let mut counts: BTreeMap<&'static str, u64> =
+        AnomalyKind::ALL.iter().map(|k| (k.name(), 0)).collect();
+    let mut causes: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
+    let mut per_node: BTreeMap<String, NodeCounts> = BTreeMap::new();
+    let mut per_key: Vec<BTreeMap<&'static str, u64>> = vec![BTreeMap::new(); h.keys.len()];
+    let mut anomalies = Vec::new();
+    let mut shown: BTreeMap<AnomalyKind, usize> = BTreeMap::new();
+    for f in &findings.findings {
+        *counts.entry(f.kind.name()).or_default() += 1;
+        *per_key[f.key as usize].entry(f.kind.name()).or_default() += 1;
+        let op = &h.ops[f.op as usize];
+        if op.node != NONE {
+            *per_node
+                .entry(h.nodes.name(op.node).to_string())
+                .or_default()
+                .anomalies
+                .entry(f.kind.name())
+                .or_default() += 1;
+        }
+        if let Some(c) = f.cause {
+            *causes
+                .entry(f.kind.name())
+                .or_default()
+                .entry(c.kind.name())
+                .or_default() += 1;
+        }
+        let n = shown.entry(f.kind).or_default();
+        if *n < options.anomaly_limit {
+            *n += 1;
+            anomalies.push(explain::explain(ctx, f));
+        }
+    }
+
+    let mut by_f: BTreeMap<&'static str, OpCounts> = BTreeMap::new();
+    for op in &h.ops {
+        let c = by_f.entry(op.kind.as_str()).or_default();
+        match op.outcome {
+            Outcome::Ok => c.ok += 1,
+            Outcome::Fail => c.fail += 1,
+            Outcome::Info => c.info += 1,
+        }
+        if op.outcome == Outcome::Ok
+            && matches!(op.kind, OpKind::Read | OpKind::DbRead | OpKind::FinalRead)
+            && op.node != NONE
+        {
+            let n = per_node.entry(h.nodes.name(op.node).to_string()).or_default();
+            n.reads += 1;
+            if op.value.is_none() {
+                n.misses += 1;
+            }
+        }
+    }
+
+    let mut keys: Vec<KeyCounts> = per_key
+        .into_iter()
+        .enumerate()
+        .filter(|(_, m)| !m.is_empty())
+        .map(|(k, anomalies)| KeyCounts {
+            key: h.keys.name(k as u32).to_string(),
+            total: anomalies.values().sum(),
+            anomalies,
+        })
+        .collect();
+    let keys_with_anomalies = keys.len() as u64;
+    keys.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
+    keys.truncate(options.key_limit);
+
+    let checks = AnomalyKind::ALL
+        .iter()
+        .map(|&kind| {
+            let count = counts[kind.name()];
+            let reason = match kind {
+                AnomalyKind::LostWrite if findings.keys_without_final > 0 => Some(format!(
+                    "{} key(s) with acknowledged writes have no ok db-final-read, so their lost writes cannot be judged",
+                    findings.keys_without_final
+                )),
+                AnomalyKind::NonConvergence if h.final_phase.is_none() => Some(
+                    "the history has no final-phase event, so convergence cannot be judged".to_string(),
+                ),
+                AnomalyKind::NonConvergence if findings.final_reads == 0 => Some(
+                    "no ok final-read follows the final-phase, so convergence cannot be judged".to_string(),
+                ),
+                AnomalyKind::NonConvergence if findings.final_reads_undecided > 0 => Some(format!(
+                    "{} final-read(s) are of keys without an ok db-final-read, so they cannot be judged",
+                    findings.final_reads_undecided
+                )),
+                _ => None,
+            };
+            let status = if count > 0 {
+                Status::Invalid
+            } else if reason.is_some() {
+                Status::Unknown
+            } else {
+                Status::Valid
+            };
+            CheckResult {
+                name: kind,
+                status,
+                count,
+                reason: reason.filter(|_| status == Status::Unknown),
+            }
+        })
+        .collect();
+
+    let events = h
+        .standalone
+        .iter()
+        .filter(|e| e.actor == "nemesis" || e.actor == "control")
+        .map(|e| ActorEvent {
+            index: e.index,
+            time_ns: e.time,
+            process: e.actor.clone(),
+            f: e.f.clone(),
+            value: e.value.as_deref().and_then(|v| serde_json::from_str(v).ok()),
+        })
+        .collect::<Vec<_>>();
+    let stats = HistoryStats {
+        events: h.events,
+        operations: h.ops.len() as u64,
+        by_f,
+        unfinished,
+        keys: h.keys.len() as u64,
+        processes: h.processes.len() as u64,
+        duration_ns: h.end_time,
+        final_phase: h.final_phase.is_some(),
+        nemesis_events: events.iter().filter(|e| e.process == "nemesis").count() as u64,
+    };
+    let valid = counts.values().all(|&c| c == 0);
+    Results {
+        format: FORMAT,
+        format_version: FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION"),
+        history: history_path.to_string(),
+        staleness_bound_ns: ctx.bound,
+        staleness_bound: explain::duration(ctx.bound),
+        valid,
+        anomaly_counts: counts,
+        checks,
+        stats,
+        staleness: staleness(findings.staleness),
+        causes,
+        per_node,
+        per_key: keys,
+        keys_with_anomalies,
+        anomalies,
+        anomaly_limit: options.anomaly_limit,
+        events,
+        warnings,
+    }
+}

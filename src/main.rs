@@ -1,0 +1,187 @@
+//! The `coherence` command line: parses arguments, wires the crates together, shows
+//! progress. No checking or fault logic lives here.
+
+mod progress;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use coherence_analysis::{check_file, text, Options};
+use coherence_store::run::{resolve_history, RESULTS};
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit status: the history is valid.
+const EXIT_VALID: u8 = 0;
+/// Exit status: anomalies were found.
+const EXIT_ANOMALIES: u8 = 1;
+/// Exit status: unusable input or arguments.
+const EXIT_USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(
+    name = "coherence",
+    version,
+    about = "A Jepsen-style tester for cache coherence",
+    long_about = "A Jepsen-style tester for cache coherence: records histories of caches in front of a \
+                  database, breaks them with faults, and proves stale reads, lost writes and \
+                  non-convergence from the history."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a history file (or a run directory's history) for anomalies.
+    ///
+    /// Exit status: 0 valid, 1 anomalies found, 2 unusable input or arguments.
+    Check(CheckArgs),
+    /// Generate a synthetic cache-aside history (for trying the checker and benchmarks).
+    Gen(GenArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// A history file (.jsonl or .jsonl.gz) or a run directory.
+    path: PathBuf,
+    /// The staleness bound Δ a read may lag behind acknowledged writes, e.g. 0, 250ms, 2s.
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    staleness_bound: Duration,
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+    /// Write results.json into this directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// How many anomalies the text output explains.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    explain: usize,
+    /// How many anomalies of each kind results keep explained.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    anomaly_limit: usize,
+}
+
+#[derive(clap::Args)]
+struct GenArgs {
+    /// Where to write the history (a name ending in .gz is compressed).
+    #[arg(long, short)]
+    out: PathBuf,
+    /// Client operations (reads and writes) to simulate.
+    #[arg(long, default_value_t = 10_000)]
+    ops: u64,
+    /// Random seed; the same seed gives the same file.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// `correct` produces a valid history; `buggy` injects fill races, lagging replicas,
+    /// lost invalidations under partitions and failovers that lose writes.
+    #[arg(long, default_value = "buggy")]
+    mode: coherence_workloads::sim::Mode,
+    /// Number of keys.
+    #[arg(long, default_value_t = 1000)]
+    keys: u32,
+    /// Concurrent client processes.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u32,
+    /// Regions (each with a cache primary and replica).
+    #[arg(long, default_value_t = 2)]
+    regions: u32,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{e}: write a duration such as 0, 250ms, 2s or 1m30s"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Check(args) => check(args),
+        Command::Gen(args) => gen(args),
+    }
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<u8> {
+    let path = resolve_history(&args.path).map_err(anyhow::Error::msg)?;
+    let options = Options {
+        staleness_bound: u64::try_from(args.staleness_bound.as_nanos()).unwrap_or(u64::MAX),
+        anomaly_limit: args.anomaly_limit,
+        ..Options::default()
+    };
+    let progress = progress::Bar::for_file(&path);
+    let results = check_file(&path, &options, &progress)?;
+    drop(progress);
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+        let file = dir.join(RESULTS);
+        let json = serde_json::to_vec_pretty(&results)?;
+        std::fs::write(&file, json).with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    let mut stdout = std::io::stdout().lock();
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut stdout, &results)?;
+            writeln!(stdout)?;
+        }
+        Format::Text => write!(stdout, "{}", text::render(&results, args.explain))?,
+    }
+    Ok(if results.valid {
+        EXIT_VALID
+    } else {
+        EXIT_ANOMALIES
+    })
+}
+
+fn gen(args: GenArgs) -> anyhow::Result<u8> {
+    use coherence_workloads::sim::{generate, SimConfig};
+    let config = SimConfig {
+        seed: args.seed,
+        ops: args.ops,
+        keys: args.keys,
+        concurrency: args.concurrency,
+        regions: args.regions,
+        mode: args.mode,
+        ..SimConfig::default()
+    };
+    anyhow::ensure!(args.keys > 0, "--keys must be at least 1");
+    anyhow::ensure!(args.concurrency > 0, "--concurrency must be at least 1");
+    anyhow::ensure!(args.regions > 0, "--regions must be at least 1");
+    let mut writer = coherence_store::HistoryWriter::create(&args.out)
+        .with_context(|| format!("cannot create {}", args.out.display()))?;
+    let summary = generate(&config, &mut writer)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    writer
+        .finish()
+        .with_context(|| format!("cannot finish {}", args.out.display()))?;
+    eprintln!(
+        "wrote {}: {} operations, {} events (seed {}, mode {})",
+        args.out.display(),
+        summary.ops,
+        summary.events,
+        args.seed,
+        args.mode
+    );
+    Ok(EXIT_VALID)
+}

@@ -1,0 +1,21 @@
+//! The history store of coherence.
+//!
+//! This crate knows the history format of `shared/spec/history.md` and nothing about
+//! checking it: the event types ([`event`]), a streaming reader that validates every
+//! line and hands each event to a [`reader::Visitor`] ([`reader`]), a buffered,
+//! append-only writer for recorders ([`writer`]), and the layout of run directories
+//! ([`run`]). It assumes nothing about where a history came from: our own workloads
+//! and a user's client in another language write the same format.
+
+#![deny(missing_docs)]
+
+pub mod event;
+pub mod progress;
+pub mod reader;
+pub mod run;
+pub mod writer;
+
+pub use event::{Event, EventType, OpKind, Process, Versioned};
+pub use progress::{NoProgress, Progress};
+pub use reader::{read_history, EventRef, ProcessRef, ReadError, ReadSummary, ValueRef, Visitor, Warning};
+pub use writer::HistoryWriter;

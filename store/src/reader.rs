@@ -1,0 +1,756 @@
+//! A streaming, validating reader for history files (plain or gzip).
+//!
+//! The file is read in large chunks; the lines of a chunk are parsed in parallel into
+//! borrowed [`EventRef`]s (no allocation per line), then checked in order — index
+//! sequence, clock, pairing — and handed one by one to a [`Visitor`]. Memory stays
+//! bounded by the chunk size whatever the file size.
+//!
+//! Malformed input is rejected with the file, the line and the reason, phrased so the
+//! user knows what to fix. A last line cut short (no newline and not a whole event) is
+//! what a crashed writer leaves behind: it becomes a [`Warning`], not an error.
+
+use crate::event::{EventType, OpKind};
+use crate::progress::Progress;
+use rayon::prelude::*;
+use rustc_hash::FxHashMap;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// How many bytes are parsed at a time.
+const CHUNK: usize = 16 << 20;
+
+/// Who logged an event, borrowed from the line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ProcessRef<'a> {
+    /// A client: at most one operation outstanding.
+    Client(i64),
+    /// A named actor that logs standalone `info` events.
+    Actor(Cow<'a, str>),
+}
+
+impl fmt::Display for ProcessRef<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProcessRef::Client(n) => write!(f, "{n}"),
+            ProcessRef::Actor(s) => write!(f, "{s:?}"),
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ProcessRef<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = ProcessRef<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer or a string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(ProcessRef::Client(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                i64::try_from(v)
+                    .map(ProcessRef::Client)
+                    .map_err(|_| E::custom("process number too large"))
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(ProcessRef::Actor(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(ProcessRef::Actor(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A versioned value borrowed from the line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct VersionedRef<'a> {
+    /// The database version.
+    pub version: i64,
+    /// The id of the write that produced it.
+    pub write: Cow<'a, str>,
+}
+
+/// The value of an event, checked against the shape its `f` and `type` require.
+#[derive(Debug, Clone)]
+pub enum ValueRef<'a> {
+    /// No value, or `null` (for a read: a miss).
+    Absent,
+    /// `{"write": id}`: the value of a write's invoke.
+    WriteRequest(Cow<'a, str>),
+    /// `{"version": v, "write": id}`.
+    Versioned(VersionedRef<'a>),
+    /// The value of an ok `db-final-read`: the final state and, when present, the log
+    /// of every version the database still holds, oldest first.
+    Final {
+        /// The final state.
+        value: VersionedRef<'a>,
+        /// The version log, when the client sent one.
+        log: Option<Vec<(i64, String)>>,
+    },
+    /// Any other value, unchecked (nemesis descriptions, values of failed operations).
+    Raw(&'a RawValue),
+}
+
+impl ValueRef<'_> {
+    /// The versioned value carried, if any (also the final state of a `db-final-read`).
+    pub fn versioned(&self) -> Option<&VersionedRef<'_>> {
+        match self {
+            ValueRef::Versioned(v) => Some(v),
+            ValueRef::Final { value, .. } => Some(value),
+            _ => None,
+        }
+    }
+}
+
+/// One validated event, borrowed from the chunk being read.
+#[derive(Debug, Clone)]
+pub struct EventRef<'a> {
+    /// Line number in the file, from 1.
+    pub line: u64,
+    /// The event's `index`.
+    pub index: u64,
+    /// Nanoseconds since the run started.
+    pub time: u64,
+    /// Who logged it.
+    pub process: ProcessRef<'a>,
+    /// invoke, ok, fail or info.
+    pub kind: EventType,
+    /// The operation as written.
+    pub f: Cow<'a, str>,
+    /// The operation, classified.
+    pub op: OpKind,
+    /// The item (required for data operations).
+    pub key: Option<Cow<'a, str>>,
+    /// The server that served it.
+    pub node: Option<Cow<'a, str>>,
+    /// The value, checked against its shape.
+    pub value: ValueRef<'a>,
+    /// The client's error message for a fail or info.
+    pub error: Option<Cow<'a, str>>,
+    /// The extra field `region`, when present.
+    pub region: Option<Cow<'a, str>>,
+    /// The extra field `role` (e.g. `"replica"`), when present.
+    pub role: Option<Cow<'a, str>>,
+    /// For the completion of a client operation: the index of its invoke.
+    pub invoke_index: Option<u64>,
+}
+
+/// Receives every event of a history in order, after validation.
+pub trait Visitor {
+    /// Takes one event. An `Err` stops reading; the reader adds the file and line.
+    fn visit(&mut self, event: &EventRef<'_>) -> Result<(), String>;
+}
+
+impl<F: FnMut(&EventRef<'_>) -> Result<(), String>> Visitor for F {
+    fn visit(&mut self, event: &EventRef<'_>) -> Result<(), String> {
+        self(event)
+    }
+}
+
+/// Something odd that did not stop reading.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// The line it is about.
+    pub line: u64,
+    /// What happened, in a sentence.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// What a finished read saw.
+#[derive(Debug, Clone, Default)]
+pub struct ReadSummary {
+    /// Events handed to the visitor.
+    pub events: u64,
+    /// Bytes of history read (uncompressed).
+    pub bytes: u64,
+    /// Invokes that had no completion by the end of the file (treated as `info`).
+    pub unfinished: u64,
+    /// Things that did not stop reading, such as a cut-short last line.
+    pub warnings: Vec<Warning>,
+}
+
+/// Why a history could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// A line breaks the format.
+    #[error("{}:{line}: {reason}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: u64,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+}
+
+impl ReadError {
+    /// The line the error is about, if any.
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            ReadError::Invalid { line, .. } => Some(*line),
+            ReadError::Io { .. } => None,
+        }
+    }
+}
+
+/// Reads the history at `path` (plain or gzip, told by its first bytes), handing every
+/// event to `visitor` in order.
+pub fn read_history(
+    path: &Path,
+    visitor: &mut dyn Visitor,
+    progress: &dyn Progress,
+) -> Result<ReadSummary, ReadError> {
+    let io_err = |source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io_err)?;
+    let total = file.metadata().map_err(io_err)?.len();
+    let mut magic = [0u8; 2];
+    let n = read_full(&mut file, &mut magic).map_err(io_err)?;
+    file.seek(SeekFrom::Start(0)).map_err(io_err)?;
+    let counted = Counting {
+        inner: file,
+        progress,
+    };
+    progress.start(Some(total));
+    let result = if n == 2 && magic == [0x1f, 0x8b] {
+        read_from(flate2::read::MultiGzDecoder::new(counted), path, visitor)
+    } else {
+        read_from(counted, path, visitor)
+    };
+    progress.finish();
+    result
+}
+
+struct Counting<'p, R> {
+    inner: R,
+    progress: &'p dyn Progress,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads a history from any byte stream; `path` only names it in errors.
+pub fn read_from(
+    input: impl Read,
+    path: &Path,
+    visitor: &mut dyn Visitor,
+) -> Result<ReadSummary, ReadError> {
+    read_from_chunked(input, path, visitor, CHUNK)
+}
+
+/// [`read_from`] with a chosen chunk size, so that tests can put chunk boundaries
+/// anywhere (a chunk grows as needed to hold a line longer than it).
+#[doc(hidden)]
+pub fn read_from_chunked(
+    mut input: impl Read,
+    path: &Path,
+    visitor: &mut dyn Visitor,
+    chunk_bytes: usize,
+) -> Result<ReadSummary, ReadError> {
+    let chunk_bytes = chunk_bytes.max(1);
+    let mut summary = ReadSummary::default();
+    let mut checker = Sequence::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(chunk_bytes + (chunk_bytes >> 2));
+    let mut first_line = 1u64;
+    let mut eof = false;
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    while !eof {
+        // Fill the buffer up to a chunk, or to the end of the input.
+        let want = buf.len() + chunk_bytes;
+        while buf.len() < want {
+            let len = buf.len();
+            buf.resize(want, 0);
+            match input.read(&mut buf[len..]) {
+                Ok(0) => {
+                    buf.truncate(len);
+                    eof = true;
+                    break;
+                }
+                Ok(n) => buf.truncate(len + n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
+                Err(source) => {
+                    return Err(ReadError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    })
+                }
+            }
+        }
+        let end = if eof {
+            buf.len()
+        } else {
+            match memchr::memrchr(b'\n', &buf) {
+                Some(p) => p + 1,
+                None => continue, // one very long line: read more
+            }
+        };
+        ranges.clear();
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', &buf[..end]) {
+            ranges.push((start, nl));
+            start = nl + 1;
+        }
+        let cut_tail = start < end; // a last line with no newline (only at the end of input)
+        if cut_tail {
+            ranges.push((start, end));
+        }
+        let chunk = &buf[..end];
+        let parsed: Vec<Result<EventRef<'_>, String>> = ranges
+            .par_iter()
+            .with_min_len(512)
+            .map(|&(s, e)| parse_line(trim_cr(&chunk[s..e])))
+            .collect();
+        let count = parsed.len();
+        for (i, result) in parsed.into_iter().enumerate() {
+            let line = first_line + i as u64;
+            let invalid = |reason: String| ReadError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                reason,
+            };
+            match result {
+                Ok(mut event) => {
+                    event.line = line;
+                    checker.check(&mut event).map_err(invalid)?;
+                    visitor.visit(&event).map_err(invalid)?;
+                    summary.events += 1;
+                }
+                Err(_) if cut_tail && i + 1 == count && is_cut_short(chunk, ranges[i]) => {
+                    summary.warnings.push(Warning {
+                        line,
+                        message: "the last line is cut short (no newline and not a whole event), \
+                                  as a writer that crashed leaves it; it was skipped"
+                            .to_string(),
+                    });
+                }
+                Err(reason) => return Err(invalid(reason)),
+            }
+        }
+        first_line += count as u64;
+        summary.bytes += end as u64;
+        buf.drain(..end);
+    }
+    summary.unfinished = checker.outstanding.values().filter(|s| s.active).count() as u64;
+    Ok(summary)
+}
+
+/// True when the line is what a crashed writer leaves: a proper prefix of a JSON
+/// value (the JSON ends early). A line that is whole JSON, or that breaks JSON before its
+/// end, cannot be a cut-short event and stays an error.
+fn is_cut_short(chunk: &[u8], (start, end): (usize, usize)) -> bool {
+    match serde_json::from_slice::<de::IgnoredAny>(trim_cr(&chunk[start..end])) {
+        Ok(_) => false,
+        Err(e) => e.is_eof(),
+    }
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The line as serde sees it; every field optional so that a missing one gets a clear
+/// message of ours.
+#[derive(Deserialize)]
+struct RawLine<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
+    time: Option<u64>,
+    #[serde(default, borrow)]
+    process: Option<ProcessRef<'a>>,
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    f: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    key: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    node: Option<Cow<'a, str>>,
+    #[serde(default, borrow, deserialize_with = "raw_value")]
+    value: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    error: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    region: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    role: Option<Cow<'a, str>>,
+}
+
+/// Keeps an explicit `null` as a value (`None` is for a missing field), so that errors
+/// can tell `null` from nothing.
+fn raw_value<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<&'a RawValue>, D::Error> {
+    <&'a RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct RawVersioned<'a> {
+    #[serde(default)]
+    version: Option<i64>,
+    #[serde(default, borrow)]
+    write: Option<Cow<'a, str>>,
+    #[serde(default)]
+    log: Option<Vec<(i64, String)>>,
+}
+
+/// Parses one line into an event, checking fields and value shape; `line` and
+/// `invoke_index` are filled in later.
+fn parse_line(bytes: &[u8]) -> Result<EventRef<'_>, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("empty line: every line must hold one JSON event".to_string());
+    }
+    // serde would also take a JSON array as a struct, field by field in order.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(diagnose(bytes, None));
+    }
+    let raw: RawLine<'_> = match serde_json::from_slice(bytes) {
+        Ok(raw) => raw,
+        Err(e) => return Err(diagnose(bytes, Some(&e))),
+    };
+    let missing = |field: &str, what: &str| format!("missing field `{field}` ({what})");
+    let index = raw
+        .index
+        .ok_or_else(|| missing("index", "the event's position in the file, from 0"))?;
+    let time = raw
+        .time
+        .ok_or_else(|| missing("time", "nanoseconds since the run started"))?;
+    let process = raw.process.ok_or_else(|| {
+        missing(
+            "process",
+            "an integer for a client, a string such as \"nemesis\" for an actor",
+        )
+    })?;
+    let kind_str = raw
+        .kind
+        .ok_or_else(|| missing("type", "invoke, ok, fail or info"))?;
+    let kind = EventType::parse(&kind_str).ok_or_else(|| {
+        format!("unknown type {kind_str:?}: the type must be invoke, ok, fail or info")
+    })?;
+    let f = raw
+        .f
+        .ok_or_else(|| missing("f", "the operation, such as \"read\" or \"write\""))?;
+    let op = OpKind::parse(&f);
+    if let ProcessRef::Actor(name) = &process {
+        if kind != EventType::Info {
+            return Err(format!(
+                "process {name:?} is a string, so its events must have type \"info\" (found {kind:?}); \
+                 operations that are invoked and completed need an integer process",
+                kind = kind.as_str()
+            ));
+        }
+    }
+    if op.is_data() && raw.key.is_none() {
+        return Err(format!(
+            "missing field `key`: a {f:?} event must name the item it touches"
+        ));
+    }
+    let value = typed_value(op, kind, &process, raw.value)?;
+    Ok(EventRef {
+        line: 0,
+        index,
+        time,
+        process,
+        kind,
+        f,
+        op,
+        key: raw.key,
+        node: raw.node,
+        value,
+        error: raw.error,
+        region: raw.region,
+        role: raw.role,
+        invoke_index: None,
+    })
+}
+
+const VERSIONED: &str = "{\"version\": <integer>, \"write\": \"<write id>\"}";
+
+/// Checks a value against the shape the spec gives for its operation and type.
+fn typed_value<'a>(
+    op: OpKind,
+    kind: EventType,
+    process: &ProcessRef<'_>,
+    raw: Option<&'a RawValue>,
+) -> Result<ValueRef<'a>, String> {
+    let client = matches!(process, ProcessRef::Client(_));
+    let need = {
+        use EventType::{Fail, Info, Invoke, Ok as Done};
+        use OpKind::*;
+        match (op, kind) {
+            (Write, Invoke) => Shape::WriteRequest,
+            (Write, Done) | (Fill, Invoke) | (Fill, Done) => Shape::Versioned,
+            (Read, Done) | (FinalRead, Done) | (DbRead, Done) => Shape::VersionedOrNull,
+            (DbFinalRead, Done) => Shape::Final,
+            (Write, Info) | (Write, Fail) if client => Shape::WriteRequestOrAnything,
+            _ => Shape::Anything,
+        }
+    };
+    let text = raw.map(RawValue::get);
+    let is_null = text.is_none_or(|t| t == "null");
+    // serde would also take a JSON array as a struct, field by field in order.
+    let is_object = text.is_some_and(|t| t.starts_with('{'));
+    let what = || format!("the value of `{}` {}", op.as_str(), kind.as_str());
+    let found = || text.unwrap_or("nothing").chars().take(80).collect::<String>();
+    match need {
+        Shape::Anything => Ok(raw
+            .filter(|_| !is_null)
+            .map_or(ValueRef::Absent, ValueRef::Raw)),
+        Shape::WriteRequest | Shape::WriteRequestOrAnything => {
+            let parsed = is_object
+                .then(|| serde_json::from_str::<RawVersioned<'a>>(text.unwrap_or("null")).ok())
+                .flatten();
+            match parsed.and_then(|p| p.write) {
+                Some(id) => Ok(ValueRef::WriteRequest(id)),
+                None if need == Shape::WriteRequestOrAnything => Ok(raw
+                    .filter(|_| !is_null)
+                    .map_or(ValueRef::Absent, ValueRef::Raw)),
+                None => Err(format!(
+                    "{} must be {{\"write\": \"<write id>\"}}, found {}",
+                    what(),
+                    found()
+                )),
+            }
+        }
+        Shape::Versioned | Shape::VersionedOrNull | Shape::Final => {
+            if is_null {
+                return if need == Shape::VersionedOrNull {
+                    Ok(ValueRef::Absent)
+                } else {
+                    Err(format!("{} must be {VERSIONED}, found {}", what(), found()))
+                };
+            }
+            if !is_object {
+                return Err(format!("{} must be {VERSIONED}, found {}", what(), found()));
+            }
+            let parsed: RawVersioned<'a> = serde_json::from_str(text.unwrap_or("null"))
+                .map_err(|e| {
+                    format!(
+                        "{} must be {VERSIONED}{}: {}",
+                        what(),
+                        if need == Shape::Final {
+                            " with an optional \"log\": [[<version>, \"<write id>\"], ...]"
+                        } else {
+                            ""
+                        },
+                        strip_position(&e)
+                    )
+                })?;
+            let (Some(version), Some(write)) = (parsed.version, parsed.write) else {
+                return Err(format!("{} must be {VERSIONED}, found {}", what(), found()));
+            };
+            let value = VersionedRef { version, write };
+            if need == Shape::Final {
+                Ok(ValueRef::Final {
+                    value,
+                    log: parsed.log,
+                })
+            } else {
+                Ok(ValueRef::Versioned(value))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Anything,
+    WriteRequest,
+    WriteRequestOrAnything,
+    Versioned,
+    VersionedOrNull,
+    Final,
+}
+
+fn strip_position(e: &serde_json::Error) -> String {
+    let s = e.to_string();
+    match s.find(" at line ") {
+        Some(p) => s[..p].to_string(),
+        None => s,
+    }
+}
+
+/// Explains a line serde rejected: which field is wrong and how, or where the JSON breaks.
+fn diagnose(bytes: &[u8], err: Option<&serde_json::Error>) -> String {
+    let value: serde_json::Value = match serde_json::from_slice(bytes) {
+        Ok(v) => v,
+        Err(e) => {
+            return format!(
+                "not valid JSON ({} at column {}): every line must be one JSON object",
+                strip_position(&e),
+                e.column()
+            )
+        }
+    };
+    let Some(obj) = value.as_object() else {
+        return format!(
+            "expected a JSON object, found {}: every line must be one JSON object",
+            kind_of(&value)
+        );
+    };
+    let rules: [(&str, fn(&serde_json::Value) -> bool, &str); 10] = [
+        ("index", |v| v.as_u64().is_some(), "a non-negative integer"),
+        ("time", |v| v.as_u64().is_some(), "a non-negative integer (nanoseconds)"),
+        ("process", |v| v.is_string() || v.as_i64().is_some(), "an integer or a string"),
+        ("type", |v| v.is_string(), "a string: invoke, ok, fail or info"),
+        ("f", |v| v.is_string(), "a string"),
+        ("key", |v| v.is_string() || v.is_null(), "a string"),
+        ("node", |v| v.is_string() || v.is_null(), "a string"),
+        ("error", |v| v.is_string() || v.is_null(), "a string"),
+        ("region", |v| v.is_string() || v.is_null(), "a string"),
+        ("role", |v| v.is_string() || v.is_null(), "a string"),
+    ];
+    for (field, ok, what) in rules {
+        if let Some(v) = obj.get(field) {
+            if !ok(v) {
+                let shown: String = v.to_string().chars().take(60).collect();
+                return format!("field `{field}` must be {what}, found {} {shown}", kind_of(v));
+            }
+        }
+    }
+    match err {
+        Some(err) => format!("{} at column {}", strip_position(err), err.column()),
+        None => "every line must be one JSON object".to_string(),
+    }
+}
+
+fn kind_of(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(n) if n.is_f64() => "a fraction",
+        serde_json::Value::Number(n) if n.as_i64().is_some_and(|n| n < 0) => "a negative number",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The checks that need the events before: index sequence, clock, and pairing.
+#[derive(Default)]
+struct Sequence {
+    next_index: u64,
+    last_time: u64,
+    last_time_line: u64,
+    outstanding: FxHashMap<i64, Slot>,
+}
+
+#[derive(Default)]
+struct Slot {
+    active: bool,
+    f: String,
+    key: String,
+    line: u64,
+    index: u64,
+}
+
+impl Sequence {
+    fn check(&mut self, event: &mut EventRef<'_>) -> Result<(), String> {
+        if event.index != self.next_index {
+            return Err(format!(
+                "index {} where {} was expected: indices count up by 1 from 0 \
+                 (was a line lost, duplicated or reordered?)",
+                event.index, self.next_index
+            ));
+        }
+        self.next_index += 1;
+        if event.time < self.last_time {
+            return Err(format!(
+                "time {} is earlier than {} on line {}: times must never decrease \
+                 (take them from one monotonic clock)",
+                event.time, self.last_time, self.last_time_line
+            ));
+        }
+        self.last_time = event.time;
+        self.last_time_line = event.line;
+        let ProcessRef::Client(process) = event.process else {
+            return Ok(());
+        };
+        let key = event.key.as_deref().unwrap_or("");
+        let slot = self.outstanding.entry(process).or_default();
+        if event.kind == EventType::Invoke {
+            if slot.active {
+                return Err(format!(
+                    "process {process} invokes {:?} while its invoke on line {} is still \
+                     outstanding: a client has one operation at a time, so complete it \
+                     (ok, fail or info) first",
+                    event.f, slot.line
+                ));
+            }
+            slot.active = true;
+            slot.f.clear();
+            slot.f.push_str(&event.f);
+            slot.key.clear();
+            slot.key.push_str(key);
+            slot.line = event.line;
+            slot.index = event.index;
+            return Ok(());
+        }
+        if !slot.active {
+            return Err(format!(
+                "{} of {:?} by process {process} has no invoke: every completion must \
+                 follow an invoke of the same process",
+                event.kind.as_str(),
+                event.f
+            ));
+        }
+        if slot.f != event.f || slot.key != key {
+            return Err(format!(
+                "{} of {:?} on key {key:?} by process {process} does not match its invoke on \
+                 line {} ({:?} on key {:?}): a completion repeats its invoke's f and key",
+                event.kind.as_str(),
+                event.f,
+                slot.line,
+                slot.f,
+                slot.key
+            ));
+        }
+        slot.active = false;
+        event.invoke_index = Some(slot.index);
+        Ok(())
+    }
+}
