@@ -403,7 +403,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         let Some(val) = op.value else { continue }; // a miss
         info_tie(val, id, &mut tie);
         if op.kind == OpKind::DbFinalRead {
-            if let Some(log) = final_value.filter(|f| f.op == id).and_then(|f| f.log.as_ref()) {
+            if let Some(log) = h.logs.get(&id) {
                 for &entry in log {
                     info_tie(entry, id, &mut tie);
                 }

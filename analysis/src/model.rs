@@ -166,6 +166,8 @@ pub struct History {
     pub invalidations: Vec<Vec<Invalidation>>,
     /// The last ok `db-final-read` per key.
     pub finals: Vec<Option<Final>>,
+    /// The log of every ok `db-final-read` that sent one, by op id.
+    pub logs: FxHashMap<u32, Vec<Val>>,
     /// Op ids per key, in invoke order.
     pub key_ops: Vec<Vec<u32>>,
     /// The `final-phase` event: index and time.
@@ -347,7 +349,7 @@ impl Visitor for Builder {
                         ValueRef::Versioned(v) => Some(Some(self.val(v))),
                         ValueRef::Final { value, log } => {
                             let value = self.val(value);
-                            let log = log.as_ref().map(|l| {
+                            let log: Option<Vec<Val>> = log.as_ref().map(|l| {
                                 l.iter()
                                     .map(|(version, write)| Val {
                                         version: *version,
@@ -355,6 +357,9 @@ impl Visitor for Builder {
                                     })
                                     .collect()
                             });
+                            if let Some(log) = &log {
+                                self.history.logs.insert(id, log.clone());
+                            }
                             let op = &self.history.ops[id as usize];
                             if op.key != NONE {
                                 self.history.finals[op.key as usize] =
