@@ -10,6 +10,10 @@ use coherence_store::OpKind;
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
+use std::cell::OnceCell;
+
+/// Fills of one key by (node, value installed), in history order.
+type Fills = FxHashMap<(u32, Val), Vec<u32>>;
 
 /// The anomalies of the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -370,6 +374,20 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         tie(0, INIT, NONE, NONE);
     }
 
+    // Fills of the key by (node, value installed), built when a cause is first needed.
+    let fills: OnceCell<Fills> = OnceCell::new();
+    let fills = || {
+        fills.get_or_init(|| {
+            let mut map = Fills::default();
+            for &id in ops {
+                let op = &h.ops[id as usize];
+                if let (OpKind::Fill, Some(v)) = (op.kind, op.value) {
+                    map.entry((op.node, v)).or_default().push(id);
+                }
+            }
+            map
+        })
+    };
     let final_value = h.finals[key as usize].as_ref();
     let final_phase_index = ctx.history.final_phase.map(|f| f.0);
     let mut sessions: FxHashMap<u32, Session> = FxHashMap::default();
@@ -450,7 +468,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
                                 event: u64::MAX,
                             }
                         } else {
-                            cache_cause(ctx, key, op, val, newer)
+                            cache_cause(ctx, key, op, val, newer, fills())
                         });
                         out.findings.push(f);
                     }
@@ -472,7 +490,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
             f.cause = Some(if op.kind == OpKind::DbRead {
                 db_cause(ctx, op, newer)
             } else {
-                cache_cause(ctx, key, op, val, newer)
+                cache_cause(ctx, key, op, val, newer, fills())
             });
             out.findings.push(f);
         }
@@ -542,7 +560,14 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
 
 /// The likely cause of a cache read `read` (of `val` on its node) not showing the
 /// newer write `newer`.
-fn cache_cause(ctx: &Context<'_>, key: u32, read: &Op, val: Val, newer: u32) -> Cause {
+fn cache_cause(
+    ctx: &Context<'_>,
+    key: u32,
+    read: &Op,
+    val: Val,
+    newer: u32,
+    fills: &Fills,
+) -> Cause {
     let h = ctx.history;
     let cause = |kind, op, event| Cause { kind, op, event };
     let Some(w) = h.ops.get(newer as usize) else {
@@ -551,15 +576,14 @@ fn cache_cause(ctx: &Context<'_>, key: u32, read: &Op, val: Val, newer: u32) -> 
     let node = read.node;
     // 1. A fill of the old value on this node that completed after the newer write
     //    was acknowledged, and started before the read returned.
-    let fill = h.key_ops[key as usize]
-        .iter()
+    let fill = fills
+        .get(&(node, val))
+        .into_iter()
+        .flatten()
         .rev()
         .map(|&id| (id, &h.ops[id as usize]))
         .find(|(_, f)| {
-            f.kind == OpKind::Fill
-                && f.node == node
-                && f.outcome != Outcome::Fail
-                && f.value == Some(val)
+            f.outcome != Outcome::Fail
                 && f.complete_time > w.complete_time
                 && f.invoke_time <= read.complete_time
         });
@@ -579,19 +603,16 @@ fn cache_cause(ctx: &Context<'_>, key: u32, read: &Op, val: Val, newer: u32) -> 
             return cause(CauseKind::FailoverPromoted, NONE, p.0);
         }
     }
+    // Invalidations are in history order, so in time order.
     let invals = &h.invalidations[key as usize];
-    let after_write = invals
-        .iter()
-        .filter(|i| i.node == node && i.time >= w.invoke_time);
-    let mut late = None;
-    let mut in_time = None;
-    for inv in after_write {
-        if inv.time <= read.invoke_time {
-            in_time.get_or_insert(inv.index);
-        } else {
-            late.get_or_insert(inv.index);
-        }
-    }
+    let first = invals.partition_point(|i| i.time < w.invoke_time);
+    // The first invalidation of this node after the write began: before the read, or late.
+    let next = invals[first..].iter().find(|i| i.node == node);
+    let (in_time, late) = match next {
+        Some(inv) if inv.time <= read.invoke_time => (Some(inv.index), None),
+        Some(inv) => (None, Some(inv.index)),
+        None => (None, None),
+    };
     if in_time.is_none() {
         if let Some(index) = late {
             return cause(CauseKind::LateInvalidation, NONE, index);

@@ -202,8 +202,8 @@ impl History {
 pub struct Builder {
     history: History,
     process_ids: FxHashMap<i64, u32>,
-    /// Op id by invoke index, for pairing completions.
-    open: FxHashMap<u64, u32>,
+    /// The op each process has outstanding (or last had), by dense process id.
+    current: Vec<u32>,
 }
 
 impl Default for Builder {
@@ -213,7 +213,7 @@ impl Default for Builder {
         Builder {
             history,
             process_ids: FxHashMap::default(),
-            open: FxHashMap::default(),
+            current: Vec::new(),
         }
     }
 }
@@ -305,6 +305,7 @@ impl Visitor for Builder {
                     let process = *self.process_ids.entry(*p).or_insert(next);
                     if process == next {
                         self.history.processes.push(*p);
+                        self.current.push(NONE);
                     }
                     let key = self.key_id(ev.key.as_deref());
                     let node = self.node_id(ev.node.as_deref());
@@ -317,7 +318,7 @@ impl Visitor for Builder {
                         _ => None,
                     };
                     let id = self.history.ops.len() as u32;
-                    self.open.insert(ev.index, id);
+                    self.current[process as usize] = id;
                     self.history.ops.push(Op {
                         kind: ev.op,
                         outcome: Outcome::Info,
@@ -333,12 +334,14 @@ impl Visitor for Builder {
                     });
                     return Ok(());
                 }
-                let invoke = ev
-                    .invoke_index
-                    .ok_or("a completion without its invoke (the reader should have caught this)")?;
+                // The reader has paired it: the process's current op is its invoke.
                 let id = self
-                    .open
-                    .remove(&invoke)
+                    .process_ids
+                    .get(p)
+                    .map(|&process| self.current[process as usize])
+                    .filter(|&id| {
+                        id != NONE && Some(self.history.ops[id as usize].invoke_index) == ev.invoke_index
+                    })
                     .ok_or("a completion whose invoke was not seen")?;
                 let node = match ev.node.as_deref() {
                     Some(n) => self.history.nodes.intern(n),

@@ -286,6 +286,7 @@ pub fn build(
     }
 
     let mut by_f: BTreeMap<&'static str, OpCounts> = BTreeMap::new();
+    let mut node_reads: Vec<(u64, u64)> = vec![(0, 0); h.nodes.len()];
     for op in &h.ops {
         let c = by_f.entry(op.kind.as_str()).or_default();
         match op.outcome {
@@ -297,11 +298,18 @@ pub fn build(
             && matches!(op.kind, OpKind::Read | OpKind::DbRead | OpKind::FinalRead)
             && op.node != NONE
         {
-            let n = per_node.entry(h.nodes.name(op.node).to_string()).or_default();
-            n.reads += 1;
+            let n = &mut node_reads[op.node as usize];
+            n.0 += 1;
             if op.value.is_none() {
-                n.misses += 1;
+                n.1 += 1;
             }
+        }
+    }
+    for (node, &(reads, misses)) in node_reads.iter().enumerate() {
+        if reads > 0 {
+            let n = per_node.entry(h.nodes.name(node as u32).to_string()).or_default();
+            n.reads = reads;
+            n.misses = misses;
         }
     }
 

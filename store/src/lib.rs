@@ -17,5 +17,7 @@ pub mod writer;
 
 pub use event::{Event, EventType, OpKind, Process, Versioned};
 pub use progress::{NoProgress, Progress};
-pub use reader::{read_history, EventRef, ProcessRef, ReadError, ReadSummary, ValueRef, Visitor, Warning};
+pub use reader::{
+    read_history, EventRef, ProcessRef, ReadError, ReadSummary, ValueRef, Visitor, Warning,
+};
 pub use writer::HistoryWriter;

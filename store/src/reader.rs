@@ -21,9 +21,10 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender};
 
 /// How many bytes are parsed at a time.
-const CHUNK: usize = 16 << 20;
+const CHUNK: usize = 4 << 20;
 
 /// Who logged an event, borrowed from the line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -240,12 +241,50 @@ pub fn read_history(
     };
     progress.start(Some(total));
     let result = if n == 2 && magic == [0x1f, 0x8b] {
-        read_from(flate2::read::MultiGzDecoder::new(counted), path, visitor)
+        let mut gzip = GzipEnd {
+            inner: flate2::read::MultiGzDecoder::new(counted),
+            cut: false,
+        };
+        read_from(&mut gzip, path, visitor).map(|mut summary| {
+            if gzip.cut {
+                summary.warnings.push(Warning {
+                    line: summary.events + 1,
+                    message: "the gzip stream ends early (its writer did not finish it, as \
+                              after a crash); the events before were read and nothing \
+                              after them was"
+                        .to_string(),
+                });
+            }
+            summary
+        })
     } else {
         read_from(counted, path, visitor)
     };
     progress.finish();
     result
+}
+
+/// A gzip stream that ends early, as an unfinished writer leaves it (flushed blocks but
+/// no trailer), ends the input instead of failing, so that the prefix is read; `cut` says
+/// that it happened. Corrupt data stays an error.
+struct GzipEnd<R> {
+    inner: R,
+    cut: bool,
+}
+
+impl<R: Read> Read for GzipEnd<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cut {
+            return Ok(0);
+        }
+        match self.inner.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.cut = true;
+                Ok(0)
+            }
+            other => other,
+        }
+    }
 }
 
 struct Counting<'p, R> {
@@ -276,104 +315,172 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 
 /// Reads a history from any byte stream; `path` only names it in errors.
 pub fn read_from(
-    input: impl Read,
+    input: impl Read + Send,
     path: &Path,
     visitor: &mut dyn Visitor,
 ) -> Result<ReadSummary, ReadError> {
     read_from_chunked(input, path, visitor, CHUNK)
 }
 
+/// The lines of one chunk, parsed. Events borrow from the chunk's bytes.
+struct Parsed<'a> {
+    /// Each line's event, or why it is not one.
+    events: Vec<Result<EventRef<'a>, String>>,
+    /// Where each line is in the chunk.
+    ranges: Vec<(usize, usize)>,
+    /// The last line has no newline (only at the end of the input).
+    cut_tail: bool,
+}
+
+self_cell::self_cell!(
+    /// A chunk of whole lines and its parsed events, owned together so that a batch can
+    /// travel from the parsing thread to the one that checks and visits.
+    struct Batch {
+        owner: Vec<u8>,
+        #[covariant]
+        dependent: Parsed,
+    }
+);
+
+/// Splits a chunk into lines and parses them in parallel.
+fn parse_chunk(chunk: &[u8]) -> Parsed<'_> {
+    let mut ranges = Vec::with_capacity(chunk.len() / 96);
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', chunk) {
+        ranges.push((start, nl));
+        start = nl + 1;
+    }
+    let cut_tail = start < chunk.len();
+    if cut_tail {
+        ranges.push((start, chunk.len()));
+    }
+    // Checking UTF-8 once per chunk lets serde skip it for every string.
+    let text = std::str::from_utf8(chunk).ok();
+    let events = ranges
+        .par_iter()
+        .with_min_len(256)
+        .map(|&(s, e)| {
+            let line = match text {
+                Some(t) => Line::Text(trim_cr_str(&t[s..e])),
+                None => Line::Bytes(trim_cr(&chunk[s..e])),
+            };
+            parse_line(line)
+        })
+        .collect();
+    Parsed {
+        events,
+        ranges,
+        cut_tail,
+    }
+}
+
 /// [`read_from`] with a chosen chunk size, so that tests can put chunk boundaries
 /// anywhere (a chunk grows as needed to hold a line longer than it).
+///
+/// A producer thread reads chunks of whole lines and parses each in parallel while the
+/// calling thread checks the sequence and visits the events of the chunk before, so
+/// parsing, checking and the visitor's work overlap.
 #[doc(hidden)]
 pub fn read_from_chunked(
-    mut input: impl Read,
+    input: impl Read + Send,
     path: &Path,
     visitor: &mut dyn Visitor,
     chunk_bytes: usize,
 ) -> Result<ReadSummary, ReadError> {
     let chunk_bytes = chunk_bytes.max(1);
-    let mut summary = ReadSummary::default();
-    let mut checker = Sequence::default();
-    let mut buf: Vec<u8> = Vec::with_capacity(chunk_bytes + (chunk_bytes >> 2));
-    let mut first_line = 1u64;
-    let mut eof = false;
-    let mut ranges: Vec<(usize, usize)> = Vec::new();
-    while !eof {
-        // Fill the buffer up to a chunk, or to the end of the input.
-        let want = buf.len() + chunk_bytes;
-        while buf.len() < want {
-            let len = buf.len();
-            buf.resize(want, 0);
-            match input.read(&mut buf[len..]) {
-                Ok(0) => {
-                    buf.truncate(len);
-                    eof = true;
-                    break;
-                }
-                Ok(n) => buf.truncate(len + n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => buf.truncate(len),
-                Err(source) => {
-                    return Err(ReadError::Io {
-                        path: path.to_path_buf(),
-                        source,
-                    })
-                }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Batch>>(2);
+    std::thread::scope(|scope| {
+        scope.spawn(move || produce(input, chunk_bytes, tx));
+        consume(rx, path, visitor)
+        // Returning drops the receiver, which stops the producer at its next send.
+    })
+}
+
+/// Reads chunks that end at a line end, parses them, and sends them in order.
+fn produce(mut input: impl Read, chunk_bytes: usize, tx: SyncSender<io::Result<Batch>>) {
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let mut buf = Vec::with_capacity(carry.len() + chunk_bytes);
+        buf.append(&mut carry);
+        // `read_to_end` writes into the spare capacity without zero-filling it.
+        let got = match (&mut input).take(chunk_bytes as u64).read_to_end(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
             }
-        }
+        };
+        let eof = got < chunk_bytes;
         let end = if eof {
             buf.len()
         } else {
             match memchr::memrchr(b'\n', &buf) {
                 Some(p) => p + 1,
-                None => continue, // one very long line: read more
+                None => {
+                    carry = buf; // one very long line: read more
+                    continue;
+                }
             }
         };
-        ranges.clear();
-        let mut start = 0;
-        for nl in memchr::memchr_iter(b'\n', &buf[..end]) {
-            ranges.push((start, nl));
-            start = nl + 1;
+        carry.extend_from_slice(&buf[end..]);
+        buf.truncate(end);
+        let batch = Batch::new(buf, |chunk| parse_chunk(chunk));
+        if tx.send(Ok(batch)).is_err() || eof {
+            return; // the consumer stopped (an error), or all is sent
         }
-        let cut_tail = start < end; // a last line with no newline (only at the end of input)
-        if cut_tail {
-            ranges.push((start, end));
-        }
-        let chunk = &buf[..end];
-        let parsed: Vec<Result<EventRef<'_>, String>> = ranges
-            .par_iter()
-            .with_min_len(512)
-            .map(|&(s, e)| parse_line(trim_cr(&chunk[s..e])))
-            .collect();
-        let count = parsed.len();
-        for (i, result) in parsed.into_iter().enumerate() {
-            let line = first_line + i as u64;
-            let invalid = |reason: String| ReadError::Invalid {
-                path: path.to_path_buf(),
-                line,
-                reason,
-            };
-            match result {
-                Ok(mut event) => {
-                    event.line = line;
-                    checker.check(&mut event).map_err(invalid)?;
-                    visitor.visit(&event).map_err(invalid)?;
-                    summary.events += 1;
+    }
+}
+
+/// Checks and visits the batches in order.
+fn consume(
+    rx: Receiver<io::Result<Batch>>,
+    path: &Path,
+    visitor: &mut dyn Visitor,
+) -> Result<ReadSummary, ReadError> {
+    let mut summary = ReadSummary::default();
+    let mut checker = Sequence::default();
+    let mut first_line = 1u64;
+    for batch in rx {
+        let mut batch = batch.map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bytes = batch.borrow_owner().len() as u64;
+        let count = batch.with_dependent_mut(|chunk, parsed| -> Result<u64, ReadError> {
+            let count = parsed.events.len();
+            for (i, result) in parsed.events.drain(..).enumerate() {
+                let line = first_line + i as u64;
+                let invalid = |reason: String| ReadError::Invalid {
+                    path: path.to_path_buf(),
+                    line,
+                    reason,
+                };
+                match result {
+                    Ok(mut event) => {
+                        event.line = line;
+                        checker.check(&mut event).map_err(invalid)?;
+                        visitor.visit(&event).map_err(invalid)?;
+                        summary.events += 1;
+                    }
+                    Err(_)
+                        if parsed.cut_tail
+                            && i + 1 == count
+                            && is_cut_short(chunk, parsed.ranges[i]) =>
+                    {
+                        summary.warnings.push(Warning {
+                            line,
+                            message: "the last line is cut short (no newline and not a whole \
+                                      event), as a writer that crashed leaves it; it was skipped"
+                                .to_string(),
+                        });
+                    }
+                    Err(reason) => return Err(invalid(reason)),
                 }
-                Err(_) if cut_tail && i + 1 == count && is_cut_short(chunk, ranges[i]) => {
-                    summary.warnings.push(Warning {
-                        line,
-                        message: "the last line is cut short (no newline and not a whole event), \
-                                  as a writer that crashed leaves it; it was skipped"
-                            .to_string(),
-                    });
-                }
-                Err(reason) => return Err(invalid(reason)),
             }
-        }
-        first_line += count as u64;
-        summary.bytes += end as u64;
-        buf.drain(..end);
+            Ok(count as u64)
+        })?;
+        first_line += count;
+        summary.bytes += bytes;
     }
     summary.unfinished = checker.outstanding.values().filter(|s| s.active).count() as u64;
     Ok(summary)
@@ -393,6 +500,45 @@ fn trim_cr(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
+fn trim_cr_str(line: &str) -> &str {
+    line.strip_suffix('\r').unwrap_or(line)
+}
+
+/// A line, as text when its chunk is valid UTF-8 (serde then skips checking each string).
+#[derive(Clone, Copy)]
+enum Line<'a> {
+    Text(&'a str),
+    Bytes(&'a [u8]),
+}
+
+/// A string that borrows from the line unless it holds escapes. (serde borrows a bare
+/// `Cow<str>` field, but never one inside an `Option`, which would cost an allocation
+/// per field per line.)
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+fn cow(t: Option<Text<'_>>) -> Option<Cow<'_, str>> {
+    t.map(|t| t.0)
+}
+
 /// The line as serde sees it; every field optional so that a missing one gets a clear
 /// message of ours.
 #[derive(Deserialize)]
@@ -404,21 +550,21 @@ struct RawLine<'a> {
     #[serde(default, borrow)]
     process: Option<ProcessRef<'a>>,
     #[serde(default, borrow, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Text<'a>>,
     #[serde(default, borrow)]
-    f: Option<Cow<'a, str>>,
+    f: Option<Text<'a>>,
     #[serde(default, borrow)]
-    key: Option<Cow<'a, str>>,
+    key: Option<Text<'a>>,
     #[serde(default, borrow)]
-    node: Option<Cow<'a, str>>,
+    node: Option<Text<'a>>,
     #[serde(default, borrow, deserialize_with = "raw_value")]
     value: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    error: Option<Cow<'a, str>>,
+    error: Option<Text<'a>>,
     #[serde(default, borrow)]
-    region: Option<Cow<'a, str>>,
+    region: Option<Text<'a>>,
     #[serde(default, borrow)]
-    role: Option<Cow<'a, str>>,
+    role: Option<Text<'a>>,
 }
 
 /// Keeps an explicit `null` as a value (`None` is for a missing field), so that errors
@@ -432,14 +578,18 @@ struct RawVersioned<'a> {
     #[serde(default)]
     version: Option<i64>,
     #[serde(default, borrow)]
-    write: Option<Cow<'a, str>>,
+    write: Option<Text<'a>>,
     #[serde(default)]
     log: Option<Vec<(i64, String)>>,
 }
 
 /// Parses one line into an event, checking fields and value shape; `line` and
 /// `invoke_index` are filled in later.
-fn parse_line(bytes: &[u8]) -> Result<EventRef<'_>, String> {
+fn parse_line(line: Line<'_>) -> Result<EventRef<'_>, String> {
+    let bytes = match line {
+        Line::Text(t) => t.as_bytes(),
+        Line::Bytes(b) => b,
+    };
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err("empty line: every line must hold one JSON event".to_string());
     }
@@ -447,7 +597,11 @@ fn parse_line(bytes: &[u8]) -> Result<EventRef<'_>, String> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(diagnose(bytes, None));
     }
-    let raw: RawLine<'_> = match serde_json::from_slice(bytes) {
+    let parsed = match line {
+        Line::Text(t) => serde_json::from_str::<RawLine<'_>>(t),
+        Line::Bytes(b) => serde_json::from_slice::<RawLine<'_>>(b),
+    };
+    let raw: RawLine<'_> = match parsed {
         Ok(raw) => raw,
         Err(e) => return Err(diagnose(bytes, Some(&e))),
     };
@@ -464,15 +618,11 @@ fn parse_line(bytes: &[u8]) -> Result<EventRef<'_>, String> {
             "an integer for a client, a string such as \"nemesis\" for an actor",
         )
     })?;
-    let kind_str = raw
-        .kind
-        .ok_or_else(|| missing("type", "invoke, ok, fail or info"))?;
+    let kind_str = cow(raw.kind).ok_or_else(|| missing("type", "invoke, ok, fail or info"))?;
     let kind = EventType::parse(&kind_str).ok_or_else(|| {
         format!("unknown type {kind_str:?}: the type must be invoke, ok, fail or info")
     })?;
-    let f = raw
-        .f
-        .ok_or_else(|| missing("f", "the operation, such as \"read\" or \"write\""))?;
+    let f = cow(raw.f).ok_or_else(|| missing("f", "the operation, such as \"read\" or \"write\""))?;
     let op = OpKind::parse(&f);
     if let ProcessRef::Actor(name) = &process {
         if kind != EventType::Info {
@@ -497,12 +647,12 @@ fn parse_line(bytes: &[u8]) -> Result<EventRef<'_>, String> {
         kind,
         f,
         op,
-        key: raw.key,
-        node: raw.node,
+        key: cow(raw.key),
+        node: cow(raw.node),
         value,
-        error: raw.error,
-        region: raw.region,
-        role: raw.role,
+        error: cow(raw.error),
+        region: cow(raw.region),
+        role: cow(raw.role),
         invoke_index: None,
     })
 }
@@ -530,11 +680,16 @@ fn typed_value<'a>(
         }
     };
     let text = raw.map(RawValue::get);
-    let is_null = text.is_none_or(|t| t == "null");
+    let is_null = text.map_or(true, |t| t == "null");
     // serde would also take a JSON array as a struct, field by field in order.
     let is_object = text.is_some_and(|t| t.starts_with('{'));
     let what = || format!("the value of `{}` {}", op.as_str(), kind.as_str());
-    let found = || text.unwrap_or("nothing").chars().take(80).collect::<String>();
+    let found = || {
+        text.unwrap_or("nothing")
+            .chars()
+            .take(80)
+            .collect::<String>()
+    };
     match need {
         Shape::Anything => Ok(raw
             .filter(|_| !is_null)
@@ -543,7 +698,7 @@ fn typed_value<'a>(
             let parsed = is_object
                 .then(|| serde_json::from_str::<RawVersioned<'a>>(text.unwrap_or("null")).ok())
                 .flatten();
-            match parsed.and_then(|p| p.write) {
+            match parsed.and_then(|p| cow(p.write)) {
                 Some(id) => Ok(ValueRef::WriteRequest(id)),
                 None if need == Shape::WriteRequestOrAnything => Ok(raw
                     .filter(|_| !is_null)
@@ -566,8 +721,8 @@ fn typed_value<'a>(
             if !is_object {
                 return Err(format!("{} must be {VERSIONED}, found {}", what(), found()));
             }
-            let parsed: RawVersioned<'a> = serde_json::from_str(text.unwrap_or("null"))
-                .map_err(|e| {
+            let parsed: RawVersioned<'a> =
+                serde_json::from_str(text.unwrap_or("null")).map_err(|e| {
                     format!(
                         "{} must be {VERSIONED}{}: {}",
                         what(),
@@ -579,7 +734,7 @@ fn typed_value<'a>(
                         strip_position(&e)
                     )
                 })?;
-            let (Some(version), Some(write)) = (parsed.version, parsed.write) else {
+            let (Some(version), Some(write)) = (parsed.version, cow(parsed.write)) else {
                 return Err(format!("{} must be {VERSIONED}, found {}", what(), found()));
             };
             let value = VersionedRef { version, write };
@@ -613,6 +768,9 @@ fn strip_position(e: &serde_json::Error) -> String {
     }
 }
 
+/// A field, a test of its value, and what the value must be.
+type Rule = (&'static str, fn(&serde_json::Value) -> bool, &'static str);
+
 /// Explains a line serde rejected: which field is wrong and how, or where the JSON breaks.
 fn diagnose(bytes: &[u8], err: Option<&serde_json::Error>) -> String {
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
@@ -631,11 +789,23 @@ fn diagnose(bytes: &[u8], err: Option<&serde_json::Error>) -> String {
             kind_of(&value)
         );
     };
-    let rules: [(&str, fn(&serde_json::Value) -> bool, &str); 10] = [
+    let rules: [Rule; 10] = [
         ("index", |v| v.as_u64().is_some(), "a non-negative integer"),
-        ("time", |v| v.as_u64().is_some(), "a non-negative integer (nanoseconds)"),
-        ("process", |v| v.is_string() || v.as_i64().is_some(), "an integer or a string"),
-        ("type", |v| v.is_string(), "a string: invoke, ok, fail or info"),
+        (
+            "time",
+            |v| v.as_u64().is_some(),
+            "a non-negative integer (nanoseconds)",
+        ),
+        (
+            "process",
+            |v| v.is_string() || v.as_i64().is_some(),
+            "an integer or a string",
+        ),
+        (
+            "type",
+            |v| v.is_string(),
+            "a string: invoke, ok, fail or info",
+        ),
         ("f", |v| v.is_string(), "a string"),
         ("key", |v| v.is_string() || v.is_null(), "a string"),
         ("node", |v| v.is_string() || v.is_null(), "a string"),
@@ -647,12 +817,20 @@ fn diagnose(bytes: &[u8], err: Option<&serde_json::Error>) -> String {
         if let Some(v) = obj.get(field) {
             if !ok(v) {
                 let shown: String = v.to_string().chars().take(60).collect();
-                return format!("field `{field}` must be {what}, found {} {shown}", kind_of(v));
+                return format!(
+                    "field `{field}` must be {what}, found {} {shown}",
+                    kind_of(v)
+                );
             }
         }
     }
     match err {
-        Some(err) => format!("{} at column {}", strip_position(err), err.column()),
+        // In practice a field given twice, which serde refuses.
+        Some(err) => format!(
+            "{} at column {}: every line must be one JSON object with each field given once",
+            strip_position(err),
+            err.column()
+        ),
         None => "every line must be one JSON object".to_string(),
     }
 }

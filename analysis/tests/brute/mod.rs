@@ -120,6 +120,7 @@ struct Op {
     kind: String, // ok, fail, info ("info" also for unfinished)
     invoke: u64,
     complete: Option<u64>,
+    complete_index: Option<u64>,
     write_id: Option<String>,
     value: Option<(i64, String)>,
     log: Option<Vec<(i64, String)>>,
@@ -155,6 +156,7 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
                 kind: "info".into(),
                 invoke: time,
                 complete: None,
+                complete_index: None,
                 write_id: e["value"]["write"].as_str().map(String::from),
                 value: None,
                 log: None,
@@ -163,6 +165,7 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
             let op = &mut ops[open.remove(&p).unwrap()];
             op.kind = e["type"].as_str().unwrap().into();
             op.complete = Some(time);
+            op.complete_index = Some(index);
             if op.kind == "ok" {
                 op.value = versioned(&e["value"]);
                 op.log = e["value"]["log"].as_array().map(|l| {
@@ -258,11 +261,11 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
         }
         *c.get_mut("version-fork").unwrap() += tied.values().filter(|s| s.len() > 1).count() as u64;
     }
-    // the last ok db-final-read of each key, by completion
+    // the last ok db-final-read of each key, by completion (in file order)
     let final_of = |key: &str| -> Option<&Op> {
         ops.iter()
             .filter(|o| ok(o, "db-final-read") && o.key == key && o.value.is_some())
-            .max_by_key(|o| o.complete)
+            .max_by_key(|o| o.complete_index)
     };
     // lost-write
     for w in &ok_writes {

@@ -1,0 +1,10 @@
+//! Workloads of coherence: the clients, operation generators and cache-aside logic that
+//! drive a system under test, and a seedable simulator of cache-aside systems ([`sim`])
+//! that writes realistic history files without any servers, for testing and
+//! benchmarking the checker.
+
+#![deny(missing_docs)]
+
+pub mod sim;
+
+pub use sim::{generate, Mode, SimConfig, SimSummary};
