@@ -15,7 +15,8 @@ impl Bar {
     /// A bar for reading `path`, shown only on a terminal, outside CI, for large files.
     pub fn for_file(path: &Path) -> Bar {
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let show = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() && size >= LARGE;
+        let show =
+            std::io::stderr().is_terminal() && std::env::var_os("CI").is_none() && size >= LARGE;
         if !show {
             return Bar(None);
         }

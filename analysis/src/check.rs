@@ -203,9 +203,7 @@ impl<'h> Context<'h> {
                     .as_deref()
                     .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
                     .and_then(|v| v.get("promoted").and_then(|p| p.as_str().map(String::from)));
-                let node = promoted
-                    .and_then(|p| history.nodes.get(&p))
-                    .unwrap_or(NONE);
+                let node = promoted.and_then(|p| history.nodes.get(&p)).unwrap_or(NONE);
                 promotions.push((ev.index, ev.time, node));
             }
             if let Some(closer) = closing_f(&ev.f) {
@@ -340,10 +338,14 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
                 );
             }
             Outcome::Info => {
-                states.entry(val.write).or_insert(WriteState::Info { op: id });
+                states
+                    .entry(val.write)
+                    .or_insert(WriteState::Info { op: id });
             }
             Outcome::Fail => {
-                states.entry(val.write).or_insert(WriteState::Fail { op: id });
+                states
+                    .entry(val.write)
+                    .or_insert(WriteState::Fail { op: id });
             }
         }
     }
@@ -368,7 +370,12 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         }
     };
     for &(version, _, op) in &acked {
-        tie(version, h.ops[op as usize].value.map_or(NONE, |v| v.write), op, NONE);
+        tie(
+            version,
+            h.ops[op as usize].value.map_or(NONE, |v| v.write),
+            op,
+            NONE,
+        );
     }
     if init_in_force {
         tie(0, INIT, NONE, NONE);
@@ -481,7 +488,8 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         // stale-read (read and db-read)
         let (first_ack, newer) = newer_than(val.version);
         let staleness = op.invoke_time.saturating_sub(first_ack);
-        out.staleness.push(if first_ack == u64::MAX { 0 } else { staleness });
+        out.staleness
+            .push(if first_ack == u64::MAX { 0 } else { staleness });
         if first_ack != u64::MAX && first_ack.saturating_add(ctx.bound) < op.invoke_time {
             let mut f = Finding::new(AnomalyKind::StaleRead, key, id);
             f.other = newer;
@@ -524,7 +532,11 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
     for (version, writes) in forked {
         let mut f = Finding::new(AnomalyKind::VersionFork, key, writes[0].1);
         f.other = writes[1].1;
-        f.extra = if writes[1].2 != NONE { writes[1].2 } else { writes[0].2 };
+        f.extra = if writes[1].2 != NONE {
+            writes[1].2
+        } else {
+            writes[0].2
+        };
         f.version = version;
         if f.op == NONE {
             // "init" is no op; lead with the write that has one.
@@ -634,7 +646,12 @@ fn cache_cause(
 fn db_cause(ctx: &Context<'_>, read: &Op, newer: u32) -> Cause {
     let h = ctx.history;
     let w = &h.ops[newer as usize];
-    if let Some(p) = ctx.promotions.iter().rev().find(|p| p.1 <= read.invoke_time) {
+    if let Some(p) = ctx
+        .promotions
+        .iter()
+        .rev()
+        .find(|p| p.1 <= read.invoke_time)
+    {
         if p.1 >= w.invoke_time {
             return Cause {
                 kind: CauseKind::FailoverPromoted,

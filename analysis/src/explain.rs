@@ -169,11 +169,11 @@ pub fn op_view(h: &History, id: u32) -> OpView {
 }
 
 /// Explains one finding: its operations, cycle, sentences and cause.
-pub fn explain(ctx: &Context<'_>, f: &Finding) -> Anomaly {
+pub fn explain(ctx: &Context<'_>, index: &graph::KeyIndex, f: &Finding) -> Anomaly {
     let h = ctx.history;
     let op = &h.ops[f.op as usize];
     let key = h.keys.name(f.key).to_string();
-    let steps = graph::cycle(h, ctx.bound, f);
+    let steps = graph::cycle(h, index, ctx.bound, f);
     let mut op_ids: Vec<u32> = vec![f.op, f.other, f.extra];
     if let Some(steps) = &steps {
         op_ids.extend(steps.iter().flat_map(|s| [s.from, s.to]));
@@ -419,7 +419,10 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
     } else {
         f.other
     };
-    let newer = h.ops.get(newer_id as usize).filter(|o| o.kind == OpKind::Write);
+    let newer = h
+        .ops
+        .get(newer_id as usize)
+        .filter(|o| o.kind == OpKind::Write);
     let ev = |index: u64| {
         h.standalone
             .iter()
@@ -431,9 +434,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
     if c.event != u64::MAX {
         indices.push(c.event);
     }
-    let fault_note = if c.event != u64::MAX
-        && matches!(c.kind, CauseKind::LostInvalidation)
-    {
+    let fault_note = if c.event != u64::MAX && matches!(c.kind, CauseKind::LostInvalidation) {
         format!(
             "; a nemesis {} (line {}) was active then",
             ev(c.event),
@@ -450,9 +451,12 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
                 indices.push(fill.complete_index);
             }
             let inval = newer.and_then(|w| {
-                h.invalidations[f.key as usize].iter().find(|i| {
-                    i.node == read.node && i.time >= w.invoke_time && i.time <= fill.complete_time
-                })
+                let invals = &h.invalidations[f.key as usize];
+                let first = invals.partition_point(|i| i.time < w.invoke_time);
+                invals[first..]
+                    .iter()
+                    .take_while(|i| i.time <= fill.complete_time)
+                    .find(|i| i.node == read.node)
             });
             let inval_text = match inval {
                 Some(i) => {

@@ -15,7 +15,7 @@ use coherence_store::OpKind;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
-use rustc_hash::FxHashSet;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use std::collections::VecDeque;
 
@@ -73,42 +73,51 @@ struct Vertex {
     saw: Option<Val>,
 }
 
-/// Ok (or info) writes of a key, as (value, op id), sorted by version.
-fn key_writes(h: &History, key: u32) -> Vec<(Val, u32)> {
-    let mut w: Vec<(Val, u32)> = h.key_ops[key as usize]
-        .iter()
-        .filter_map(|&id| {
-            let op = &h.ops[id as usize];
-            (op.kind == OpKind::Write && op.outcome == Outcome::Ok)
-                .then_some(())
-                .and(op.value.map(|v| (v, id)))
-        })
-        .collect();
-    w.sort_by_key(|(v, id)| (v.version, *id));
-    w
+/// What explaining a key's anomalies needs, built once per key: its acknowledged
+/// writes by version, and the op of each write id.
+pub struct KeyIndex {
+    /// Ok writes as (value, op id), sorted by version.
+    writes: Vec<(Val, u32)>,
+    /// The first write op (not failed) of each write id.
+    by_id: FxHashMap<u32, u32>,
 }
 
-/// The op that wrote `val` (ok write with that id, else any write with that id).
-fn writer_of(h: &History, key: u32, val: Val) -> Option<u32> {
-    h.key_ops[key as usize].iter().copied().find(|&id| {
-        let op = &h.ops[id as usize];
-        op.kind == OpKind::Write
-            && op.outcome != Outcome::Fail
-            && op.value.is_some_and(|v| v.write == val.write)
-    })
+impl KeyIndex {
+    /// Indexes one key.
+    pub fn new(h: &History, key: u32) -> KeyIndex {
+        let mut writes = Vec::new();
+        let mut by_id = FxHashMap::default();
+        for &id in &h.key_ops[key as usize] {
+            let op = &h.ops[id as usize];
+            if op.kind != OpKind::Write || op.outcome == Outcome::Fail {
+                continue;
+            }
+            if let Some(v) = op.value {
+                by_id.entry(v.write).or_insert(id);
+                if op.outcome == Outcome::Ok {
+                    writes.push((v, id));
+                }
+            }
+        }
+        writes.sort_by_key(|(v, id)| (v.version, *id));
+        KeyIndex { writes, by_id }
+    }
+
+    /// The op that wrote `val`.
+    fn writer_of(&self, val: Val) -> Option<u32> {
+        self.by_id.get(&val.write).copied()
+    }
 }
 
 /// The ops of the proof, as vertices.
-fn vertices(h: &History, f: &Finding) -> Vec<Vertex> {
+fn vertices(h: &History, index: &KeyIndex, f: &Finding) -> Vec<Vertex> {
     let mut ids: Vec<u32> = vec![f.op, f.other, f.extra];
-    let writes = key_writes(h, f.key);
+    let writes = &index.writes;
     // the writes from the version after `from` up to `to`, at most 4 of them plus the last
     let chain = |from: i64, to: i64, ids: &mut Vec<u32>| {
-        let between: Vec<u32> = writes
-            .iter()
-            .filter(|(v, _)| v.version > from && v.version <= to)
-            .map(|&(_, id)| id)
-            .collect();
+        let lo = writes.partition_point(|(v, _)| v.version <= from);
+        let hi = writes.partition_point(|(v, _)| v.version <= to);
+        let between: Vec<u32> = writes[lo..hi.max(lo)].iter().map(|&(_, id)| id).collect();
         ids.extend(between.iter().take(4));
         ids.extend(between.last());
     };
@@ -123,7 +132,7 @@ fn vertices(h: &History, f: &Finding) -> Vec<Vertex> {
             };
             chain(f.version, target, &mut ids);
             if f.kind == AnomalyKind::NonConvergence {
-                if let Some(w) = saw(f.op).and_then(|v| writer_of(h, f.key, v)) {
+                if let Some(w) = saw(f.op).and_then(|v| index.writer_of(v)) {
                     ids.push(w);
                 }
             }
@@ -131,7 +140,7 @@ fn vertices(h: &History, f: &Finding) -> Vec<Vertex> {
         AnomalyKind::MonotonicRead => {
             if let Some(v) = saw(f.other) {
                 chain(f.version, v.version, &mut ids);
-                ids.extend(writer_of(h, f.key, v));
+                ids.extend(index.writer_of(v));
             }
         }
         AnomalyKind::PhantomRead | AnomalyKind::VersionFork | AnomalyKind::LostWrite => {}
@@ -171,8 +180,13 @@ fn vertices(h: &History, f: &Finding) -> Vec<Vertex> {
 }
 
 /// Builds the graph of the proof's operations with every edge the rules give.
-fn build(h: &History, bound: u64, f: &Finding) -> (DiGraph<Option<Val>, EdgeKind>, Vec<NodeIndex>, Vec<u32>) {
-    let vs = vertices(h, f);
+fn build(
+    h: &History,
+    index: &KeyIndex,
+    bound: u64,
+    f: &Finding,
+) -> (DiGraph<Option<Val>, EdgeKind>, Vec<NodeIndex>, Vec<u32>) {
+    let vs = vertices(h, index, f);
     let mut g = DiGraph::new();
     let nodes: Vec<NodeIndex> = vs.iter().map(|v| g.add_node(v.wrote.or(v.saw))).collect();
     let op = |i: usize| -> &Op { &h.ops[vs[i].op as usize] };
@@ -243,11 +257,11 @@ fn build(h: &History, bound: u64, f: &Finding) -> (DiGraph<Option<Val>, EdgeKind
 }
 
 /// The shortest cycle through the anomaly's offending operation, if the rules give one.
-pub fn cycle(h: &History, bound: u64, f: &Finding) -> Option<Vec<Step>> {
+pub fn cycle(h: &History, index: &KeyIndex, bound: u64, f: &Finding) -> Option<Vec<Step>> {
     if f.op == NONE {
         return None;
     }
-    let (g, nodes, ops) = build(h, bound, f);
+    let (g, nodes, ops) = build(h, index, bound, f);
     let step = |from: NodeIndex, to: NodeIndex, kind: EdgeKind| Step {
         from: ops[from.index()],
         to: ops[to.index()],

@@ -340,7 +340,8 @@ impl Visitor for Builder {
                     .get(p)
                     .map(|&process| self.current[process as usize])
                     .filter(|&id| {
-                        id != NONE && Some(self.history.ops[id as usize].invoke_index) == ev.invoke_index
+                        id != NONE
+                            && Some(self.history.ops[id as usize].invoke_index) == ev.invoke_index
                     })
                     .ok_or("a completion whose invoke was not seen")?;
                 let node = match ev.node.as_deref() {

@@ -2,10 +2,12 @@
 //! distribution, breakdowns per node and key, and the explained anomalies. Written as
 //! `results.json` (versioned) and rendered as text.
 
-use crate::check::{AnomalyKind, Context, Findings};
+use crate::check::{AnomalyKind, Context, Finding, Findings};
 use crate::explain::{self, Anomaly};
+use crate::graph;
 use crate::model::{History, Outcome, NONE};
 use coherence_store::OpKind;
+use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -257,7 +259,7 @@ pub fn build(
     let mut causes: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
     let mut per_node: BTreeMap<String, NodeCounts> = BTreeMap::new();
     let mut per_key: Vec<BTreeMap<&'static str, u64>> = vec![BTreeMap::new(); h.keys.len()];
-    let mut anomalies = Vec::new();
+    let mut to_explain: Vec<&Finding> = Vec::new();
     let mut shown: BTreeMap<AnomalyKind, usize> = BTreeMap::new();
     for f in &findings.findings {
         *counts.entry(f.kind.name()).or_default() += 1;
@@ -281,9 +283,25 @@ pub fn build(
         let n = shown.entry(f.kind).or_default();
         if *n < options.anomaly_limit {
             *n += 1;
-            anomalies.push(explain::explain(ctx, f));
+            to_explain.push(f);
         }
     }
+    // Explain key by key (one index per key), in parallel, then back in order.
+    let mut by_key: Vec<(usize, &Finding)> = to_explain.into_iter().enumerate().collect();
+    by_key.sort_by_key(|(i, f)| (f.key, *i));
+    let groups: Vec<&[(usize, &Finding)]> = by_key.chunk_by(|a, b| a.1.key == b.1.key).collect();
+    let mut explained: Vec<(usize, Anomaly)> = groups
+        .into_par_iter()
+        .flat_map_iter(|group| {
+            let index = graph::KeyIndex::new(h, group[0].1.key);
+            group
+                .iter()
+                .map(|&(i, f)| (i, explain::explain(ctx, &index, f)))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    explained.sort_by_key(|(i, _)| *i);
+    let anomalies: Vec<Anomaly> = explained.into_iter().map(|(_, a)| a).collect();
 
     let mut by_f: BTreeMap<&'static str, OpCounts> = BTreeMap::new();
     let mut node_reads: Vec<(u64, u64)> = vec![(0, 0); h.nodes.len()];
@@ -307,7 +325,9 @@ pub fn build(
     }
     for (node, &(reads, misses)) in node_reads.iter().enumerate() {
         if reads > 0 {
-            let n = per_node.entry(h.nodes.name(node as u32).to_string()).or_default();
+            let n = per_node
+                .entry(h.nodes.name(node as u32).to_string())
+                .or_default();
             n.reads = reads;
             n.misses = misses;
         }
@@ -373,7 +393,10 @@ pub fn build(
             time_ns: e.time,
             process: e.actor.clone(),
             f: e.f.clone(),
-            value: e.value.as_deref().and_then(|v| serde_json::from_str(v).ok()),
+            value: e
+                .value
+                .as_deref()
+                .and_then(|v| serde_json::from_str(v).ok()),
         })
         .collect::<Vec<_>>();
     let stats = HistoryStats {

@@ -8,9 +8,16 @@ use std::fmt::Write;
 pub fn render(r: &Results, explain: usize) -> String {
     let mut s = String::new();
     let total: u64 = r.anomaly_counts.values().sum();
-    let unknown = r.checks.iter().filter(|c| c.status == Status::Unknown).count();
+    let unknown = r
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::Unknown)
+        .count();
     let verdict = if !r.valid {
-        format!("INVALID: {total} anomal{} found", if total == 1 { "y" } else { "ies" })
+        format!(
+            "INVALID: {total} anomal{} found",
+            if total == 1 { "y" } else { "ies" }
+        )
     } else if unknown > 0 {
         format!("VALID: no anomaly found ({unknown} check(s) could not decide)")
     } else {
@@ -70,7 +77,10 @@ pub fn render(r: &Results, explain: usize) -> String {
                 "{} of key {:?}{} (history lines {})",
                 a.name.name(),
                 a.key,
-                a.node.as_deref().map(|n| format!(" on {n}")).unwrap_or_default(),
+                a.node
+                    .as_deref()
+                    .map(|n| format!(" on {n}"))
+                    .unwrap_or_default(),
                 lines.join(", ")
             );
             let _ = writeln!(s, "  {}", a.summary);

@@ -80,7 +80,10 @@ fn example_stale_read() {
     // valid with a bound of 8 ms or more, still stale just under it
     assert!(check("stale-read.jsonl", 8).valid);
     assert!(check("stale-read.jsonl", 60_000).valid);
-    assert_eq!(counts(&check("stale-read.jsonl", 7)), expect(&[(StaleRead, 1)]));
+    assert_eq!(
+        counts(&check("stale-read.jsonl", 7)),
+        expect(&[(StaleRead, 1)])
+    );
 }
 
 #[test]
@@ -97,12 +100,22 @@ fn example_fill_race() {
     let r = check("fill-race.jsonl", 0);
     assert_eq!(counts(&r), expect(&[(StaleRead, 1), (NonConvergence, 1)]));
     let stale = r.anomalies.iter().find(|a| a.name == StaleRead).unwrap();
-    assert_eq!(stale.ops.iter().find(|o| o.f == "read").unwrap().index, 9, "the read at 20 ms");
+    assert_eq!(
+        stale.ops.iter().find(|o| o.f == "read").unwrap().index,
+        9,
+        "the read at 20 ms"
+    );
     for a in &r.anomalies {
         let cause = a.cause.as_ref().expect("a cause");
         assert_eq!(cause.kind, CauseKind::FillRace, "{}", a.summary);
-        assert!(cause.indices.contains(&8), "the fill's completion is evidence");
-        assert!(cause.indices.contains(&6), "so is the invalidation it raced");
+        assert!(
+            cause.indices.contains(&8),
+            "the fill's completion is evidence"
+        );
+        assert!(
+            cause.indices.contains(&6),
+            "so is the invalidation it raced"
+        );
     }
     assert_eq!(r.causes["stale-read"]["fill-race"], 1);
     assert_eq!(r.causes["non-convergence"]["fill-race"], 1);
@@ -122,10 +135,21 @@ fn example_failover_lost_write() {
 #[test]
 fn example_session() {
     let r = check("session.jsonl", 5);
-    assert_eq!(counts(&r), expect(&[(ReadYourWrites, 1), (MonotonicRead, 1)]));
-    let ryw = r.anomalies.iter().find(|a| a.name == ReadYourWrites).unwrap();
+    assert_eq!(
+        counts(&r),
+        expect(&[(ReadYourWrites, 1), (MonotonicRead, 1)])
+    );
+    let ryw = r
+        .anomalies
+        .iter()
+        .find(|a| a.name == ReadYourWrites)
+        .unwrap();
     assert_eq!(ryw.process, Some(0));
-    let mr = r.anomalies.iter().find(|a| a.name == MonotonicRead).unwrap();
+    let mr = r
+        .anomalies
+        .iter()
+        .find(|a| a.name == MonotonicRead)
+        .unwrap();
     assert_eq!(mr.process, Some(1));
     let r0 = check("session.jsonl", 0);
     assert_eq!(
@@ -236,11 +260,19 @@ mod simulated {
     fn buggy_systems_show_every_cache_anomaly_with_causes() {
         let r = simulate(Mode::Buggy, 7, 50_000);
         let c = &r.anomaly_counts;
-        for name in ["stale-read", "non-convergence", "lost-write", "version-fork"] {
+        for name in [
+            "stale-read",
+            "non-convergence",
+            "lost-write",
+            "version-fork",
+        ] {
             assert!(c[name] > 0, "{name}: {c:?}");
         }
         let causes = &r.causes["stale-read"];
-        assert!(causes.get("fill-race").copied().unwrap_or(0) > 0, "{causes:?}");
+        assert!(
+            causes.get("fill-race").copied().unwrap_or(0) > 0,
+            "{causes:?}"
+        );
         // every explained stale read proves itself with a cycle and names a cause
         for a in r.anomalies.iter().filter(|a| a.name == StaleRead) {
             assert!(!a.cycle.is_empty(), "{}", a.summary);
@@ -289,6 +321,10 @@ fn random_histories_exercise_every_anomaly() {
         }
     }
     for k in AnomalyKind::ALL {
-        assert!(seen[k.name()] > 0, "no random history shows {}: {seen:?}", k.name());
+        assert!(
+            seen[k.name()] > 0,
+            "no random history shows {}: {seen:?}",
+            k.name()
+        );
     }
 }

@@ -448,7 +448,8 @@ fn consume(
         let bytes = batch.borrow_owner().len() as u64;
         let count = batch.with_dependent_mut(|chunk, parsed| -> Result<u64, ReadError> {
             let count = parsed.events.len();
-            for (i, result) in parsed.events.drain(..).enumerate() {
+            // In place: an event is a few hundred bytes, not worth moving again.
+            for (i, result) in parsed.events.iter_mut().enumerate() {
                 let line = first_line + i as u64;
                 let invalid = |reason: String| ReadError::Invalid {
                     path: path.to_path_buf(),
@@ -456,10 +457,10 @@ fn consume(
                     reason,
                 };
                 match result {
-                    Ok(mut event) => {
+                    Ok(event) => {
                         event.line = line;
-                        checker.check(&mut event).map_err(invalid)?;
-                        visitor.visit(&event).map_err(invalid)?;
+                        checker.check(event).map_err(invalid)?;
+                        visitor.visit(event).map_err(invalid)?;
                         summary.events += 1;
                     }
                     Err(_)
@@ -474,7 +475,7 @@ fn consume(
                                 .to_string(),
                         });
                     }
-                    Err(reason) => return Err(invalid(reason)),
+                    Err(reason) => return Err(invalid(std::mem::take(reason))),
                 }
             }
             Ok(count as u64)
@@ -586,6 +587,187 @@ struct RawVersioned<'a> {
 /// Parses one line into an event, checking fields and value shape; `line` and
 /// `invoke_index` are filled in later.
 fn parse_line(line: Line<'_>) -> Result<EventRef<'_>, String> {
+    match parse_fast(line) {
+        Some(event) => Ok(event),
+        None => parse_slow(line),
+    }
+}
+
+/// The value as the fast path sees it: `null`, or an object's known fields.
+enum ValueField<'a> {
+    Null,
+    Object {
+        version: Option<i64>,
+        write: Option<Text<'a>>,
+        log: Option<Vec<(i64, String)>>,
+    },
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ValueField<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = ValueField<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("null or an object")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ValueField::Null)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let (mut version, mut write, mut log) = (None, None, None);
+                while let Some(key) = map.next_key::<Text<'de>>()? {
+                    match &*key.0 {
+                        "version" if version.is_none() => version = Some(map.next_value()?),
+                        "write" if write.is_none() => write = Some(map.next_value()?),
+                        "log" if log.is_none() => log = Some(map.next_value()?),
+                        "version" | "write" | "log" => {
+                            return Err(de::Error::custom("a field given twice"))
+                        }
+                        _ => {
+                            map.next_value::<de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(ValueField::Object {
+                    version,
+                    write,
+                    log,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A line as the fast path sees it.
+#[derive(Deserialize)]
+struct FastLine<'a> {
+    index: u64,
+    time: u64,
+    #[serde(borrow)]
+    process: ProcessRef<'a>,
+    #[serde(borrow, rename = "type")]
+    kind: Text<'a>,
+    #[serde(borrow)]
+    f: Text<'a>,
+    #[serde(default, borrow)]
+    key: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    node: Option<Text<'a>>,
+    #[serde(default, borrow, deserialize_with = "value_field")]
+    value: Option<ValueField<'a>>,
+    #[serde(default, borrow)]
+    error: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    region: Option<Text<'a>>,
+    #[serde(default, borrow)]
+    role: Option<Text<'a>>,
+}
+
+/// Keeps an explicit `null` apart from a missing field, as [`raw_value`] does.
+fn value_field<'de: 'a, 'a, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<ValueField<'a>>, D::Error> {
+    ValueField::deserialize(d).map(Some)
+}
+
+/// One pass over a well-formed line of the usual shapes. `None` sends the line to
+/// [`parse_slow`], which accepts the same lines and explains what is wrong with the
+/// others; so this path only has to be right about what it accepts.
+fn parse_fast(line: Line<'_>) -> Option<EventRef<'_>> {
+    let raw: FastLine<'_> = match line {
+        Line::Text(t) if t.starts_with('{') => serde_json::from_str(t).ok()?,
+        _ => return None,
+    };
+    let kind = EventType::parse(&raw.kind.0)?;
+    let op = OpKind::parse(&raw.f.0);
+    if matches!(raw.process, ProcessRef::Actor(_)) && kind != EventType::Info {
+        return None;
+    }
+    if op.is_data() && raw.key.is_none() {
+        return None;
+    }
+    let client = matches!(raw.process, ProcessRef::Client(_));
+    let value = match (shape(op, kind, client), raw.value) {
+        (_, None) | (Shape::Anything, Some(ValueField::Null)) => {
+            if matches!(
+                shape(op, kind, client),
+                Shape::Anything | Shape::WriteRequestOrAnything | Shape::VersionedOrNull
+            ) {
+                ValueRef::Absent
+            } else {
+                return None;
+            }
+        }
+        (Shape::Anything, Some(_)) => return None, // kept raw: the slow path has it
+        (
+            Shape::WriteRequest | Shape::WriteRequestOrAnything,
+            Some(ValueField::Object { write: Some(w), .. }),
+        ) => ValueRef::WriteRequest(w.0),
+        (Shape::WriteRequestOrAnything, Some(ValueField::Null)) => ValueRef::Absent,
+        (Shape::VersionedOrNull, Some(ValueField::Null)) => ValueRef::Absent,
+        (
+            Shape::Versioned | Shape::VersionedOrNull,
+            Some(ValueField::Object {
+                version: Some(version),
+                write: Some(write),
+                ..
+            }),
+        ) => ValueRef::Versioned(VersionedRef {
+            version,
+            write: write.0,
+        }),
+        (
+            Shape::Final,
+            Some(ValueField::Object {
+                version: Some(version),
+                write: Some(write),
+                log,
+            }),
+        ) => ValueRef::Final {
+            value: VersionedRef {
+                version,
+                write: write.0,
+            },
+            log,
+        },
+        _ => return None,
+    };
+    Some(EventRef {
+        line: 0,
+        index: raw.index,
+        time: raw.time,
+        process: raw.process,
+        kind,
+        f: raw.f.0,
+        op,
+        key: cow(raw.key),
+        node: cow(raw.node),
+        value,
+        error: cow(raw.error),
+        region: cow(raw.region),
+        role: cow(raw.role),
+        invoke_index: None,
+    })
+}
+
+/// The shape a value must have, by operation and type.
+fn shape(op: OpKind, kind: EventType, client: bool) -> Shape {
+    use EventType::{Fail, Info, Invoke, Ok as Done};
+    use OpKind::*;
+    match (op, kind) {
+        (Write, Invoke) => Shape::WriteRequest,
+        (Write, Done) | (Fill, Invoke) | (Fill, Done) => Shape::Versioned,
+        (Read, Done) | (FinalRead, Done) | (DbRead, Done) => Shape::VersionedOrNull,
+        (DbFinalRead, Done) => Shape::Final,
+        (Write, Info) | (Write, Fail) if client => Shape::WriteRequestOrAnything,
+        _ => Shape::Anything,
+    }
+}
+
+/// Parses one line with every check and a precise message for what is wrong.
+fn parse_slow(line: Line<'_>) -> Result<EventRef<'_>, String> {
     let bytes = match line {
         Line::Text(t) => t.as_bytes(),
         Line::Bytes(b) => b,
@@ -622,7 +804,8 @@ fn parse_line(line: Line<'_>) -> Result<EventRef<'_>, String> {
     let kind = EventType::parse(&kind_str).ok_or_else(|| {
         format!("unknown type {kind_str:?}: the type must be invoke, ok, fail or info")
     })?;
-    let f = cow(raw.f).ok_or_else(|| missing("f", "the operation, such as \"read\" or \"write\""))?;
+    let f =
+        cow(raw.f).ok_or_else(|| missing("f", "the operation, such as \"read\" or \"write\""))?;
     let op = OpKind::parse(&f);
     if let ProcessRef::Actor(name) = &process {
         if kind != EventType::Info {
@@ -666,21 +849,9 @@ fn typed_value<'a>(
     process: &ProcessRef<'_>,
     raw: Option<&'a RawValue>,
 ) -> Result<ValueRef<'a>, String> {
-    let client = matches!(process, ProcessRef::Client(_));
-    let need = {
-        use EventType::{Fail, Info, Invoke, Ok as Done};
-        use OpKind::*;
-        match (op, kind) {
-            (Write, Invoke) => Shape::WriteRequest,
-            (Write, Done) | (Fill, Invoke) | (Fill, Done) => Shape::Versioned,
-            (Read, Done) | (FinalRead, Done) | (DbRead, Done) => Shape::VersionedOrNull,
-            (DbFinalRead, Done) => Shape::Final,
-            (Write, Info) | (Write, Fail) if client => Shape::WriteRequestOrAnything,
-            _ => Shape::Anything,
-        }
-    };
+    let need = shape(op, kind, matches!(process, ProcessRef::Client(_)));
     let text = raw.map(RawValue::get);
-    let is_null = text.map_or(true, |t| t == "null");
+    let is_null = text.is_none_or(|t| t == "null");
     // serde would also take a JSON array as a struct, field by field in order.
     let is_object = text.is_some_and(|t| t.starts_with('{'));
     let what = || format!("the value of `{}` {}", op.as_str(), kind.as_str());

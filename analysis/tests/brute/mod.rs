@@ -18,12 +18,14 @@ pub struct Step {
 
 /// Any step.
 pub fn step() -> impl Strategy<Value = Step> {
-    (0u8..3, 0u8..20, any::<u8>(), any::<u8>(), 0u8..3).prop_map(|(process, action, a, b, dt)| Step {
-        process,
-        action,
-        a,
-        b,
-        dt,
+    (0u8..3, 0u8..20, any::<u8>(), any::<u8>(), 0u8..3).prop_map(|(process, action, a, b, dt)| {
+        Step {
+            process,
+            action,
+            a,
+            b,
+            dt,
+        }
     })
 }
 
@@ -62,7 +64,9 @@ pub fn history(steps: &[Step]) -> Vec<String> {
                         let mut v = versioned.clone();
                         if s.b % 3 != 0 {
                             let log: Vec<Value> = (0..=s.b % 4)
-                                .map(|v| json!([v, writes[(s.a as usize + v as usize) % writes.len()]]))
+                                .map(|v| {
+                                    json!([v, writes[(s.a as usize + v as usize) % writes.len()]])
+                                })
                                 .collect();
                             v["log"] = Value::Array(log);
                         }
@@ -127,12 +131,18 @@ struct Op {
 }
 
 fn versioned(v: &Value) -> Option<(i64, String)> {
-    Some((v.get("version")?.as_i64()?, v.get("write")?.as_str()?.to_string()))
+    Some((
+        v.get("version")?.as_i64()?,
+        v.get("write")?.as_str()?.to_string(),
+    ))
 }
 
 /// Counts the anomalies of the history text by the definitions.
 pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
-    let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let events: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let mut ops: Vec<Op> = Vec::new();
     let mut open: HashMap<i64, usize> = HashMap::new();
     let mut final_phase: Option<u64> = None;
@@ -198,17 +208,15 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
     // stale-read
     for r in ops.iter().filter(|o| is_read(o)) {
         let Some((v, _)) = &r.value else { continue };
-        if ok_writes.iter().any(|w| {
-            w.key == r.key && wval(w).0 > *v && w.complete.unwrap() + bound < r.invoke
-        }) {
+        if ok_writes
+            .iter()
+            .any(|w| w.key == r.key && wval(w).0 > *v && w.complete.unwrap() + bound < r.invoke)
+        {
             *c.get_mut("stale-read").unwrap() += 1;
         }
     }
     // phantom-read
-    for r in ops
-        .iter()
-        .filter(|o| is_read(o) || ok(o, "final-read"))
-    {
+    for r in ops.iter().filter(|o| is_read(o) || ok(o, "final-read")) {
         let Some((v, id)) = &r.value else { continue };
         let phantom = if id == "init" {
             !(init_in_force(&r.key) && *v == 0)
@@ -291,7 +299,10 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
         {
             *c.get_mut("monotonic-read").unwrap() += 1;
         }
-        if earlier.into_iter().any(|o| ok(o, "write") && wval(o).0 > *u) {
+        if earlier
+            .into_iter()
+            .any(|o| ok(o, "write") && wval(o).0 > *u)
+        {
             *c.get_mut("read-your-writes").unwrap() += 1;
         }
     }
