@@ -61,6 +61,34 @@ pub fn render(r: &Results, explain: usize) -> String {
         .map(|w| format!("{} {:.3}%", w.within, w.fraction * 100.0))
         .collect();
     let _ = writeln!(s, "fresh within: {}", within.join(", "));
+    if !r.per_node.is_empty() {
+        let nodes: Vec<String> = r
+            .per_node
+            .iter()
+            .map(|(node, c)| {
+                let anomalies: u64 = c.anomalies.values().sum();
+                format!(
+                    "{node} {} reads ({} misses), {anomalies} anomalies",
+                    c.reads, c.misses
+                )
+            })
+            .collect();
+        let _ = writeln!(s, "per node: {}", nodes.join("; "));
+    }
+    if r.keys_with_anomalies > 0 {
+        let top: Vec<String> = r
+            .per_key
+            .iter()
+            .take(5)
+            .map(|k| format!("{:?} {}", k.key, k.total))
+            .collect();
+        let _ = writeln!(
+            s,
+            "keys with anomalies: {} (most: {})",
+            r.keys_with_anomalies,
+            top.join(", ")
+        );
+    }
     for (name, causes) in &r.causes {
         let list: Vec<String> = causes.iter().map(|(c, n)| format!("{c} {n}")).collect();
         let _ = writeln!(s, "likely causes of {name}: {}", list.join(", "));

@@ -1571,7 +1571,7 @@ fn spec_examples_are_all_read() {
     let mut read_any = 0;
     for entry in fs::read_dir(dir).expect("the spec's examples") {
         let path = entry.unwrap().path();
-        if path.extension().map_or(true, |e| e != "jsonl") {
+        if path.extension().is_none_or(|e| e != "jsonl") {
             continue;
         }
         let (seen, summary) = read_file(&path).unwrap_or_else(|e| panic!("{e}"));

@@ -1,0 +1,254 @@
+//! The `coherence` binary as a user runs it: exit statuses, output formats, errors on
+//! bad input and arguments, run directories, `--out`, and `gen`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn coherence(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args(args)
+        .env_remove("CI")
+        .output()
+        .expect("run coherence")
+}
+
+fn example(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/spec/examples")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8(o.stdout.clone()).unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8(o.stderr.clone()).unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+#[test]
+fn valid_history_exits_0() {
+    let o = coherence(&["check", &example("concurrent-ok.jsonl")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).starts_with("VALID"), "{}", stdout(&o));
+}
+
+#[test]
+fn anomalies_exit_1_with_explanations() {
+    let o = coherence(&["check", &example("fill-race.jsonl")]);
+    assert_eq!(o.status.code(), Some(1));
+    let out = stdout(&o);
+    assert!(out.starts_with("INVALID: 2 anomalies found"), "{out}");
+    assert!(
+        out.contains("likely cause: the cache-aside fill race"),
+        "{out}"
+    );
+    assert!(
+        out.contains("cycle: write 4 →rt read 9 →rw write 4"),
+        "{out}"
+    );
+}
+
+#[test]
+fn staleness_bound_takes_durations() {
+    let stale = example("stale-read.jsonl");
+    assert_eq!(coherence(&["check", &stale]).status.code(), Some(1));
+    assert_eq!(
+        coherence(&["check", &stale, "--staleness-bound", "7ms"])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert_eq!(
+        coherence(&["check", &stale, "--staleness-bound", "8ms"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        coherence(&["check", &stale, "--staleness-bound", "2s"])
+            .status
+            .code(),
+        Some(0)
+    );
+}
+
+#[test]
+fn json_output_is_only_json_with_all_seven_counts() {
+    let o = coherence(&[
+        "check",
+        &example("session.jsonl"),
+        "--format",
+        "json",
+        "--staleness-bound",
+        "5ms",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("stdout is one JSON document");
+    assert_eq!(v["valid"], false);
+    let counts = v["anomaly-counts"].as_object().unwrap();
+    let names = [
+        "stale-read",
+        "phantom-read",
+        "version-fork",
+        "lost-write",
+        "monotonic-read",
+        "read-your-writes",
+        "non-convergence",
+    ];
+    assert_eq!(counts.len(), names.len());
+    for n in names {
+        assert!(counts[n].is_u64(), "{n}");
+    }
+    assert_eq!(counts["read-your-writes"], 1);
+    assert_eq!(counts["monotonic-read"], 1);
+    assert_eq!(counts["stale-read"], 0);
+    assert_eq!(v["format_version"], 1);
+}
+
+#[test]
+fn malformed_history_exits_2_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write(
+        dir.path(),
+        "bad.jsonl",
+        "{\"index\":0,\"time\":0,\"process\":0,\"type\":\"invoke\",\"f\":\"read\",\"key\":\"k\"}\n\
+         {\"index\":2,\"time\":1,\"process\":0,\"type\":\"ok\",\"f\":\"read\",\"key\":\"k\",\"value\":null}\n",
+    );
+    let o = coherence(&["check", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(o.stdout.is_empty(), "nothing on stdout for unusable input");
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{}:2:", p.display())), "{err}");
+    assert!(err.contains("index 2 where 1 was expected"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn truncated_last_line_is_a_warning_not_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(example("stale-read.jsonl")).unwrap();
+    let p = write(
+        dir.path(),
+        "cut.jsonl",
+        &format!("{text}{{\"index\":4,\"time\":12000000,\"pro"),
+    );
+    let o = coherence(&["check", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("warning: line 5: the last line is cut short"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn bad_arguments_exit_2() {
+    let o = coherence(&[
+        "check",
+        &example("stale-read.jsonl"),
+        "--staleness-bound",
+        "soon",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("250ms"),
+        "says what a duration looks like: {}",
+        stderr(&o)
+    );
+    let o = coherence(&["check", "/nonexistent/history.jsonl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("does not exist"), "{}", stderr(&o));
+    let o = coherence(&["check", &example("stale-read.jsonl"), "--format", "yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let o = coherence(&["check", dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("without a history.jsonl"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn run_directory_and_out_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(example("phantom.jsonl"), dir.path().join("history.jsonl")).unwrap();
+    let out = dir.path().join("results");
+    let o = coherence(&[
+        "check",
+        dir.path().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["format"], "coherence-results");
+    assert_eq!(results["anomaly-counts"]["phantom-read"], 1);
+}
+
+#[test]
+fn gen_is_deterministic_and_its_modes_check_as_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    for name in ["a.jsonl", "b.jsonl"] {
+        let o = coherence(&["gen", "--ops", "3000", "--seed", "9", "--out", &path(name)]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    }
+    assert_eq!(
+        std::fs::read(path("a.jsonl")).unwrap(),
+        std::fs::read(path("b.jsonl")).unwrap()
+    );
+    let o = coherence(&[
+        "gen",
+        "--ops",
+        "5000",
+        "--mode",
+        "correct",
+        "--out",
+        &path("ok.jsonl.gz"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let o = coherence(&["check", &path("ok.jsonl.gz")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let o = coherence(&[
+        "gen",
+        "--ops",
+        "20000",
+        "--mode",
+        "buggy",
+        "--keys",
+        "20",
+        "--out",
+        &path("bug.jsonl"),
+    ]);
+    assert_eq!(o.status.code(), Some(0));
+    let o = coherence(&["check", &path("bug.jsonl")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let o = coherence(&["gen", "--mode", "flaky", "--out", &path("x.jsonl")]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn the_history_contract_in_docs_is_the_shared_spec() {
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/spec/history.md");
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/history.md");
+    if let Ok(spec) = std::fs::read_to_string(&shared) {
+        assert_eq!(
+            std::fs::read_to_string(docs).unwrap(),
+            spec,
+            "docs/history.md differs from shared/spec/history.md: copy it over"
+        );
+    }
+}
