@@ -586,8 +586,20 @@ fn cache_cause(
         return cause(CauseKind::Unexplained, NONE, u64::MAX);
     };
     let node = read.node;
-    // 1. A fill of the old value on this node that completed after the newer write
-    //    was acknowledged, and started before the read returned.
+    // Invalidations are in history order, so in time order. The first one of this node
+    // after the newer write began: in time for the read, or late.
+    let invals = &h.invalidations[key as usize];
+    let first = invals.partition_point(|i| i.time < w.invoke_time);
+    let next = invals[first..].iter().find(|i| i.node == node);
+    let (in_time, late) = match next {
+        Some(inv) if inv.time <= read.invoke_time => (Some(inv), None),
+        Some(inv) => (None, Some(inv.index)),
+        None => (None, None),
+    };
+    // 1. A fill of the old value on this node that landed after it could no longer be
+    //    undone: after the invalidation that removed the old value, or, with none in
+    //    time, after the newer write was acknowledged; and before the read returned.
+    let landed_after = in_time.map_or(w.complete_time, |i| i.time);
     let fill = fills
         .get(&(node, val))
         .into_iter()
@@ -596,11 +608,15 @@ fn cache_cause(
         .map(|&id| (id, &h.ops[id as usize]))
         .find(|(_, f)| {
             f.outcome != Outcome::Fail
-                && f.complete_time > w.complete_time
+                && f.complete_time > landed_after
                 && f.invoke_time <= read.complete_time
         });
     if let Some((id, _)) = fill {
-        return cause(CauseKind::FillRace, id, u64::MAX);
+        return cause(
+            CauseKind::FillRace,
+            id,
+            in_time.map_or(u64::MAX, |i| i.index),
+        );
     }
     if read.replica {
         return cause(CauseKind::ReplicaRead, NONE, u64::MAX);
@@ -615,16 +631,6 @@ fn cache_cause(
             return cause(CauseKind::FailoverPromoted, NONE, p.0);
         }
     }
-    // Invalidations are in history order, so in time order.
-    let invals = &h.invalidations[key as usize];
-    let first = invals.partition_point(|i| i.time < w.invoke_time);
-    // The first invalidation of this node after the write began: before the read, or late.
-    let next = invals[first..].iter().find(|i| i.node == node);
-    let (in_time, late) = match next {
-        Some(inv) if inv.time <= read.invoke_time => (Some(inv.index), None),
-        Some(inv) => (None, Some(inv.index)),
-        None => (None, None),
-    };
     if in_time.is_none() {
         if let Some(index) = late {
             return cause(CauseKind::LateInvalidation, NONE, index);
@@ -639,7 +645,11 @@ fn cache_cause(
     if let Some(fault) = ctx.fault_during(w.invoke_time, read.invoke_time) {
         return cause(CauseKind::FaultActive, NONE, fault.start.0);
     }
-    cause(CauseKind::Unexplained, NONE, in_time.unwrap_or(u64::MAX))
+    cause(
+        CauseKind::Unexplained,
+        NONE,
+        in_time.map_or(u64::MAX, |i| i.index),
+    )
 }
 
 /// The likely cause of a stale database read.

@@ -450,28 +450,26 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
             if fill.complete_index != u64::MAX {
                 indices.push(fill.complete_index);
             }
-            let inval = newer.and_then(|w| {
-                let invals = &h.invalidations[f.key as usize];
-                let first = invals.partition_point(|i| i.time < w.invoke_time);
-                invals[first..]
-                    .iter()
-                    .take_while(|i| i.time <= fill.complete_time)
-                    .find(|i| i.node == read.node)
-            });
-            let inval_text = match inval {
-                Some(i) => {
-                    indices.push(i.index);
-                    format!(" and after {node} was invalidated at {} (line {})", at(i.time), line(i.index))
-                }
-                None => String::new(),
+            let newer_version = newer.and_then(|w| w.value).map_or(0, |v| v.version);
+            // The cause names the invalidation the fill undid, when there was one.
+            let after = match h.invalidations[f.key as usize].iter().find(|i| i.index == c.event) {
+                Some(i) => format!(
+                    "after {node} was invalidated at {} (line {}) for version {newer_version} ({})",
+                    at(i.time),
+                    line(i.index),
+                    name(h, newer_id)
+                ),
+                None => format!(
+                    "after version {newer_version} was acknowledged at {} ({})",
+                    at(newer.map_or(0, |w| w.complete_time)),
+                    name(h, newer_id)
+                ),
             };
             format!(
-                "the cache-aside fill race: {} installed version {} on {node} at {}, after version {} was acknowledged at {}{inval_text}",
+                "the cache-aside fill race: {} installed the old version {} on {node} at {}, {after}",
                 name(h, c.op),
                 fill.value.map_or(0, |v| v.version),
                 at(fill.complete_time),
-                newer.and_then(|w| w.value).map_or(0, |v| v.version),
-                at(newer.map_or(0, |w| w.complete_time)),
             )
         }
         CauseKind::ReplicaRead => format!("the read was served by a replica ({node}) that had not caught up"),

@@ -328,3 +328,156 @@ fn random_histories_exercise_every_anomaly() {
         );
     }
 }
+
+mod causes {
+    use super::*;
+    use coherence_analysis::{check_history, model::Builder};
+
+    /// Checks a history given as (time ms, process, type, f, key, node, value, extra).
+    fn check_lines(lines: &[&str]) -> Results {
+        let text: String = lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("{{\"index\":{i},{l}\n"))
+            .collect();
+        let mut b = Builder::new();
+        coherence_store::reader::read_from(
+            text.as_bytes(),
+            std::path::Path::new("t.jsonl"),
+            &mut b,
+        )
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        check_history(&b.finish(), &Options::default(), "t", vec![], 0)
+    }
+
+    fn stale_cause(r: &Results) -> CauseKind {
+        let a = r
+            .anomalies
+            .iter()
+            .find(|a| a.name == StaleRead)
+            .expect("a stale read");
+        a.cause.as_ref().expect("a cause").kind
+    }
+
+    const WRITE: [&str; 2] = [
+        r#""time":0,"process":0,"type":"invoke","f":"write","key":"k","node":"db","value":{"write":"a"}}"#,
+        r#""time":4000000,"process":0,"type":"ok","f":"write","key":"k","node":"db","value":{"version":1,"write":"a"}}"#,
+    ];
+    const READ_OLD: [&str; 2] = [
+        r#""time":10000000,"process":1,"type":"invoke","f":"read","key":"k","node":"r1"}"#,
+        r#""time":11000000,"process":1,"type":"ok","f":"read","key":"k","node":"r1","value":{"version":0,"write":"init"}}"#,
+    ];
+
+    #[test]
+    fn fill_landing_after_the_invalidation_but_before_the_ack_is_a_fill_race() {
+        // The invalidator deletes at commit, before the write is acknowledged; a fill of
+        // the old version lands after that delete: the race, though before the ack.
+        let r = check_lines(&[
+            WRITE[0],
+            r#""time":1000000,"process":2,"type":"invoke","f":"fill","key":"k","node":"r1","value":{"version":0,"write":"init"}}"#,
+            r#""time":2000000,"process":"invalidator","type":"info","f":"invalidate","key":"k","node":"r1"}"#,
+            r#""time":3000000,"process":2,"type":"ok","f":"fill","key":"k","node":"r1","value":{"version":0,"write":"init"}}"#,
+            WRITE[1],
+            READ_OLD[0],
+            READ_OLD[1],
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::FillRace);
+        let text = &r.anomalies[0].cause.as_ref().unwrap().text;
+        assert!(
+            text.contains("after r1 was invalidated at 2 ms (line 3)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn fill_undone_by_a_later_invalidation_is_not_the_cause() {
+        // The old fill lands before the delete, which removes it: no fill race, and the
+        // read of the old version is unexplained by the history.
+        let r = check_lines(&[
+            WRITE[0],
+            r#""time":1000000,"process":2,"type":"invoke","f":"fill","key":"k","node":"r1","value":{"version":0,"write":"init"}}"#,
+            r#""time":1500000,"process":2,"type":"ok","f":"fill","key":"k","node":"r1","value":{"version":0,"write":"init"}}"#,
+            r#""time":2000000,"process":"invalidator","type":"info","f":"invalidate","key":"k","node":"r1"}"#,
+            WRITE[1],
+            READ_OLD[0],
+            READ_OLD[1],
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::Unexplained);
+    }
+
+    #[test]
+    fn no_invalidation_of_the_node_is_a_lost_invalidation() {
+        let r = check_lines(&[
+            WRITE[0],
+            WRITE[1],
+            r#""time":5000000,"process":"invalidator","type":"info","f":"invalidate","key":"k","node":"r2"}"#,
+            READ_OLD[0],
+            READ_OLD[1],
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::LostInvalidation);
+    }
+
+    #[test]
+    fn an_invalidation_after_the_read_is_late() {
+        let r = check_lines(&[
+            WRITE[0],
+            WRITE[1],
+            READ_OLD[0],
+            READ_OLD[1],
+            r#""time":12000000,"process":"invalidator","type":"info","f":"invalidate","key":"k","node":"r1"}"#,
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::LateInvalidation);
+    }
+
+    #[test]
+    fn a_read_marked_replica_is_a_replica_read() {
+        let r = check_lines(&[
+            WRITE[0],
+            WRITE[1],
+            r#""time":10000000,"process":1,"type":"invoke","f":"read","key":"k","node":"r1b","role":"replica"}"#,
+            r#""time":11000000,"process":1,"type":"ok","f":"read","key":"k","node":"r1b","role":"replica","value":{"version":0,"write":"init"}}"#,
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::ReplicaRead);
+    }
+
+    #[test]
+    fn a_node_promoted_by_a_failover_is_named() {
+        let r = check_lines(&[
+            WRITE[0],
+            WRITE[1],
+            r#""time":6000000,"process":"nemesis","type":"info","f":"failover","value":{"promoted":"r1","demoted":"r1x"}}"#,
+            READ_OLD[0],
+            READ_OLD[1],
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::FailoverPromoted);
+    }
+
+    #[test]
+    fn a_database_read_elsewhere_is_replica_lag() {
+        let r = check_lines(&[
+            r#""time":0,"process":0,"type":"invoke","f":"write","key":"k","node":"db1","value":{"write":"a"}}"#,
+            r#""time":4000000,"process":0,"type":"ok","f":"write","key":"k","node":"db1","value":{"version":1,"write":"a"}}"#,
+            r#""time":10000000,"process":1,"type":"invoke","f":"db-read","key":"k","node":"db2"}"#,
+            r#""time":11000000,"process":1,"type":"ok","f":"db-read","key":"k","node":"db2","value":{"version":0,"write":"init"}}"#,
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::DatabaseReplicaLag);
+    }
+
+    #[test]
+    fn a_partition_during_a_lost_invalidation_is_mentioned() {
+        let r = check_lines(&[
+            r#""time":0,"process":"nemesis","type":"info","f":"start-partition","value":{"isolated":["r1"]}}"#,
+            WRITE[0],
+            WRITE[1],
+            READ_OLD[0],
+            READ_OLD[1],
+            r#""time":12000000,"process":"nemesis","type":"info","f":"stop-partition"}"#,
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::LostInvalidation);
+        let text = &r.anomalies[0].cause.as_ref().unwrap().text;
+        assert!(
+            text.contains("start-partition (line 1) was active"),
+            "{text}"
+        );
+    }
+}
