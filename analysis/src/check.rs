@@ -12,8 +12,59 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use std::cell::OnceCell;
 
-/// Fills of one key by (node, value installed), in history order.
-type Fills = FxHashMap<(u32, Val), Vec<u32>>;
+/// Fills of one key by (node, value installed), for finding the one behind a stale read.
+#[derive(Default)]
+struct Fills {
+    /// Completed fills (ok), in invoke order.
+    done: FxHashMap<(u32, Val), Vec<u32>>,
+    /// Fills with an unknown outcome: they may land at any time after their invoke.
+    unknown: FxHashMap<(u32, Val), Vec<u32>>,
+    /// The longest a completed fill took, which bounds how far back one can hide.
+    longest: u64,
+}
+
+impl Fills {
+    fn new(h: &History, ops: &[u32]) -> Fills {
+        let mut fills = Fills::default();
+        for &id in ops {
+            let op = &h.ops[id as usize];
+            let (OpKind::Fill, Some(v)) = (op.kind, op.value) else {
+                continue;
+            };
+            match op.outcome {
+                Outcome::Ok => {
+                    fills.done.entry((op.node, v)).or_default().push(id);
+                    fills.longest = fills.longest.max(op.complete_time - op.invoke_time);
+                }
+                Outcome::Info => fills.unknown.entry((op.node, v)).or_default().push(id),
+                Outcome::Fail => {}
+            }
+        }
+        fills
+    }
+
+    /// The latest fill of `val` on `node` that began by `by` and landed (or may have
+    /// landed) after `after`.
+    fn landed(&self, h: &History, node: u32, val: Val, by: u64, after: u64) -> Option<u32> {
+        let began =
+            |list: &Vec<u32>| list.partition_point(|&id| h.ops[id as usize].invoke_time <= by);
+        let done = self.done.get(&(node, val)).and_then(|list| {
+            list[..began(list)]
+                .iter()
+                .rev()
+                .take_while(|&&id| {
+                    h.ops[id as usize].invoke_time.saturating_add(self.longest) > after
+                })
+                .find(|&&id| h.ops[id as usize].complete_time > after)
+                .copied()
+        });
+        let unknown = self
+            .unknown
+            .get(&(node, val))
+            .and_then(|list| list[..began(list)].last().copied());
+        done.max(unknown)
+    }
+}
 
 /// The anomalies of the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -129,6 +180,8 @@ pub struct Cause {
 pub struct Finding {
     /// Which anomaly.
     pub kind: AnomalyKind,
+    /// The history index of the offending op's invoke (for ordering).
+    pub index: u64,
     /// Interned key.
     pub key: u32,
     /// The offending op: the read (stale, phantom, monotonic, read-your-writes), the
@@ -153,9 +206,10 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(kind: AnomalyKind, key: u32, op: u32) -> Finding {
+    fn new(h: &History, kind: AnomalyKind, key: u32, op: u32) -> Finding {
         Finding {
             kind,
+            index: h.ops.get(op as usize).map_or(u64::MAX, |o| o.invoke_index),
             key,
             op,
             other: NONE,
@@ -292,7 +346,7 @@ pub fn check(ctx: &Context<'_>) -> Findings {
         all.final_reads += part.final_reads;
     }
     all.findings
-        .sort_by_key(|f| (f.kind, h.ops[f.op as usize].invoke_index, f.other));
+        .sort_unstable_by_key(|f| (f.kind, f.index, f.other, f.version));
     all
 }
 
@@ -381,20 +435,9 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         tie(0, INIT, NONE, NONE);
     }
 
-    // Fills of the key by (node, value installed), built when a cause is first needed.
+    // Fills of the key, indexed when a cause is first needed.
     let fills: OnceCell<Fills> = OnceCell::new();
-    let fills = || {
-        fills.get_or_init(|| {
-            let mut map = Fills::default();
-            for &id in ops {
-                let op = &h.ops[id as usize];
-                if let (OpKind::Fill, Some(v)) = (op.kind, op.value) {
-                    map.entry((op.node, v)).or_default().push(id);
-                }
-            }
-            map
-        })
-    };
+    let fills = || fills.get_or_init(|| Fills::new(h, ops));
     let final_value = h.finals[key as usize].as_ref();
     let final_phase_index = ctx.history.final_phase.map(|f| f.0);
     let mut sessions: FxHashMap<u32, Session> = FxHashMap::default();
@@ -450,7 +493,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
             }
         };
         if let Some((why, write_op)) = phantom {
-            let mut f = Finding::new(AnomalyKind::PhantomRead, key, id);
+            let mut f = Finding::new(h, AnomalyKind::PhantomRead, key, id);
             f.other = write_op;
             f.version = val.version;
             f.phantom = Some(why);
@@ -463,7 +506,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
                 match final_value {
                     None => out.final_reads_undecided += 1,
                     Some(fin) if fin.value != val => {
-                        let mut f = Finding::new(AnomalyKind::NonConvergence, key, id);
+                        let mut f = Finding::new(h, AnomalyKind::NonConvergence, key, id);
                         f.other = fin.op;
                         f.version = val.version;
                         let (_, newer) = newer_than(val.version);
@@ -491,7 +534,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         out.staleness
             .push(if first_ack == u64::MAX { 0 } else { staleness });
         if first_ack != u64::MAX && first_ack.saturating_add(ctx.bound) < op.invoke_time {
-            let mut f = Finding::new(AnomalyKind::StaleRead, key, id);
+            let mut f = Finding::new(h, AnomalyKind::StaleRead, key, id);
             f.other = newer;
             f.version = val.version;
             f.staleness = staleness;
@@ -507,7 +550,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         let s = sessions.entry(op.process).or_default();
         if let Some((v, earlier)) = s.read {
             if v > val.version {
-                let mut f = Finding::new(AnomalyKind::MonotonicRead, key, id);
+                let mut f = Finding::new(h, AnomalyKind::MonotonicRead, key, id);
                 f.other = earlier;
                 f.version = val.version;
                 out.findings.push(f);
@@ -515,7 +558,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         }
         if let Some((v, write)) = s.written {
             if v > val.version {
-                let mut f = Finding::new(AnomalyKind::ReadYourWrites, key, id);
+                let mut f = Finding::new(h, AnomalyKind::ReadYourWrites, key, id);
                 f.other = write;
                 f.version = val.version;
                 out.findings.push(f);
@@ -530,7 +573,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
     let mut forked: Vec<_> = ties.into_iter().filter(|(_, w)| w.len() > 1).collect();
     forked.sort_unstable_by_key(|(v, _)| *v);
     for (version, writes) in forked {
-        let mut f = Finding::new(AnomalyKind::VersionFork, key, writes[0].1);
+        let mut f = Finding::new(h, AnomalyKind::VersionFork, key, writes[0].1);
         f.other = writes[1].1;
         f.extra = if writes[1].2 != NONE {
             writes[1].2
@@ -541,6 +584,10 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         if f.op == NONE {
             // "init" is no op; lead with the write that has one.
             std::mem::swap(&mut f.op, &mut f.other);
+            f.index = h
+                .ops
+                .get(f.op as usize)
+                .map_or(u64::MAX, |o| o.invoke_index);
         }
         out.findings.push(f);
     }
@@ -559,7 +606,7 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
                     None => version > fin.value.version,
                 };
                 if lost {
-                    let mut f = Finding::new(AnomalyKind::LostWrite, key, id);
+                    let mut f = Finding::new(h, AnomalyKind::LostWrite, key, id);
                     f.other = fin.op;
                     f.version = version;
                     out.findings.push(f);
@@ -600,18 +647,8 @@ fn cache_cause(
     //    undone: after the invalidation that removed the old value, or, with none in
     //    time, after the newer write was acknowledged; and before the read returned.
     let landed_after = in_time.map_or(w.complete_time, |i| i.time);
-    let fill = fills
-        .get(&(node, val))
-        .into_iter()
-        .flatten()
-        .rev()
-        .map(|&id| (id, &h.ops[id as usize]))
-        .find(|(_, f)| {
-            f.outcome != Outcome::Fail
-                && f.complete_time > landed_after
-                && f.invoke_time <= read.complete_time
-        });
-    if let Some((id, _)) = fill {
+    let fill = fills.landed(h, node, val, read.complete_time, landed_after);
+    if let Some(id) = fill {
         return cause(
             CauseKind::FillRace,
             id,

@@ -541,9 +541,11 @@ fn cow(t: Option<Text<'_>>) -> Option<Cow<'_, str>> {
 }
 
 /// The line as serde sees it; every field optional so that a missing one gets a clear
-/// message of ours.
+/// message of ours. `V` is the value: a [`ValueField`] on the fast path, the raw JSON on
+/// the slow one.
 #[derive(Deserialize)]
-struct RawLine<'a> {
+#[serde(bound(deserialize = "V: Deserialize<'de>"))]
+struct RawLine<'a, V> {
     #[serde(default)]
     index: Option<u64>,
     #[serde(default)]
@@ -558,8 +560,8 @@ struct RawLine<'a> {
     key: Option<Text<'a>>,
     #[serde(default, borrow)]
     node: Option<Text<'a>>,
-    #[serde(default, borrow, deserialize_with = "raw_value")]
-    value: Option<&'a RawValue>,
+    #[serde(default = "none", deserialize_with = "present")]
+    value: Option<V>,
     #[serde(default, borrow)]
     error: Option<Text<'a>>,
     #[serde(default, borrow)]
@@ -568,10 +570,93 @@ struct RawLine<'a> {
     role: Option<Text<'a>>,
 }
 
+fn none<V>() -> Option<V> {
+    None
+}
+
 /// Keeps an explicit `null` as a value (`None` is for a missing field), so that errors
 /// can tell `null` from nothing.
-fn raw_value<'de: 'a, 'a, D: Deserializer<'de>>(d: D) -> Result<Option<&'a RawValue>, D::Error> {
-    <&'a RawValue>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, V: Deserialize<'de>>(d: D) -> Result<Option<V>, D::Error> {
+    V::deserialize(d).map(Some)
+}
+
+/// The fields every event has, checked.
+struct Head<'a> {
+    index: u64,
+    time: u64,
+    process: ProcessRef<'a>,
+    kind: EventType,
+    f: Cow<'a, str>,
+    op: OpKind,
+}
+
+impl<'a, V> RawLine<'a, V> {
+    /// Takes out and checks the fields every event has, with what to fix when wrong.
+    fn head(&mut self) -> Result<Head<'a>, String> {
+        let missing = |field: &str, what: &str| format!("missing field `{field}` ({what})");
+        let index = self
+            .index
+            .ok_or_else(|| missing("index", "the event's position in the file, from 0"))?;
+        let time = self
+            .time
+            .ok_or_else(|| missing("time", "nanoseconds since the run started"))?;
+        let process = self.process.take().ok_or_else(|| {
+            missing(
+                "process",
+                "an integer for a client, a string such as \"nemesis\" for an actor",
+            )
+        })?;
+        let kind_str =
+            cow(self.kind.take()).ok_or_else(|| missing("type", "invoke, ok, fail or info"))?;
+        let kind = EventType::parse(&kind_str).ok_or_else(|| {
+            format!("unknown type {kind_str:?}: the type must be invoke, ok, fail or info")
+        })?;
+        let f = cow(self.f.take())
+            .ok_or_else(|| missing("f", "the operation, such as \"read\" or \"write\""))?;
+        let op = OpKind::parse(&f);
+        if let ProcessRef::Actor(name) = &process {
+            if kind != EventType::Info {
+                return Err(format!(
+                    "process {name:?} is a string, so its events must have type \"info\" (found {kind:?}); \
+                     operations that are invoked and completed need an integer process",
+                    kind = kind.as_str()
+                ));
+            }
+        }
+        if op.is_data() && self.key.is_none() {
+            return Err(format!(
+                "missing field `key`: a {f:?} event must name the item it touches"
+            ));
+        }
+        Ok(Head {
+            index,
+            time,
+            process,
+            kind,
+            f,
+            op,
+        })
+    }
+
+    /// The event, with its checked head and value.
+    fn event(self, head: Head<'a>, value: ValueRef<'a>) -> EventRef<'a> {
+        EventRef {
+            line: 0,
+            index: head.index,
+            time: head.time,
+            process: head.process,
+            kind: head.kind,
+            f: head.f,
+            op: head.op,
+            key: cow(self.key),
+            node: cow(self.node),
+            value,
+            error: cow(self.error),
+            region: cow(self.region),
+            role: cow(self.role),
+            invoke_index: None,
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -640,73 +725,30 @@ impl<'de: 'a, 'a> Deserialize<'de> for ValueField<'a> {
     }
 }
 
-/// A line as the fast path sees it.
-#[derive(Deserialize)]
-struct FastLine<'a> {
-    index: u64,
-    time: u64,
-    #[serde(borrow)]
-    process: ProcessRef<'a>,
-    #[serde(borrow, rename = "type")]
-    kind: Text<'a>,
-    #[serde(borrow)]
-    f: Text<'a>,
-    #[serde(default, borrow)]
-    key: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    node: Option<Text<'a>>,
-    #[serde(default, borrow, deserialize_with = "value_field")]
-    value: Option<ValueField<'a>>,
-    #[serde(default, borrow)]
-    error: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    region: Option<Text<'a>>,
-    #[serde(default, borrow)]
-    role: Option<Text<'a>>,
-}
-
-/// Keeps an explicit `null` apart from a missing field, as [`raw_value`] does.
-fn value_field<'de: 'a, 'a, D: Deserializer<'de>>(
-    d: D,
-) -> Result<Option<ValueField<'a>>, D::Error> {
-    ValueField::deserialize(d).map(Some)
-}
-
 /// One pass over a well-formed line of the usual shapes. `None` sends the line to
 /// [`parse_slow`], which accepts the same lines and explains what is wrong with the
 /// others; so this path only has to be right about what it accepts.
 fn parse_fast(line: Line<'_>) -> Option<EventRef<'_>> {
-    let raw: FastLine<'_> = match line {
+    let mut raw: RawLine<'_, ValueField<'_>> = match line {
         Line::Text(t) if t.starts_with('{') => serde_json::from_str(t).ok()?,
         _ => return None,
     };
-    let kind = EventType::parse(&raw.kind.0)?;
-    let op = OpKind::parse(&raw.f.0);
-    if matches!(raw.process, ProcessRef::Actor(_)) && kind != EventType::Info {
-        return None;
-    }
-    if op.is_data() && raw.key.is_none() {
-        return None;
-    }
-    let client = matches!(raw.process, ProcessRef::Client(_));
-    let value = match (shape(op, kind, client), raw.value) {
-        (_, None) | (Shape::Anything, Some(ValueField::Null)) => {
-            if matches!(
-                shape(op, kind, client),
-                Shape::Anything | Shape::WriteRequestOrAnything | Shape::VersionedOrNull
-            ) {
-                ValueRef::Absent
-            } else {
-                return None;
-            }
-        }
-        (Shape::Anything, Some(_)) => return None, // kept raw: the slow path has it
+    let head = raw.head().ok()?;
+    let need = shape(
+        head.op,
+        head.kind,
+        matches!(head.process, ProcessRef::Client(_)),
+    );
+    let value = match (need, raw.value.take()) {
+        (Shape::Anything | Shape::WriteRequestOrAnything | Shape::VersionedOrNull, None)
+        | (
+            Shape::Anything | Shape::WriteRequestOrAnything | Shape::VersionedOrNull,
+            Some(ValueField::Null),
+        ) => ValueRef::Absent,
         (
             Shape::WriteRequest | Shape::WriteRequestOrAnything,
             Some(ValueField::Object { write: Some(w), .. }),
         ) => ValueRef::WriteRequest(w.0),
-        (Shape::WriteRequestOrAnything, Some(ValueField::Null)) => ValueRef::Absent,
-        (Shape::VersionedOrNull, Some(ValueField::Null)) => ValueRef::Absent,
         (
             Shape::Versioned | Shape::VersionedOrNull,
             Some(ValueField::Object {
@@ -732,24 +774,10 @@ fn parse_fast(line: Line<'_>) -> Option<EventRef<'_>> {
             },
             log,
         },
+        // anything else, and values kept raw, take the slow path
         _ => return None,
     };
-    Some(EventRef {
-        line: 0,
-        index: raw.index,
-        time: raw.time,
-        process: raw.process,
-        kind,
-        f: raw.f.0,
-        op,
-        key: cow(raw.key),
-        node: cow(raw.node),
-        value,
-        error: cow(raw.error),
-        region: cow(raw.region),
-        role: cow(raw.role),
-        invoke_index: None,
-    })
+    Some(raw.event(head, value))
 }
 
 /// The shape a value must have, by operation and type.
@@ -780,64 +808,13 @@ fn parse_slow(line: Line<'_>) -> Result<EventRef<'_>, String> {
         return Err(diagnose(bytes, None));
     }
     let parsed = match line {
-        Line::Text(t) => serde_json::from_str::<RawLine<'_>>(t),
-        Line::Bytes(b) => serde_json::from_slice::<RawLine<'_>>(b),
+        Line::Text(t) => serde_json::from_str::<RawLine<'_, &RawValue>>(t),
+        Line::Bytes(b) => serde_json::from_slice::<RawLine<'_, &RawValue>>(b),
     };
-    let raw: RawLine<'_> = match parsed {
-        Ok(raw) => raw,
-        Err(e) => return Err(diagnose(bytes, Some(&e))),
-    };
-    let missing = |field: &str, what: &str| format!("missing field `{field}` ({what})");
-    let index = raw
-        .index
-        .ok_or_else(|| missing("index", "the event's position in the file, from 0"))?;
-    let time = raw
-        .time
-        .ok_or_else(|| missing("time", "nanoseconds since the run started"))?;
-    let process = raw.process.ok_or_else(|| {
-        missing(
-            "process",
-            "an integer for a client, a string such as \"nemesis\" for an actor",
-        )
-    })?;
-    let kind_str = cow(raw.kind).ok_or_else(|| missing("type", "invoke, ok, fail or info"))?;
-    let kind = EventType::parse(&kind_str).ok_or_else(|| {
-        format!("unknown type {kind_str:?}: the type must be invoke, ok, fail or info")
-    })?;
-    let f =
-        cow(raw.f).ok_or_else(|| missing("f", "the operation, such as \"read\" or \"write\""))?;
-    let op = OpKind::parse(&f);
-    if let ProcessRef::Actor(name) = &process {
-        if kind != EventType::Info {
-            return Err(format!(
-                "process {name:?} is a string, so its events must have type \"info\" (found {kind:?}); \
-                 operations that are invoked and completed need an integer process",
-                kind = kind.as_str()
-            ));
-        }
-    }
-    if op.is_data() && raw.key.is_none() {
-        return Err(format!(
-            "missing field `key`: a {f:?} event must name the item it touches"
-        ));
-    }
-    let value = typed_value(op, kind, &process, raw.value)?;
-    Ok(EventRef {
-        line: 0,
-        index,
-        time,
-        process,
-        kind,
-        f,
-        op,
-        key: cow(raw.key),
-        node: cow(raw.node),
-        value,
-        error: cow(raw.error),
-        region: cow(raw.region),
-        role: cow(raw.role),
-        invoke_index: None,
-    })
+    let mut raw = parsed.map_err(|e| diagnose(bytes, Some(&e)))?;
+    let head = raw.head()?;
+    let value = typed_value(head.op, head.kind, &head.process, raw.value.take())?;
+    Ok(raw.event(head, value))
 }
 
 const VERSIONED: &str = "{\"version\": <integer>, \"write\": \"<write id>\"}";
