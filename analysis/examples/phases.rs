@@ -1,53 +1,43 @@
-//! Times the phases of a check (development aid): `cargo run --release --example phases FILE`.
-use coherence_analysis::{
-    check::{check, Context},
-    model::Builder,
-    results, Options,
-};
+//! Times the phases of a check, for finding where time goes (the end-to-end figures
+//! come from `cargo bench --bench check`):
+//! `cargo run --release -p coherence-analysis --example phases HISTORY`.
+
+use coherence_analysis::check::{check, Context};
+use coherence_analysis::{model::Builder, results, Options};
+use coherence_store::{read_history, EventRef, NoProgress};
 use std::time::Instant;
+
 fn main() {
-    let path = std::env::args().nth(1).expect("a history file");
+    let Some(path) = std::env::args().nth(1) else {
+        eprintln!("usage: phases HISTORY");
+        std::process::exit(2);
+    };
+    let path = std::path::Path::new(&path);
+
     let t = Instant::now();
-    let mut n = 0u64;
-    let mut count = |_: &coherence_store::EventRef<'_>| -> Result<(), String> {
-        n += 1;
+    let mut events = 0u64;
+    let mut count = |_: &EventRef<'_>| -> Result<(), String> {
+        events += 1;
         Ok(())
     };
-    coherence_store::read_history(path.as_ref(), &mut count, &coherence_store::NoProgress).unwrap();
-    eprintln!("read only: {:?} ({n} events)", t.elapsed());
+    if let Err(e) = read_history(path, &mut count, &NoProgress) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
+    }
+    eprintln!("read and validate: {:?} ({events} events)", t.elapsed());
+
     let t = Instant::now();
-    let mut b = Builder::new();
-    coherence_store::read_history(path.as_ref(), &mut b, &coherence_store::NoProgress).unwrap();
-    eprintln!("read+build: {:?}", t.elapsed());
+    let mut builder = Builder::new();
+    read_history(path, &mut builder, &NoProgress).expect("read twice");
+    let history = builder.finish();
+    eprintln!("read, validate and build: {:?}", t.elapsed());
+
     let t = Instant::now();
-    let h = b.finish();
-    eprintln!("finish: {:?}", t.elapsed());
+    let ctx = Context::new(&history, 0);
+    let findings = check(&ctx);
+    eprintln!("check: {:?} ({} findings)", t.elapsed(), findings.findings.len());
+
     let t = Instant::now();
-    let ctx = Context::new(&h, 0);
-    let f = check(&ctx);
-    eprintln!("check: {:?} ({} findings)", t.elapsed(), f.findings.len());
-    let t = Instant::now();
-    let f2 = coherence_analysis::check::Findings {
-        findings: f.findings.clone(),
-        staleness: f.staleness.clone(),
-        ..Default::default()
-    };
-    let r = results::build(&ctx, f, &Options::default(), "x", vec![], 0);
-    eprintln!("results: {:?}", t.elapsed());
-    let t = Instant::now();
-    let _ = results::build(
-        &ctx,
-        f2,
-        &Options {
-            anomaly_limit: 0,
-            ..Options::default()
-        },
-        "x",
-        vec![],
-        0,
-    );
-    eprintln!("results without explanations: {:?}", t.elapsed());
-    let t = Instant::now();
-    let s = serde_json::to_string(&r).unwrap();
-    eprintln!("json: {:?} ({} bytes)", t.elapsed(), s.len());
+    let r = results::build(&ctx, findings, &Options::default(), "history", vec![], 0);
+    eprintln!("results: {:?} ({} explained)", t.elapsed(), r.anomalies.len());
 }
