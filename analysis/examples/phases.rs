@@ -35,9 +35,17 @@ fn main() {
     let t = Instant::now();
     let ctx = Context::new(&history, 0);
     let findings = check(&ctx);
-    eprintln!("check: {:?} ({} findings)", t.elapsed(), findings.findings.len());
+    eprintln!(
+        "check: {:?} ({} findings)",
+        t.elapsed(),
+        findings.findings.len()
+    );
 
     let t = Instant::now();
     let r = results::build(&ctx, findings, &Options::default(), "history", vec![], 0);
-    eprintln!("results: {:?} ({} explained)", t.elapsed(), r.anomalies.len());
+    eprintln!(
+        "results: {:?} ({} explained)",
+        t.elapsed(),
+        r.anomalies.len()
+    );
 }
