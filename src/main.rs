@@ -41,6 +41,48 @@ enum Command {
     Check(CheckArgs),
     /// Generate a synthetic cache-aside history (for trying the checker and benchmarks).
     Gen(GenArgs),
+    /// A real cluster of Redis and PostgreSQL on this machine, in network namespaces.
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+#[derive(Subcommand)]
+enum LabCommand {
+    /// Start the lab: PostgreSQL primary and standby, per region a Redis primary, a
+    /// replica and three Sentinels, and the invalidator under test. Needs root.
+    Up {
+        /// Regions, each with its own Redis primary, replica and Sentinels.
+        #[arg(long, default_value_t = 2)]
+        regions: u32,
+        /// The invalidation pipeline under test.
+        #[arg(long, default_value = "notify")]
+        invalidator: coherence_lab::Design,
+        /// Replicate to the standby synchronously.
+        #[arg(long)]
+        sync_replication: bool,
+    },
+    /// Show every host, its address, role and ports, and whether it answers.
+    Status,
+    /// Stop every lab process and remove every namespace, the bridge and the lab's files.
+    Down,
+    /// Run a command on a lab host: `coherence lab exec r1a -- redis-cli -h 10.77.0.21 ping`.
+    Exec {
+        /// The host (db1, db2, r1a, r1b, r1s, ..., inv).
+        host: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run an invalidator (started by `lab up` inside its host).
+    #[command(hide = true)]
+    Invalidator {
+        #[arg(long)]
+        design: coherence_lab::Design,
+        #[arg(long)]
+        regions: u32,
+        #[arg(long)]
+        log: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -119,7 +161,114 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Command::Check(args) => check(args),
         Command::Gen(args) => gen(args),
+        Command::Lab(cmd) => lab(cmd),
     }
+}
+
+fn lab(cmd: LabCommand) -> anyhow::Result<u8> {
+    use coherence_lab::cluster;
+    match cmd {
+        LabCommand::Up {
+            regions,
+            invalidator,
+            sync_replication,
+        } => {
+            let opts = cluster::UpOptions {
+                regions,
+                design: invalidator,
+                sync_replication,
+            };
+            match cluster::up(&opts)? {
+                cluster::UpOutcome::AlreadyUp(state) => println!(
+                    "the lab is already up ({} regions, invalidator {}); `coherence lab down` first to start afresh",
+                    state.regions, state.design
+                ),
+                cluster::UpOutcome::Started {
+                    took,
+                    cleaned_remains,
+                } => {
+                    if cleaned_remains {
+                        println!("cleaned the remains of an earlier lab");
+                    }
+                    println!(
+                        "the lab is up in {:.1} s: {regions} regions, invalidator {invalidator}{}",
+                        took.as_secs_f64(),
+                        if sync_replication { ", synchronous replication" } else { "" }
+                    );
+                    print_status()?;
+                }
+            }
+            Ok(EXIT_VALID)
+        }
+        LabCommand::Status => {
+            print_status()?;
+            Ok(EXIT_VALID)
+        }
+        LabCommand::Down => {
+            let r = cluster::down()?;
+            println!(
+                "the lab is down in {:.1} s: killed {} processes, removed {} namespaces{}{}",
+                r.took.as_secs_f64(),
+                r.processes,
+                r.namespaces,
+                if r.bridge { ", the bridge" } else { "" },
+                if r.dir { " and the lab directory" } else { "" }
+            );
+            Ok(EXIT_VALID)
+        }
+        LabCommand::Exec { host, command } => {
+            let code = cluster::exec(&host, &command)?;
+            Ok(u8::try_from(code).unwrap_or(1))
+        }
+        LabCommand::Invalidator {
+            design,
+            regions,
+            log,
+        } => {
+            coherence_lab::invalidator::run(coherence_lab::invalidator::Options {
+                design,
+                regions,
+                log,
+                db: coherence_lab::invalidator::db_primary(regions),
+            })?;
+            Ok(EXIT_VALID)
+        }
+    }
+}
+
+fn print_status() -> anyhow::Result<()> {
+    let Some((state, hosts)) = coherence_lab::cluster::status()? else {
+        println!("the lab is down; start it with `coherence lab up`");
+        return Ok(());
+    };
+    println!(
+        "{:<5} {:<12} {:<26} {:<12} {:>6}  {:<8} now",
+        "host", "address", "role at start", "server", "port", "answers"
+    );
+    for h in hosts {
+        for s in &h.servers {
+            println!(
+                "{:<5} {:<12} {:<26} {:<12} {:>6}  {:<8} {}",
+                h.host.name,
+                h.host.addr,
+                h.host.role.describe(),
+                s.kind,
+                if s.port == 0 {
+                    "-".to_string()
+                } else {
+                    s.port.to_string()
+                },
+                if s.answers { "yes" } else { "NO" },
+                s.role
+            );
+        }
+    }
+    println!(
+        "invalidator: {}; lab files in {}",
+        state.design,
+        coherence_lab::lab_dir().display()
+    );
+    Ok(())
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<u8> {

@@ -1,6 +1,8 @@
 //! Faults and how they reach a node: locally, in a lab network namespace, or over SSH.
 //!
-//! Empty until the nemesis issue lands; the crate exists so that the workspace has
-//! the layout of DESIGN.md and dependencies can point the right way from the start.
+//! So far this holds the [`remote`] seam: how a command reaches a node. The lab starts
+//! and inspects its servers through it; the faults of the nemesis issue will too.
 
 #![deny(missing_docs)]
+
+pub mod remote;

@@ -1,0 +1,826 @@
+//! Bringing the lab up and down, and asking how it is.
+//!
+//! `up` is idempotent in the way users need: on a lab that answers it says so; over the
+//! remains of a dead lab (namespaces left, servers gone) it cleans them and starts
+//! afresh. `down` trusts nothing but the system itself: it kills every process in every
+//! namespace with the lab's prefix, removes the namespaces and the bridge, and deletes
+//! the lab directory.
+
+use crate::layout::{
+    self, Host, Role, BRIDGE, BRIDGE_ADDR, NS_PREFIX, PG_PORT, REDIS_PORT, SENTINEL_PORT,
+};
+use crate::{lab_dir, schema, Design};
+use anyhow::{anyhow, bail, Context, Result};
+use coherence_nemeses::remote::{shell_words, Netns, Remote};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How to bring the lab up.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    /// Regions (each with a Redis primary, replica and three Sentinels).
+    pub regions: u32,
+    /// The invalidation pipeline to run.
+    pub design: Design,
+    /// Synchronous streaming replication to the standby.
+    pub sync_replication: bool,
+}
+
+/// What `up` did.
+#[derive(Debug)]
+pub enum UpOutcome {
+    /// The lab was started.
+    Started {
+        /// How long it took.
+        took: Duration,
+        /// Whether the remains of a dead lab were cleaned first.
+        cleaned_remains: bool,
+    },
+    /// A lab was already up and answering; nothing was changed.
+    AlreadyUp(State),
+}
+
+/// What `down` removed.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    /// Namespaces removed.
+    pub namespaces: usize,
+    /// Processes killed.
+    pub processes: usize,
+    /// Whether the bridge was removed.
+    pub bridge: bool,
+    /// Whether the lab directory was removed.
+    pub dir: bool,
+    /// How long it took.
+    pub took: Duration,
+}
+
+/// The lab as `up` made it, kept in `state.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    /// Regions.
+    pub regions: u32,
+    /// The invalidator running.
+    pub design: Design,
+    /// Whether replication is synchronous.
+    pub sync_replication: bool,
+    /// The PostgreSQL binaries used.
+    pub pg_bin: PathBuf,
+    /// The `coherence` executable that runs the invalidator.
+    pub exe: PathBuf,
+}
+
+impl State {
+    fn path() -> PathBuf {
+        lab_dir().join("state.json")
+    }
+
+    /// The state of the lab, if one was brought up.
+    pub fn load() -> Result<Option<State>> {
+        let path = State::path();
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).with_context(|| {
+                format!(
+                    "cannot read the lab state {}: run `coherence lab down`",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    fn save(&self) -> Result<()> {
+        let path = State::path();
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    /// The lab's hosts.
+    pub fn hosts(&self) -> Vec<Host> {
+        layout::hosts(self.regions)
+    }
+}
+
+/// Fails with a clear message unless running as root.
+pub fn require_root() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "the lab needs root: it makes network namespaces, a bridge and iptables rules; \
+             run it as root (for example with sudo)"
+        );
+    }
+    Ok(())
+}
+
+/// Runs a command in the machine's own namespace; fails with what it printed.
+fn sh(argv: &[&str]) -> Result<String> {
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run `{}`: is it installed? (scripts/setup installs it)",
+                argv[0]
+            )
+        })?;
+    if !out.status.success() {
+        bail!(
+            "`{}` exited with {}: {}",
+            shell_words(argv),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The remote of a host.
+pub fn remote(host: &Host) -> Netns {
+    Netns::new(host.name.clone(), host.namespace())
+}
+
+/// The namespaces with the lab's prefix that exist now.
+pub fn lab_namespaces() -> Result<Vec<String>> {
+    let list = sh(&["ip", "netns", "list"])?;
+    Ok(list
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(NS_PREFIX))
+        .map(String::from)
+        .collect())
+}
+
+/// The processes running in a namespace.
+pub fn namespace_pids(ns: &str) -> Result<Vec<i32>> {
+    Ok(sh(&["ip", "netns", "pids", ns])?
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect())
+}
+
+/// The newest PostgreSQL server binaries on this machine.
+fn find_pg_bin() -> Result<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let v = e.file_name().to_string_lossy().parse().ok()?;
+                    let bin = e.path().join("bin");
+                    bin.join("postgres").exists().then_some((v, bin))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin).ok_or_else(|| {
+        anyhow!("PostgreSQL is not installed: run scripts/setup (it installs postgresql)")
+    })
+}
+
+fn require_tools() -> Result<()> {
+    for tool in [
+        "ip",
+        "iptables",
+        "redis-server",
+        "redis-sentinel",
+        "setpriv",
+    ] {
+        if Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| !o.status.success())
+            .unwrap_or(true)
+        {
+            bail!("{tool} is not installed: run scripts/setup (it installs what the lab needs)");
+        }
+    }
+    Ok(())
+}
+
+fn host_dir(host: &Host) -> PathBuf {
+    lab_dir().join(&host.name)
+}
+
+/// A tokio runtime for the clients the lab uses.
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start an async runtime")
+}
+
+/// Connects to PostgreSQL at `addr` as the superuser.
+pub async fn pg_connect(addr: std::net::Ipv4Addr) -> Result<tokio_postgres::Client> {
+    let (client, conn) = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio_postgres::connect(
+            &format!("host={addr} port={PG_PORT} user=postgres dbname=postgres connect_timeout=3"),
+            tokio_postgres::NoTls,
+        ),
+    )
+    .await
+    .map_err(|_| anyhow!("connecting to PostgreSQL at {addr} timed out"))??;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A Redis connection to `addr:port` with short timeouts.
+pub fn redis_connect(addr: std::net::Ipv4Addr, port: u16) -> Result<redis::Connection> {
+    let client = redis::Client::open(format!("redis://{addr}:{port}/"))?;
+    let con = client.get_connection_with_timeout(Duration::from_secs(2))?;
+    con.set_read_timeout(Some(Duration::from_secs(2)))?;
+    con.set_write_timeout(Some(Duration::from_secs(2)))?;
+    Ok(con)
+}
+
+/// Polls `check` until it returns true, or fails after `timeout` naming `what`.
+fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not happen within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Brings the lab up.
+pub fn up(opts: &UpOptions) -> Result<UpOutcome> {
+    require_root()?;
+    if !(1..=layout::MAX_REGIONS).contains(&opts.regions) {
+        bail!("--regions must be between 1 and {}", layout::MAX_REGIONS);
+    }
+    require_tools()?;
+    let pg_bin = find_pg_bin()?;
+    let started = Instant::now();
+
+    let mut cleaned_remains = false;
+    if let Some(state) = State::load()? {
+        if answers(&state) {
+            return Ok(UpOutcome::AlreadyUp(state));
+        }
+    }
+    if !lab_namespaces()?.is_empty() || lab_dir().exists() || bridge_exists() {
+        down()?;
+        cleaned_remains = true;
+    }
+
+    let exe = std::env::current_exe().context("cannot find the coherence executable")?;
+    let state = State {
+        regions: opts.regions,
+        design: opts.design,
+        sync_replication: opts.sync_replication,
+        pg_bin,
+        exe,
+    };
+    std::fs::create_dir_all(lab_dir())
+        .with_context(|| format!("cannot create {}", lab_dir().display()))?;
+    state.save()?;
+    let result = build(&state);
+    if let Err(e) = result {
+        // Leave nothing half-made behind.
+        let _ = down();
+        return Err(e.context("the lab did not come up; everything it started was removed"));
+    }
+    Ok(UpOutcome::Started {
+        took: started.elapsed(),
+        cleaned_remains,
+    })
+}
+
+fn bridge_exists() -> bool {
+    Path::new("/sys/class/net").join(BRIDGE).exists()
+}
+
+fn build(state: &State) -> Result<()> {
+    let hosts = state.hosts();
+    network(&hosts)?;
+    for h in &hosts {
+        std::fs::create_dir_all(host_dir(h))?;
+    }
+    let rt = runtime()?;
+    let db1 = hosts
+        .iter()
+        .find(|h| h.role == Role::DbPrimary)
+        .expect("db1")
+        .clone();
+    let db2 = hosts
+        .iter()
+        .find(|h| h.role == Role::DbStandby)
+        .expect("db2")
+        .clone();
+    // Redis first: it starts in milliseconds while PostgreSQL initialises.
+    for h in &hosts {
+        match h.role {
+            Role::RedisPrimary => start_redis(h, None)?,
+            Role::RedisReplica => {
+                let primary = primary_of(&hosts, h);
+                start_redis(h, Some(primary.addr))?;
+            }
+            _ => {}
+        }
+    }
+    for h in hosts.iter().filter(|h| h.ports().contains(&SENTINEL_PORT)) {
+        start_sentinel(h, primary_of(&hosts, h))?;
+    }
+    start_primary(state, &db1)?;
+    rt.block_on(async {
+        let client = pg_connect(db1.addr).await?;
+        client
+            .batch_execute(schema::SCHEMA)
+            .await
+            .context("cannot create the schema")?;
+        client
+            .batch_execute(&schema::triggers(state.design))
+            .await
+            .context("cannot install the invalidation trigger")?;
+        anyhow::Ok(())
+    })?;
+    start_standby(state, &db1, &db2)?;
+    if state.sync_replication {
+        rt.block_on(async {
+            let client = pg_connect(db1.addr).await?;
+            client
+                .batch_execute(
+                    "ALTER SYSTEM SET synchronous_standby_names = 'db2'; SELECT pg_reload_conf();",
+                )
+                .await?;
+            anyhow::Ok(())
+        })?;
+    }
+    start_invalidator(state)?;
+    wait_until("every server answering", Duration::from_secs(20), || {
+        answers(state)
+    })
+}
+
+/// The primary a replica or Sentinel host of a region follows at start.
+fn primary_of<'h>(hosts: &'h [Host], host: &Host) -> &'h Host {
+    hosts
+        .iter()
+        .find(|h| h.role == Role::RedisPrimary && h.region == host.region)
+        .expect("every region has a primary")
+}
+
+fn network(hosts: &[Host]) -> Result<()> {
+    let bridge = BRIDGE;
+    sh(&["ip", "link", "add", bridge, "type", "bridge"])?;
+    sh(&[
+        "ip",
+        "addr",
+        "add",
+        &format!("{BRIDGE_ADDR}/24"),
+        "dev",
+        bridge,
+    ])?;
+    sh(&["ip", "link", "set", bridge, "up"])?;
+    for h in hosts {
+        let ns = h.namespace();
+        let veth = h.veth();
+        sh(&["ip", "netns", "add", &ns])?;
+        sh(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        sh(&["ip", "link", "set", &veth, "master", bridge, "up"])?;
+        sh(&[
+            "ip",
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{}/24", h.addr),
+            "dev",
+            "eth0",
+        ])?;
+        sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+    }
+    Ok(())
+}
+
+fn start_redis(h: &Host, replica_of: Option<std::net::Ipv4Addr>) -> Result<()> {
+    let dir = host_dir(h);
+    let addr = h.addr.to_string();
+    let port = REDIS_PORT.to_string();
+    let dir_s = dir.display().to_string();
+    let mut argv = vec![
+        "redis-server",
+        "--bind",
+        &addr,
+        "--port",
+        &port,
+        "--dir",
+        &dir_s,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "no",
+        "--daemonize",
+        "no",
+    ];
+    let primary;
+    if let Some(p) = replica_of {
+        primary = p.to_string();
+        argv.extend(["--replicaof", &primary, "6379"]);
+    }
+    remote(h).spawn(&argv, &dir.join("redis.log"))?;
+    Ok(())
+}
+
+fn start_sentinel(h: &Host, primary: &Host) -> Result<()> {
+    let dir = host_dir(h);
+    let region = primary.region.as_deref().expect("a region");
+    let name = layout::master_name(region);
+    let conf = dir.join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "bind {addr}\nport {SENTINEL_PORT}\ndir {dir}\nprotected-mode no\n\
+             sentinel monitor {name} {primary} {REDIS_PORT} 2\n\
+             sentinel down-after-milliseconds {name} 1000\n\
+             sentinel failover-timeout {name} 5000\n\
+             sentinel parallel-syncs {name} 1\n",
+            addr = h.addr,
+            dir = dir.display(),
+            primary = primary.addr,
+        ),
+    )?;
+    remote(h).spawn(
+        &["redis-sentinel", &conf.display().to_string()],
+        &dir.join("sentinel.log"),
+    )?;
+    Ok(())
+}
+
+fn as_postgres(pg_bin: &Path, tool: &str) -> Vec<String> {
+    vec![
+        "setpriv".into(),
+        "--reuid=postgres".into(),
+        "--regid=postgres".into(),
+        "--init-groups".into(),
+        "--".into(),
+        pg_bin.join(tool).display().to_string(),
+    ]
+}
+
+fn chown_postgres(path: &Path) -> Result<()> {
+    sh(&[
+        "chown",
+        "-R",
+        "postgres:postgres",
+        &path.display().to_string(),
+    ])?;
+    Ok(())
+}
+
+fn start_pg(state: &State, h: &Host, data: &Path) -> Result<()> {
+    let dir = host_dir(h);
+    let mut argv = as_postgres(&state.pg_bin, "postgres");
+    argv.extend(["-D".into(), data.display().to_string()]);
+    for setting in [
+        format!("listen_addresses={}", h.addr),
+        format!("port={PG_PORT}"),
+        format!("unix_socket_directories={}", dir.display()),
+        "wal_level=replica".into(),
+        "max_wal_senders=10".into(),
+        "hot_standby=on".into(),
+        "fsync=off".into(),
+        "synchronous_commit=on".into(),
+        "shared_buffers=64MB".into(),
+        "max_connections=200".into(),
+    ] {
+        argv.extend(["-c".into(), setting]);
+    }
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    remote(h).spawn(&argv, &dir.join("postgres.log"))?;
+    let rt = runtime()?;
+    wait_until(
+        &format!(
+            "PostgreSQL on {} answering (see {})",
+            h.name,
+            dir.join("postgres.log").display()
+        ),
+        Duration::from_secs(20),
+        || rt.block_on(async { pg_connect(h.addr).await.is_ok() }),
+    )
+}
+
+fn start_primary(state: &State, h: &Host) -> Result<()> {
+    let dir = host_dir(h);
+    let data = dir.join("data");
+    std::fs::create_dir_all(&data)?;
+    chown_postgres(&dir)?;
+    let mut initdb = as_postgres(&state.pg_bin, "initdb");
+    initdb.extend(
+        [
+            "-D",
+            &data.display().to_string(),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+        ]
+        .map(String::from),
+    );
+    let initdb: Vec<&str> = initdb.iter().map(String::as_str).collect();
+    remote(h).run(&initdb)?;
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhost all all 10.77.0.0/24 trust\nhost replication all 10.77.0.0/24 trust\n",
+    )?;
+    start_pg(state, h, &data)
+}
+
+fn start_standby(state: &State, primary: &Host, h: &Host) -> Result<()> {
+    let dir = host_dir(h);
+    let data = dir.join("data");
+    chown_postgres(&dir)?;
+    let mut backup = as_postgres(&state.pg_bin, "pg_basebackup");
+    backup.extend(
+        [
+            "-D",
+            &data.display().to_string(),
+            "-d",
+            &format!(
+                "host={} port={PG_PORT} user=postgres application_name={}",
+                primary.addr, h.name
+            ),
+            "-R",
+            "-X",
+            "stream",
+            "--no-sync",
+        ]
+        .map(String::from),
+    );
+    let backup: Vec<&str> = backup.iter().map(String::as_str).collect();
+    remote(h).run(&backup)?;
+    start_pg(state, h, &data)
+}
+
+/// Starts the invalidator of the state's design (nothing for `none`).
+pub fn start_invalidator(state: &State) -> Result<()> {
+    if state.design == Design::None {
+        return Ok(());
+    }
+    let host = state
+        .hosts()
+        .into_iter()
+        .find(|h| h.role == Role::Invalidator)
+        .expect("an invalidator host");
+    let dir = host_dir(&host);
+    let exe = state.exe.display().to_string();
+    let regions = state.regions.to_string();
+    let deletions = dir.join("deletions.jsonl").display().to_string();
+    remote(&host).spawn(
+        &[
+            &exe,
+            "lab",
+            "invalidator",
+            "--design",
+            &state.design.to_string(),
+            "--regions",
+            &regions,
+            "--log",
+            &deletions,
+        ],
+        &dir.join("invalidator.log"),
+    )?;
+    Ok(())
+}
+
+/// Stops the invalidator (kills every process on its host).
+pub fn stop_invalidator(state: &State) -> Result<()> {
+    let host = state
+        .hosts()
+        .into_iter()
+        .find(|h| h.role == Role::Invalidator)
+        .expect("an invalidator host");
+    kill_namespace(&host.namespace())?;
+    Ok(())
+}
+
+/// Switches the lab to another invalidator design: trigger and process.
+pub fn set_invalidator(design: Design) -> Result<()> {
+    require_root()?;
+    let mut state = State::load()?
+        .ok_or_else(|| anyhow!("the lab is down: start it with `coherence lab up`"))?;
+    stop_invalidator(&state)?;
+    let db1 = state
+        .hosts()
+        .into_iter()
+        .find(|h| h.role == Role::DbPrimary)
+        .expect("db1");
+    runtime()?.block_on(async {
+        let client = pg_connect(db1.addr).await?;
+        client.batch_execute(&schema::triggers(design)).await?;
+        anyhow::Ok(())
+    })?;
+    state.design = design;
+    state.save()?;
+    start_invalidator(&state)
+}
+
+fn kill_namespace(ns: &str) -> Result<usize> {
+    let pids = namespace_pids(ns)?;
+    for &pid in &pids {
+        // SAFETY: kill has no memory preconditions; a pid that is gone is fine.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+    // Wait until they are gone, so that ports and files are free.
+    let _ = wait_until(
+        &format!("the processes of {ns} exiting"),
+        Duration::from_secs(5),
+        || namespace_pids(ns).map(|p| p.is_empty()).unwrap_or(true),
+    );
+    Ok(pids.len())
+}
+
+/// Takes the lab down: every process, namespace, the bridge and the lab directory.
+pub fn down() -> Result<DownReport> {
+    require_root()?;
+    let started = Instant::now();
+    let mut report = DownReport::default();
+    for ns in lab_namespaces()? {
+        report.processes += kill_namespace(&ns)?;
+        sh(&["ip", "netns", "del", &ns])?;
+        report.namespaces += 1;
+    }
+    if bridge_exists() {
+        sh(&["ip", "link", "del", BRIDGE])?;
+        report.bridge = true;
+    }
+    let dir = lab_dir();
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot remove {}", dir.display()))?;
+        report.dir = true;
+    }
+    report.took = started.elapsed();
+    Ok(report)
+}
+
+/// One host as `status` sees it.
+#[derive(Debug, Clone)]
+pub struct HostStatus {
+    /// The host.
+    pub host: Host,
+    /// Each server: what it is, its port, whether it answers and its current role.
+    pub servers: Vec<ServerStatus>,
+}
+
+/// One server on a host.
+#[derive(Debug, Clone)]
+pub struct ServerStatus {
+    /// `postgres`, `redis`, `sentinel` or `invalidator`.
+    pub kind: &'static str,
+    /// Its port (0 for the invalidator).
+    pub port: u16,
+    /// Whether it answered.
+    pub answers: bool,
+    /// Its role now (`primary`, `replica`, `standby`, or what Sentinel says).
+    pub role: String,
+}
+
+/// How every host is, or `None` when the lab is down.
+pub fn status() -> Result<Option<(State, Vec<HostStatus>)>> {
+    let Some(state) = State::load()? else {
+        return Ok(None);
+    };
+    let rt = runtime()?;
+    let running_invalidator = |h: &Host| {
+        namespace_pids(&h.namespace())
+            .map(|p| !p.is_empty())
+            .unwrap_or(false)
+    };
+    let hosts = state
+        .hosts()
+        .into_iter()
+        .map(|h| {
+            let mut servers = Vec::new();
+            match h.role {
+                Role::DbPrimary | Role::DbStandby => {
+                    let role = rt.block_on(async {
+                        let client = pg_connect(h.addr).await.ok()?;
+                        let row = client
+                            .query_one("SELECT pg_is_in_recovery()", &[])
+                            .await
+                            .ok()?;
+                        Some(if row.get::<_, bool>(0) {
+                            "standby"
+                        } else {
+                            "primary"
+                        })
+                    });
+                    servers.push(ServerStatus {
+                        kind: "postgres",
+                        port: PG_PORT,
+                        answers: role.is_some(),
+                        role: role.unwrap_or("-").to_string(),
+                    });
+                }
+                Role::Invalidator => servers.push(ServerStatus {
+                    kind: "invalidator",
+                    port: 0,
+                    answers: state.design == Design::None || running_invalidator(&h),
+                    role: state.design.to_string(),
+                }),
+                _ => {}
+            }
+            if h.ports().contains(&REDIS_PORT) {
+                let role = redis_role(h.addr).ok();
+                servers.push(ServerStatus {
+                    kind: "redis",
+                    port: REDIS_PORT,
+                    answers: role.is_some(),
+                    role: role.unwrap_or_else(|| "-".into()),
+                });
+            }
+            if h.ports().contains(&SENTINEL_PORT) {
+                let master = sentinel_master(h.addr, h.region.as_deref().unwrap_or("")).ok();
+                servers.push(ServerStatus {
+                    kind: "sentinel",
+                    port: SENTINEL_PORT,
+                    answers: master.is_some(),
+                    role: master.map_or_else(|| "-".into(), |m| format!("primary is {m}")),
+                });
+            }
+            HostStatus { host: h, servers }
+        })
+        .collect();
+    Ok(Some((state, hosts)))
+}
+
+/// The replication role a Redis reports (`master` or `slave`, as Redis says it).
+pub fn redis_role(addr: std::net::Ipv4Addr) -> Result<String> {
+    let mut con = redis_connect(addr, REDIS_PORT)?;
+    let info: String = redis::cmd("INFO").arg("replication").query(&mut con)?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("role:"))
+        .map(|r| {
+            if r.trim() == "master" {
+                "primary".into()
+            } else {
+                "replica".into()
+            }
+        })
+        .unwrap_or_else(|| "unknown".into()))
+}
+
+/// The address of the region's primary, as the Sentinel at `addr` sees it.
+pub fn sentinel_master(addr: std::net::Ipv4Addr, region: &str) -> Result<String> {
+    let mut con = redis_connect(addr, SENTINEL_PORT)?;
+    let (ip, port): (String, String) = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(region)
+        .query(&mut con)?;
+    Ok(format!("{ip}:{port}"))
+}
+
+/// True when every server of the lab answers.
+fn answers(state: &State) -> bool {
+    match status() {
+        Ok(Some((s, hosts))) => {
+            s.regions == state.regions && hosts.iter().all(|h| h.servers.iter().all(|s| s.answers))
+        }
+        _ => false,
+    }
+}
+
+/// Runs a command on a lab host, with the terminal's stdin and stdout; returns its exit
+/// status.
+pub fn exec(host: &str, argv: &[String]) -> Result<i32> {
+    require_root()?;
+    let state = State::load()?
+        .ok_or_else(|| anyhow!("the lab is down: start it with `coherence lab up`"))?;
+    let h = state
+        .hosts()
+        .into_iter()
+        .find(|h| h.name == host)
+        .ok_or_else(|| {
+            let names: Vec<String> = state.hosts().into_iter().map(|h| h.name).collect();
+            anyhow!("no lab host {host:?}: the hosts are {}", names.join(", "))
+        })?;
+    if argv.is_empty() {
+        bail!("give a command to run after `--`, e.g. `coherence lab exec {host} -- ip addr`");
+    }
+    let status = Command::new("ip")
+        .args(["netns", "exec", &h.namespace()])
+        .args(argv)
+        .status()
+        .context("cannot run `ip netns exec`")?;
+    Ok(status.code().unwrap_or(1))
+}

@@ -1,0 +1,331 @@
+//! The invalidation pipelines that ship with the lab as systems under test. Each runs
+//! as its own process in its own lab host (`coherence lab invalidator`), finds each
+//! region's current Redis primary through Sentinel, and logs every deletion with a
+//! timestamp (one JSON object per line).
+//!
+//! - `notify`: LISTENs on the channel a trigger NOTIFYs, and deletes the key in every
+//!   region. While it is disconnected from PostgreSQL, notifications are lost: it does
+//!   not (and cannot) know what it missed. That is the bug class under test.
+//! - `outbox`: reads the outbox table after its durable cursor, deletes each key in every
+//!   region, retrying forever, and advances the cursor only after all acknowledged
+//!   (at-least-once).
+
+use crate::cluster::pg_connect;
+use crate::layout::{self, Host, Role, REDIS_PORT, SENTINEL_PORT};
+use crate::{schema, Design};
+use anyhow::{anyhow, Context, Result};
+use redis::aio::MultiplexedConnection;
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio_postgres::AsyncMessage;
+
+/// How to run an invalidator.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// notify or outbox.
+    pub design: Design,
+    /// The lab's regions.
+    pub regions: u32,
+    /// Where to log deletions (JSON lines).
+    pub log: PathBuf,
+    /// The PostgreSQL primary to follow.
+    pub db: Ipv4Addr,
+}
+
+/// Runs the invalidator until the process is killed.
+pub fn run(opts: Options) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut deleter = Deleter::new(&opts)?;
+        match opts.design {
+            Design::Notify => notify(&opts, &mut deleter).await,
+            Design::Outbox => outbox(&opts, &mut deleter).await,
+            Design::None => Err(anyhow!("the `none` design runs no invalidator")),
+        }
+    })
+}
+
+/// Deletes keys in every region's current primary, and logs each deletion.
+struct Deleter {
+    design: Design,
+    /// Per region: its name and the addresses of its Sentinels.
+    regions: Vec<(String, Vec<Ipv4Addr>)>,
+    /// The current primary of each region, as last learned from Sentinel.
+    primaries: HashMap<String, Ipv4Addr>,
+    connections: HashMap<Ipv4Addr, MultiplexedConnection>,
+    names: HashMap<Ipv4Addr, String>,
+    log: std::fs::File,
+}
+
+impl Deleter {
+    fn new(opts: &Options) -> Result<Deleter> {
+        let hosts = layout::hosts(opts.regions);
+        let regions = (1..=opts.regions)
+            .map(|n| {
+                let region = layout::region(n);
+                let sentinels = hosts
+                    .iter()
+                    .filter(|h| {
+                        h.region.as_deref() == Some(&region) && h.ports().contains(&SENTINEL_PORT)
+                    })
+                    .map(|h| h.addr)
+                    .collect();
+                (region, sentinels)
+            })
+            .collect();
+        let names = hosts
+            .iter()
+            .map(|h: &Host| (h.addr, h.name.clone()))
+            .collect();
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&opts.log)
+            .with_context(|| format!("cannot open {}", opts.log.display()))?;
+        Ok(Deleter {
+            design: opts.design,
+            regions,
+            primaries: HashMap::new(),
+            connections: HashMap::new(),
+            names,
+            log,
+        })
+    }
+
+    /// Asks the region's Sentinels, in turn, for its primary.
+    async fn resolve(&mut self, region: &str) -> Result<Ipv4Addr> {
+        let sentinels = self
+            .regions
+            .iter()
+            .find(|(r, _)| r == region)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_default();
+        for s in sentinels {
+            let answer = async {
+                let mut con = connect(s, SENTINEL_PORT).await?;
+                let (ip, _port): (String, String) = redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(layout::master_name(region))
+                    .query_async(&mut con)
+                    .await?;
+                anyhow::Ok(ip.parse::<Ipv4Addr>()?)
+            };
+            if let Ok(Ok(addr)) = tokio::time::timeout(Duration::from_secs(1), answer).await {
+                self.primaries.insert(region.to_string(), addr);
+                return Ok(addr);
+            }
+        }
+        Err(anyhow!("no Sentinel of {region} answered"))
+    }
+
+    /// Deletes `key` on the region's primary once; an error forgets what was cached.
+    async fn delete_once(&mut self, region: &str, key: &str) -> Result<Ipv4Addr> {
+        let addr = match self.primaries.get(region) {
+            Some(a) => *a,
+            None => self.resolve(region).await?,
+        };
+        let attempt = async {
+            let con = match self.connections.entry(addr) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(connect(addr, REDIS_PORT).await?)
+                }
+            };
+            let _: i64 = redis::cmd("DEL").arg(key).query_async(con).await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(1), attempt).await {
+            Ok(Ok(())) => Ok(addr),
+            Ok(Err(e)) => {
+                self.forget(region, addr);
+                Err(e)
+            }
+            Err(_) => {
+                self.forget(region, addr);
+                Err(anyhow!("DEL on {addr} timed out"))
+            }
+        }
+    }
+
+    fn forget(&mut self, region: &str, addr: Ipv4Addr) {
+        self.primaries.remove(region);
+        self.connections.remove(&addr);
+    }
+
+    /// Deletes `key` in every region. `patience`: how long to retry a region before
+    /// giving up on it (`None`: forever). Returns whether every region acknowledged.
+    async fn delete_everywhere(&mut self, key: &str, patience: Option<Duration>) -> bool {
+        let regions: Vec<String> = self.regions.iter().map(|(r, _)| r.clone()).collect();
+        let mut all = true;
+        for region in regions {
+            let started = tokio::time::Instant::now();
+            loop {
+                match self.delete_once(&region, key).await {
+                    Ok(addr) => {
+                        self.record(key, &region, addr, None);
+                        break;
+                    }
+                    Err(e) if patience.is_some_and(|p| started.elapsed() > p) => {
+                        self.record(key, &region, Ipv4Addr::UNSPECIFIED, Some(&format!("{e:#}")));
+                        all = false;
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        }
+        all
+    }
+
+    fn record(&mut self, key: &str, region: &str, addr: Ipv4Addr, error: Option<&str>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut line = serde_json::json!({
+            "time_unix_ns": now.as_nanos() as u64,
+            "design": self.design.to_string(),
+            "key": key,
+            "region": region,
+        });
+        match error {
+            None => {
+                line["node"] = self
+                    .names
+                    .get(&addr)
+                    .cloned()
+                    .unwrap_or_else(|| addr.to_string())
+                    .into();
+                line["deleted"] = true.into();
+            }
+            Some(e) => {
+                line["deleted"] = false.into();
+                line["error"] = e.into();
+            }
+        }
+        let _ = writeln!(self.log, "{line}");
+    }
+}
+
+async fn connect(addr: Ipv4Addr, port: u16) -> Result<MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://{addr}:{port}/"))?;
+    let con = tokio::time::timeout(
+        Duration::from_secs(1),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| anyhow!("connecting to {addr}:{port} timed out"))??;
+    Ok(con)
+}
+
+/// The `notify` design: listen, delete; reconnect after a lost connection, having lost
+/// whatever was sent meanwhile.
+async fn notify(opts: &Options, deleter: &mut Deleter) -> Result<()> {
+    loop {
+        let connected = async {
+            let (client, mut conn) = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio_postgres::connect(
+                    &format!(
+                        "host={} port=5432 user=postgres dbname=postgres connect_timeout=3",
+                        opts.db
+                    ),
+                    tokio_postgres::NoTls,
+                ),
+            )
+            .await
+            .map_err(|_| anyhow!("connect timed out"))??;
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            tokio::spawn(async move {
+                while let Some(msg) = std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                    match msg {
+                        Ok(AsyncMessage::Notification(n)) => {
+                            if tx.send(n.payload().to_string()).is_err() {
+                                break;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN {}", schema::CHANNEL))
+                .await?;
+            eprintln!("notify: listening on {}", opts.db);
+            while let Some(key) = rx.recv().await {
+                deleter
+                    .delete_everywhere(&key, Some(Duration::from_secs(10)))
+                    .await;
+            }
+            drop(client);
+            anyhow::Ok(())
+        };
+        if let Err(e) = connected.await {
+            eprintln!("notify: {e:#}; reconnecting");
+        } else {
+            eprintln!("notify: connection lost; reconnecting");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The `outbox` design: relay rows after the durable cursor, at least once.
+async fn outbox(opts: &Options, deleter: &mut Deleter) -> Result<()> {
+    loop {
+        let relay = async {
+            let client = pg_connect(opts.db).await?;
+            client
+                .execute(
+                    "INSERT INTO outbox_cursor (relay, position) VALUES ('relay', 0) ON CONFLICT DO NOTHING",
+                    &[],
+                )
+                .await?;
+            eprintln!("outbox: relaying from {}", opts.db);
+            loop {
+                let rows = client
+                    .query(
+                        "SELECT id, key FROM outbox \
+                         WHERE id > (SELECT position FROM outbox_cursor WHERE relay = 'relay') \
+                         ORDER BY id LIMIT 100",
+                        &[],
+                    )
+                    .await?;
+                if rows.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                for row in rows {
+                    let id: i64 = row.get(0);
+                    let key: String = row.get(1);
+                    deleter.delete_everywhere(&key, None).await;
+                    client
+                        .execute(
+                            "UPDATE outbox_cursor SET position = $1 WHERE relay = 'relay'",
+                            &[&id],
+                        )
+                        .await?;
+                }
+            }
+            #[allow(unreachable_code)]
+            anyhow::Ok(())
+        };
+        if let Err(e) = relay.await {
+            eprintln!("outbox: {e:#}; retrying");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The address of the database primary at start.
+pub fn db_primary(regions: u32) -> Ipv4Addr {
+    layout::hosts(regions)
+        .into_iter()
+        .find(|h| h.role == Role::DbPrimary)
+        .map(|h| h.addr)
+        .expect("a primary")
+}

@@ -1,0 +1,183 @@
+//! Running commands on a node. One trait, [`Remote`], with one implementation per way
+//! of reaching a node; so far [`Netns`], a lab host that is a Linux network namespace
+//! on this machine.
+//!
+//! A failed command is reported with the node, the command, the exit status, stdout
+//! and stderr, so that the user sees what the node said.
+
+use std::fmt;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// What a finished command printed.
+#[derive(Debug, Clone)]
+pub struct Output {
+    /// Its exit status (-1 when killed by a signal).
+    pub status: i32,
+    /// What it printed on stdout.
+    pub stdout: String,
+    /// What it printed on stderr.
+    pub stderr: String,
+}
+
+/// A command that could not run or did not succeed on a node.
+#[derive(Debug, thiserror::Error)]
+pub struct RemoteError {
+    /// The node.
+    pub node: String,
+    /// The command, as a shell would show it.
+    pub command: String,
+    /// Its exit status, if it ran.
+    pub status: Option<i32>,
+    /// What it printed on stdout.
+    pub stdout: String,
+    /// What it printed on stderr, or why it could not start.
+    pub stderr: String,
+}
+
+impl fmt::Display for RemoteError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            Some(s) => write!(
+                f,
+                "on {}: `{}` exited with status {s}",
+                self.node, self.command
+            )?,
+            None => write!(f, "on {}: `{}` could not run", self.node, self.command)?,
+        }
+        for (name, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let text = text.trim();
+            if !text.is_empty() {
+                write!(f, "\n  {name}: {}", text.replace('\n', "\n    "))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A node that runs commands.
+pub trait Remote {
+    /// The node's name.
+    fn node(&self) -> &str;
+
+    /// Runs `argv` to completion and returns its output, whatever its exit status.
+    fn execute(&self, argv: &[&str]) -> Result<Output, RemoteError>;
+
+    /// Runs `argv` and fails unless it exits 0.
+    fn run(&self, argv: &[&str]) -> Result<Output, RemoteError> {
+        let out = self.execute(argv)?;
+        if out.status == 0 {
+            Ok(out)
+        } else {
+            Err(RemoteError {
+                node: self.node().to_string(),
+                command: shell_words(argv),
+                status: Some(out.status),
+                stdout: out.stdout,
+                stderr: out.stderr,
+            })
+        }
+    }
+
+    /// Starts `argv` in the background, detached in its own process group, with stdout
+    /// and stderr appended to `log`; returns its process id.
+    fn spawn(&self, argv: &[&str], log: &Path) -> Result<u32, RemoteError>;
+}
+
+/// Quotes a command for messages.
+pub fn shell_words(argv: &[&str]) -> String {
+    argv.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                a.to_string()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A lab host: a network namespace on this machine, entered with `ip netns exec`.
+#[derive(Debug, Clone)]
+pub struct Netns {
+    node: String,
+    namespace: String,
+}
+
+impl Netns {
+    /// The host `node`, living in the namespace `namespace`.
+    pub fn new(node: impl Into<String>, namespace: impl Into<String>) -> Netns {
+        Netns {
+            node: node.into(),
+            namespace: namespace.into(),
+        }
+    }
+
+    /// The namespace's name.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn command(&self, argv: &[&str]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.namespace]).args(argv);
+        cmd
+    }
+
+    fn error(&self, argv: &[&str], why: String) -> RemoteError {
+        RemoteError {
+            node: self.node.clone(),
+            command: shell_words(argv),
+            status: None,
+            stdout: String::new(),
+            stderr: why,
+        }
+    }
+}
+
+impl Remote for Netns {
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn execute(&self, argv: &[&str]) -> Result<Output, RemoteError> {
+        let out = self
+            .command(argv)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| self.error(argv, format!("cannot start `ip netns exec`: {e}")))?;
+        Ok(Output {
+            status: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    fn spawn(&self, argv: &[&str], log: &Path) -> Result<u32, RemoteError> {
+        use std::os::unix::process::CommandExt;
+        let open = || {
+            File::options()
+                .create(true)
+                .append(true)
+                .open(log)
+                .map_err(|e| {
+                    self.error(argv, format!("cannot open the log {}: {e}", log.display()))
+                })
+        };
+        let child = self
+            .command(argv)
+            .stdin(Stdio::null())
+            .stdout(open()?)
+            .stderr(open()?)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| self.error(argv, format!("cannot start `ip netns exec`: {e}")))?;
+        // `ip netns exec` enters the namespace and execs the command: same process.
+        Ok(child.id())
+    }
+}
