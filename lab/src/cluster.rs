@@ -349,11 +349,12 @@ fn build(state: &State) -> Result<()> {
     if state.sync_replication {
         rt.block_on(async {
             let client = pg_connect(db1.addr).await?;
+            // Two statements: ALTER SYSTEM cannot run inside a (multi-statement) transaction.
             client
-                .batch_execute(
-                    "ALTER SYSTEM SET synchronous_standby_names = 'db2'; SELECT pg_reload_conf();",
-                )
-                .await?;
+                .batch_execute("ALTER SYSTEM SET synchronous_standby_names = 'db2'")
+                .await
+                .context("cannot make replication synchronous")?;
+            client.batch_execute("SELECT pg_reload_conf()").await?;
             anyhow::Ok(())
         })?;
     }
