@@ -102,6 +102,15 @@ fn lab_processes() -> Vec<String> {
     found
 }
 
+/// Takes the lab down however the test ends, so a failure leaves nothing running.
+struct Down;
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = coherence(&["lab", "down"]);
+    }
+}
+
 #[test]
 fn the_lab_end_to_end() {
     if !is_root() {
@@ -127,6 +136,7 @@ fn the_lab_end_to_end() {
     assert!(text(&o).contains("needs root"), "{}", text(&o));
 
     assert!(coherence(&["lab", "down"]).status.success());
+    let _down = Down;
     let started = Instant::now();
     let o = coherence(&["lab", "up", "--regions", "2", "--invalidator", "notify"]);
     let up_took = started.elapsed();
@@ -161,6 +171,14 @@ fn the_lab_end_to_end() {
     let o = coherence(&["lab", "exec", "nohost", "--", "true"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).contains("the hosts are"), "{}", text(&o));
+
+    // hosts reach each other and nothing else: no route leaves the lab's subnet
+    for host in ["db1", "r1a", "inv"] {
+        let o = coherence(&["lab", "exec", host, "--", "ip", "route"]);
+        let routes = text(&o);
+        assert!(!routes.contains("default"), "{host}: {routes}");
+        assert!(routes.contains("10.77.0.0/24"), "{host}: {routes}");
+    }
 
     // a write on db1 appears on db2
     write("rep", 1);
