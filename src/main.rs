@@ -2,6 +2,7 @@
 //! progress. No checking or fault logic lives here.
 
 mod progress;
+mod run;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -41,6 +42,9 @@ enum Command {
     Check(CheckArgs),
     /// Generate a synthetic cache-aside history (for trying the checker and benchmarks).
     Gen(GenArgs),
+    /// Run a campaign: drive clients against a real cluster, record the history in a
+    /// run directory, then check it. Exit status as `check`.
+    Run(run::RunArgs),
     /// A real cluster of Redis and PostgreSQL on this machine, in network namespaces.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -162,6 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Check(args) => check(args),
         Command::Gen(args) => gen(args),
         Command::Lab(cmd) => lab(cmd),
+        Command::Run(args) => run::run(args),
     }
 }
 

@@ -454,7 +454,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
             // The cause names the invalidation the fill undid, when there was one.
             let after = match h.invalidations[f.key as usize].iter().find(|i| i.index == c.event) {
                 Some(i) => format!(
-                    "after {node} was invalidated at {} (line {}) for version {newer_version} ({})",
+                    "after {node} was invalidated at {} (line {}), once {} had begun writing version {newer_version}",
                     at(i.time),
                     line(i.index),
                     name(h, newer_id)

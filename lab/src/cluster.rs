@@ -825,3 +825,176 @@ pub fn exec(host: &str, argv: &[String]) -> Result<i32> {
         .context("cannot run `ip netns exec`")?;
     Ok(status.code().unwrap_or(1))
 }
+
+/// A server of the running lab, for clients: the name histories use and `host:port`.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The host's name.
+    pub name: String,
+    /// `address:port`.
+    pub addr: String,
+}
+
+/// A region of the running lab: its current primary (as Sentinel says) and replica.
+#[derive(Debug, Clone)]
+pub struct RegionEndpoints {
+    /// The region's name.
+    pub name: String,
+    /// The current primary.
+    pub primary: Endpoint,
+    /// A replica of it.
+    pub replica: Option<Endpoint>,
+}
+
+/// The running lab's endpoints: database writer, reader, and each region's caches.
+pub fn endpoints(state: &State) -> Result<(Endpoint, Endpoint, Vec<RegionEndpoints>)> {
+    let hosts = state.hosts();
+    let by_role = |role| {
+        hosts
+            .iter()
+            .find(|h| h.role == role)
+            .expect("a host of each role")
+    };
+    let db = |h: &Host| Endpoint {
+        name: h.name.clone(),
+        addr: format!("{}:{PG_PORT}", h.addr),
+    };
+    let mut regions = Vec::new();
+    for n in 1..=state.regions {
+        let region = layout::region(n);
+        let caches: Vec<&Host> = hosts
+            .iter()
+            .filter(|h| h.region.as_deref() == Some(&region) && h.ports().contains(&REDIS_PORT))
+            .collect();
+        let sentinel = hosts
+            .iter()
+            .find(|h| h.region.as_deref() == Some(&region) && h.role == Role::Sentinel)
+            .expect("a sentinel host");
+        let primary_addr = sentinel_master(sentinel.addr, &region)
+            .with_context(|| format!("cannot ask {}'s Sentinel for its primary", region))?;
+        let endpoint = |h: &Host| Endpoint {
+            name: h.name.clone(),
+            addr: format!("{}:{REDIS_PORT}", h.addr),
+        };
+        let primary = caches
+            .iter()
+            .find(|h| endpoint(h).addr == primary_addr)
+            .ok_or_else(|| {
+                anyhow!("{region}'s Sentinel names {primary_addr}, which is no lab host")
+            })?;
+        let replica = caches
+            .iter()
+            .find(|h| h.name != primary.name)
+            .map(|h| endpoint(h));
+        regions.push(RegionEndpoints {
+            name: region,
+            primary: endpoint(primary),
+            replica,
+        });
+    }
+    Ok((
+        db(by_role(Role::DbPrimary)),
+        db(by_role(Role::DbStandby)),
+        regions,
+    ))
+}
+
+/// Prepares the running lab for a campaign, as Jepsen prepares its database: fresh data
+/// (`keys` rows at version 0 written by "init", with their version log), every cache
+/// flushed, and the invalidator restarted in `design`.
+pub fn prepare(keys: &[String], design: Design) -> Result<State> {
+    require_root()?;
+    let state = State::load()?
+        .ok_or_else(|| anyhow!("the lab is not up: start it with `coherence lab up`"))?;
+    if !answers(&state) {
+        bail!(
+            "the lab does not answer (see `coherence lab status`); \
+             restart it with `coherence lab down` and `coherence lab up`"
+        );
+    }
+    stop_invalidator(&state)?;
+    let db1 = state
+        .hosts()
+        .into_iter()
+        .find(|h| h.role == Role::DbPrimary)
+        .expect("db1");
+    runtime()?
+        .block_on(async {
+            let mut client = pg_connect(db1.addr).await?;
+            let tx = client.transaction().await?;
+            tx.batch_execute(
+                "TRUNCATE items, item_versions, outbox, outbox_cursor RESTART IDENTITY",
+            )
+            .await?;
+            for key in keys {
+                tx.execute(
+                    "INSERT INTO items (key, version, write_id) VALUES ($1, 0, 'init')",
+                    &[key],
+                )
+                .await?;
+                tx.execute(
+                    "INSERT INTO item_versions (key, version, write_id) VALUES ($1, 0, 'init')",
+                    &[key],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            client.batch_execute(&schema::triggers(design)).await?;
+            anyhow::Ok(())
+        })
+        .context("cannot prepare the database")?;
+    let (_, _, regions) = endpoints(&state)?;
+    for r in &regions {
+        let (addr, _) = r.primary.addr.split_once(':').expect("host:port");
+        let mut con = redis_connect(addr.parse()?, REDIS_PORT)?;
+        let _: () = redis::cmd("FLUSHALL").query(&mut con)?;
+    }
+    // Replicas follow their primary's flush; wait until they are empty too.
+    for r in &regions {
+        if let Some(rep) = &r.replica {
+            let (addr, _) = rep.addr.split_once(':').expect("host:port");
+            let addr: std::net::Ipv4Addr = addr.parse()?;
+            wait_until(
+                &format!("{} emptying", rep.name),
+                Duration::from_secs(5),
+                || {
+                    redis_connect(addr, REDIS_PORT)
+                        .and_then(|mut c| Ok(redis::cmd("DBSIZE").query::<i64>(&mut c)?))
+                        .is_ok_and(|n| n == 0)
+                },
+            )?;
+        }
+    }
+    let mut state = state;
+    state.design = design;
+    state.save()?;
+    start_invalidator(&state)?;
+    Ok(state)
+}
+
+/// The deletions the invalidator logged, from byte `offset` of its log: each as (key,
+/// node) with the new offset. For recording them into a history as they happen.
+pub fn read_deletions(offset: u64) -> Result<(Vec<(String, String)>, u64)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = lab_dir().join("inv").join("deletions.jsonl");
+    let Ok(mut file) = std::fs::File::open(&path) else {
+        return Ok((Vec::new(), offset));
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    // Only whole lines: a line being written is read next time.
+    let whole = text.rfind('\n').map_or(0, |p| p + 1);
+    let deletions = text[..whole]
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["deleted"] == true)
+        .filter_map(|v| {
+            Some((
+                v["key"].as_str()?.to_string(),
+                v["node"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    Ok((deletions, offset + whole as u64))
+}

@@ -35,6 +35,22 @@ pub struct Options {
     pub db: Ipv4Addr,
 }
 
+/// Deletes a key and remembers the version it was invalidated for, so that a versioned
+/// fill of an older version is refused: the protocol of the workload's versioned fills
+/// (`coherence_workloads::cache_aside`). KEYS: key, tombstone. ARGV: version, ttl ms.
+const INVALIDATE: &str = r#"
+redis.call('DEL', KEYS[1])
+local tomb = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if tonumber(ARGV[1]) > tomb then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
+return 1
+"#;
+
+/// Where a key's invalidated version is kept (as the workload expects it).
+const TOMBSTONE_PREFIX: &str = "coherence:invalidated:";
+
+/// How long a tombstone is kept.
+const TOMBSTONE_TTL_MS: u64 = 60_000;
+
 /// Runs the invalidator until the process is killed.
 pub fn run(opts: Options) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -123,8 +139,9 @@ impl Deleter {
         Err(anyhow!("no Sentinel of {region} answered"))
     }
 
-    /// Deletes `key` on the region's primary once; an error forgets what was cached.
-    async fn delete_once(&mut self, region: &str, key: &str) -> Result<Ipv4Addr> {
+    /// Deletes `key` on the region's primary once, remembering the version it was
+    /// invalidated for; an error forgets what was cached.
+    async fn delete_once(&mut self, region: &str, key: &str, version: i64) -> Result<Ipv4Addr> {
         let addr = match self.primaries.get(region) {
             Some(a) => *a,
             None => self.resolve(region).await?,
@@ -136,7 +153,13 @@ impl Deleter {
                     e.insert(connect(addr, REDIS_PORT).await?)
                 }
             };
-            let _: i64 = redis::cmd("DEL").arg(key).query_async(con).await?;
+            let _: i64 = redis::Script::new(INVALIDATE)
+                .key(key)
+                .key(format!("{TOMBSTONE_PREFIX}{key}"))
+                .arg(version)
+                .arg(TOMBSTONE_TTL_MS)
+                .invoke_async(con)
+                .await?;
             anyhow::Ok(())
         };
         match tokio::time::timeout(Duration::from_secs(1), attempt).await {
@@ -159,13 +182,18 @@ impl Deleter {
 
     /// Deletes `key` in every region. `patience`: how long to retry a region before
     /// giving up on it (`None`: forever). Returns whether every region acknowledged.
-    async fn delete_everywhere(&mut self, key: &str, patience: Option<Duration>) -> bool {
+    async fn delete_everywhere(
+        &mut self,
+        key: &str,
+        version: i64,
+        patience: Option<Duration>,
+    ) -> bool {
         let regions: Vec<String> = self.regions.iter().map(|(r, _)| r.clone()).collect();
         let mut all = true;
         for region in regions {
             let started = tokio::time::Instant::now();
             loop {
-                match self.delete_once(&region, key).await {
+                match self.delete_once(&region, key, version).await {
                     Ok(addr) => {
                         self.record(key, &region, addr, None);
                         break;
@@ -257,9 +285,15 @@ async fn notify(opts: &Options, deleter: &mut Deleter) -> Result<()> {
                 .batch_execute(&format!("LISTEN {}", schema::CHANNEL))
                 .await?;
             eprintln!("notify: listening on {}", opts.db);
-            while let Some(key) = rx.recv().await {
+            while let Some(payload) = rx.recv().await {
+                let Ok(change) = serde_json::from_str::<serde_json::Value>(&payload) else {
+                    eprintln!("notify: ignoring a payload that is not ours: {payload}");
+                    continue;
+                };
+                let key = change["key"].as_str().unwrap_or_default().to_string();
+                let version = change["version"].as_i64().unwrap_or(0);
                 deleter
-                    .delete_everywhere(&key, Some(Duration::from_secs(10)))
+                    .delete_everywhere(&key, version, Some(Duration::from_secs(10)))
                     .await;
             }
             drop(client);
@@ -289,7 +323,7 @@ async fn outbox(opts: &Options, deleter: &mut Deleter) -> Result<()> {
             loop {
                 let rows = client
                     .query(
-                        "SELECT id, key FROM outbox \
+                        "SELECT id, key, version FROM outbox \
                          WHERE id > (SELECT position FROM outbox_cursor WHERE relay = 'relay') \
                          ORDER BY id LIMIT 100",
                         &[],
@@ -302,7 +336,8 @@ async fn outbox(opts: &Options, deleter: &mut Deleter) -> Result<()> {
                 for row in rows {
                     let id: i64 = row.get(0);
                     let key: String = row.get(1);
-                    deleter.delete_everywhere(&key, None).await;
+                    let version: i64 = row.get(2);
+                    deleter.delete_everywhere(&key, version, None).await;
                     client
                         .execute(
                             "UPDATE outbox_cursor SET position = $1 WHERE relay = 'relay'",

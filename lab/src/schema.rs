@@ -29,7 +29,7 @@ CREATE TABLE outbox_cursor (
 );
 CREATE FUNCTION coherence_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('coherence_invalidate', NEW.key);
+    PERFORM pg_notify('coherence_invalidate', json_build_object('key', NEW.key, 'version', NEW.version)::text);
     RETURN NEW;
 END $$;
 CREATE FUNCTION coherence_outbox() RETURNS trigger LANGUAGE plpgsql AS $$

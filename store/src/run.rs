@@ -37,3 +37,42 @@ pub fn resolve_history(path: &Path) -> Result<PathBuf, String> {
         ))
     }
 }
+
+/// The campaign as run (secrets redacted), in a run directory.
+pub const CAMPAIGN: &str = "campaign.toml";
+/// Tool version, seed, start time, nodes and server versions, in a run directory.
+pub const RUN_JSON: &str = "run.json";
+/// The link to the newest run, in the store.
+pub const LATEST: &str = "latest";
+
+/// Creates `STORE/<campaign>/<UTC timestamp>/` for a new run and returns it.
+pub fn create_run_dir(store: &Path, campaign: &str) -> std::io::Result<PathBuf> {
+    let stamp = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .replace(':', "");
+    let parent = store.join(campaign);
+    std::fs::create_dir_all(&parent)?;
+    // Two runs in the same second get -2, -3, ...
+    for n in 1.. {
+        let dir = if n == 1 {
+            parent.join(&stamp)
+        } else {
+            parent.join(format!("{stamp}-{n}"))
+        };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!()
+}
+
+/// Points `STORE/latest` at `run` (a relative link, replaced atomically).
+pub fn point_latest(store: &Path, run: &Path) -> std::io::Result<()> {
+    let target = run.strip_prefix(store).unwrap_or(run);
+    let tmp = store.join(format!(".{LATEST}.{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    std::fs::rename(&tmp, store.join(LATEST))
+}

@@ -5,6 +5,9 @@
 
 #![deny(missing_docs)]
 
+pub mod cache_aside;
+pub mod campaign;
+pub mod recorder;
 pub mod sim;
 
 pub use sim::{generate, Mode, SimConfig, SimSummary};

@@ -1,0 +1,325 @@
+//! `coherence run`: wiring a campaign to a cluster, a run directory, the workload, the
+//! progress bar and the checker.
+
+use anyhow::{bail, Context, Result};
+use coherence_analysis::{check_file, text, Options};
+use coherence_store::run::{create_run_dir, point_latest, CAMPAIGN, HISTORY, RESULTS, RUN_JSON};
+use coherence_store::{Event, EventType, HistoryWriter, Process};
+use coherence_workloads::cache_aside::{self, key_name, Endpoints, Node, Phase, RegionNodes};
+use coherence_workloads::campaign::{Campaign, Cluster, Invalidation};
+use coherence_workloads::recorder::Recorder;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::json;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `coherence run`'s arguments.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The campaign file (TOML; see campaigns/).
+    campaign: PathBuf,
+    /// Run against the local lab (`coherence lab up`), preparing it for the campaign.
+    #[arg(long)]
+    lab: bool,
+    /// Override the campaign's time limit, e.g. 30s.
+    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    time_limit: Option<Duration>,
+    /// Override the number of concurrent clients.
+    #[arg(long, value_name = "N")]
+    concurrency: Option<u32>,
+    /// Override the target rate (operations per second; 0: as fast as they go).
+    #[arg(long, value_name = "R")]
+    rate: Option<u32>,
+    /// Override the random seed.
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// Where runs are stored.
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    store: PathBuf,
+}
+
+/// Whether a progress bar may be drawn.
+fn interactive() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("CI").is_none()
+}
+
+/// Runs a campaign; returns the exit status (as `check`).
+pub fn run(args: RunArgs) -> Result<u8> {
+    let text = std::fs::read_to_string(&args.campaign)
+        .with_context(|| format!("cannot read the campaign {}", args.campaign.display()))?;
+    let mut campaign =
+        Campaign::parse(&text).map_err(|m| anyhow::anyhow!("{}: {m}", args.campaign.display()))?;
+    if let Some(t) = args.time_limit {
+        campaign.workload.time_limit = t;
+    }
+    if let Some(c) = args.concurrency {
+        anyhow::ensure!(c > 0, "--concurrency must be at least 1");
+        campaign.workload.concurrency = c;
+    }
+    if let Some(r) = args.rate {
+        campaign.workload.rate = r;
+    }
+    if let Some(s) = args.seed {
+        campaign.workload.seed = s;
+    }
+    let work = campaign.workload.clone();
+    let keys: Vec<String> = (0..work.keys).map(key_name).collect();
+
+    // The cluster: prepare the lab, or take the staging endpoints as given.
+    let lab = args.lab || matches!(campaign.cluster, Cluster::Lab { .. });
+    let (endpoints, design) = if lab {
+        let design: coherence_lab::Design = match &campaign.cluster {
+            Cluster::Lab { invalidator } => invalidator.parse().map_err(anyhow::Error::msg)?,
+            Cluster::Staging { .. } => bail!(
+                "--lab runs a campaign whose cluster is the lab: set `kind = \"lab\"` in [cluster]"
+            ),
+        };
+        if design == coherence_lab::Design::None && work.invalidation == Invalidation::Pipeline {
+            bail!("invalidation = \"pipeline\" needs an invalidator in the lab: set [cluster] invalidator = \"notify\" or \"outbox\"");
+        }
+        let state = coherence_lab::cluster::prepare(&keys, design)?;
+        let (w, r, regions) = coherence_lab::cluster::endpoints(&state)?;
+        let node = |e: &coherence_lab::cluster::Endpoint| Node {
+            name: e.name.clone(),
+            addr: e.addr.clone(),
+        };
+        (
+            Endpoints {
+                db_writer: node(&w),
+                db_reader: node(&r),
+                db_params: "user=postgres dbname=postgres".into(),
+                regions: regions
+                    .iter()
+                    .map(|r| RegionNodes {
+                        name: r.name.clone(),
+                        primary: node(&r.primary),
+                        replica: r.replica.as_ref().map(node),
+                    })
+                    .collect(),
+            },
+            Some(design),
+        )
+    } else {
+        let Cluster::Staging { postgres, regions } = &campaign.cluster else {
+            unreachable!("not the lab")
+        };
+        let mut params = format!("user={} dbname={}", postgres.user, postgres.dbname);
+        if let Some(p) = &postgres.password {
+            params.push_str(&format!(" password={p}"));
+        }
+        let node = |addr: &str, name: Option<&str>| Node {
+            name: name.unwrap_or(addr).to_string(),
+            addr: addr.to_string(),
+        };
+        (
+            Endpoints {
+                db_writer: node(&postgres.writer, Some("db")),
+                db_reader: node(
+                    postgres.reader.as_deref().unwrap_or(&postgres.writer),
+                    Some("db-reader"),
+                ),
+                db_params: params,
+                regions: regions
+                    .iter()
+                    .map(|r| RegionNodes {
+                        name: r.name.clone(),
+                        primary: node(&r.primary, r.names.as_ref().map(|n| n[0].as_str())),
+                        replica: r
+                            .replica
+                            .as_deref()
+                            .map(|a| node(a, r.names.as_ref().map(|n| n[1].as_str()))),
+                    })
+                    .collect(),
+            },
+            None,
+        )
+    };
+
+    // The run directory: campaign (redacted), run.json, then the history as it goes.
+    let dir = create_run_dir(&args.store, &campaign.name)
+        .with_context(|| format!("cannot create a run directory in {}", args.store.display()))?;
+    std::fs::write(dir.join(CAMPAIGN), Campaign::redacted(&text))?;
+    let started = SystemTime::now();
+    let nodes: Vec<serde_json::Value> = std::iter::once(&endpoints.db_writer)
+        .chain(std::iter::once(&endpoints.db_reader))
+        .chain(
+            endpoints
+                .regions
+                .iter()
+                .flat_map(|r| std::iter::once(&r.primary).chain(r.replica.as_ref())),
+        )
+        .map(|n| json!({"name": n.name, "addr": n.addr}))
+        .collect();
+    let run_json = json!({
+        "tool_version": env!("CARGO_PKG_VERSION"),
+        "campaign": campaign.name,
+        "seed": work.seed,
+        "started_at": humantime::format_rfc3339_millis(started).to_string(),
+        "started_unix_ns": started.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
+        "time_limit_ms": work.time_limit.as_millis() as u64,
+        "concurrency": work.concurrency,
+        "rate": work.rate,
+        "lab": lab,
+        "invalidator": design.map(|d| d.to_string()),
+        "nodes": nodes,
+        "server_versions": server_versions(&endpoints),
+    });
+    std::fs::write(dir.join(RUN_JSON), serde_json::to_vec_pretty(&run_json)?)?;
+    let writer = HistoryWriter::create(&dir.join(HISTORY))?;
+    let rec = Arc::new(Recorder::new(writer));
+    eprintln!("run directory: {}", dir.display());
+
+    let bar = interactive().then(|| {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("a valid template"));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let phase = Arc::new(Mutex::new("workload"));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let result = rt.block_on(async {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                let _ = stop_tx.send(true);
+            }
+        });
+        // The lab's invalidator logs its deletions; record them as they happen.
+        let pipeline = lab && work.invalidation == Invalidation::Pipeline;
+        let tail = pipeline.then(|| {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let mut offset = 0;
+                loop {
+                    if let Ok((deletions, next)) = coherence_lab::cluster::read_deletions(offset) {
+                        offset = next;
+                        for (key, node) in deletions {
+                            rec.log(
+                                Event::new(
+                                    0,
+                                    Process::Actor("invalidator".into()),
+                                    EventType::Info,
+                                    "invalidate",
+                                )
+                                .key(key)
+                                .node(node),
+                            );
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        });
+        let progress = bar.clone().map(|bar| {
+            let rec = rec.clone();
+            let phase = phase.clone();
+            let limit = work.time_limit;
+            tokio::spawn(async move {
+                let mut last = (0u64, std::time::Instant::now());
+                loop {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    let done = rec.counters.completed.load(Ordering::Relaxed);
+                    let rate = (done - last.0) as f64 / last.1.elapsed().as_secs_f64();
+                    last = (done, std::time::Instant::now());
+                    bar.set_message(format!(
+                        "{} {:.0}/{:.0} s, {done} ops, {rate:.0} ops/s, {} failed, {} unknown",
+                        phase.lock().map(|p| *p).unwrap_or("?"),
+                        rec.elapsed().as_secs_f64().min(limit.as_secs_f64()),
+                        limit.as_secs_f64(),
+                        rec.counters.failed.load(Ordering::Relaxed),
+                        rec.counters.unknown.load(Ordering::Relaxed),
+                    ));
+                }
+            })
+        });
+        let phase_cb = {
+            let phase = phase.clone();
+            move |p: Phase| {
+                if let Ok(mut cur) = phase.lock() {
+                    *cur = match p {
+                        Phase::Workload => "workload",
+                        Phase::Quiesce => "quiesce",
+                        Phase::Final => "final reads",
+                    };
+                }
+            }
+        };
+        let r = cache_aside::run(work.clone(), endpoints, rec.clone(), phase_cb, stop_rx).await;
+        if let Some(t) = tail {
+            t.abort();
+        }
+        if let Some(p) = progress {
+            p.abort();
+        }
+        r
+    });
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    drop(rt);
+    let rec = Arc::into_inner(rec).expect("every task has ended");
+    let events = rec.finish().context("cannot finish the history")?;
+    result?;
+
+    // Check, store the results, point runs/latest here.
+    let options = Options {
+        staleness_bound: campaign.checker.staleness_bound.as_nanos() as u64,
+        ..Options::default()
+    };
+    let results = check_file(&dir.join(HISTORY), &options, &coherence_store::NoProgress)?;
+    std::fs::write(dir.join(RESULTS), serde_json::to_vec_pretty(&results)?)?;
+    point_latest(&args.store, &dir).context("cannot point runs/latest at the run")?;
+    print!("{}", text::render(&results, 3));
+    println!(
+        "\n{events} events recorded; run directory: {}",
+        dir.display()
+    );
+    Ok(if results.valid { 0 } else { 1 })
+}
+
+/// The version of every server, as each reports it.
+fn server_versions(ends: &Endpoints) -> serde_json::Value {
+    let mut out = serde_json::Map::new();
+    for r in &ends.regions {
+        for n in std::iter::once(&r.primary).chain(r.replica.as_ref()) {
+            let version = redis::Client::open(format!("redis://{}/", n.addr))
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+                .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
+                .ok()
+                .and_then(|info| {
+                    info.lines()
+                        .find_map(|l| l.strip_prefix("redis_version:"))
+                        .map(|v| format!("redis {}", v.trim()))
+                });
+            out.insert(
+                n.name.clone(),
+                version.map_or(serde_json::Value::Null, Into::into),
+            );
+        }
+    }
+    let pg = std::process::Command::new("psql")
+        .args([
+            "-h",
+            ends.db_writer.addr.split(':').next().unwrap_or_default(),
+            "-U",
+            "postgres",
+            "-tAc",
+            "SHOW server_version",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| format!("postgresql {}", String::from_utf8_lossy(&o.stdout).trim()));
+    out.insert(
+        ends.db_writer.name.clone(),
+        pg.map_or(serde_json::Value::Null, Into::into),
+    );
+    serde_json::Value::Object(out)
+}

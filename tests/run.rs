@@ -1,0 +1,195 @@
+//! `coherence run` against the real lab, as a user runs it: the shipped lab campaigns,
+//! the run directory, a crash mid-run, and bad campaign files. One test, in order,
+//! because there is one lab per machine; it brings the lab up and takes it down.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn coherence(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run coherence")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn results(run: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run.join("results.json")).expect("results.json")).unwrap()
+}
+
+/// The run directory a `coherence run` printed.
+fn run_dir(o: &Output) -> std::path::PathBuf {
+    let t = text(o);
+    let line = t
+        .lines()
+        .find_map(|l| l.strip_prefix("run directory: "))
+        .unwrap_or_else(|| panic!("no run directory in:\n{t}"));
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(line.trim())
+}
+
+struct Down;
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = coherence(&["lab", "down"]);
+    }
+}
+
+#[test]
+fn campaigns_against_the_lab() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the lab cannot run here");
+        return;
+    }
+    let store = tempfile::tempdir().unwrap();
+    let store_s = store.path().to_str().unwrap();
+
+    // A bad campaign file: exit 2, naming the file, the line and the field.
+    let bad = store.path().join("bad.toml");
+    let good = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("campaigns/lab-writer.toml"),
+    )
+    .unwrap();
+    std::fs::write(&bad, good.replace("concurrency = 16", "concurrency = -1")).unwrap();
+    let o = coherence(&["run", bad.to_str().unwrap(), "--store", store_s]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("bad.toml: line 17 (field `concurrency`)"),
+        "{}",
+        text(&o)
+    );
+
+    // Without a lab, `run` says how to start one.
+    let _ = coherence(&["lab", "down"]);
+    let o = coherence(&["run", "campaigns/lab-writer.toml", "--store", store_s]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("coherence lab up"), "{}", text(&o));
+
+    let o = coherence(&["lab", "up"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _down = Down;
+
+    // Writer invalidation and plain fills under concurrent load: stale reads at Δ = 0,
+    // and the fill race named as a cause.
+    let o = coherence(&[
+        "run",
+        "campaigns/lab-writer.toml",
+        "--time-limit",
+        "4s",
+        "--store",
+        store_s,
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let dir = run_dir(&o);
+    let r = results(&dir);
+    assert!(
+        r["anomaly-counts"]["stale-read"].as_u64().unwrap() > 0,
+        "{}",
+        text(&o)
+    );
+    assert!(
+        r["causes"]["stale-read"]["fill-race"].as_u64().unwrap_or(0) > 0,
+        "{}",
+        r["causes"]
+    );
+    // the run directory holds what DESIGN.md says, and runs/latest points at it
+    for f in ["history.jsonl", "campaign.toml", "run.json", "results.json"] {
+        assert!(dir.join(f).is_file(), "{f} in {}", dir.display());
+    }
+    let run_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run_json["seed"], 1);
+    assert!(
+        run_json["server_versions"]["db1"]
+            .as_str()
+            .unwrap()
+            .starts_with("postgresql"),
+        "{run_json}"
+    );
+    assert!(
+        run_json["server_versions"]["r1a"]
+            .as_str()
+            .unwrap()
+            .starts_with("redis"),
+        "{run_json}"
+    );
+    assert_eq!(
+        std::fs::canonicalize(store.path().join("latest")).unwrap(),
+        std::fs::canonicalize(&dir).unwrap()
+    );
+    // the history is one the checker reads on its own
+    let o = coherence(&["check", dir.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(r["checks"][6]["name"], "non-convergence");
+    assert_ne!(
+        r["checks"][6]["status"], "unknown",
+        "the final phase makes convergence decidable"
+    );
+
+    // The outbox pipeline with versioned fills and no faults converges.
+    let o = coherence(&[
+        "run",
+        "campaigns/lab-outbox.toml",
+        "--time-limit",
+        "4s",
+        "--store",
+        store_s,
+    ]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    let r = results(&run_dir(&o));
+    assert_eq!(r["anomaly-counts"]["non-convergence"], 0, "{}", text(&o));
+    assert_eq!(r["checks"][6]["status"], "valid", "{}", r["checks"]);
+    assert!(r["stats"]["by_f"]["fill"]["fail"].as_u64().is_some());
+
+    // SIGKILL of `coherence run` mid-way leaves a history that `check` reads.
+    let child = Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args([
+            "run",
+            "campaigns/lab-writer.toml",
+            "--time-limit",
+            "60s",
+            "--store",
+            store_s,
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    // SAFETY: no preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait_with_output();
+    let latest_campaign = store.path().join("lab-writer");
+    let newest = std::fs::read_dir(&latest_campaign)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .max()
+        .unwrap();
+    assert!(
+        !newest.join("results.json").exists(),
+        "the run was killed before checking"
+    );
+    let o = coherence(&["check", newest.to_str().unwrap()]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    let events: u64 = text(&o)
+        .lines()
+        .find_map(|l| l.split(": ").nth(1)?.split(" events").next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        events > 1000,
+        "a killed run keeps what it recorded: {}",
+        text(&o)
+    );
+}

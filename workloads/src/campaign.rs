@@ -1,0 +1,437 @@
+//! Campaign files: which cluster to drive (the lab, or staging endpoints), the workload,
+//! the checker's staleness bound, and a `[nemesis]` section kept for the faults.
+//!
+//! A campaign is TOML. Every mistake is reported with the file, the line and the field,
+//! from the TOML parser's own spans: values are validated while they are read.
+
+use serde::{Deserialize, Deserializer};
+use std::path::Path;
+use std::time::Duration;
+
+/// A whole campaign.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Campaign {
+    /// Its name: runs are stored under `runs/<name>/`.
+    #[serde(deserialize_with = "name")]
+    pub name: String,
+    /// What to run against.
+    pub cluster: Cluster,
+    /// What the clients do.
+    pub workload: Workload,
+    /// How the history is judged.
+    #[serde(default)]
+    pub checker: Checker,
+    /// Faults; read by the nemesis issue, kept as written until then.
+    #[serde(default)]
+    pub nemesis: Option<toml::Table>,
+}
+
+/// Which cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Cluster {
+    /// The local lab (`coherence lab up`): endpoints come from it.
+    Lab {
+        /// The invalidator the lab runs for this campaign.
+        #[serde(default = "default_invalidator")]
+        invalidator: String,
+    },
+    /// Endpoints given here.
+    Staging {
+        /// PostgreSQL.
+        postgres: Postgres,
+        /// Cache regions.
+        #[serde(deserialize_with = "non_empty")]
+        regions: Vec<Region>,
+    },
+}
+
+fn default_invalidator() -> String {
+    "none".into()
+}
+
+/// PostgreSQL endpoints and credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Postgres {
+    /// `host:port` of the primary (writes).
+    pub writer: String,
+    /// `host:port` of a replica for reads; the writer when absent.
+    #[serde(default)]
+    pub reader: Option<String>,
+    /// The user.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// The password (never written to a run directory).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The database.
+    #[serde(default = "default_user")]
+    pub dbname: String,
+}
+
+fn default_user() -> String {
+    "postgres".into()
+}
+
+/// One cache region.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Region {
+    /// Its name (`r1`, `eu-west`, ...).
+    pub name: String,
+    /// `host:port` of its Redis primary.
+    pub primary: String,
+    /// `host:port` of a replica, if reads may go there.
+    #[serde(default)]
+    pub replica: Option<String>,
+    /// Node names used in the history for the primary and replica (default: the
+    /// addresses).
+    #[serde(default)]
+    pub names: Option<[String; 2]>,
+}
+
+/// Who invalidates the cache after a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Invalidation {
+    /// The writing client deletes the key in every region after commit.
+    Writer,
+    /// A pipeline does (the lab's invalidator, or the user's).
+    Pipeline,
+}
+
+/// How a miss is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fill {
+    /// SET with a TTL.
+    Plain,
+    /// A script that refuses a version older than the one cached or recently invalidated.
+    Versioned,
+}
+
+/// Where cache reads go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheReads {
+    /// The region's primary.
+    Primary,
+    /// The region's replica.
+    Replica,
+}
+
+/// Where database reads (after a miss) go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbReads {
+    /// The primary.
+    Writer,
+    /// The reader endpoint (a replica).
+    Reader,
+}
+
+/// How keys are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Distribution {
+    /// Every key equally often.
+    Uniform,
+    /// Zipf-skewed hot keys.
+    Zipf {
+        /// The exponent (1.0: the classic Zipf law).
+        #[serde(default = "one")]
+        exponent: f64,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The cache-aside workload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Who invalidates.
+    pub invalidation: Invalidation,
+    /// How misses are filled.
+    pub fill: Fill,
+    /// Where cache reads go.
+    #[serde(default = "primary")]
+    pub cache_reads: CacheReads,
+    /// Where database reads go.
+    #[serde(default = "writer")]
+    pub db_reads: DbReads,
+    /// How many keys.
+    #[serde(deserialize_with = "at_least_one")]
+    pub keys: u32,
+    /// How keys are chosen.
+    #[serde(default = "uniform")]
+    pub distribution: Distribution,
+    /// Share of operations that are reads.
+    #[serde(default = "ninety", deserialize_with = "fraction")]
+    pub read_fraction: f64,
+    /// Concurrent clients.
+    #[serde(deserialize_with = "at_least_one")]
+    pub concurrency: u32,
+    /// Target operations per second over all clients; 0 for as fast as they go.
+    #[serde(default)]
+    pub rate: u32,
+    /// How long the workload runs.
+    #[serde(deserialize_with = "duration")]
+    pub time_limit: Duration,
+    /// Every call's timeout; past it the outcome is unknown (`info`).
+    #[serde(default = "one_second", deserialize_with = "duration")]
+    pub op_timeout: Duration,
+    /// TTL of filled values.
+    #[serde(default = "one_minute", deserialize_with = "duration")]
+    pub ttl: Duration,
+    /// How long the system is left alone before the final reads.
+    #[serde(default = "two_seconds", deserialize_with = "duration")]
+    pub quiesce: Duration,
+    /// The random seed (operations, keys, timing).
+    #[serde(default = "seed")]
+    pub seed: u64,
+}
+
+fn primary() -> CacheReads {
+    CacheReads::Primary
+}
+fn writer() -> DbReads {
+    DbReads::Writer
+}
+fn uniform() -> Distribution {
+    Distribution::Uniform
+}
+fn ninety() -> f64 {
+    0.9
+}
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+fn one_minute() -> Duration {
+    Duration::from_secs(60)
+}
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
+}
+fn seed() -> u64 {
+    1
+}
+
+/// How the history is judged.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Checker {
+    /// Δ: how stale a read may be.
+    #[serde(default, deserialize_with = "duration")]
+    pub staleness_bound: Duration,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{e}: write a duration such as \"250ms\", \"2s\" or \"1m\""
+        ))
+    })
+}
+
+fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = u32::deserialize(d)?;
+    if n == 0 {
+        return Err(serde::de::Error::custom("must be at least 1"));
+    }
+    Ok(n)
+}
+
+fn fraction<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let x = f64::deserialize(d)?;
+    if !(0.0..=1.0).contains(&x) {
+        return Err(serde::de::Error::custom("must be between 0 and 1"));
+    }
+    Ok(x)
+}
+
+fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Region>, D::Error> {
+    let v = Vec::<Region>::deserialize(d)?;
+    if v.is_empty() {
+        return Err(serde::de::Error::custom("name at least one region"));
+    }
+    Ok(v)
+}
+
+fn name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || s.starts_with('.')
+    {
+        return Err(serde::de::Error::custom(
+            "use letters, digits, '-', '_' and '.' (it names a directory)",
+        ));
+    }
+    Ok(s)
+}
+
+/// Why a campaign file was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct CampaignError {
+    /// The file.
+    pub path: String,
+    /// What is wrong, with the line and the field.
+    pub message: String,
+}
+
+impl Campaign {
+    /// Reads and validates a campaign file.
+    pub fn load(path: &Path) -> Result<Campaign, CampaignError> {
+        let text = std::fs::read_to_string(path).map_err(|e| CampaignError {
+            path: path.display().to_string(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        Campaign::parse(&text).map_err(|message| CampaignError {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates campaign text.
+    pub fn parse(text: &str) -> Result<Campaign, String> {
+        let campaign: Campaign = toml::from_str(text).map_err(|e| describe(text, &e))?;
+        if let Cluster::Lab { invalidator } = &campaign.cluster {
+            if !["notify", "outbox", "none"].contains(&invalidator.as_str()) {
+                return Err(format!(
+                    "{}field `cluster.invalidator`: unknown invalidator {invalidator:?}: use notify, outbox or none",
+                    line_of(text, "invalidator").map(|l| format!("line {l}: ")).unwrap_or_default()
+                ));
+            }
+        }
+        Ok(campaign)
+    }
+
+    /// The campaign as TOML with secrets (passwords) replaced, for the run directory.
+    pub fn redacted(text: &str) -> String {
+        text.lines()
+            .map(|line| {
+                let key = line
+                    .split('=')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase();
+                if line.contains('=')
+                    && ["password", "secret", "token"]
+                        .iter()
+                        .any(|s| key.contains(s))
+                {
+                    format!(
+                        "{} = \"<redacted>\"",
+                        line.split('=').next().unwrap_or("").trim_end()
+                    )
+                } else {
+                    line.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    }
+}
+
+/// The TOML parser's message, led by "line N:" and without its source excerpt.
+fn describe(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let field = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split('=').next())
+                .map(str::trim)
+                .filter(|f| !f.is_empty() && !f.starts_with('['))
+                .map(|f| format!(" (field `{f}`)"))
+                .unwrap_or_default();
+            format!("line {line}{field}: {message}")
+        }
+        None => message,
+    }
+}
+
+fn line_of(text: &str, field: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| l.split('=').next().map(str::trim) == Some(field))
+        .map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LAB: &str = r#"
+name = "lab-writer"
+
+[cluster]
+kind = "lab"
+invalidator = "none"
+
+[workload]
+invalidation = "writer"
+fill = "plain"
+keys = 10
+concurrency = 8
+time_limit = "5s"
+"#;
+
+    #[test]
+    fn a_minimal_lab_campaign_takes_defaults() {
+        let c = Campaign::parse(LAB).unwrap();
+        assert_eq!(c.name, "lab-writer");
+        assert_eq!(c.workload.keys, 10);
+        assert_eq!(c.workload.time_limit, Duration::from_secs(5));
+        assert_eq!(c.workload.read_fraction, 0.9);
+        assert_eq!(c.checker.staleness_bound, Duration::ZERO);
+        assert!(matches!(c.cluster, Cluster::Lab { .. }));
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_field() {
+        let bad = LAB.replace("concurrency = 8", "concurrency = 0");
+        let e = Campaign::parse(&bad).unwrap_err();
+        assert!(e.starts_with("line 12 (field `concurrency`)"), "{e}");
+        assert!(e.contains("at least 1"), "{e}");
+        let bad = LAB.replace("time_limit = \"5s\"", "time_limit = \"soon\"");
+        let e = Campaign::parse(&bad).unwrap_err();
+        assert!(
+            e.starts_with("line 13 (field `time_limit`)") && e.contains("250ms"),
+            "{e}"
+        );
+        let bad = LAB.replace("fill = \"plain\"", "fill = \"lazy\"");
+        let e = Campaign::parse(&bad).unwrap_err();
+        assert!(e.starts_with("line 10 (field `fill`)"), "{e}");
+        let bad = LAB.replace("keys = 10", "keys = 10\ncolor = \"red\"");
+        let e = Campaign::parse(&bad).unwrap_err();
+        assert!(e.contains("line 12") && e.contains("color"), "{e}");
+        let bad = LAB.replace("invalidator = \"none\"", "invalidator = \"gossip\"");
+        let e = Campaign::parse(&bad).unwrap_err();
+        assert!(e.starts_with("line 6: field `cluster.invalidator`"), "{e}");
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let text = "[cluster.postgres]\nwriter = \"db:5432\"\npassword = \"hunter2\"\n";
+        let r = Campaign::redacted(text);
+        assert!(!r.contains("hunter2"), "{r}");
+        assert!(r.contains("password = \"<redacted>\""), "{r}");
+        assert!(r.contains("writer = \"db:5432\""));
+    }
+}
