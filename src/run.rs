@@ -180,7 +180,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     });
     let phase = Arc::new(Mutex::new("workload"));
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

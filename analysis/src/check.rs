@@ -468,6 +468,15 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         if !reads_value {
             continue;
         }
+        let after_final_phase = op.kind == OpKind::FinalRead
+            && final_phase_index.is_some_and(|fp| op.invoke_index > fp);
+        if after_final_phase {
+            // Judged here, misses included: a miss is converged.
+            out.final_reads += 1;
+            if final_value.is_none() {
+                out.final_reads_undecided += 1;
+            }
+        }
         let Some(val) = op.value else { continue }; // a miss
         info_tie(val, id, &mut tie);
         if op.kind == OpKind::DbFinalRead {
@@ -501,10 +510,9 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         }
 
         if op.kind == OpKind::FinalRead {
-            if final_phase_index.is_some_and(|fp| op.invoke_index > fp) {
-                out.final_reads += 1;
+            if after_final_phase {
                 match final_value {
-                    None => out.final_reads_undecided += 1,
+                    None => {}
                     Some(fin) if fin.value != val => {
                         let mut f = Finding::new(h, AnomalyKind::NonConvergence, key, id);
                         f.other = fin.op;

@@ -481,3 +481,30 @@ mod causes {
         );
     }
 }
+
+#[test]
+fn final_reads_that_miss_make_convergence_decidable() {
+    // Regression: a final phase whose final reads all missed (an outbox relay had
+    // deleted everything) was judged "unknown"; a miss is converged.
+    use coherence_analysis::{check_history, model::Builder};
+    let lines = [
+        r#"{"index":0,"time":0,"process":0,"type":"invoke","f":"write","key":"k","node":"db","value":{"write":"a"}}"#,
+        r#"{"index":1,"time":1,"process":0,"type":"ok","f":"write","key":"k","node":"db","value":{"version":1,"write":"a"}}"#,
+        r#"{"index":2,"time":2,"process":"control","type":"info","f":"final-phase","value":{"quiesce_ms":0}}"#,
+        r#"{"index":3,"time":3,"process":1,"type":"invoke","f":"final-read","key":"k","node":"r1"}"#,
+        r#"{"index":4,"time":4,"process":1,"type":"ok","f":"final-read","key":"k","node":"r1","value":null}"#,
+        r#"{"index":5,"time":5,"process":1,"type":"invoke","f":"db-final-read","key":"k","node":"db"}"#,
+        r#"{"index":6,"time":6,"process":1,"type":"ok","f":"db-final-read","key":"k","node":"db","value":{"version":1,"write":"a","log":[[0,"init"],[1,"a"]]}}"#,
+    ];
+    let text = lines.join("\n") + "\n";
+    let mut b = Builder::new();
+    coherence_store::reader::read_from(text.as_bytes(), std::path::Path::new("t"), &mut b).unwrap();
+    let r = check_history(&b.finish(), &Options::default(), "t", vec![], 0);
+    let nc = r.checks.iter().find(|c| c.name == NonConvergence).unwrap();
+    assert_eq!(nc.status, Status::Valid, "{nc:?}");
+    assert!(
+        r.checks.iter().all(|c| c.status == Status::Valid),
+        "{:?}",
+        r.checks
+    );
+}

@@ -117,6 +117,24 @@ impl OpError {
     }
 }
 
+/// One new version and its log entry, committed together: one statement is one
+/// transaction.
+const WRITE: &str = "WITH bumped AS (\
+        UPDATE items SET version = version + 1, write_id = $2, updated_at = now() \
+        WHERE key = $1 RETURNING key, version) \
+    INSERT INTO item_versions (key, version, write_id) \
+    SELECT key, version, $2 FROM bumped RETURNING version";
+
+/// A key's current version.
+const READ: &str = "SELECT version, write_id FROM items WHERE key = $1";
+
+/// A database connection with the workload's statements prepared.
+struct Db {
+    client: tokio_postgres::Client,
+    write: Option<tokio_postgres::Statement>,
+    read: tokio_postgres::Statement,
+}
+
 struct Client {
     rec: Arc<Recorder>,
     ends: Arc<Endpoints>,
@@ -124,8 +142,8 @@ struct Client {
     process: i64,
     region: usize,
     redis: HashMap<String, MultiplexedConnection>,
-    writer: Option<tokio_postgres::Client>,
-    reader: Option<tokio_postgres::Client>,
+    writer: Option<Db>,
+    reader: Option<Db>,
     writes: u64,
     id: u32,
 }
@@ -222,14 +240,27 @@ impl Client {
         Ok(c)
     }
 
-    async fn db(&mut self, reader: bool) -> Result<&mut tokio_postgres::Client, OpError> {
+    async fn db(&mut self, reader: bool) -> Result<&mut Db, OpError> {
         let (slot, node) = if reader {
             (&mut self.reader, &self.ends.db_reader)
         } else {
             (&mut self.writer, &self.ends.db_writer)
         };
-        if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            *slot = Some(pg_connect(node, &self.ends.db_params).await?);
+        if slot.as_ref().is_none_or(|db| db.client.is_closed()) {
+            let client = pg_connect(node, &self.ends.db_params).await?;
+            // Prepared once per connection: a statement given as text costs a round
+            // trip to prepare on every call.
+            let write = if reader {
+                None
+            } else {
+                Some(client.prepare(WRITE).await.map_err(OpError::certain)?)
+            };
+            let read = client.prepare(READ).await.map_err(OpError::certain)?;
+            *slot = Some(Db {
+                client,
+                write,
+                read,
+            });
         }
         Ok(slot.as_mut().expect("connected"))
     }
@@ -248,24 +279,13 @@ impl Client {
                 Some(json!({"write": id})),
                 async move |c: &mut Client| {
                     let db = c.db(false).await?;
-                    let tx = db.transaction().await.map_err(OpError::certain)?;
-                    let row = tx
-                    .query_one(
-                        "UPDATE items SET version = version + 1, write_id = $2, updated_at = now() \
-                         WHERE key = $1 RETURNING version",
-                        &[&k, &wid],
-                    )
-                    .await
-                    .map_err(OpError::certain)?;
+                    let statement = db.write.clone().expect("the writer prepares WRITE");
+                    let row = db
+                        .client
+                        .query_one(&statement, &[&k, &wid])
+                        .await
+                        .map_err(pg_error)?;
                     let version: i64 = row.get(0);
-                    tx.execute(
-                        "INSERT INTO item_versions (key, version, write_id) VALUES ($1, $2, $3)",
-                        &[&k, &version, &wid],
-                    )
-                    .await
-                    .map_err(OpError::certain)?;
-                    // Past this point the outcome of a failure is unknown.
-                    tx.commit().await.map_err(OpError::unknown)?;
                     Ok(json!({"version": version, "write": wid}))
                 },
             )
@@ -365,9 +385,10 @@ impl Client {
                 async move |c: &mut Client| {
                     let db = c.db(reader).await?;
                     let row = db
-                        .query_one("SELECT version, write_id FROM items WHERE key = $1", &[&k])
+                        .client
+                        .query_one(&db.read, &[&k])
                         .await
-                        .map_err(OpError::certain)?;
+                        .map_err(pg_error)?;
                     Ok(json!({"version": row.get::<_, i64>(0), "write": row.get::<_, String>(1)}))
                 },
             )
@@ -418,6 +439,16 @@ impl Client {
             },
         )
         .await;
+    }
+}
+
+/// A statement the server refused was rolled back: certain. Anything else (a dropped
+/// connection, a timeout) may have committed: unknown.
+fn pg_error(e: tokio_postgres::Error) -> OpError {
+    if e.as_db_error().is_some() {
+        OpError::certain(e)
+    } else {
+        OpError::unknown(e)
     }
 }
 
@@ -603,10 +634,12 @@ async fn final_phase(work: &Workload, ends: &Endpoints, rec: &Arc<Recorder>) -> 
             .op("db-final-read", &key, &db, None, async move |c: &mut Client| {
                 let db = c.db(false).await?;
                 let row = db
-                    .query_one("SELECT version, write_id FROM items WHERE key = $1", &[&k])
+                    .client
+                    .query_one(&db.read, &[&k])
                     .await
-                    .map_err(OpError::certain)?;
+                    .map_err(pg_error)?;
                 let log = db
+                    .client
                     .query("SELECT version, write_id FROM item_versions WHERE key = $1 ORDER BY version", &[&k])
                     .await
                     .map_err(OpError::certain)?;
