@@ -252,3 +252,19 @@ fn the_history_contract_in_docs_is_the_shared_spec() {
         );
     }
 }
+
+#[test]
+fn every_shipped_campaign_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("campaigns");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        coherence_workloads::campaign::Campaign::parse(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    for required in ["lab-writer.toml", "lab-outbox.toml", "staging-example.toml"] {
+        assert!(names.iter().any(|n| n == required), "campaigns/{required} is missing");
+    }
+}
