@@ -265,6 +265,9 @@ fn every_shipped_campaign_is_valid() {
         names.push(entry.file_name().to_string_lossy().into_owned());
     }
     for required in ["lab-writer.toml", "lab-outbox.toml", "staging-example.toml"] {
-        assert!(names.iter().any(|n| n == required), "campaigns/{required} is missing");
+        assert!(
+            names.iter().any(|n| n == required),
+            "campaigns/{required} is missing"
+        );
     }
 }
