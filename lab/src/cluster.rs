@@ -475,6 +475,15 @@ fn as_postgres(pg_bin: &Path, tool: &str) -> Vec<String> {
     ]
 }
 
+/// Runs one of PostgreSQL's tools on a host as the postgres user, to completion.
+fn run_as_postgres(state: &State, h: &Host, tool: &str, args: &[&str]) -> Result<()> {
+    let mut argv = as_postgres(&state.pg_bin, tool);
+    argv.extend(args.iter().map(|a| a.to_string()));
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    remote(h).run(&argv)?;
+    Ok(())
+}
+
 fn chown_postgres(path: &Path) -> Result<()> {
     sh(&[
         "chown",
@@ -522,20 +531,13 @@ fn start_primary(state: &State, h: &Host) -> Result<()> {
     let data = dir.join("data");
     std::fs::create_dir_all(&data)?;
     chown_postgres(&dir)?;
-    let mut initdb = as_postgres(&state.pg_bin, "initdb");
-    initdb.extend(
-        [
-            "-D",
-            &data.display().to_string(),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-        ]
-        .map(String::from),
-    );
-    let initdb: Vec<&str> = initdb.iter().map(String::as_str).collect();
-    remote(h).run(&initdb)?;
+    let data_s = data.display().to_string();
+    run_as_postgres(
+        state,
+        h,
+        "initdb",
+        &["-D", &data_s, "-U", "postgres", "--auth=trust", "--no-sync"],
+    )?;
     std::fs::write(
         data.join("pg_hba.conf"),
         "local all all trust\nhost all all 10.77.0.0/24 trust\nhost replication all 10.77.0.0/24 trust\n",
@@ -547,25 +549,26 @@ fn start_standby(state: &State, primary: &Host, h: &Host) -> Result<()> {
     let dir = host_dir(h);
     let data = dir.join("data");
     chown_postgres(&dir)?;
-    let mut backup = as_postgres(&state.pg_bin, "pg_basebackup");
-    backup.extend(
-        [
+    let source = format!(
+        "host={} port={PG_PORT} user=postgres application_name={}",
+        primary.addr, h.name
+    );
+    let data_s = data.display().to_string();
+    run_as_postgres(
+        state,
+        h,
+        "pg_basebackup",
+        &[
             "-D",
-            &data.display().to_string(),
+            &data_s,
             "-d",
-            &format!(
-                "host={} port={PG_PORT} user=postgres application_name={}",
-                primary.addr, h.name
-            ),
+            &source,
             "-R",
             "-X",
             "stream",
             "--no-sync",
-        ]
-        .map(String::from),
-    );
-    let backup: Vec<&str> = backup.iter().map(String::as_str).collect();
-    remote(h).run(&backup)?;
+        ],
+    )?;
     start_pg(state, h, &data)
 }
 

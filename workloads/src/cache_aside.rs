@@ -240,6 +240,21 @@ impl Client {
         Ok(c)
     }
 
+    /// GETs a key from a cache node: its versioned value, or null for a miss.
+    async fn cache_get(&mut self, node: &Node, key: &str) -> Result<Value, OpError> {
+        let mut con = self.redis(node).await?;
+        let got: Option<String> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut con)
+            .await
+            .map_err(redis_error)?;
+        match got {
+            None => Ok(Value::Null),
+            Some(s) => serde_json::from_str(&s)
+                .map_err(|e| OpError::certain(format!("not a versioned value: {e}"))),
+        }
+    }
+
     async fn db(&mut self, reader: bool) -> Result<&mut Db, OpError> {
         let (slot, node) = if reader {
             (&mut self.reader, &self.ends.db_reader)
@@ -348,19 +363,7 @@ impl Client {
                 key,
                 &node.name,
                 None,
-                async move |c: &mut Client| {
-                    let mut con = c.redis(&n).await?;
-                    let got: Option<String> = redis::cmd("GET")
-                        .arg(&k)
-                        .query_async(&mut con)
-                        .await
-                        .map_err(redis_error)?;
-                    match got {
-                        None => Ok(Value::Null),
-                        Some(s) => serde_json::from_str(&s)
-                            .map_err(|e| OpError::certain(format!("not a versioned value: {e}"))),
-                    }
-                },
+                async move |c: &mut Client| c.cache_get(&n, &k).await,
             )
             .await;
         if !matches!(outcome, Outcome::Ok(Value::Null)) {
@@ -611,20 +614,7 @@ async fn final_phase(work: &Workload, ends: &Endpoints, rec: &Arc<Recorder>) -> 
                     &key,
                     &node.name,
                     None,
-                    async move |c: &mut Client| {
-                        let mut con = c.redis(&n).await?;
-                        let got: Option<String> = redis::cmd("GET")
-                            .arg(&k)
-                            .query_async(&mut con)
-                            .await
-                            .map_err(redis_error)?;
-                        match got {
-                            None => Ok(Value::Null),
-                            Some(s) => serde_json::from_str(&s).map_err(|e| {
-                                OpError::certain(format!("not a versioned value: {e}"))
-                            }),
-                        }
-                    },
+                    async move |c: &mut Client| c.cache_get(&n, &k).await,
                 )
                 .await;
         }
