@@ -45,6 +45,11 @@ enum Command {
     /// Run a campaign: drive clients against a real cluster, record the history in a
     /// run directory, then check it. Exit status as `check`.
     Run(run::RunArgs),
+    /// Heal the faults a run left applied (after it was killed), from its faults.jsonl.
+    Heal {
+        /// The run directory.
+        run_dir: PathBuf,
+    },
     /// A real cluster of Redis and PostgreSQL on this machine, in network namespaces.
     #[command(subcommand)]
     Lab(LabCommand),
@@ -173,7 +178,55 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Gen(args) => gen(args),
         Command::Lab(cmd) => lab(cmd),
         Command::Run(args) => run::run(args),
+        Command::Heal { run_dir } => heal(&run_dir),
     }
+}
+
+fn heal(run_dir: &std::path::Path) -> anyhow::Result<u8> {
+    use coherence_nemeses::fault::{pending, Journal, JOURNAL};
+    let path = run_dir.join(JOURNAL);
+    anyhow::ensure!(
+        path.exists(),
+        "{} has no {JOURNAL}: point at the run directory of a run with faults",
+        run_dir.display()
+    );
+    let left = pending(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    if left.is_empty() {
+        println!(
+            "nothing to heal: every fault in {} was healed",
+            path.display()
+        );
+        return Ok(EXIT_VALID);
+    }
+    let state = coherence_lab::cluster::State::load()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the faults were applied to the lab, which is down: nothing of them remains"
+        )
+    })?;
+    let nodes = coherence_lab::cluster::LabNodes::new(&state);
+    let mut journal = Journal::open(&path)?;
+    for (seq, fault) in &left {
+        fault
+            .heal(&nodes)
+            .with_context(|| format!("cannot heal fault {seq} ({})", fault.start_f()))?;
+        let traces = fault.traces(&nodes)?;
+        anyhow::ensure!(
+            traces.is_empty(),
+            "fault {seq} is still in place after healing:\n  {}",
+            traces.join("\n  ")
+        );
+        journal.healed(*seq)?;
+        println!(
+            "healed fault {seq}: {} (verified: nothing of it remains)",
+            fault.start_f()
+        );
+    }
+    println!(
+        "healed {} fault(s) left by the run in {}",
+        left.len(),
+        run_dir.display()
+    );
+    Ok(EXIT_VALID)
 }
 
 fn lab(cmd: LabCommand) -> anyhow::Result<u8> {

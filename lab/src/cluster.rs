@@ -1001,3 +1001,47 @@ pub fn read_deletions(offset: u64) -> Result<(Vec<(String, String)>, u64)> {
         .collect();
     Ok((deletions, offset + whole as u64))
 }
+
+/// The lab's hosts as fault targets: each reached in its namespace, at its address.
+pub struct LabNodes {
+    hosts: Vec<Host>,
+}
+
+impl LabNodes {
+    /// The hosts of a lab with this state.
+    pub fn new(state: &State) -> LabNodes {
+        LabNodes {
+            hosts: state.hosts(),
+        }
+    }
+
+    /// Every host's name.
+    pub fn names(&self) -> Vec<String> {
+        self.hosts.iter().map(|h| h.name.clone()).collect()
+    }
+
+    /// The hosts of a region.
+    pub fn region(&self, region: &str) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|h| h.region.as_deref() == Some(region))
+            .map(|h| h.name.clone())
+            .collect()
+    }
+}
+
+impl coherence_nemeses::fault::Nodes for LabNodes {
+    fn remote(&self, node: &str) -> Option<Box<dyn Remote>> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == node)
+            .map(|h| Box::new(remote(h)) as Box<dyn Remote>)
+    }
+
+    fn addr(&self, node: &str) -> Option<String> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == node)
+            .map(|h| h.addr.to_string())
+    }
+}

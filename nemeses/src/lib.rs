@@ -1,8 +1,11 @@
 //! Faults and how they reach a node: locally, in a lab network namespace, or over SSH.
 //!
-//! So far this holds the [`remote`] seam: how a command reaches a node. The lab starts
-//! and inspects its servers through it; the faults of the nemesis issue will too.
+//! [`remote`] is how a command reaches a node; the lab starts and inspects its servers
+//! through it. [`partition`] holds partitions as pure values (grudges) with their named
+//! shapes; [`fault`] applies and heals faults on nodes and keeps the heal journal.
 
 #![deny(missing_docs)]
 
+pub mod fault;
+pub mod partition;
 pub mod remote;

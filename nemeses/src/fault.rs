@@ -1,0 +1,369 @@
+//! Faults that can be applied to nodes and healed, and the heal journal.
+//!
+//! Every fault is written to the journal (`faults.jsonl` in the run directory, synced to
+//! disk) *before* it is applied, and marked healed after. Whatever a run leaves applied,
+//! a later `coherence heal RUN_DIR` finds in the journal and heals. A fault records
+//! exactly what it did (the iptables rules it added), so healing removes exactly that.
+
+use crate::partition::{Grudge, Shape};
+use crate::remote::{Remote, RemoteError};
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How faults reach the nodes they name.
+pub trait Nodes {
+    /// The remote of a node, if it is one of ours.
+    fn remote(&self, node: &str) -> Option<Box<dyn Remote>>;
+    /// The address other nodes see it at.
+    fn addr(&self, node: &str) -> Option<String>;
+}
+
+/// One iptables rule on one node, as added (`-A`) and removed (`-D`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rule {
+    /// The node whose iptables holds it.
+    pub node: String,
+    /// The rule after `-A`/`-D`: chain, match, target, and our comment.
+    pub args: Vec<String>,
+}
+
+/// A fault, as journaled: what was done, to which nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Fault {
+    /// Nodes drop each other's traffic.
+    Partition {
+        /// The shape.
+        shape: Shape,
+        /// Who drops traffic from whom.
+        grudge: Grudge,
+        /// The rules that do it.
+        rules: Vec<Rule>,
+    },
+}
+
+/// The comment that marks our rules: `coherence:<tag>`.
+pub fn rule_comment(tag: &str) -> String {
+    format!("coherence:{tag}")
+}
+
+impl Fault {
+    /// A partition of `shape` over `nodes`, its rules tagged with `tag` (unique per
+    /// fault, e.g. the run and the journal sequence number).
+    pub fn partition(
+        shape: Shape,
+        nodes: &[String],
+        net: &dyn Nodes,
+        tag: &str,
+    ) -> Result<Fault, String> {
+        let grudge = crate::partition::grudge(&shape, nodes);
+        let mut rules = Vec::new();
+        for (node, dropped) in &grudge {
+            for from in dropped {
+                let addr = net
+                    .addr(from)
+                    .ok_or_else(|| format!("no address for node {from:?}"))?;
+                rules.push(Rule {
+                    node: node.clone(),
+                    args: [
+                        "INPUT",
+                        "-s",
+                        &addr,
+                        "-j",
+                        "DROP",
+                        "-m",
+                        "comment",
+                        "--comment",
+                        &rule_comment(tag),
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                });
+            }
+        }
+        Ok(Fault::Partition {
+            shape,
+            grudge,
+            rules,
+        })
+    }
+
+    /// The nemesis `f` that opens it in a history.
+    pub fn start_f(&self) -> &'static str {
+        match self {
+            Fault::Partition { .. } => "start-partition",
+        }
+    }
+
+    /// The nemesis `f` that closes it in a history.
+    pub fn stop_f(&self) -> &'static str {
+        match self {
+            Fault::Partition { .. } => "stop-partition",
+        }
+    }
+
+    /// Applies the fault.
+    pub fn apply(&self, net: &dyn Nodes) -> Result<(), RemoteError> {
+        match self {
+            Fault::Partition { rules, .. } => {
+                for rule in rules {
+                    let remote = remote_of(net, &rule.node)?;
+                    let mut argv = vec!["iptables", "-w", "-A"];
+                    argv.extend(rule.args.iter().map(String::as_str));
+                    remote.run(&argv)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Heals the fault: removes exactly the rules it added (those still there).
+    pub fn heal(&self, net: &dyn Nodes) -> Result<(), RemoteError> {
+        match self {
+            Fault::Partition { rules, .. } => {
+                for rule in rules {
+                    let remote = remote_of(net, &rule.node)?;
+                    let mut check = vec!["iptables", "-w", "-C"];
+                    check.extend(rule.args.iter().map(String::as_str));
+                    if remote.execute(&check)?.status != 0 {
+                        continue; // not there (never added, or already removed)
+                    }
+                    let mut argv = vec!["iptables", "-w", "-D"];
+                    argv.extend(rule.args.iter().map(String::as_str));
+                    remote.run(&argv)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// What of the fault is still in place (empty once healed), in words.
+    pub fn traces(&self, net: &dyn Nodes) -> Result<Vec<String>, RemoteError> {
+        let mut left = Vec::new();
+        match self {
+            Fault::Partition { rules, .. } => {
+                for rule in rules {
+                    let remote = remote_of(net, &rule.node)?;
+                    let mut check = vec!["iptables", "-w", "-C"];
+                    check.extend(rule.args.iter().map(String::as_str));
+                    if remote.execute(&check)?.status == 0 {
+                        left.push(format!(
+                            "on {}: iptables rule {}",
+                            rule.node,
+                            rule.args.join(" ")
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(left)
+    }
+}
+
+fn remote_of(net: &dyn Nodes, node: &str) -> Result<Box<dyn Remote>, RemoteError> {
+    net.remote(node).ok_or_else(|| RemoteError {
+        node: node.to_string(),
+        command: String::new(),
+        status: None,
+        stdout: String::new(),
+        stderr: "no such node: the fault names a node this cluster does not have".into(),
+    })
+}
+
+/// A journal entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Entry {
+    seq: u64,
+    time_unix_ns: u64,
+    state: State,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fault: Option<Fault>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum State {
+    Applying,
+    Healed,
+}
+
+/// The heal journal of a run: `faults.jsonl`.
+pub struct Journal {
+    file: File,
+    path: PathBuf,
+    next: u64,
+}
+
+/// The journal's file name in a run directory.
+pub const JOURNAL: &str = "faults.jsonl";
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+}
+
+impl Journal {
+    /// Opens (or creates) the journal at `path`, appending after what it holds.
+    pub fn open(path: &Path) -> std::io::Result<Journal> {
+        let next = read(path)?.iter().map(|e| e.seq + 1).max().unwrap_or(0);
+        let mut file = File::options().create(true).append(true).open(path)?;
+        // After a crash mid-line, start the next entry on a line of its own.
+        let text = std::fs::read(path)?;
+        if text.last().is_some_and(|&b| b != b'\n') {
+            file.write_all(b"\n")?;
+        }
+        Ok(Journal {
+            file,
+            path: path.to_path_buf(),
+            next,
+        })
+    }
+
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The sequence number the next fault will get (for tagging its rules).
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    fn write(&mut self, entry: &Entry) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(entry)?;
+        line.push(b'\n');
+        self.file.write_all(&line)?;
+        self.file.sync_data()
+    }
+
+    /// Records that `fault` is about to be applied; on disk before this returns.
+    pub fn applying(&mut self, fault: &Fault) -> std::io::Result<u64> {
+        let seq = self.next;
+        self.next += 1;
+        self.write(&Entry {
+            seq,
+            time_unix_ns: now_ns(),
+            state: State::Applying,
+            fault: Some(fault.clone()),
+        })?;
+        Ok(seq)
+    }
+
+    /// Records that fault `seq` was healed.
+    pub fn healed(&mut self, seq: u64) -> std::io::Result<()> {
+        self.write(&Entry {
+            seq,
+            time_unix_ns: now_ns(),
+            state: State::Healed,
+            fault: None,
+        })
+    }
+}
+
+fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut entries = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        // A cut-short last line (a crash while writing) was never applied.
+        if let Ok(entry) = serde_json::from_str::<Entry>(&line?) {
+            entries.push(entry);
+        }
+    }
+    Ok(entries)
+}
+
+/// The faults journaled as applying and not yet healed, oldest first.
+pub fn pending(path: &Path) -> std::io::Result<Vec<(u64, Fault)>> {
+    let entries = read(path)?;
+    let healed: std::collections::HashSet<u64> = entries
+        .iter()
+        .filter(|e| e.state == State::Healed)
+        .map(|e| e.seq)
+        .collect();
+    Ok(entries
+        .into_iter()
+        .filter(|e| e.state == State::Applying && !healed.contains(&e.seq))
+        .filter_map(|e| e.fault.map(|f| (e.seq, f)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoNodes;
+    impl Nodes for NoNodes {
+        fn remote(&self, _: &str) -> Option<Box<dyn Remote>> {
+            None
+        }
+        fn addr(&self, node: &str) -> Option<String> {
+            Some(format!("10.0.0.{}", &node[1..]))
+        }
+    }
+
+    fn nodes() -> Vec<String> {
+        ["n1", "n2", "n3"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn a_partition_adds_one_tagged_drop_rule_per_grudge_pair() {
+        let f = Fault::partition(
+            Shape::IsolateNode { node: "n1".into() },
+            &nodes(),
+            &NoNodes,
+            "run-7",
+        )
+        .unwrap();
+        let Fault::Partition { rules, .. } = &f;
+        assert_eq!(rules.len(), 4, "n1 drops n2, n3; n2 and n3 drop n1");
+        assert!(rules
+            .iter()
+            .all(|r| r.args.contains(&"coherence:run-7".to_string())));
+        assert!(rules
+            .iter()
+            .any(|r| r.node == "n2" && r.args[2] == "10.0.0.1"));
+    }
+
+    #[test]
+    fn the_journal_knows_what_is_still_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL);
+        let f = Fault::partition(Shape::Halves, &nodes(), &NoNodes, "t").unwrap();
+        let mut j = Journal::open(&path).unwrap();
+        let a = j.applying(&f).unwrap();
+        let b = j.applying(&f).unwrap();
+        j.healed(a).unwrap();
+        assert_eq!(pending(&path).unwrap(), vec![(b, f.clone())]);
+        // Reopened (as `coherence heal` does), numbering goes on.
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.next_seq(), b + 1);
+        j.healed(b).unwrap();
+        assert!(pending(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cut_short_last_entry_was_never_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL);
+        std::fs::write(&path, "{\"seq\":0,\"time_unix_ns\":1,\"state\":\"appl").unwrap();
+        assert!(pending(&path).unwrap().is_empty());
+        let mut j = Journal::open(&path).unwrap();
+        assert_eq!(j.next_seq(), 0);
+        let f = Fault::partition(Shape::Halves, &nodes(), &NoNodes, "t").unwrap();
+        let seq = j.applying(&f).unwrap();
+        assert_eq!(
+            pending(&path).unwrap(),
+            vec![(seq, f)],
+            "the next entry is whole"
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! Faults against the real lab: a partition has its effect, is journaled before it is
+//! applied, and `coherence heal` removes exactly what a killed run left, verified.
+//! One test, in order, because there is one lab per machine.
+
+use coherence_lab::cluster::{LabNodes, State};
+use coherence_nemeses::fault::{pending, Fault, Journal, Nodes, JOURNAL};
+use coherence_nemeses::partition::Shape;
+use std::process::{Command, Output};
+
+fn coherence(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args(args)
+        .output()
+        .expect("run coherence")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Whether `host` can open a TCP connection to `addr:port` within 2 s.
+fn reaches(host: &str, addr: &str, port: u16) -> bool {
+    let probe = format!("timeout 2 bash -c '</dev/tcp/{addr}/{port}'");
+    coherence(&["lab", "exec", host, "--", "bash", "-c", &probe])
+        .status
+        .success()
+}
+
+/// Every rule of ours on every lab host.
+fn our_rules(nodes: &LabNodes) -> Vec<String> {
+    let mut found = Vec::new();
+    for node in nodes.names() {
+        let out = nodes
+            .remote(&node)
+            .unwrap()
+            .run(&["iptables", "-w", "-S"])
+            .unwrap();
+        found.extend(
+            out.stdout
+                .lines()
+                .filter(|l| l.contains("coherence:"))
+                .map(|l| format!("{node}: {l}")),
+        );
+    }
+    found
+}
+
+struct Down;
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = coherence(&["lab", "down"]);
+    }
+}
+
+#[test]
+fn partitions_have_their_effect_and_heal_without_a_trace() {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: the lab cannot run here");
+        return;
+    }
+    let o = coherence(&["lab", "up"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let _down = Down;
+    let state = State::load().unwrap().unwrap();
+    let nodes = LabNodes::new(&state);
+    assert!(
+        our_rules(&nodes).is_empty(),
+        "a clean lab has none of our rules"
+    );
+    assert!(reaches("r1a", "10.77.0.11", 5432));
+
+    // Isolate region r1, journaled first; then "crash" without healing.
+    let run = tempfile::tempdir().unwrap();
+    let journal_path = run.path().join(JOURNAL);
+    let mut journal = Journal::open(&journal_path).unwrap();
+    let shape = Shape::IsolateGroup {
+        name: "r1".into(),
+        members: nodes.region("r1"),
+    };
+    let fault = Fault::partition(
+        shape,
+        &nodes.names(),
+        &nodes,
+        &format!("test-{}", journal.next_seq()),
+    )
+    .unwrap();
+    journal.applying(&fault).unwrap();
+    fault.apply(&nodes).unwrap();
+    drop(journal);
+
+    // A partitioned region cannot reach the database; another region still can.
+    assert!(
+        !reaches("r1a", "10.77.0.11", 5432),
+        "r1 is cut off from db1"
+    );
+    assert!(
+        !reaches("inv", "10.77.0.21", 6379),
+        "the invalidator cannot reach r1a"
+    );
+    assert!(reaches("r2a", "10.77.0.11", 5432), "r2 is not");
+    assert!(
+        reaches("r1a", "10.77.0.22", 6379),
+        "inside r1, hosts still talk"
+    );
+    assert!(!our_rules(&nodes).is_empty());
+    assert_eq!(pending(&journal_path).unwrap().len(), 1);
+
+    // `coherence heal` finishes the job: exactly our rules go, verified.
+    let o = coherence(&["heal", run.path().to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("healed 1 fault"), "{}", text(&o));
+    assert!(our_rules(&nodes).is_empty(), "{:?}", our_rules(&nodes));
+    assert!(fault.traces(&nodes).unwrap().is_empty());
+    assert!(reaches("r1a", "10.77.0.11", 5432));
+    assert!(pending(&journal_path).unwrap().is_empty());
+    let o = coherence(&["heal", run.path().to_str().unwrap()]);
+    assert!(text(&o).contains("nothing to heal"), "{}", text(&o));
+
+    // A rule someone else added stays: healing removes exactly ours.
+    let r2a = nodes.remote("r2a").unwrap();
+    r2a.run(&[
+        "iptables",
+        "-w",
+        "-A",
+        "INPUT",
+        "-s",
+        "10.77.0.99",
+        "-j",
+        "DROP",
+    ])
+    .unwrap();
+    let mut journal = Journal::open(&journal_path).unwrap();
+    let fault = Fault::partition(
+        Shape::Halves,
+        &nodes.names(),
+        &nodes,
+        &format!("test-{}", journal.next_seq()),
+    )
+    .unwrap();
+    let seq = journal.applying(&fault).unwrap();
+    fault.apply(&nodes).unwrap();
+    fault.heal(&nodes).unwrap();
+    journal.healed(seq).unwrap();
+    assert!(our_rules(&nodes).is_empty());
+    let rules = r2a.run(&["iptables", "-w", "-S", "INPUT"]).unwrap().stdout;
+    assert!(rules.contains("10.77.0.99"), "{rules}");
+}
