@@ -1,6 +1,7 @@
 //! The `coherence` command line: parses arguments, wires the crates together, shows
 //! progress. No checking or fault logic lives here.
 
+mod nemesis;
 mod progress;
 mod run;
 

@@ -39,6 +39,15 @@ pub struct RunArgs {
     /// Where runs are stored.
     #[arg(long, default_value = "runs", value_name = "DIR")]
     store: PathBuf,
+    /// Override the campaign's faults, e.g. partition-region,kill-invalidator.
+    #[arg(long, value_delimiter = ',', value_name = "FAULTS")]
+    nemesis: Option<Vec<String>>,
+    /// Override the time between faults.
+    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    nemesis_interval: Option<Duration>,
+    /// Override how long each fault lasts.
+    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    nemesis_duration: Option<Duration>,
 }
 
 /// Whether a progress bar may be drawn.
@@ -65,11 +74,51 @@ pub fn run(args: RunArgs) -> Result<u8> {
     if let Some(s) = args.seed {
         campaign.workload.seed = s;
     }
+    if let Some(kinds) = &args.nemesis {
+        let faults = kinds
+            .iter()
+            .map(|k| {
+                serde_json::from_value(serde_json::Value::String(k.clone())).map_err(|_| {
+                    anyhow::anyhow!(
+                        "--nemesis: unknown fault {k:?}: use {}",
+                        coherence_nemeses::schedule::FaultKind::NAMES.join(", ")
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let base = campaign.nemesis.clone();
+        campaign.nemesis = Some(coherence_nemeses::schedule::NemesisConfig {
+            faults,
+            interval: base
+                .as_ref()
+                .map_or(Duration::from_secs(10), |b| b.interval),
+            duration: base.as_ref().map_or(Duration::from_secs(3), |b| b.duration),
+        });
+    }
+    if let Some(n) = campaign.nemesis.as_mut() {
+        if let Some(i) = args.nemesis_interval {
+            n.interval = i;
+        }
+        if let Some(d) = args.nemesis_duration {
+            n.duration = d;
+        }
+        anyhow::ensure!(
+            !n.faults.is_empty(),
+            "[nemesis] faults: name at least one fault"
+        );
+        anyhow::ensure!(
+            n.interval > Duration::ZERO,
+            "[nemesis] interval must be more than 0"
+        );
+    }
     let work = campaign.workload.clone();
     let keys: Vec<String> = (0..work.keys).map(key_name).collect();
 
     // The cluster: prepare the lab, or take the staging endpoints as given.
     let lab = args.lab || matches!(campaign.cluster, Cluster::Lab { .. });
+    if campaign.nemesis.is_some() && !lab {
+        bail!("faults ([nemesis]) need the lab for now: run the campaign against the lab");
+    }
     let (endpoints, design) = if lab {
         let design: coherence_lab::Design = match &campaign.cluster {
             Cluster::Lab { invalidator } => invalidator.parse().map_err(anyhow::Error::msg)?,
@@ -172,6 +221,42 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let rec = Arc::new(Recorder::new(writer));
     eprintln!("run directory: {}", dir.display());
 
+    // Faults: a thread of their own, journaled in the run directory, healed on every
+    // way out (the guard covers a panic).
+    let stop_faults = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let journal = dir.join(coherence_nemeses::fault::JOURNAL);
+    let mut heal_guard = None;
+    let nemesis_thread = match (&campaign.nemesis, lab) {
+        (Some(config), true) => {
+            let state = coherence_lab::cluster::State::load()?
+                .ok_or_else(|| anyhow::anyhow!("the lab went down"))?;
+            heal_guard = Some(crate::nemesis::HealGuard {
+                journal: journal.clone(),
+                state: state.clone(),
+            });
+            let (config, rec, stop) = (config.clone(), rec.clone(), stop_faults.clone());
+            let tag = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let (seed, limit, journal) = (work.seed, work.time_limit, journal.clone());
+            Some(std::thread::spawn(move || {
+                crate::nemesis::run(crate::nemesis::Nemesis {
+                    config,
+                    seed,
+                    time_limit: limit,
+                    state,
+                    journal,
+                    tag,
+                    rec,
+                    stop,
+                })
+            }))
+        }
+        _ => None,
+    };
+    let nemesis_thread = Arc::new(Mutex::new(nemesis_thread));
+
     let bar = interactive().then(|| {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
         bar.set_style(ProgressStyle::with_template("{spinner} {msg}").expect("a valid template"));
@@ -186,10 +271,25 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .context("cannot start the async runtime")?;
     let result = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stop_on_signal = stop_faults.clone();
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                let _ = stop_tx.send(true);
+            // Ctrl-C or SIGTERM: the workload stops, faults heal, the final phase runs.
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            let terminated = async {
+                match term.as_mut() {
+                    Some(t) => {
+                        t.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminated => {}
             }
+            stop_on_signal.store(true, Ordering::Relaxed);
+            let _ = stop_tx.send(true);
         });
         // The lab's invalidator logs its deletions; record them as they happen.
         let pipeline = lab && work.invalidation == Invalidation::Pipeline;
@@ -241,7 +341,15 @@ pub fn run(args: RunArgs) -> Result<u8> {
         });
         let phase_cb = {
             let phase = phase.clone();
+            let (stop, thread) = (stop_faults.clone(), nemesis_thread.clone());
             move |p: Phase| {
+                if p == Phase::Quiesce {
+                    // After the time limit: heal every fault before the quiesce.
+                    stop.store(true, Ordering::Relaxed);
+                    if let Some(t) = thread.lock().ok().and_then(|mut t| t.take()) {
+                        let _ = t.join();
+                    }
+                }
                 if let Ok(mut cur) = phase.lock() {
                     *cur = match p {
                         Phase::Workload => "workload",
@@ -264,6 +372,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
         bar.finish_and_clear();
     }
     drop(rt);
+    // However the workload ended, no fault outlives it.
+    stop_faults.store(true, Ordering::Relaxed);
+    if let Some(t) = nemesis_thread.lock().ok().and_then(|mut t| t.take()) {
+        let _ = t.join();
+    }
+    drop(heal_guard);
     let rec = Arc::into_inner(rec).expect("every task has ended");
     let events = rec.finish().context("cannot finish the history")?;
     result?;

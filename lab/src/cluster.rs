@@ -11,7 +11,7 @@ use crate::layout::{
 };
 use crate::{lab_dir, schema, Design};
 use anyhow::{anyhow, bail, Context, Result};
-use coherence_nemeses::remote::{shell_words, Netns, Remote};
+use coherence_nemeses::remote::{shell_words, Netns, Remote, RemoteError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -1043,5 +1043,61 @@ impl coherence_nemeses::fault::Nodes for LabNodes {
             .iter()
             .find(|h| h.name == node)
             .map(|h| h.addr.to_string())
+    }
+
+    fn pids(&self, node: &str, service: &str) -> Result<Vec<i32>, RemoteError> {
+        let host = self.host(node)?;
+        let pids =
+            namespace_pids(&host.namespace()).map_err(|e| self.error(node, "ip netns pids", e))?;
+        Ok(pids
+            .into_iter()
+            .filter(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                match service {
+                    "redis" => cmd.starts_with("redis-server"),
+                    "sentinel" => cmd.starts_with("redis-sentinel"),
+                    "postgres" => cmd.contains("postgres"),
+                    "invalidator" => cmd.contains("lab invalidator"),
+                    _ => false,
+                }
+            })
+            .collect())
+    }
+
+    fn restart(&self, node: &str, service: &str) -> Result<(), RemoteError> {
+        let host = self.host(node)?;
+        let state = State::load()
+            .ok()
+            .flatten()
+            .ok_or_else(|| self.error(node, "restart", anyhow!("the lab is down")))?;
+        let hosts = state.hosts();
+        let result = match service {
+            "invalidator" => start_invalidator(&state),
+            "redis" if host.role == Role::RedisPrimary => start_redis(host, None),
+            "redis" => start_redis(host, Some(primary_of(&hosts, host).addr)),
+            "sentinel" => start_sentinel(host, primary_of(&hosts, host)),
+            other => Err(anyhow!("restarting {other} is not supported yet")),
+        };
+        result.map_err(|e| self.error(node, &format!("restart {service}"), e))
+    }
+}
+
+impl LabNodes {
+    fn host(&self, node: &str) -> Result<&Host, RemoteError> {
+        self.hosts
+            .iter()
+            .find(|h| h.name == node)
+            .ok_or_else(|| self.error(node, "", anyhow!("no such lab host")))
+    }
+
+    fn error(&self, node: &str, command: &str, e: anyhow::Error) -> RemoteError {
+        RemoteError {
+            node: node.to_string(),
+            command: command.to_string(),
+            status: None,
+            stdout: String::new(),
+            stderr: format!("{e:#}"),
+        }
     }
 }

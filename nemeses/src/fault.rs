@@ -6,7 +6,7 @@
 //! exactly what it did (the iptables rules it added), so healing removes exactly that.
 
 use crate::partition::{Grudge, Shape};
-use crate::remote::{Remote, RemoteError};
+use crate::remote::{shell_words, Remote, RemoteError};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{BufRead, Write};
@@ -19,6 +19,11 @@ pub trait Nodes {
     fn remote(&self, node: &str) -> Option<Box<dyn Remote>>;
     /// The address other nodes see it at.
     fn addr(&self, node: &str) -> Option<String>;
+    /// The process ids of `service` on `node` (`redis`, `sentinel`, `postgres`,
+    /// `invalidator`).
+    fn pids(&self, node: &str, service: &str) -> Result<Vec<i32>, RemoteError>;
+    /// Starts `service` on `node` again, as the cluster started it.
+    fn restart(&self, node: &str, service: &str) -> Result<(), RemoteError>;
 }
 
 /// One iptables rule on one node, as added (`-A`) and removed (`-D`).
@@ -42,6 +47,24 @@ pub enum Fault {
         grudge: Grudge,
         /// The rules that do it.
         rules: Vec<Rule>,
+    },
+    /// A service's processes are killed (SIGKILL); healing starts it again.
+    Kill {
+        /// The node.
+        node: String,
+        /// The service.
+        service: String,
+        /// The processes killed.
+        pids: Vec<i32>,
+    },
+    /// A service's processes are paused (SIGSTOP); healing resumes them (SIGCONT).
+    Pause {
+        /// The node.
+        node: String,
+        /// The service.
+        service: String,
+        /// The processes paused.
+        pids: Vec<i32>,
     },
 }
 
@@ -91,10 +114,36 @@ impl Fault {
         })
     }
 
+    /// A kill (`pause == false`) or pause of `service` on `node`: its processes now.
+    pub fn signal(
+        node: &str,
+        service: &str,
+        pause: bool,
+        net: &dyn Nodes,
+    ) -> Result<Fault, RemoteError> {
+        let pids = net.pids(node, service)?;
+        let (node, service) = (node.to_string(), service.to_string());
+        Ok(if pause {
+            Fault::Pause {
+                node,
+                service,
+                pids,
+            }
+        } else {
+            Fault::Kill {
+                node,
+                service,
+                pids,
+            }
+        })
+    }
+
     /// The nemesis `f` that opens it in a history.
     pub fn start_f(&self) -> &'static str {
         match self {
             Fault::Partition { .. } => "start-partition",
+            Fault::Kill { .. } => "kill",
+            Fault::Pause { .. } => "pause",
         }
     }
 
@@ -102,6 +151,8 @@ impl Fault {
     pub fn stop_f(&self) -> &'static str {
         match self {
             Fault::Partition { .. } => "stop-partition",
+            Fault::Kill { .. } => "restart",
+            Fault::Pause { .. } => "resume",
         }
     }
 
@@ -109,14 +160,19 @@ impl Fault {
     pub fn apply(&self, net: &dyn Nodes) -> Result<(), RemoteError> {
         match self {
             Fault::Partition { rules, .. } => {
-                for rule in rules {
-                    let remote = remote_of(net, &rule.node)?;
-                    let mut argv = vec!["iptables", "-w", "-A"];
-                    argv.extend(rule.args.iter().map(String::as_str));
-                    remote.run(&argv)?;
+                // One command per node: `iptables -A` for each of its rules.
+                for (node, rules) in by_node(rules) {
+                    let script = rules
+                        .iter()
+                        .map(|r| format!("iptables -w -A {}", shell_words(&strs(&r.args))))
+                        .collect::<Vec<_>>()
+                        .join(" && ");
+                    remote_of(net, node)?.run(&["sh", "-c", &script])?;
                 }
                 Ok(())
             }
+            Fault::Kill { node, pids, .. } => signal(net, node, pids, libc_signal::KILL),
+            Fault::Pause { node, pids, .. } => signal(net, node, pids, libc_signal::STOP),
         }
     }
 
@@ -124,19 +180,28 @@ impl Fault {
     pub fn heal(&self, net: &dyn Nodes) -> Result<(), RemoteError> {
         match self {
             Fault::Partition { rules, .. } => {
-                for rule in rules {
-                    let remote = remote_of(net, &rule.node)?;
-                    let mut check = vec!["iptables", "-w", "-C"];
-                    check.extend(rule.args.iter().map(String::as_str));
-                    if remote.execute(&check)?.status != 0 {
-                        continue; // not there (never added, or already removed)
-                    }
-                    let mut argv = vec!["iptables", "-w", "-D"];
-                    argv.extend(rule.args.iter().map(String::as_str));
-                    remote.run(&argv)?;
+                // One command per node: delete each of its rules that is still there
+                // (never added, or already removed, is fine).
+                for (node, rules) in by_node(rules) {
+                    let script = rules
+                        .iter()
+                        .map(|r| {
+                            let rule = shell_words(&strs(&r.args));
+                            format!("if iptables -w -C {rule} 2>/dev/null; then iptables -w -D {rule}; fi")
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    remote_of(net, node)?.run(&["sh", "-c", &format!("{script}; true")])?;
                 }
                 Ok(())
             }
+            Fault::Kill { node, service, .. } => {
+                if net.pids(node, service)?.is_empty() {
+                    net.restart(node, service)?;
+                }
+                Ok(())
+            }
+            Fault::Pause { node, pids, .. } => signal(net, node, pids, libc_signal::CONT),
         }
     }
 
@@ -145,22 +210,76 @@ impl Fault {
         let mut left = Vec::new();
         match self {
             Fault::Partition { rules, .. } => {
-                for rule in rules {
-                    let remote = remote_of(net, &rule.node)?;
-                    let mut check = vec!["iptables", "-w", "-C"];
-                    check.extend(rule.args.iter().map(String::as_str));
-                    if remote.execute(&check)?.status == 0 {
-                        left.push(format!(
-                            "on {}: iptables rule {}",
-                            rule.node,
-                            rule.args.join(" ")
-                        ));
+                // One listing per node: any of our rules still there is a trace.
+                for (node, rules) in by_node(rules) {
+                    let listing = remote_of(net, node)?.run(&["iptables", "-w", "-S"])?.stdout;
+                    for rule in rules {
+                        let tag = rule.args.last().map(String::as_str).unwrap_or_default();
+                        let source = rule.args.get(2).map(String::as_str).unwrap_or_default();
+                        if listing
+                            .lines()
+                            .any(|l| l.contains(tag) && l.contains(&format!("{source}/32")))
+                        {
+                            left.push(format!("on {node}: iptables rule {}", rule.args.join(" ")));
+                        }
+                    }
+                }
+            }
+            Fault::Kill { node, service, .. } => {
+                if net.pids(node, service)?.is_empty() {
+                    left.push(format!("on {node}: {service} is not running"));
+                }
+            }
+            Fault::Pause { node, pids, .. } => {
+                for pid in pids {
+                    let stat =
+                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                    if stat.split(") ").nth(1).is_some_and(|s| s.starts_with('T')) {
+                        left.push(format!("on {node}: process {pid} is still stopped"));
                     }
                 }
             }
         }
         Ok(left)
     }
+}
+
+/// Rules grouped by their node, in the order first seen.
+fn by_node(rules: &[Rule]) -> Vec<(&str, Vec<&Rule>)> {
+    let mut groups: Vec<(&str, Vec<&Rule>)> = Vec::new();
+    for rule in rules {
+        match groups.iter_mut().find(|(n, _)| *n == rule.node) {
+            Some((_, list)) => list.push(rule),
+            None => groups.push((&rule.node, vec![rule])),
+        }
+    }
+    groups
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// The signals faults send (numbers as on Linux).
+mod libc_signal {
+    pub const KILL: i32 = 9;
+    pub const CONT: i32 = 18;
+    pub const STOP: i32 = 19;
+}
+
+/// Sends a signal to processes of a node, through its remote. A process that is gone
+/// is fine.
+fn signal(net: &dyn Nodes, node: &str, pids: &[i32], sig: i32) -> Result<(), RemoteError> {
+    if pids.is_empty() {
+        return Ok(());
+    }
+    let remote = remote_of(net, node)?;
+    let mut argv = vec![format!("-{sig}")];
+    argv.extend(pids.iter().map(|p| p.to_string()));
+    let mut cmd = vec!["kill"];
+    cmd.extend(argv.iter().map(String::as_str));
+    remote.execute(&cmd)?;
+    Ok(())
 }
 
 fn remote_of(net: &dyn Nodes, node: &str) -> Result<Box<dyn Remote>, RemoteError> {
@@ -308,6 +427,12 @@ mod tests {
         fn addr(&self, node: &str) -> Option<String> {
             Some(format!("10.0.0.{}", &node[1..]))
         }
+        fn pids(&self, _: &str, _: &str) -> Result<Vec<i32>, RemoteError> {
+            Ok(vec![])
+        }
+        fn restart(&self, _: &str, _: &str) -> Result<(), RemoteError> {
+            Ok(())
+        }
     }
 
     fn nodes() -> Vec<String> {
@@ -323,7 +448,9 @@ mod tests {
             "run-7",
         )
         .unwrap();
-        let Fault::Partition { rules, .. } = &f;
+        let Fault::Partition { rules, .. } = &f else {
+            unreachable!("a partition")
+        };
         assert_eq!(rules.len(), 4, "n1 drops n2, n3; n2 and n3 drop n1");
         assert!(rules
             .iter()

@@ -9,3 +9,4 @@
 pub mod fault;
 pub mod partition;
 pub mod remote;
+pub mod schedule;

@@ -22,9 +22,9 @@ pub struct Campaign {
     /// How the history is judged.
     #[serde(default)]
     pub checker: Checker,
-    /// Faults; read by the nemesis issue, kept as written until then.
+    /// Faults, and when.
     #[serde(default)]
-    pub nemesis: Option<toml::Table>,
+    pub nemesis: Option<coherence_nemeses::schedule::NemesisConfig>,
 }
 
 /// Which cluster.
