@@ -300,7 +300,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 loop {
                     if let Ok((deletions, next)) = coherence_lab::cluster::read_deletions(offset) {
                         offset = next;
-                        for (key, node) in deletions {
+                        for (key, node, version) in deletions {
                             rec.log(
                                 Event::new(
                                     0,
@@ -309,7 +309,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
                                     "invalidate",
                                 )
                                 .key(key)
-                                .node(node),
+                                .node(node)
+                                .value(json!({"version": version})),
                             );
                         }
                     }

@@ -5,6 +5,7 @@
 use coherence_lab::cluster::{LabNodes, State};
 use coherence_nemeses::fault::{pending, Fault, Journal, Nodes, JOURNAL};
 use coherence_nemeses::partition::Shape;
+use std::path::Path;
 use std::process::{Command, Output};
 
 fn coherence(args: &[&str]) -> Output {
@@ -150,4 +151,84 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
     assert!(our_rules(&nodes).is_empty());
     let rules = r2a.run(&["iptables", "-w", "-S", "INPUT"]).unwrap().stdout;
     assert!(rules.contains("10.77.0.99"), "{rules}");
+
+    // SIGINT during an active partition: the run heals before it exits, no rule remains.
+    let store = tempfile::tempdir().unwrap();
+    let store_s = store.path().to_str().unwrap();
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let child = Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args([
+            "run",
+            "campaigns/lab-notify-partitions.toml",
+            "--time-limit",
+            "30s",
+            "--store",
+            store_s,
+        ])
+        .current_dir(manifest)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runs = store.path().join("lab-notify-partitions");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let journal = loop {
+        let found = std::fs::read_dir(&runs)
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| e.ok())
+            .map(|e| e.path().join(JOURNAL))
+            .filter(|j| pending(j).is_ok_and(|p| !p.is_empty()));
+        if let Some(j) = found {
+            break j;
+        }
+        assert!(std::time::Instant::now() < deadline, "no fault was applied");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(!our_rules(&nodes).is_empty(), "a partition is active");
+    // SAFETY: no preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    assert!(our_rules(&nodes).is_empty(), "{:?}", our_rules(&nodes));
+    assert!(pending(&journal).unwrap().is_empty());
+    let history = std::fs::read_to_string(journal.with_file_name("history.jsonl")).unwrap();
+    assert!(history.contains(r#""f":"stop-partition""#));
+
+    // End to end, same faults and seed: notify loses invalidations, outbox converges.
+    let results = |o: &Output| -> serde_json::Value {
+        let t = text(o);
+        let dir = t
+            .lines()
+            .find_map(|l| l.strip_prefix("run directory: "))
+            .unwrap_or_else(|| panic!("{t}"));
+        serde_json::from_slice(&std::fs::read(Path::new(dir.trim()).join("results.json")).unwrap())
+            .unwrap()
+    };
+    let run = |campaign: &str| {
+        Command::new(env!("CARGO_BIN_EXE_coherence"))
+            .args(["run", campaign, "--store", store_s])
+            .current_dir(manifest)
+            .output()
+            .unwrap()
+    };
+    let o = run("campaigns/lab-notify-partitions.toml");
+    let r = results(&o);
+    let nc = r["anomaly-counts"]["non-convergence"].as_u64().unwrap();
+    let lost = r["causes"]["stale-read"]["lost-invalidation"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        nc > 0 || lost > 0,
+        "notify under partitions lost no invalidation: {}",
+        text(&o)
+    );
+    assert!(r["stats"]["nemesis_events"].as_u64().unwrap() >= 2);
+    assert!(our_rules(&nodes).is_empty());
+
+    let o = run("campaigns/lab-outbox-partitions.toml");
+    let r = results(&o);
+    assert_eq!(r["anomaly-counts"]["non-convergence"], 0, "{}", text(&o));
+    assert_eq!(r["checks"][6]["status"], "valid", "{}", r["checks"]);
+    assert!(our_rules(&nodes).is_empty());
 }

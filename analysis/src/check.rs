@@ -645,7 +645,12 @@ fn cache_cause(
     // after the newer write began: in time for the read, or late.
     let invals = &h.invalidations[key as usize];
     let first = invals.partition_point(|i| i.time < w.invoke_time);
-    let next = invals[first..].iter().find(|i| i.node == node);
+    // Only an invalidation for the newer version (or one that does not say) counts: one
+    // for an older version is no invalidation of this write.
+    let newer_version = w.value.map_or(0, |v| v.version);
+    let next = invals[first..]
+        .iter()
+        .find(|i| i.node == node && i.version.is_none_or(|v| v >= newer_version));
     let (in_time, late) = match next {
         Some(inv) if inv.time <= read.invoke_time => (Some(inv), None),
         Some(inv) => (None, Some(inv.index)),

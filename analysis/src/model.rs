@@ -134,6 +134,9 @@ pub struct Invalidation {
     pub time: u64,
     /// Interned node.
     pub node: u32,
+    /// The version it invalidated for, when the event says (`"value": {"version": n}`);
+    /// `None`: unknown, taken as any.
+    pub version: Option<i64>,
 }
 
 /// The final state of a key as a `db-final-read` returned it.
@@ -272,10 +275,19 @@ impl Visitor for Builder {
                 let node = self.node_id(ev.node.as_deref());
                 match ev.op {
                     OpKind::Invalidate if key != NONE => {
+                        let version = match &ev.value {
+                            ValueRef::Raw(raw) => {
+                                serde_json::from_str::<serde_json::Value>(raw.get())
+                                    .ok()
+                                    .and_then(|v| v.get("version").and_then(|v| v.as_i64()))
+                            }
+                            _ => None,
+                        };
                         self.history.invalidations[key as usize].push(Invalidation {
                             index: ev.index,
                             time: ev.time,
                             node,
+                            version,
                         });
                     }
                     _ => {
@@ -405,6 +417,7 @@ impl Visitor for Builder {
                             index: ev.index,
                             time: ev.time,
                             node: op.node,
+                            version: None,
                         };
                         self.history.invalidations[op.key as usize].push(inv);
                     }

@@ -418,6 +418,32 @@ mod causes {
     }
 
     #[test]
+    fn an_invalidation_for_an_older_version_does_not_count() {
+        // The invalidator says which version it invalidated: one for version 0 that
+        // lands after write a began is no invalidation of version 1, which was lost.
+        let r = check_lines(&[
+            WRITE[0],
+            r#""time":1000000,"process":"invalidator","type":"info","f":"invalidate","key":"k","node":"r1","value":{"version":0}}"#,
+            WRITE[1],
+            READ_OLD[0],
+            READ_OLD[1],
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::LostInvalidation);
+        let r = check_lines(&[
+            WRITE[0],
+            WRITE[1],
+            READ_OLD[0],
+            READ_OLD[1],
+            r#""time":12000000,"process":"invalidator","type":"info","f":"invalidate","key":"k","node":"r1","value":{"version":1}}"#,
+        ]);
+        assert_eq!(
+            stale_cause(&r),
+            CauseKind::LateInvalidation,
+            "one for version 1 counts"
+        );
+    }
+
+    #[test]
     fn an_invalidation_after_the_read_is_late() {
         let r = check_lines(&[
             WRITE[0],

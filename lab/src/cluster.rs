@@ -666,6 +666,15 @@ pub fn down() -> Result<DownReport> {
         sh(&["ip", "link", "del", BRIDGE])?;
         report.bridge = true;
     }
+    // The kernel tears a deleted namespace down in the background; delete our ends of
+    // the veth pairs now, so that an `up` right after finds none of them.
+    for link in sh(&["ip", "-o", "link", "show"])?.lines() {
+        let name = link.split(':').nth(1).map(str::trim).unwrap_or_default();
+        let name = name.split('@').next().unwrap_or_default();
+        if name.starts_with("coh") && !name.is_empty() {
+            let _ = sh(&["ip", "link", "del", name]);
+        }
+    }
     let dir = lab_dir();
     if dir.exists() {
         std::fs::remove_dir_all(&dir)
@@ -976,8 +985,9 @@ pub fn prepare(keys: &[String], design: Design) -> Result<State> {
 }
 
 /// The deletions the invalidator logged, from byte `offset` of its log: each as (key,
-/// node) with the new offset. For recording them into a history as they happen.
-pub fn read_deletions(offset: u64) -> Result<(Vec<(String, String)>, u64)> {
+/// node, version invalidated) with the new offset. For recording them into a history as
+/// they happen.
+pub fn read_deletions(offset: u64) -> Result<(Vec<(String, String, i64)>, u64)> {
     use std::io::{Read, Seek, SeekFrom};
     let path = lab_dir().join("inv").join("deletions.jsonl");
     let Ok(mut file) = std::fs::File::open(&path) else {
@@ -996,6 +1006,7 @@ pub fn read_deletions(offset: u64) -> Result<(Vec<(String, String)>, u64)> {
             Some((
                 v["key"].as_str()?.to_string(),
                 v["node"].as_str()?.to_string(),
+                v["version"].as_i64()?,
             ))
         })
         .collect();

@@ -195,11 +195,17 @@ impl Deleter {
             loop {
                 match self.delete_once(&region, key, version).await {
                     Ok(addr) => {
-                        self.record(key, &region, addr, None);
+                        self.record(key, version, &region, addr, None);
                         break;
                     }
                     Err(e) if patience.is_some_and(|p| started.elapsed() > p) => {
-                        self.record(key, &region, Ipv4Addr::UNSPECIFIED, Some(&format!("{e:#}")));
+                        self.record(
+                            key,
+                            version,
+                            &region,
+                            Ipv4Addr::UNSPECIFIED,
+                            Some(&format!("{e:#}")),
+                        );
                         all = false;
                         break;
                     }
@@ -210,7 +216,14 @@ impl Deleter {
         all
     }
 
-    fn record(&mut self, key: &str, region: &str, addr: Ipv4Addr, error: Option<&str>) {
+    fn record(
+        &mut self,
+        key: &str,
+        version: i64,
+        region: &str,
+        addr: Ipv4Addr,
+        error: Option<&str>,
+    ) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -218,6 +231,7 @@ impl Deleter {
             "time_unix_ns": now.as_nanos() as u64,
             "design": self.design.to_string(),
             "key": key,
+            "version": version,
             "region": region,
         });
         match error {
