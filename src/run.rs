@@ -300,7 +300,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 loop {
                     if let Ok((deletions, next)) = coherence_lab::cluster::read_deletions(offset) {
                         offset = next;
-                        for (key, node, version) in deletions {
+                        for d in deletions {
                             rec.log(
                                 Event::new(
                                     0,
@@ -308,9 +308,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
                                     EventType::Info,
                                     "invalidate",
                                 )
-                                .key(key)
-                                .node(node)
-                                .value(json!({"version": version})),
+                                .key(d.key)
+                                .node(d.node)
+                                .value(json!({"version": d.version})),
                             );
                         }
                     }

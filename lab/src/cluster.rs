@@ -984,10 +984,20 @@ pub fn prepare(keys: &[String], design: Design) -> Result<State> {
     Ok(state)
 }
 
-/// The deletions the invalidator logged, from byte `offset` of its log: each as (key,
-/// node, version invalidated) with the new offset. For recording them into a history as
-/// they happen.
-pub fn read_deletions(offset: u64) -> Result<(Vec<(String, String, i64)>, u64)> {
+/// One deletion the invalidator logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deletion {
+    /// The key deleted.
+    pub key: String,
+    /// The cache node it was deleted on.
+    pub node: String,
+    /// The version it was invalidated for.
+    pub version: i64,
+}
+
+/// The deletions the invalidator logged, from byte `offset` of its log, with the new
+/// offset. For recording them into a history as they happen.
+pub fn read_deletions(offset: u64) -> Result<(Vec<Deletion>, u64)> {
     use std::io::{Read, Seek, SeekFrom};
     let path = lab_dir().join("inv").join("deletions.jsonl");
     let Ok(mut file) = std::fs::File::open(&path) else {
@@ -1003,11 +1013,11 @@ pub fn read_deletions(offset: u64) -> Result<(Vec<(String, String, i64)>, u64)> 
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["deleted"] == true)
         .filter_map(|v| {
-            Some((
-                v["key"].as_str()?.to_string(),
-                v["node"].as_str()?.to_string(),
-                v["version"].as_i64()?,
-            ))
+            Some(Deletion {
+                key: v["key"].as_str()?.to_string(),
+                node: v["node"].as_str()?.to_string(),
+                version: v["version"].as_i64()?,
+            })
         })
         .collect();
     Ok((deletions, offset + whole as u64))
