@@ -91,6 +91,14 @@ fn build(
         FaultKind::PauseInvalidator => {
             Fault::signal("inv", "invalidator", true, nodes).map_err(|e| e.to_string())
         }
+        FaultKind::PacketLoss => {
+            let members = nodes.region(&p.target.clone().unwrap_or_default());
+            Ok(Fault::packet_loss(&members, 0.3, tag))
+        }
+        FaultKind::Latency => Ok(Fault::Latency {
+            nodes: nodes.region(&p.target.clone().unwrap_or_default()),
+            delay_ms: 100,
+        }),
         FaultKind::PauseRedis => {
             let node = format!("{}a", p.target.clone().unwrap_or_default());
             Fault::signal(&node, "redis", true, nodes).map_err(|e| e.to_string())

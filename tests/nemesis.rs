@@ -152,6 +152,43 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
     let rules = r2a.run(&["iptables", "-w", "-S", "INPUT"]).unwrap().stdout;
     assert!(rules.contains("10.77.0.99"), "{rules}");
 
+    // Packet loss: at probability 1 every packet to db2 is dropped; healed, none is.
+    // (db2 runs no Redis, so Sentinel does not fail anything over meanwhile.)
+    let loss = Fault::packet_loss(&["db2".to_string()], 1.0, "test-loss");
+    loss.apply(&nodes).unwrap();
+    assert!(!reaches("r2a", "10.77.0.12", 5432), "db2 drops everything");
+    loss.heal(&nodes).unwrap();
+    assert!(loss.traces(&nodes).unwrap().is_empty());
+    assert!(our_rules(&nodes).is_empty());
+    assert!(reaches("r2a", "10.77.0.12", 5432));
+
+    // Latency needs netem: where the kernel has none, the message says so.
+    let latency = Fault::Latency {
+        nodes: vec!["r1a".to_string()],
+        delay_ms: 50,
+    };
+    match latency.apply(&nodes) {
+        Err(e) => assert!(e.to_string().contains("netem"), "{e}"),
+        Ok(()) => latency.heal(&nodes).unwrap(),
+    }
+    assert!(latency.traces(&nodes).unwrap().is_empty());
+
+    // A paused Redis does not answer; resumed, it does, and nothing stays stopped.
+    let ping = || {
+        Command::new("timeout")
+            .args(["1", "redis-cli", "-h", "10.77.0.31", "ping"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("PONG"))
+            .unwrap_or(false)
+    };
+    assert!(ping());
+    let pause = Fault::signal("r2a", "redis", true, &nodes).unwrap();
+    pause.apply(&nodes).unwrap();
+    assert!(!ping(), "a paused Redis does not answer");
+    pause.heal(&nodes).unwrap();
+    assert!(pause.traces(&nodes).unwrap().is_empty());
+    assert!(ping());
+
     // SIGINT during an active partition: the run heals before it exits, no rule remains.
     let store = tempfile::tempdir().unwrap();
     let store_s = store.path().to_str().unwrap();

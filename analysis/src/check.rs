@@ -645,12 +645,13 @@ fn cache_cause(
     // after the newer write began: in time for the read, or late.
     let invals = &h.invalidations[key as usize];
     let first = invals.partition_point(|i| i.time < w.invoke_time);
-    // Only an invalidation for the newer version (or one that does not say) counts: one
-    // for an older version is no invalidation of this write.
+    // The write's own invalidation: the one that carries its version (an invalidation
+    // that does not say which version may be anyone's). One for another version is not
+    // it: if only a later write's invalidation arrived, this write's was lost.
     let newer_version = w.value.map_or(0, |v| v.version);
     let next = invals[first..]
         .iter()
-        .find(|i| i.node == node && i.version.is_none_or(|v| v >= newer_version));
+        .find(|i| i.node == node && i.version.is_none_or(|v| v == newer_version));
     let (in_time, late) = match next {
         Some(inv) if inv.time <= read.invoke_time => (Some(inv), None),
         Some(inv) => (None, Some(inv.index)),

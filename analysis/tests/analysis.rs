@@ -441,6 +441,15 @@ mod causes {
             CauseKind::LateInvalidation,
             "one for version 1 counts"
         );
+        // Only a later write's invalidation arrived: this write's own was lost.
+        let r = check_lines(&[
+            WRITE[0],
+            WRITE[1],
+            READ_OLD[0],
+            READ_OLD[1],
+            r#""time":12000000,"process":"invalidator","type":"info","f":"invalidate","key":"k","node":"r1","value":{"version":2}}"#,
+        ]);
+        assert_eq!(stale_cause(&r), CauseKind::LostInvalidation);
     }
 
     #[test]

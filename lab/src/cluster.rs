@@ -961,14 +961,15 @@ pub fn prepare(keys: &[String], design: Design) -> Result<State> {
         let mut con = redis_connect(addr.parse()?, REDIS_PORT)?;
         let _: () = redis::cmd("FLUSHALL").query(&mut con)?;
     }
-    // Replicas follow their primary's flush; wait until they are empty too.
+    // Replicas follow their primary's flush; wait until they are empty too. After a
+    // failover the old primary first resyncs as a replica: be patient.
     for r in &regions {
         if let Some(rep) = &r.replica {
             let (addr, _) = rep.addr.split_once(':').expect("host:port");
             let addr: std::net::Ipv4Addr = addr.parse()?;
             wait_until(
                 &format!("{} emptying", rep.name),
-                Duration::from_secs(5),
+                Duration::from_secs(30),
                 || {
                     redis_connect(addr, REDIS_PORT)
                         .and_then(|mut c| Ok(redis::cmd("DBSIZE").query::<i64>(&mut c)?))

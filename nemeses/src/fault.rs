@@ -36,7 +36,7 @@ pub struct Rule {
 }
 
 /// A fault, as journaled: what was done, to which nodes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum Fault {
     /// Nodes drop each other's traffic.
@@ -47,6 +47,22 @@ pub enum Fault {
         grudge: Grudge,
         /// The rules that do it.
         rules: Vec<Rule>,
+    },
+    /// Nodes drop a share of the packets they receive.
+    PacketLoss {
+        /// The nodes.
+        nodes: Vec<String>,
+        /// The share dropped, 0 to 1.
+        probability: f64,
+        /// The rules that do it.
+        rules: Vec<Rule>,
+    },
+    /// Nodes delay what they send (netem).
+    Latency {
+        /// The nodes.
+        nodes: Vec<String>,
+        /// The delay in milliseconds.
+        delay_ms: u64,
     },
     /// A service's processes are killed (SIGKILL); healing starts it again.
     Kill {
@@ -138,10 +154,52 @@ impl Fault {
         })
     }
 
+    /// Packet loss on `nodes`: each drops `probability` of what it receives.
+    pub fn packet_loss(nodes: &[String], probability: f64, tag: &str) -> Fault {
+        let rules = nodes
+            .iter()
+            .map(|node| Rule {
+                node: node.clone(),
+                args: [
+                    "INPUT",
+                    "-m",
+                    "statistic",
+                    "--mode",
+                    "random",
+                    "--probability",
+                    &format!("{probability:.4}"),
+                    "-j",
+                    "DROP",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    &rule_comment(tag),
+                ]
+                .map(String::from)
+                .to_vec(),
+            })
+            .collect();
+        Fault::PacketLoss {
+            nodes: nodes.to_vec(),
+            probability,
+            rules,
+        }
+    }
+
+    /// The iptables rules the fault adds (none for faults that are no rules).
+    pub fn rules(&self) -> &[Rule] {
+        match self {
+            Fault::Partition { rules, .. } | Fault::PacketLoss { rules, .. } => rules,
+            _ => &[],
+        }
+    }
+
     /// The nemesis `f` that opens it in a history.
     pub fn start_f(&self) -> &'static str {
         match self {
             Fault::Partition { .. } => "start-partition",
+            Fault::PacketLoss { .. } => "start-packet-loss",
+            Fault::Latency { .. } => "start-latency",
             Fault::Kill { .. } => "kill",
             Fault::Pause { .. } => "pause",
         }
@@ -151,6 +209,8 @@ impl Fault {
     pub fn stop_f(&self) -> &'static str {
         match self {
             Fault::Partition { .. } => "stop-partition",
+            Fault::PacketLoss { .. } => "stop-packet-loss",
+            Fault::Latency { .. } => "stop-latency",
             Fault::Kill { .. } => "restart",
             Fault::Pause { .. } => "resume",
         }
@@ -159,9 +219,28 @@ impl Fault {
     /// Applies the fault.
     pub fn apply(&self, net: &dyn Nodes) -> Result<(), RemoteError> {
         match self {
-            Fault::Partition { rules, .. } => {
+            Fault::Latency { nodes, delay_ms } => {
+                for node in nodes {
+                    let delay = format!("{delay_ms}ms");
+                    let argv = [
+                        "tc", "qdisc", "add", "dev", "eth0", "root", "netem", "delay", &delay,
+                    ];
+                    remote_of(net, node)?.run(&argv).map_err(|mut e| {
+                        if e.stderr.contains("qdisc kind is unknown") {
+                            e.stderr = format!(
+                                "{}\nlatency needs the kernel's netem queueing discipline (sch_netem), \
+                                 which this node's kernel lacks: use packet-loss instead",
+                                e.stderr.trim()
+                            );
+                        }
+                        e
+                    })?;
+                }
+                Ok(())
+            }
+            Fault::Partition { .. } | Fault::PacketLoss { .. } => {
                 // One command per node: `iptables -A` for each of its rules.
-                for (node, rules) in by_node(rules) {
+                for (node, rules) in by_node(self.rules()) {
                     let script = rules
                         .iter()
                         .map(|r| format!("iptables -w -A {}", shell_words(&strs(&r.args))))
@@ -179,10 +258,20 @@ impl Fault {
     /// Heals the fault: removes exactly the rules it added (those still there).
     pub fn heal(&self, net: &dyn Nodes) -> Result<(), RemoteError> {
         match self {
-            Fault::Partition { rules, .. } => {
+            Fault::Latency { nodes, .. } => {
+                for node in nodes {
+                    let remote = remote_of(net, node)?;
+                    let shown = remote.run(&["tc", "qdisc", "show", "dev", "eth0"])?.stdout;
+                    if shown.contains("netem") {
+                        remote.run(&["tc", "qdisc", "del", "dev", "eth0", "root"])?;
+                    }
+                }
+                Ok(())
+            }
+            Fault::Partition { .. } | Fault::PacketLoss { .. } => {
                 // One command per node: delete each of its rules that is still there
                 // (never added, or already removed, is fine).
-                for (node, rules) in by_node(rules) {
+                for (node, rules) in by_node(self.rules()) {
                     let script = rules
                         .iter()
                         .map(|r| {
@@ -209,18 +298,32 @@ impl Fault {
     pub fn traces(&self, net: &dyn Nodes) -> Result<Vec<String>, RemoteError> {
         let mut left = Vec::new();
         match self {
-            Fault::Partition { rules, .. } => {
-                // One listing per node: any of our rules still there is a trace.
-                for (node, rules) in by_node(rules) {
+            Fault::Latency { nodes, .. } => {
+                for node in nodes {
+                    let shown = remote_of(net, node)?
+                        .run(&["tc", "qdisc", "show", "dev", "eth0"])?
+                        .stdout;
+                    if shown.contains("netem") {
+                        left.push(format!("on {node}: a netem qdisc"));
+                    }
+                }
+            }
+            Fault::Partition { .. } | Fault::PacketLoss { .. } => {
+                // One listing per node: a rule with this fault's tag is a trace.
+                for (node, rules) in by_node(self.rules()) {
                     let listing = remote_of(net, node)?.run(&["iptables", "-w", "-S"])?.stdout;
-                    for rule in rules {
-                        let tag = rule.args.last().map(String::as_str).unwrap_or_default();
-                        let source = rule.args.get(2).map(String::as_str).unwrap_or_default();
-                        if listing
-                            .lines()
-                            .any(|l| l.contains(tag) && l.contains(&format!("{source}/32")))
-                        {
-                            left.push(format!("on {node}: iptables rule {}", rule.args.join(" ")));
+                    let tags: std::collections::HashSet<&str> = rules
+                        .iter()
+                        .filter_map(|r| r.args.last().map(String::as_str))
+                        .collect();
+                    for line in listing.lines() {
+                        // The tag as a whole word: `coherence:run-1` is no `coherence:run-10`.
+                        let words: std::collections::HashSet<&str> = line
+                            .split_whitespace()
+                            .map(|w| w.trim_matches('"'))
+                            .collect();
+                        if tags.iter().any(|t| words.contains(t)) {
+                            left.push(format!("on {node}: iptables rule {line}"));
                         }
                     }
                 }

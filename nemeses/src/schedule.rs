@@ -26,6 +26,10 @@ pub enum FaultKind {
     PauseInvalidator,
     /// Pause a region's Redis primary; resume it after.
     PauseRedis,
+    /// A region's hosts drop 30% of the packets they receive.
+    PacketLoss,
+    /// A region's hosts delay what they send by 100 ms (needs the kernel's netem).
+    Latency,
 }
 
 impl FaultKind {
@@ -39,6 +43,8 @@ impl FaultKind {
         "kill-invalidator",
         "pause-invalidator",
         "pause-redis",
+        "packet-loss",
+        "latency",
     ];
 }
 
