@@ -99,6 +99,16 @@ fn build(
             nodes: nodes.region(&p.target.clone().unwrap_or_default()),
             delay_ms: 100,
         }),
+        FaultKind::RedisFailover => {
+            let region = p.target.clone().unwrap_or_default();
+            let members: Vec<String> = nodes
+                .region(&region)
+                .into_iter()
+                .filter(|n| !n.ends_with('s'))
+                .collect();
+            Fault::redis_failover(&region, &format!("{region}s"), &members, nodes)
+                .map_err(|e| e.to_string())
+        }
         FaultKind::PauseRedis => {
             let node = format!("{}a", p.target.clone().unwrap_or_default());
             Fault::signal(&node, "redis", true, nodes).map_err(|e| e.to_string())
@@ -203,12 +213,18 @@ pub fn run(n: Nemesis) {
             break;
         };
         log(&rec, fault.start_f(), json!({"seq": seq, "fault": fault}));
-        if let Err(e) = fault.apply(&nodes) {
-            log(
+        match fault.apply(&nodes) {
+            Err(e) => log(
                 &rec,
                 "nemesis-error",
                 json!({"seq": seq, "error": e.to_string()}),
-            );
+            ),
+            // A failover says whom it promoted, for the checker's causes.
+            Ok(()) => {
+                if let Some(outcome) = fault.outcome(&nodes) {
+                    log(&rec, "failover", outcome);
+                }
+            }
         }
         sleep_until(Instant::now() + config.duration, &stop);
         let healed = fault.heal(&nodes).map_err(|e| e.to_string());

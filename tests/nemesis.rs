@@ -189,6 +189,27 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
     assert!(pause.traces(&nodes).unwrap().is_empty());
     assert!(ping());
 
+    // A Redis failover through Sentinel changes roles, and says whom it promoted.
+    let members = vec!["r2a".to_string(), "r2b".to_string()];
+    let failover = Fault::redis_failover("r2", "r2s", &members, &nodes).unwrap();
+    let Fault::RedisFailover { from, .. } = &failover else {
+        unreachable!()
+    };
+    let from = from.clone();
+    failover.apply(&nodes).unwrap();
+    let outcome = failover.outcome(&nodes).unwrap();
+    let promoted = outcome["promoted"].as_str().unwrap().to_string();
+    assert_ne!(promoted, from, "{outcome}");
+    assert_eq!(outcome["demoted"], from.as_str());
+    let addr = nodes.addr(&promoted).unwrap();
+    let info = Command::new("redis-cli")
+        .args(["-h", &addr, "info", "replication"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("role:master"));
+    failover.heal(&nodes).unwrap();
+    assert!(failover.traces(&nodes).unwrap().is_empty());
+
     // SIGINT during an active partition: the run heals before it exits, no rule remains.
     let store = tempfile::tempdir().unwrap();
     let store_s = store.path().to_str().unwrap();
@@ -262,6 +283,40 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
     );
     assert!(r["stats"]["nemesis_events"].as_u64().unwrap() >= 2);
     assert!(our_rules(&nodes).is_empty());
+
+    // A scheduled Redis failover is recorded with whom it promoted, and the checker
+    // names the promoted node among the causes.
+    let o = Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args([
+            "run",
+            "campaigns/lab-writer.toml",
+            "--time-limit",
+            "8s",
+            "--nemesis",
+            "redis-failover",
+            "--nemesis-interval",
+            "3s",
+            "--nemesis-duration",
+            "1s",
+            "--store",
+            store_s,
+        ])
+        .current_dir(manifest)
+        .output()
+        .unwrap();
+    let t = text(&o);
+    let dir = t
+        .lines()
+        .find_map(|l| l.strip_prefix("run directory: "))
+        .unwrap_or_else(|| panic!("{t}"));
+    let history = std::fs::read_to_string(Path::new(dir.trim()).join("history.jsonl")).unwrap();
+    assert!(
+        history.contains(r#""f":"failover","value":{"demoted":"#),
+        "no failover event:\n{t}"
+    );
+    assert!(pending(&Path::new(dir.trim()).join(JOURNAL))
+        .unwrap()
+        .is_empty());
 
     let o = run("campaigns/lab-outbox-partitions.toml");
     let r = results(&o);

@@ -64,6 +64,18 @@ pub enum Fault {
         /// The delay in milliseconds.
         delay_ms: u64,
     },
+    /// A region's Redis primary is failed over through Sentinel. Healing undoes nothing:
+    /// the old primary rejoins as a replica.
+    RedisFailover {
+        /// The region (Sentinel's master name).
+        region: String,
+        /// The Sentinel host asked to fail over.
+        sentinel: String,
+        /// The primary before.
+        from: String,
+        /// The region's Redis hosts.
+        members: Vec<String>,
+    },
     /// A service's processes are killed (SIGKILL); healing starts it again.
     Kill {
         /// The node.
@@ -186,6 +198,38 @@ impl Fault {
         }
     }
 
+    /// A failover of `region`'s Redis primary, asked of the Sentinel on `sentinel`.
+    pub fn redis_failover(
+        region: &str,
+        sentinel: &str,
+        members: &[String],
+        net: &dyn Nodes,
+    ) -> Result<Fault, RemoteError> {
+        let from = sentinel_primary(region, sentinel, members, net)?;
+        Ok(Fault::RedisFailover {
+            region: region.to_string(),
+            sentinel: sentinel.to_string(),
+            from,
+            members: members.to_vec(),
+        })
+    }
+
+    /// What applying did that the history should say (a failover: who was promoted).
+    pub fn outcome(&self, net: &dyn Nodes) -> Option<serde_json::Value> {
+        match self {
+            Fault::RedisFailover {
+                region,
+                sentinel,
+                from,
+                members,
+            } => {
+                let promoted = sentinel_primary(region, sentinel, members, net).ok()?;
+                Some(serde_json::json!({"region": region, "promoted": promoted, "demoted": from}))
+            }
+            _ => None,
+        }
+    }
+
     /// The iptables rules the fault adds (none for faults that are no rules).
     pub fn rules(&self) -> &[Rule] {
         match self {
@@ -200,6 +244,7 @@ impl Fault {
             Fault::Partition { .. } => "start-partition",
             Fault::PacketLoss { .. } => "start-packet-loss",
             Fault::Latency { .. } => "start-latency",
+            Fault::RedisFailover { .. } => "start-failover",
             Fault::Kill { .. } => "kill",
             Fault::Pause { .. } => "pause",
         }
@@ -211,6 +256,7 @@ impl Fault {
             Fault::Partition { .. } => "stop-partition",
             Fault::PacketLoss { .. } => "stop-packet-loss",
             Fault::Latency { .. } => "stop-latency",
+            Fault::RedisFailover { .. } => "stop-failover",
             Fault::Kill { .. } => "restart",
             Fault::Pause { .. } => "resume",
         }
@@ -250,6 +296,38 @@ impl Fault {
                 }
                 Ok(())
             }
+            Fault::RedisFailover {
+                region,
+                sentinel,
+                from,
+                members,
+            } => {
+                let addr = net.addr(sentinel).unwrap_or_default();
+                remote_of(net, sentinel)?.run(&[
+                    "redis-cli",
+                    "-h",
+                    &addr,
+                    "-p",
+                    "26379",
+                    "SENTINEL",
+                    "FAILOVER",
+                    region,
+                ])?;
+                // Done when Sentinel names another primary.
+                for _ in 0..200 {
+                    if sentinel_primary(region, sentinel, members, net).is_ok_and(|p| p != *from) {
+                        return Ok(());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(RemoteError {
+                    node: sentinel.clone(),
+                    command: format!("SENTINEL FAILOVER {region}"),
+                    status: None,
+                    stdout: String::new(),
+                    stderr: format!("{from} is still the primary of {region} after 10 s"),
+                })
+            }
             Fault::Kill { node, pids, .. } => signal(net, node, pids, libc_signal::KILL),
             Fault::Pause { node, pids, .. } => signal(net, node, pids, libc_signal::STOP),
         }
@@ -284,6 +362,7 @@ impl Fault {
                 }
                 Ok(())
             }
+            Fault::RedisFailover { .. } => Ok(()),
             Fault::Kill { node, service, .. } => {
                 if net.pids(node, service)?.is_empty() {
                     net.restart(node, service)?;
@@ -328,6 +407,7 @@ impl Fault {
                     }
                 }
             }
+            Fault::RedisFailover { .. } => {}
             Fault::Kill { node, service, .. } => {
                 if net.pids(node, service)?.is_empty() {
                     left.push(format!("on {node}: {service} is not running"));
@@ -345,6 +425,44 @@ impl Fault {
         }
         Ok(left)
     }
+}
+
+/// The node Sentinel on `sentinel` names as `region`'s primary.
+fn sentinel_primary(
+    region: &str,
+    sentinel: &str,
+    members: &[String],
+    net: &dyn Nodes,
+) -> Result<String, RemoteError> {
+    let addr = net.addr(sentinel).unwrap_or_default();
+    let out = remote_of(net, sentinel)?.run(&[
+        "redis-cli",
+        "-h",
+        &addr,
+        "-p",
+        "26379",
+        "SENTINEL",
+        "get-master-addr-by-name",
+        region,
+    ])?;
+    let ip = out
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    members
+        .iter()
+        .find(|m| net.addr(m).as_deref() == Some(ip.as_str()))
+        .cloned()
+        .ok_or_else(|| RemoteError {
+            node: sentinel.to_string(),
+            command: format!("SENTINEL get-master-addr-by-name {region}"),
+            status: None,
+            stdout: out.stdout.clone(),
+            stderr: "the primary Sentinel names is none of the region's hosts".into(),
+        })
 }
 
 /// Rules grouped by their node, in the order first seen.

@@ -30,6 +30,8 @@ pub enum FaultKind {
     PacketLoss,
     /// A region's hosts delay what they send by 100 ms (needs the kernel's netem).
     Latency,
+    /// A region's Redis primary is failed over through Sentinel.
+    RedisFailover,
 }
 
 impl FaultKind {
@@ -45,6 +47,7 @@ impl FaultKind {
         "pause-redis",
         "packet-loss",
         "latency",
+        "redis-failover",
     ];
 }
 
@@ -101,7 +104,11 @@ pub fn plan(config: &NemesisConfig, targets: &Targets, seed: u64, n: usize) -> V
                 order.swap(i, rng.random_range(0..=i));
             }
             let target = match kind {
-                FaultKind::PartitionRegion | FaultKind::PauseRedis => Some(
+                FaultKind::PartitionRegion
+                | FaultKind::PauseRedis
+                | FaultKind::PacketLoss
+                | FaultKind::Latency
+                | FaultKind::RedisFailover => Some(
                     targets.regions[rng.random_range(0..targets.regions.len())]
                         .0
                         .clone(),
@@ -172,6 +179,30 @@ mod tests {
                 _ => assert!(f.target.is_none()),
             }
             assert_eq!(f.order.len(), 6);
+        }
+    }
+
+    #[test]
+    fn region_faults_name_a_region() {
+        let config = NemesisConfig {
+            faults: vec![
+                FaultKind::PartitionRegion,
+                FaultKind::PauseRedis,
+                FaultKind::PacketLoss,
+                FaultKind::Latency,
+                FaultKind::RedisFailover,
+            ],
+            interval: Duration::from_secs(5),
+            duration: Duration::from_secs(1),
+        };
+        for f in plan(&config, &targets(), 3, 50) {
+            let region = f
+                .target
+                .unwrap_or_else(|| panic!("{:?} has no region", f.kind));
+            assert!(
+                targets().regions.iter().any(|(r, _)| *r == region),
+                "{region}"
+            );
         }
     }
 
