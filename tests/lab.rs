@@ -3,25 +3,14 @@
 //! there is one lab per machine. Needs root (as CI runs); without root it checks that
 //! `lab up` refuses clearly.
 
+mod common;
+
+use common::{coherence, is_root, text, Down};
+
 use coherence_lab::cluster::{self, State};
 use coherence_lab::Design;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn coherence(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coherence"))
-        .args(args)
-        .output()
-        .expect("run coherence")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn run(argv: &[&str]) -> String {
     let o = Command::new(argv[0])
@@ -51,11 +40,6 @@ fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }
 
 const R1A: &str = "10.77.0.21";
@@ -100,15 +84,6 @@ fn lab_processes() -> Vec<String> {
         }
     }
     found
-}
-
-/// Takes the lab down however the test ends, so a failure leaves nothing running.
-struct Down;
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = coherence(&["lab", "down"]);
-    }
 }
 
 #[test]

@@ -2,26 +2,15 @@
 //! applied, and `coherence heal` removes exactly what a killed run left, verified.
 //! One test, in order, because there is one lab per machine.
 
+mod common;
+
+use common::{coherence, is_root, text, Down};
+
 use coherence_lab::cluster::{LabNodes, State};
 use coherence_nemeses::fault::{pending, Fault, Journal, Nodes, JOURNAL};
 use coherence_nemeses::partition::Shape;
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn coherence(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coherence"))
-        .args(args)
-        .output()
-        .expect("run coherence")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 /// Whether `host` can open a TCP connection to `addr:port` within 2 s.
 fn reaches(host: &str, addr: &str, port: u16) -> bool {
@@ -50,18 +39,9 @@ fn our_rules(nodes: &LabNodes) -> Vec<String> {
     found
 }
 
-struct Down;
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = coherence(&["lab", "down"]);
-    }
-}
-
 #[test]
 fn partitions_have_their_effect_and_heal_without_a_trace() {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("not root: the lab cannot run here");
         return;
     }

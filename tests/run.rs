@@ -2,25 +2,13 @@
 //! the run directory, a crash mid-run, and bad campaign files. One test, in order,
 //! because there is one lab per machine; it brings the lab up and takes it down.
 
+mod common;
+
+use common::{coherence, is_root, text, Down};
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
-
-fn coherence(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_coherence"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run coherence")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn results(run: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(run.join("results.json")).expect("results.json")).unwrap()
@@ -36,18 +24,9 @@ fn run_dir(o: &Output) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(line.trim())
 }
 
-struct Down;
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = coherence(&["lab", "down"]);
-    }
-}
-
 #[test]
 fn campaigns_against_the_lab() {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("not root: the lab cannot run here");
         return;
     }

@@ -96,6 +96,18 @@ pub enum Fault {
     },
 }
 
+/// A rule on `node` that drops the incoming packets `matches` selects, tagged.
+fn drop_rule(node: &str, matches: &[&str], tag: &str) -> Rule {
+    let mut args = vec!["INPUT".to_string()];
+    args.extend(matches.iter().map(|m| m.to_string()));
+    args.extend(["-j", "DROP", "-m", "comment", "--comment"].map(String::from));
+    args.push(rule_comment(tag));
+    Rule {
+        node: node.to_string(),
+        args,
+    }
+}
+
 /// The comment that marks our rules: `coherence:<tag>`.
 pub fn rule_comment(tag: &str) -> String {
     format!("coherence:{tag}")
@@ -117,22 +129,7 @@ impl Fault {
                 let addr = net
                     .addr(from)
                     .ok_or_else(|| format!("no address for node {from:?}"))?;
-                rules.push(Rule {
-                    node: node.clone(),
-                    args: [
-                        "INPUT",
-                        "-s",
-                        &addr,
-                        "-j",
-                        "DROP",
-                        "-m",
-                        "comment",
-                        "--comment",
-                        &rule_comment(tag),
-                    ]
-                    .map(String::from)
-                    .to_vec(),
-                });
+                rules.push(drop_rule(node, &["-s", &addr], tag));
             }
         }
         Ok(Fault::Partition {
@@ -168,27 +165,19 @@ impl Fault {
 
     /// Packet loss on `nodes`: each drops `probability` of what it receives.
     pub fn packet_loss(nodes: &[String], probability: f64, tag: &str) -> Fault {
+        let probability_s = format!("{probability:.4}");
         let rules = nodes
             .iter()
-            .map(|node| Rule {
-                node: node.clone(),
-                args: [
-                    "INPUT",
+            .map(|node| {
+                let matches = [
                     "-m",
                     "statistic",
                     "--mode",
                     "random",
                     "--probability",
-                    &format!("{probability:.4}"),
-                    "-j",
-                    "DROP",
-                    "-m",
-                    "comment",
-                    "--comment",
-                    &rule_comment(tag),
-                ]
-                .map(String::from)
-                .to_vec(),
+                    &probability_s,
+                ];
+                drop_rule(node, &matches, tag)
             })
             .collect();
         Fault::PacketLoss {

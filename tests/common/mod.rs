@@ -1,0 +1,38 @@
+//! Helpers shared by the test harnesses that run the `coherence` binary against the lab.
+
+#![allow(dead_code)] // each harness uses some of them
+
+use std::process::{Command, Output};
+
+/// Runs `coherence` with `args` from the project's root, as a user would.
+pub fn coherence(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run coherence")
+}
+
+/// What a command printed, stdout then stderr.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Whether the tests run as root (the lab needs it).
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Takes the lab down however a test ends, so a failure leaves nothing running.
+pub struct Down;
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = coherence(&["lab", "down"]);
+    }
+}
