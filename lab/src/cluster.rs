@@ -102,6 +102,14 @@ impl State {
     pub fn hosts(&self) -> Vec<Host> {
         layout::hosts(self.regions)
     }
+
+    /// The host that has `role` at start (one of the roles there is one of).
+    pub fn host(&self, role: Role) -> Host {
+        self.hosts()
+            .into_iter()
+            .find(|h| h.role == role)
+            .expect("the layout has one host of each single role")
+    }
 }
 
 /// Fails with a clear message unless running as root.
@@ -308,16 +316,8 @@ fn build(state: &State) -> Result<()> {
         std::fs::create_dir_all(host_dir(h))?;
     }
     let rt = runtime()?;
-    let db1 = hosts
-        .iter()
-        .find(|h| h.role == Role::DbPrimary)
-        .expect("db1")
-        .clone();
-    let db2 = hosts
-        .iter()
-        .find(|h| h.role == Role::DbStandby)
-        .expect("db2")
-        .clone();
+    let db1 = state.host(Role::DbPrimary);
+    let db2 = state.host(Role::DbStandby);
     // Redis first: it starts in milliseconds while PostgreSQL initialises.
     for h in &hosts {
         match h.role {
@@ -577,11 +577,7 @@ pub fn start_invalidator(state: &State) -> Result<()> {
     if state.design == Design::None {
         return Ok(());
     }
-    let host = state
-        .hosts()
-        .into_iter()
-        .find(|h| h.role == Role::Invalidator)
-        .expect("an invalidator host");
+    let host = state.host(Role::Invalidator);
     let dir = host_dir(&host);
     let exe = state.exe.display().to_string();
     let regions = state.regions.to_string();
@@ -605,34 +601,9 @@ pub fn start_invalidator(state: &State) -> Result<()> {
 
 /// Stops the invalidator (kills every process on its host).
 pub fn stop_invalidator(state: &State) -> Result<()> {
-    let host = state
-        .hosts()
-        .into_iter()
-        .find(|h| h.role == Role::Invalidator)
-        .expect("an invalidator host");
+    let host = state.host(Role::Invalidator);
     kill_namespace(&host.namespace())?;
     Ok(())
-}
-
-/// Switches the lab to another invalidator design: trigger and process.
-pub fn set_invalidator(design: Design) -> Result<()> {
-    require_root()?;
-    let mut state = State::load()?
-        .ok_or_else(|| anyhow!("the lab is down: start it with `coherence lab up`"))?;
-    stop_invalidator(&state)?;
-    let db1 = state
-        .hosts()
-        .into_iter()
-        .find(|h| h.role == Role::DbPrimary)
-        .expect("db1");
-    runtime()?.block_on(async {
-        let client = pg_connect(db1.addr).await?;
-        client.batch_execute(&schema::triggers(design)).await?;
-        anyhow::Ok(())
-    })?;
-    state.design = design;
-    state.save()?;
-    start_invalidator(&state)
 }
 
 fn kill_namespace(ns: &str) -> Result<usize> {
@@ -861,12 +832,6 @@ pub struct RegionEndpoints {
 /// The running lab's endpoints: database writer, reader, and each region's caches.
 pub fn endpoints(state: &State) -> Result<(Endpoint, Endpoint, Vec<RegionEndpoints>)> {
     let hosts = state.hosts();
-    let by_role = |role| {
-        hosts
-            .iter()
-            .find(|h| h.role == role)
-            .expect("a host of each role")
-    };
     let db = |h: &Host| Endpoint {
         name: h.name.clone(),
         addr: format!("{}:{PG_PORT}", h.addr),
@@ -905,8 +870,8 @@ pub fn endpoints(state: &State) -> Result<(Endpoint, Endpoint, Vec<RegionEndpoin
         });
     }
     Ok((
-        db(by_role(Role::DbPrimary)),
-        db(by_role(Role::DbStandby)),
+        db(&state.host(Role::DbPrimary)),
+        db(&state.host(Role::DbStandby)),
         regions,
     ))
 }
@@ -925,11 +890,7 @@ pub fn prepare(keys: &[String], design: Design) -> Result<State> {
         );
     }
     stop_invalidator(&state)?;
-    let db1 = state
-        .hosts()
-        .into_iter()
-        .find(|h| h.role == Role::DbPrimary)
-        .expect("db1");
+    let db1 = state.host(Role::DbPrimary);
     runtime()?
         .block_on(async {
             let mut client = pg_connect(db1.addr).await?;
