@@ -294,7 +294,7 @@ fn lab(cmd: LabCommand) -> anyhow::Result<u8> {
                 design,
                 regions,
                 log,
-                db: coherence_lab::invalidator::db_primary(regions),
+                db: coherence_lab::invalidator::db_servers(regions),
             })?;
             Ok(EXIT_VALID)
         }

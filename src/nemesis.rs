@@ -4,7 +4,7 @@
 //! ends (before the quiesce), on Ctrl-C or SIGTERM, and through [`HealGuard`] on a panic.
 
 use coherence_lab::cluster::{LabNodes, State};
-use coherence_nemeses::fault::{pending, Fault, Journal};
+use coherence_nemeses::fault::{pending, postgres_roles, sentinel_primary, Fault, Journal};
 use coherence_nemeses::partition::Shape;
 use coherence_nemeses::schedule::{plan, FaultKind, NemesisConfig, Targets};
 use coherence_store::{Event, EventType, Process};
@@ -100,12 +100,7 @@ fn build(
             delay_ms: 100,
         }),
         FaultKind::RedisFailover => {
-            let region = p.target.clone().unwrap_or_default();
-            let members: Vec<String> = nodes
-                .region(&region)
-                .into_iter()
-                .filter(|n| !n.ends_with('s'))
-                .collect();
+            let (region, members) = redis_members(p, nodes);
             Fault::redis_failover(&region, &format!("{region}s"), &members, nodes)
                 .map_err(|e| e.to_string())
         }
@@ -113,7 +108,47 @@ fn build(
             let node = format!("{}a", p.target.clone().unwrap_or_default());
             Fault::signal(&node, "redis", true, nodes).map_err(|e| e.to_string())
         }
+        FaultKind::RedisPromoteReplica => {
+            let (region, members) = redis_members(p, nodes);
+            Fault::redis_promote(&region, &format!("{region}s"), &members, nodes)
+                .map_err(|e| e.to_string())
+        }
+        FaultKind::KillRedis => {
+            let (region, members) = redis_members(p, nodes);
+            let primary = sentinel_primary(&region, &format!("{region}s"), &members, nodes)
+                .map_err(|e| e.to_string())?;
+            Fault::signal(&primary, "redis", false, nodes).map_err(|e| e.to_string())
+        }
+        FaultKind::KillSentinel => {
+            let node = format!("{}s", p.target.clone().unwrap_or_default());
+            Fault::signal(&node, "sentinel", false, nodes).map_err(|e| e.to_string())
+        }
+        FaultKind::KillPostgres | FaultKind::PausePostgres => {
+            let (primaries, _) =
+                postgres_roles(&nodes.databases(), nodes).map_err(|e| e.to_string())?;
+            let primary = primaries.first().ok_or("no PostgreSQL primary answers")?;
+            let pause = p.kind == FaultKind::PausePostgres;
+            Fault::signal(primary, "postgres", pause, nodes).map_err(|e| e.to_string())
+        }
+        FaultKind::PostgresFailover | FaultKind::PostgresFailoverUnfenced => {
+            let fence = p.kind == FaultKind::PostgresFailover;
+            Fault::postgres_failover(&nodes.databases(), fence, nodes).map_err(|e| e.to_string())
+        }
     }
+}
+
+/// The planned region and its Redis hosts (not its Sentinel-only host).
+fn redis_members(
+    p: &coherence_nemeses::schedule::Planned,
+    nodes: &LabNodes,
+) -> (String, Vec<String>) {
+    let region = p.target.clone().unwrap_or_default();
+    let members = nodes
+        .region(&region)
+        .into_iter()
+        .filter(|n| !n.ends_with('s'))
+        .collect();
+    (region, members)
 }
 
 /// Sleeps until `until` or until `stop` is set; false when stopped.

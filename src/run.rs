@@ -130,22 +130,29 @@ pub fn run(args: RunArgs) -> Result<u8> {
             bail!("invalidation = \"pipeline\" needs an invalidator in the lab: set [cluster] invalidator = \"notify\" or \"outbox\"");
         }
         let state = coherence_lab::cluster::prepare(&keys, design)?;
-        let (w, r, regions) = coherence_lab::cluster::endpoints(&state)?;
+        let lab = coherence_lab::cluster::endpoints(&state)?;
         let node = |e: &coherence_lab::cluster::Endpoint| Node {
             name: e.name.clone(),
             addr: e.addr.clone(),
         };
+        // Clients follow failovers: the primary among both database servers, a
+        // region's primary through its Sentinels.
+        let (primary, standby) = (node(&lab.db_primary), node(&lab.db_standby));
         (
             Endpoints {
-                db_writer: node(&w),
-                db_reader: node(&r),
+                db_writers: vec![primary.clone(), standby.clone()],
+                db_readers: vec![standby, primary],
                 db_params: "user=postgres dbname=postgres".into(),
-                regions: regions
+                regions: lab
+                    .regions
                     .iter()
                     .map(|r| RegionNodes {
                         name: r.name.clone(),
                         primary: node(&r.primary),
                         replica: r.replica.as_ref().map(node),
+                        sentinels: r.sentinels.clone(),
+                        master_name: r.master_name.clone(),
+                        nodes: Vec::new(),
                     })
                     .collect(),
             },
@@ -165,11 +172,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
         };
         (
             Endpoints {
-                db_writer: node(&postgres.writer, Some("db")),
-                db_reader: node(
+                db_writers: vec![node(&postgres.writer, Some("db"))],
+                db_readers: vec![node(
                     postgres.reader.as_deref().unwrap_or(&postgres.writer),
                     Some("db-reader"),
-                ),
+                )],
                 db_params: params,
                 regions: regions
                     .iter()
@@ -180,6 +187,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
                             .replica
                             .as_deref()
                             .map(|a| node(a, r.names.as_ref().map(|n| n[1].as_str()))),
+                        sentinels: Vec::new(),
+                        master_name: r.name.clone(),
+                        nodes: Vec::new(),
                     })
                     .collect(),
             },
@@ -192,16 +202,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .with_context(|| format!("cannot create a run directory in {}", args.store.display()))?;
     std::fs::write(dir.join(CAMPAIGN), Campaign::redacted(&text))?;
     let started = SystemTime::now();
-    let nodes: Vec<serde_json::Value> = std::iter::once(&endpoints.db_writer)
-        .chain(std::iter::once(&endpoints.db_reader))
-        .chain(
-            endpoints
-                .regions
-                .iter()
-                .flat_map(|r| std::iter::once(&r.primary).chain(r.replica.as_ref())),
-        )
-        .map(|n| json!({"name": n.name, "addr": n.addr}))
-        .collect();
+    let mut nodes: Vec<serde_json::Value> = Vec::new();
+    for n in endpoints
+        .db_writers
+        .iter()
+        .chain(&endpoints.db_readers)
+        .cloned()
+        .chain(endpoints.regions.iter().flat_map(|r| r.all()))
+    {
+        let v = json!({"name": n.name, "addr": n.addr});
+        if !nodes.contains(&v) {
+            nodes.push(v);
+        }
+    }
     let run_json = json!({
         "tool_version": env!("CARGO_PKG_VERSION"),
         "campaign": campaign.name,
@@ -403,7 +416,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
 fn server_versions(ends: &Endpoints) -> serde_json::Value {
     let mut out = serde_json::Map::new();
     for r in &ends.regions {
-        for n in std::iter::once(&r.primary).chain(r.replica.as_ref()) {
+        for n in &r.all() {
             let version = redis::Client::open(format!("redis://{}/", n.addr))
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
                 .and_then(|mut c| redis::cmd("INFO").arg("server").query::<String>(&mut c))
@@ -422,7 +435,11 @@ fn server_versions(ends: &Endpoints) -> serde_json::Value {
     let pg = std::process::Command::new("psql")
         .args([
             "-h",
-            ends.db_writer.addr.split(':').next().unwrap_or_default(),
+            ends.db_writers[0]
+                .addr
+                .split(':')
+                .next()
+                .unwrap_or_default(),
             "-U",
             "postgres",
             "-tAc",
@@ -433,7 +450,7 @@ fn server_versions(ends: &Endpoints) -> serde_json::Value {
         .filter(|o| o.status.success())
         .map(|o| format!("postgresql {}", String::from_utf8_lossy(&o.stdout).trim()));
     out.insert(
-        ends.db_writer.name.clone(),
+        ends.db_writers[0].name.clone(),
         pg.map_or(serde_json::Value::Null, Into::into),
     );
     serde_json::Value::Object(out)

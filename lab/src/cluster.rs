@@ -441,11 +441,25 @@ fn start_redis(h: &Host, replica_of: Option<std::net::Ipv4Addr>) -> Result<()> {
 
 fn start_sentinel(h: &Host, primary: &Host) -> Result<()> {
     let dir = host_dir(h);
+    let conf = dir.join("sentinel.conf");
+    // A restarted Sentinel keeps the configuration it rewrote: what it learned of
+    // failovers since.
+    if !conf.exists() {
+        write_sentinel_conf(h, &conf, primary)?;
+    }
+    remote(h).spawn(
+        &["redis-sentinel", &conf.display().to_string()],
+        &dir.join("sentinel.log"),
+    )?;
+    Ok(())
+}
+
+fn write_sentinel_conf(h: &Host, conf: &Path, primary: &Host) -> Result<()> {
+    let dir = host_dir(h);
     let region = primary.region.as_deref().expect("a region");
     let name = layout::master_name(region);
-    let conf = dir.join("sentinel.conf");
     std::fs::write(
-        &conf,
+        conf,
         format!(
             "bind {addr}\nport {SENTINEL_PORT}\ndir {dir}\nprotected-mode no\n\
              sentinel monitor {name} {primary} {REDIS_PORT} 2\n\
@@ -456,10 +470,6 @@ fn start_sentinel(h: &Host, primary: &Host) -> Result<()> {
             dir = dir.display(),
             primary = primary.addr,
         ),
-    )?;
-    remote(h).spawn(
-        &["redis-sentinel", &conf.display().to_string()],
-        &dir.join("sentinel.log"),
     )?;
     Ok(())
 }
@@ -827,10 +837,59 @@ pub struct RegionEndpoints {
     pub primary: Endpoint,
     /// A replica of it.
     pub replica: Option<Endpoint>,
+    /// The region's Sentinels, `address:port`.
+    pub sentinels: Vec<String>,
+    /// The region's name at the Sentinels.
+    pub master_name: String,
 }
 
-/// The running lab's endpoints: database writer, reader, and each region's caches.
-pub fn endpoints(state: &State) -> Result<(Endpoint, Endpoint, Vec<RegionEndpoints>)> {
+/// The running lab's endpoints.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// The current database primary.
+    pub db_primary: Endpoint,
+    /// The current standby.
+    pub db_standby: Endpoint,
+    /// Every region's caches.
+    pub regions: Vec<RegionEndpoints>,
+}
+
+/// The database host that is a primary now, and the other one; an error unless there
+/// is exactly one primary and it answers.
+pub fn db_roles(state: &State) -> Result<(Host, Host)> {
+    let db = [state.host(Role::DbPrimary), state.host(Role::DbStandby)];
+    let rt = runtime()?;
+    let roles: Vec<Option<bool>> = db
+        .iter()
+        .map(|h| {
+            rt.block_on(async {
+                let client = pg_connect(h.addr).await.ok()?;
+                let row = client
+                    .query_one("SELECT pg_is_in_recovery()", &[])
+                    .await
+                    .ok()?;
+                Some(row.get::<_, bool>(0))
+            })
+        })
+        .collect();
+    match roles.as_slice() {
+        [Some(false), Some(true)] | [Some(false), None] => Ok((db[0].clone(), db[1].clone())),
+        [Some(true), Some(false)] | [None, Some(false)] => Ok((db[1].clone(), db[0].clone())),
+        [Some(false), Some(false)] => bail!(
+            "both {} and {} are PostgreSQL primaries (a split brain a failover left): \
+             run `coherence heal` on the run, or restart the lab",
+            db[0].name,
+            db[1].name
+        ),
+        _ => bail!(
+            "no PostgreSQL primary answers in the lab (see `coherence lab status`); \
+             restart it with `coherence lab down` and `coherence lab up`"
+        ),
+    }
+}
+
+/// The running lab's endpoints: database primary and standby, and each region's caches.
+pub fn endpoints(state: &State) -> Result<Endpoints> {
     let hosts = state.hosts();
     let db = |h: &Host| Endpoint {
         name: h.name.clone(),
@@ -847,6 +906,11 @@ pub fn endpoints(state: &State) -> Result<(Endpoint, Endpoint, Vec<RegionEndpoin
             .iter()
             .find(|h| h.region.as_deref() == Some(&region) && h.role == Role::Sentinel)
             .expect("a sentinel host");
+        let sentinels: Vec<String> = hosts
+            .iter()
+            .filter(|h| h.region.as_deref() == Some(&region) && h.ports().contains(&SENTINEL_PORT))
+            .map(|h| format!("{}:{SENTINEL_PORT}", h.addr))
+            .collect();
         let primary_addr = sentinel_master(sentinel.addr, &region)
             .with_context(|| format!("cannot ask {}'s Sentinel for its primary", region))?;
         let endpoint = |h: &Host| Endpoint {
@@ -864,16 +928,19 @@ pub fn endpoints(state: &State) -> Result<(Endpoint, Endpoint, Vec<RegionEndpoin
             .find(|h| h.name != primary.name)
             .map(|h| endpoint(h));
         regions.push(RegionEndpoints {
+            master_name: layout::master_name(&region).to_string(),
             name: region,
             primary: endpoint(primary),
             replica,
+            sentinels,
         });
     }
-    Ok((
-        db(&state.host(Role::DbPrimary)),
-        db(&state.host(Role::DbStandby)),
+    let (primary, standby) = db_roles(state)?;
+    Ok(Endpoints {
+        db_primary: db(&primary),
+        db_standby: db(&standby),
         regions,
-    ))
+    })
 }
 
 /// Prepares the running lab for a campaign, as Jepsen prepares its database: fresh data
@@ -890,10 +957,10 @@ pub fn prepare(keys: &[String], design: Design) -> Result<State> {
         );
     }
     stop_invalidator(&state)?;
-    let db1 = state.host(Role::DbPrimary);
+    let (primary, _) = db_roles(&state)?;
     runtime()?
         .block_on(async {
-            let mut client = pg_connect(db1.addr).await?;
+            let mut client = pg_connect(primary.addr).await?;
             let tx = client.transaction().await?;
             tx.batch_execute(
                 "TRUNCATE items, item_versions, outbox, outbox_cursor RESTART IDENTITY",
@@ -916,7 +983,7 @@ pub fn prepare(keys: &[String], design: Design) -> Result<State> {
             anyhow::Ok(())
         })
         .context("cannot prepare the database")?;
-    let (_, _, regions) = endpoints(&state)?;
+    let regions = endpoints(&state)?.regions;
     for r in &regions {
         let (addr, _) = r.primary.addr.split_once(':').expect("host:port");
         let mut con = redis_connect(addr.parse()?, REDIS_PORT)?;
@@ -1003,6 +1070,15 @@ impl LabNodes {
         self.hosts.iter().map(|h| h.name.clone()).collect()
     }
 
+    /// The database hosts.
+    pub fn databases(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|h| matches!(h.role, Role::DbPrimary | Role::DbStandby))
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
     /// The hosts of a region.
     pub fn region(&self, region: &str) -> Vec<String> {
         self.hosts
@@ -1057,13 +1133,96 @@ impl coherence_nemeses::fault::Nodes for LabNodes {
         let hosts = state.hosts();
         let result = match service {
             "invalidator" => start_invalidator(&state),
-            "redis" if host.role == Role::RedisPrimary => start_redis(host, None),
-            "redis" => start_redis(host, Some(primary_of(&hosts, host).addr)),
+            // In the role it has now: the primary its region's Sentinels name, or a
+            // replica of that primary.
+            "redis" => current_primary(&hosts, host).and_then(|primary| {
+                let replica_of = (primary != host.addr).then_some(primary);
+                start_redis(host, replica_of)
+            }),
             "sentinel" => start_sentinel(host, primary_of(&hosts, host)),
-            other => Err(anyhow!("restarting {other} is not supported yet")),
+            // From its data directory, in the role it had (a standby keeps its
+            // standby.signal).
+            "postgres" => {
+                // A killed postmaster may linger as a zombie until init reaps it, and
+                // PostgreSQL takes a live pid in its lock file for a running server.
+                // When no postgres process runs here, the lock is stale.
+                let data = host_dir(host).join("data");
+                if self.pids(node, "postgres")?.is_empty() {
+                    let _ = std::fs::remove_file(data.join("postmaster.pid"));
+                }
+                start_pg(&state, host, &data)
+            }
+            other => Err(anyhow!("no service {other:?} to restart")),
         };
         result.map_err(|e| self.error(node, &format!("restart {service}"), e))
     }
+
+    fn sql(&self, node: &str, sql: &str) -> Result<String, RemoteError> {
+        let host = self.host(node)?;
+        let addr = host.addr.to_string();
+        let port = PG_PORT.to_string();
+        let out = remote(host).run(&[
+            "psql",
+            "-X",
+            "-q",
+            "-h",
+            &addr,
+            "-p",
+            &port,
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-tAc",
+            sql,
+        ])?;
+        Ok(out.stdout.trim().to_string())
+    }
+
+    fn rebuild_standby(&self, node: &str, primary: &str) -> Result<(), RemoteError> {
+        let host = self.host(node)?.clone();
+        let primary = self.host(primary)?.clone();
+        let state = State::load()
+            .ok()
+            .flatten()
+            .ok_or_else(|| self.error(node, "rebuild standby", anyhow!("the lab is down")))?;
+        let fail = |e| self.error(node, "rebuild standby", e);
+        // Stop what runs there, discard its data, clone the primary afresh.
+        let pids = self.pids(node, "postgres")?;
+        for pid in &pids {
+            // SAFETY: kill(2) on a process id we just read; no memory is involved.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        wait_until(
+            &format!("PostgreSQL on {node} stopping"),
+            Duration::from_secs(10),
+            || self.pids(node, "postgres").is_ok_and(|p| p.is_empty()),
+        )
+        .map_err(fail)?;
+        let data = host_dir(&host).join("data");
+        if data.exists() {
+            std::fs::remove_dir_all(&data).map_err(|e| fail(e.into()))?;
+        }
+        start_standby(&state, &primary, &host).map_err(fail)
+    }
+}
+
+/// The address of `host`'s region's Redis primary, as its Sentinels say (the primary
+/// the lab started with when none answers).
+fn current_primary(hosts: &[Host], host: &Host) -> Result<std::net::Ipv4Addr> {
+    let region = host.region.clone().unwrap_or_default();
+    for h in hosts.iter().filter(|h| {
+        h.region == host.region && h.ports().contains(&SENTINEL_PORT) && h.name != host.name
+    }) {
+        if let Ok(addr) = sentinel_master(h.addr, &region) {
+            if let Some(ip) = addr.split(':').next().and_then(|a| a.parse().ok()) {
+                return Ok(ip);
+            }
+        }
+    }
+    Ok(primary_of(hosts, host).addr)
 }
 
 impl LabNodes {

@@ -31,8 +31,10 @@ pub struct Options {
     pub regions: u32,
     /// Where to log deletions (JSON lines).
     pub log: PathBuf,
-    /// The PostgreSQL primary to follow.
-    pub db: Ipv4Addr,
+    /// The PostgreSQL servers; it follows the one that is a primary (not in recovery),
+    /// the first in this order when there are two (a split brain), and looks again
+    /// whenever its connection is lost.
+    pub db: Vec<Ipv4Addr>,
 }
 
 /// Deletes a key and remembers the version it was invalidated for, so that a versioned
@@ -269,13 +271,11 @@ async fn connect(addr: Ipv4Addr, port: u16) -> Result<MultiplexedConnection> {
 async fn notify(opts: &Options, deleter: &mut Deleter) -> Result<()> {
     loop {
         let connected = async {
+            let db = find_primary(&opts.db).await?;
             let (client, mut conn) = tokio::time::timeout(
                 Duration::from_secs(3),
                 tokio_postgres::connect(
-                    &format!(
-                        "host={} port=5432 user=postgres dbname=postgres connect_timeout=3",
-                        opts.db
-                    ),
+                    &format!("host={db} port=5432 user=postgres dbname=postgres connect_timeout=3"),
                     tokio_postgres::NoTls,
                 ),
             )
@@ -298,7 +298,7 @@ async fn notify(opts: &Options, deleter: &mut Deleter) -> Result<()> {
             client
                 .batch_execute(&format!("LISTEN {}", schema::CHANNEL))
                 .await?;
-            eprintln!("notify: listening on {}", opts.db);
+            eprintln!("notify: listening on {db}");
             while let Some(payload) = rx.recv().await {
                 let Ok(change) = serde_json::from_str::<serde_json::Value>(&payload) else {
                     eprintln!("notify: ignoring a payload that is not ours: {payload}");
@@ -326,14 +326,15 @@ async fn notify(opts: &Options, deleter: &mut Deleter) -> Result<()> {
 async fn outbox(opts: &Options, deleter: &mut Deleter) -> Result<()> {
     loop {
         let relay = async {
-            let client = pg_connect(opts.db).await?;
+            let db = find_primary(&opts.db).await?;
+            let client = pg_connect(db).await?;
             client
                 .execute(
                     "INSERT INTO outbox_cursor (relay, position) VALUES ('relay', 0) ON CONFLICT DO NOTHING",
                     &[],
                 )
                 .await?;
-            eprintln!("outbox: relaying from {}", opts.db);
+            eprintln!("outbox: relaying from {db}");
             loop {
                 let rows = client
                     .query(
@@ -370,11 +371,26 @@ async fn outbox(opts: &Options, deleter: &mut Deleter) -> Result<()> {
     }
 }
 
-/// The address of the database primary at start.
-pub fn db_primary(regions: u32) -> Ipv4Addr {
-    layout::hosts(regions)
-        .into_iter()
-        .find(|h| h.role == Role::DbPrimary)
-        .map(|h| h.addr)
-        .expect("a primary")
+/// The first of `candidates` that answers as a primary (not in recovery).
+async fn find_primary(candidates: &[Ipv4Addr]) -> Result<Ipv4Addr> {
+    for &addr in candidates {
+        let Ok(client) = pg_connect(addr).await else {
+            continue;
+        };
+        if let Ok(row) = client.query_one("SELECT pg_is_in_recovery()", &[]).await {
+            if !row.get::<_, bool>(0) {
+                return Ok(addr);
+            }
+        }
+    }
+    Err(anyhow!("no PostgreSQL primary among {candidates:?}"))
+}
+
+/// The addresses of the lab's database servers, the initial primary first.
+pub fn db_servers(regions: u32) -> Vec<Ipv4Addr> {
+    let hosts = layout::hosts(regions);
+    [Role::DbPrimary, Role::DbStandby]
+        .iter()
+        .filter_map(|role| hosts.iter().find(|h| h.role == *role).map(|h| h.addr))
+        .collect()
 }

@@ -22,8 +22,15 @@ pub trait Nodes {
     /// The process ids of `service` on `node` (`redis`, `sentinel`, `postgres`,
     /// `invalidator`).
     fn pids(&self, node: &str, service: &str) -> Result<Vec<i32>, RemoteError>;
-    /// Starts `service` on `node` again, as the cluster started it.
+    /// Starts `service` on `node` again, as the cluster started it, in the role it has
+    /// now (a Redis whose region failed over comes back as a replica).
     fn restart(&self, node: &str, service: &str) -> Result<(), RemoteError>;
+    /// Runs `sql` as a superuser on `node`'s PostgreSQL; returns what it printed
+    /// (tuples only, unaligned: `t`, `f`, a number).
+    fn sql(&self, node: &str, sql: &str) -> Result<String, RemoteError>;
+    /// Makes `node`'s PostgreSQL a fresh streaming standby of `primary`'s, discarding
+    /// whatever it held (after a failover, the old primary rejoins this way).
+    fn rebuild_standby(&self, node: &str, primary: &str) -> Result<(), RemoteError>;
 }
 
 /// One iptables rule on one node, as added (`-A`) and removed (`-D`).
@@ -75,6 +82,33 @@ pub enum Fault {
         from: String,
         /// The region's Redis hosts.
         members: Vec<String>,
+    },
+    /// A region's Redis replica is made a primary with `REPLICAOF NO ONE`, behind
+    /// Sentinel's back: it stops following its primary and serves what it held. Healing
+    /// makes it a replica again, of the primary Sentinel names.
+    RedisPromote {
+        /// The region (Sentinel's master name).
+        region: String,
+        /// The replica promoted.
+        node: String,
+        /// The Sentinel host asked who the primary is.
+        sentinel: String,
+        /// The region's Redis hosts.
+        members: Vec<String>,
+    },
+    /// PostgreSQL's standby is promoted (`pg_promote()`) and writers are pointed at it:
+    /// every client session on the old primary is ended, and clients look for the
+    /// primary again. Fenced, the old primary is killed first, so everyone finds the new
+    /// one (and writes it had not shipped are lost). Unfenced, it keeps accepting
+    /// writes: clients that try it first go back to it, a split brain. Healing rebuilds
+    /// the old primary as a standby of the new one.
+    PostgresFailover {
+        /// The primary before.
+        from: String,
+        /// The standby promoted.
+        to: String,
+        /// Whether the old primary was killed before the promotion.
+        fence: bool,
     },
     /// A service's processes are killed (SIGKILL); healing starts it again.
     Kill {
@@ -203,9 +237,69 @@ impl Fault {
         })
     }
 
+    /// A `REPLICAOF NO ONE` on `region`'s replica (the member Sentinel does not name as
+    /// its primary).
+    pub fn redis_promote(
+        region: &str,
+        sentinel: &str,
+        members: &[String],
+        net: &dyn Nodes,
+    ) -> Result<Fault, RemoteError> {
+        let primary = sentinel_primary(region, sentinel, members, net)?;
+        let node = members
+            .iter()
+            .find(|m| **m != primary)
+            .cloned()
+            .ok_or_else(|| RemoteError {
+                node: sentinel.to_string(),
+                command: String::new(),
+                status: None,
+                stdout: String::new(),
+                stderr: format!("{region} has no replica to promote"),
+            })?;
+        Ok(Fault::RedisPromote {
+            region: region.to_string(),
+            node,
+            sentinel: sentinel.to_string(),
+            members: members.to_vec(),
+        })
+    }
+
+    /// A failover of PostgreSQL from whichever of `servers` is the primary now to the
+    /// other, fenced or not.
+    pub fn postgres_failover(
+        servers: &[String],
+        fence: bool,
+        net: &dyn Nodes,
+    ) -> Result<Fault, RemoteError> {
+        let (primaries, standbys) = postgres_roles(servers, net)?;
+        match (primaries.as_slice(), standbys.first()) {
+            ([from], Some(to)) => Ok(Fault::PostgresFailover {
+                from: from.clone(),
+                to: to.clone(),
+                fence,
+            }),
+            _ => Err(RemoteError {
+                node: servers.join(","),
+                command: "SELECT pg_is_in_recovery()".into(),
+                status: None,
+                stdout: String::new(),
+                stderr: format!(
+                    "a failover needs one primary and a standby; primaries: {primaries:?}, standbys: {standbys:?}"
+                ),
+            }),
+        }
+    }
+
     /// What applying did that the history should say (a failover: who was promoted).
     pub fn outcome(&self, net: &dyn Nodes) -> Option<serde_json::Value> {
         match self {
+            Fault::RedisPromote { region, node, .. } => {
+                Some(serde_json::json!({"region": region, "promoted": node}))
+            }
+            Fault::PostgresFailover { from, to, fence } => Some(
+                serde_json::json!({"service": "postgres", "promoted": to, "demoted": from, "fenced": fence}),
+            ),
             Fault::RedisFailover {
                 region,
                 sentinel,
@@ -234,6 +328,8 @@ impl Fault {
             Fault::PacketLoss { .. } => "start-packet-loss",
             Fault::Latency { .. } => "start-latency",
             Fault::RedisFailover { .. } => "start-failover",
+            Fault::RedisPromote { .. } => "start-replicaof-no-one",
+            Fault::PostgresFailover { .. } => "start-postgres-failover",
             Fault::Kill { .. } => "kill",
             Fault::Pause { .. } => "pause",
         }
@@ -246,6 +342,8 @@ impl Fault {
             Fault::PacketLoss { .. } => "stop-packet-loss",
             Fault::Latency { .. } => "stop-latency",
             Fault::RedisFailover { .. } => "stop-failover",
+            Fault::RedisPromote { .. } => "stop-replicaof-no-one",
+            Fault::PostgresFailover { .. } => "stop-postgres-failover",
             Fault::Kill { .. } => "restart",
             Fault::Pause { .. } => "resume",
         }
@@ -317,6 +415,39 @@ impl Fault {
                     stderr: format!("{from} is still the primary of {region} after 10 s"),
                 })
             }
+            Fault::RedisPromote { node, .. } => {
+                redis_cli(net, node, &["REPLICAOF", "NO", "ONE"])?;
+                Ok(())
+            }
+            Fault::PostgresFailover { from, to, fence } => {
+                if *fence {
+                    let pids = net.pids(from, "postgres")?;
+                    signal(net, from, &pids, libc_signal::KILL)?;
+                    wait_for(from, "postgres to die", || {
+                        Ok(net.pids(from, "postgres")?.is_empty())
+                    })?;
+                }
+                let promoted = net.sql(to, "SELECT pg_promote(true, 30)")?;
+                if promoted.trim() != "t" {
+                    return Err(RemoteError {
+                        node: to.clone(),
+                        command: "SELECT pg_promote(true, 30)".into(),
+                        status: None,
+                        stdout: promoted,
+                        stderr: "the standby was not promoted within 30 s".into(),
+                    });
+                }
+                if !*fence {
+                    // Point the writers at the new primary: end their sessions on the
+                    // old one, so that they look for a primary again.
+                    net.sql(
+                        from,
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                         WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                    )?;
+                }
+                Ok(())
+            }
             Fault::Kill { node, pids, .. } => signal(net, node, pids, libc_signal::KILL),
             Fault::Pause { node, pids, .. } => signal(net, node, pids, libc_signal::STOP),
         }
@@ -352,6 +483,31 @@ impl Fault {
                 Ok(())
             }
             Fault::RedisFailover { .. } => Ok(()),
+            Fault::RedisPromote {
+                region,
+                node,
+                sentinel,
+                members,
+            } => {
+                let primary = sentinel_primary(region, sentinel, members, net)?;
+                if primary != *node && redis_role(net, node)? == "master" {
+                    let addr = net.addr(&primary).unwrap_or_default();
+                    redis_cli(net, node, &["REPLICAOF", &addr, "6379"])?;
+                }
+                Ok(())
+            }
+            Fault::PostgresFailover { from, to, .. } => {
+                if net
+                    .sql(from, "SELECT pg_is_in_recovery()")
+                    .ok()
+                    .as_deref()
+                    .map(str::trim)
+                    != Some("t")
+                {
+                    net.rebuild_standby(from, to)?;
+                }
+                Ok(())
+            }
             Fault::Kill { node, service, .. } => {
                 if net.pids(node, service)?.is_empty() {
                     net.restart(node, service)?;
@@ -397,17 +553,59 @@ impl Fault {
                 }
             }
             Fault::RedisFailover { .. } => {}
+            Fault::RedisPromote {
+                region,
+                node,
+                sentinel,
+                members,
+            } => {
+                let primary = sentinel_primary(region, sentinel, members, net)?;
+                if primary != *node && redis_role(net, node)? == "master" {
+                    left.push(format!(
+                        "on {node}: Redis is a primary beside {region}'s primary {primary}"
+                    ));
+                }
+            }
+            Fault::PostgresFailover { from, to, .. } => {
+                for (node, want, role) in [(from, "t", "a standby"), (to, "f", "the primary")] {
+                    match net.sql(node, "SELECT pg_is_in_recovery()") {
+                        Ok(got) if got.trim() == want => {}
+                        Ok(_) => left.push(format!("on {node}: PostgreSQL is not {role}")),
+                        Err(e) => left.push(format!(
+                            "on {node}: PostgreSQL does not answer: {}",
+                            e.stderr.trim()
+                        )),
+                    }
+                }
+            }
             Fault::Kill { node, service, .. } => {
                 if net.pids(node, service)?.is_empty() {
                     left.push(format!("on {node}: {service} is not running"));
                 }
             }
             Fault::Pause { node, pids, .. } => {
-                for pid in pids {
-                    let stat =
-                        std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                    if stat.split(") ").nth(1).is_some_and(|s| s.starts_with('T')) {
-                        left.push(format!("on {node}: process {pid} is still stopped"));
+                if !pids.is_empty() {
+                    // Read on the node: its process ids are its own.
+                    let mut argv = vec![
+                        "ps".to_string(),
+                        "-o".into(),
+                        "pid=,stat=".into(),
+                        "-p".into(),
+                    ];
+                    argv.push(
+                        pids.iter()
+                            .map(|p| p.to_string())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    );
+                    let out = remote_of(net, node)?.execute(&strs(&argv))?;
+                    for line in out.stdout.lines() {
+                        let mut words = line.split_whitespace();
+                        if let (Some(pid), Some(stat)) = (words.next(), words.next()) {
+                            if stat.starts_with('T') {
+                                left.push(format!("on {node}: process {pid} is still stopped"));
+                            }
+                        }
                     }
                 }
             }
@@ -416,8 +614,24 @@ impl Fault {
     }
 }
 
+/// Which of `servers` are PostgreSQL primaries, and which standbys.
+pub fn postgres_roles(
+    servers: &[String],
+    net: &dyn Nodes,
+) -> Result<(Vec<String>, Vec<String>), RemoteError> {
+    let mut primaries = Vec::new();
+    let mut standbys = Vec::new();
+    for s in servers {
+        match net.sql(s, "SELECT pg_is_in_recovery()")?.trim() {
+            "f" => primaries.push(s.clone()),
+            _ => standbys.push(s.clone()),
+        }
+    }
+    Ok((primaries, standbys))
+}
+
 /// The node Sentinel on `sentinel` names as `region`'s primary.
-fn sentinel_primary(
+pub fn sentinel_primary(
     region: &str,
     sentinel: &str,
     members: &[String],
@@ -452,6 +666,56 @@ fn sentinel_primary(
             stdout: out.stdout.clone(),
             stderr: "the primary Sentinel names is none of the region's hosts".into(),
         })
+}
+
+/// Runs `redis-cli` against `node`'s Redis, on the node.
+fn redis_cli(net: &dyn Nodes, node: &str, args: &[&str]) -> Result<String, RemoteError> {
+    let addr = net.addr(node).unwrap_or_default();
+    let mut argv = vec!["redis-cli", "-h", &addr, "-p", "6379"];
+    argv.extend(args);
+    let out = remote_of(net, node)?.run(&argv)?;
+    // redis-cli exits 0 on a server error: it prints it.
+    if out.stdout.starts_with("ERR") || out.stdout.starts_with("(error)") {
+        return Err(RemoteError {
+            node: node.to_string(),
+            command: shell_words(&argv),
+            status: Some(0),
+            stdout: out.stdout,
+            stderr: out.stderr,
+        });
+    }
+    Ok(out.stdout)
+}
+
+/// `master` or `slave`: the role `node`'s Redis reports.
+fn redis_role(net: &dyn Nodes, node: &str) -> Result<String, RemoteError> {
+    Ok(redis_cli(net, node, &["ROLE"])?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_string())
+}
+
+/// Polls `done` every 50 ms for up to 10 s.
+fn wait_for(
+    node: &str,
+    what: &str,
+    mut done: impl FnMut() -> Result<bool, RemoteError>,
+) -> Result<(), RemoteError> {
+    for _ in 0..200 {
+        if done()? {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Err(RemoteError {
+        node: node.to_string(),
+        command: String::new(),
+        status: None,
+        stdout: String::new(),
+        stderr: format!("waited 10 s for {what}"),
+    })
 }
 
 /// Rules grouped by their node, in the order first seen.
@@ -641,6 +905,12 @@ mod tests {
             Ok(vec![])
         }
         fn restart(&self, _: &str, _: &str) -> Result<(), RemoteError> {
+            Ok(())
+        }
+        fn sql(&self, _: &str, _: &str) -> Result<String, RemoteError> {
+            Ok(String::new())
+        }
+        fn rebuild_standby(&self, _: &str, _: &str) -> Result<(), RemoteError> {
             Ok(())
         }
     }

@@ -32,6 +32,23 @@ pub enum FaultKind {
     Latency,
     /// A region's Redis primary is failed over through Sentinel.
     RedisFailover,
+    /// A region's Redis replica is made a primary with `REPLICAOF NO ONE`, behind
+    /// Sentinel's back; made a replica again after.
+    RedisPromoteReplica,
+    /// Kill a region's Redis primary (SIGKILL); restart it after, as a replica if
+    /// Sentinel failed over meanwhile.
+    KillRedis,
+    /// Kill a region's Sentinel on its Sentinel-only host; restart it after.
+    KillSentinel,
+    /// Kill the PostgreSQL primary (SIGKILL); restart it after.
+    KillPostgres,
+    /// Pause the PostgreSQL primary; resume it after.
+    PausePostgres,
+    /// Promote the PostgreSQL standby after killing the primary (fencing it); rebuild
+    /// the old primary as a standby after.
+    PostgresFailover,
+    /// Promote the PostgreSQL standby and leave the old primary running: a split brain.
+    PostgresFailoverUnfenced,
 }
 
 impl FaultKind {
@@ -48,7 +65,29 @@ impl FaultKind {
         "packet-loss",
         "latency",
         "redis-failover",
+        "redis-promote-replica",
+        "kill-redis",
+        "kill-sentinel",
+        "kill-postgres",
+        "pause-postgres",
+        "postgres-failover",
+        "postgres-failover-unfenced",
     ];
+
+    /// Whether the fault is aimed at one region.
+    pub fn targets_region(self) -> bool {
+        matches!(
+            self,
+            FaultKind::PartitionRegion
+                | FaultKind::PauseRedis
+                | FaultKind::PacketLoss
+                | FaultKind::Latency
+                | FaultKind::RedisFailover
+                | FaultKind::RedisPromoteReplica
+                | FaultKind::KillRedis
+                | FaultKind::KillSentinel
+        )
+    }
 }
 
 /// The `[nemesis]` section of a campaign.
@@ -103,18 +142,16 @@ pub fn plan(config: &NemesisConfig, targets: &Targets, seed: u64, n: usize) -> V
             for i in (1..order.len()).rev() {
                 order.swap(i, rng.random_range(0..=i));
             }
-            let target = match kind {
-                FaultKind::PartitionRegion
-                | FaultKind::PauseRedis
-                | FaultKind::PacketLoss
-                | FaultKind::Latency
-                | FaultKind::RedisFailover => Some(
+            let target = if kind.targets_region() {
+                Some(
                     targets.regions[rng.random_range(0..targets.regions.len())]
                         .0
                         .clone(),
-                ),
-                FaultKind::PartitionNode => Some(order[0].clone()),
-                _ => None,
+                )
+            } else if kind == FaultKind::PartitionNode {
+                Some(order[0].clone())
+            } else {
+                None
             };
             Planned {
                 kind,
@@ -191,6 +228,9 @@ mod tests {
                 FaultKind::PacketLoss,
                 FaultKind::Latency,
                 FaultKind::RedisFailover,
+                FaultKind::RedisPromoteReplica,
+                FaultKind::KillRedis,
+                FaultKind::KillSentinel,
             ],
             interval: Duration::from_secs(5),
             duration: Duration::from_secs(1),
@@ -218,5 +258,14 @@ mod tests {
             let t = toml::from_str::<T>(&text).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(t.nemesis.faults.len(), 1);
         }
+        // And every kind has its name in NAMES (the campaign error lists them).
+        let parsed: Vec<FaultKind> = FaultKind::NAMES
+            .iter()
+            .map(|n| serde_json::from_value(serde_json::Value::String(n.to_string())).unwrap())
+            .collect();
+        for kind in parsed.iter() {
+            assert_eq!(parsed.iter().filter(|k| *k == kind).count(), 1);
+        }
+        assert!(parsed.contains(&FaultKind::PostgresFailoverUnfenced));
     }
 }

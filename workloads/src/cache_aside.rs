@@ -36,23 +36,142 @@ pub struct Node {
 pub struct RegionNodes {
     /// The region's name.
     pub name: String,
-    /// Its Redis primary.
+    /// Its Redis primary at the start.
     pub primary: Node,
     /// Its replica, if any.
     pub replica: Option<Node>,
+    /// Sentinels (`host:port`) that know the region's current primary, by
+    /// `master_name`. After an error on the primary, clients ask them again: a failover
+    /// may have moved it. Empty: the primary is fixed.
+    pub sentinels: Vec<String>,
+    /// The region's name at the Sentinels.
+    pub master_name: String,
+    /// Every Redis node of the region, to name the addresses Sentinel returns (the
+    /// primary and replica are among them; empty means just those two).
+    pub nodes: Vec<Node>,
+}
+
+impl RegionNodes {
+    /// Every cache node of the region: `nodes`, or the primary and the replica.
+    pub fn all(&self) -> Vec<Node> {
+        if self.nodes.is_empty() {
+            std::iter::once(self.primary.clone())
+                .chain(self.replica.clone())
+                .collect()
+        } else {
+            self.nodes.clone()
+        }
+    }
 }
 
 /// Where everything is.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
-    /// The PostgreSQL primary.
-    pub db_writer: Node,
-    /// The PostgreSQL reader endpoint.
-    pub db_reader: Node,
+    /// The PostgreSQL servers writes may go to. With more than one, a client connects to
+    /// the first, in an order of its own, that is not in recovery (a primary), as libpq
+    /// does with `target_session_attrs=read-write`; it looks again after its connection
+    /// is lost or a write is refused as read-only: so writers follow a failover.
+    pub db_writers: Vec<Node>,
+    /// The servers for database reads after a miss: a standby when one answers,
+    /// else a primary.
+    pub db_readers: Vec<Node>,
     /// A libpq connection string without host and port (user, password, dbname).
     pub db_params: String,
     /// Cache regions.
     pub regions: Vec<RegionNodes>,
+}
+
+/// A region's primary and replica as the clients currently know them.
+#[derive(Debug, Clone)]
+struct RegionNow {
+    primary: Node,
+    replica: Option<Node>,
+    /// When its Sentinels were last asked.
+    asked: Option<Instant>,
+}
+
+/// What the clients currently know of where each region's primary is.
+struct Topology {
+    regions: Vec<std::sync::Mutex<RegionNow>>,
+}
+
+impl Topology {
+    fn new(ends: &Endpoints) -> Topology {
+        Topology {
+            regions: ends
+                .regions
+                .iter()
+                .map(|r| {
+                    std::sync::Mutex::new(RegionNow {
+                        primary: r.primary.clone(),
+                        replica: r.replica.clone(),
+                        asked: None,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    fn now(&self, region: usize) -> RegionNow {
+        self.regions[region]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Asks the region's Sentinels for its primary, at most every 200 ms whoever asks.
+    async fn refresh(&self, ends: &Endpoints, region: usize) {
+        let r = &ends.regions[region];
+        if r.sentinels.is_empty() {
+            return;
+        }
+        {
+            let mut now = self.regions[region]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if now
+                .asked
+                .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
+            {
+                return;
+            }
+            now.asked = Some(Instant::now());
+        }
+        let nodes = r.all();
+        for sentinel in &r.sentinels {
+            let Ok(Ok(addr)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                sentinel_primary(sentinel, &r.master_name),
+            )
+            .await
+            else {
+                continue;
+            };
+            let Some(primary) = nodes.iter().find(|n| n.addr == addr) else {
+                continue;
+            };
+            let mut now = self.regions[region]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if now.primary.addr != primary.addr {
+                now.replica = nodes.iter().find(|n| n.addr != primary.addr).cloned();
+                now.primary = primary.clone();
+            }
+            return;
+        }
+    }
+}
+
+/// The `host:port` a Sentinel names as `master`'s primary.
+async fn sentinel_primary(sentinel: &str, master: &str) -> Result<String, redis::RedisError> {
+    let client = redis::Client::open(format!("redis://{sentinel}/"))?;
+    let mut con = client.get_multiplexed_async_connection().await?;
+    let (ip, port): (String, String) = redis::cmd("SENTINEL")
+        .arg("get-master-addr-by-name")
+        .arg(master)
+        .query_async(&mut con)
+        .await?;
+    Ok(format!("{ip}:{port}"))
 }
 
 /// Where Redis keeps the version a key was last invalidated for (versioned fills).
@@ -130,6 +249,8 @@ const READ: &str = "SELECT version, write_id FROM items WHERE key = $1";
 
 /// A database connection with the workload's statements prepared.
 struct Db {
+    /// The server's name.
+    node: String,
     client: tokio_postgres::Client,
     write: Option<tokio_postgres::Statement>,
     read: tokio_postgres::Statement,
@@ -138,9 +259,15 @@ struct Db {
 struct Client {
     rec: Arc<Recorder>,
     ends: Arc<Endpoints>,
+    topo: Arc<Topology>,
     work: Arc<Workload>,
     process: i64,
     region: usize,
+    /// Where this client starts looking for a database primary among the writers.
+    rotation: usize,
+    /// The server that served the operation under way, when it is not the one named
+    /// at its invocation (a client that followed a failover).
+    served: Option<String>,
     redis: HashMap<String, MultiplexedConnection>,
     writer: Option<Db>,
     reader: Option<Db>,
@@ -198,6 +325,7 @@ impl Client {
             invoke = invoke.value(v);
         }
         self.rec.log(invoke);
+        self.served = None;
         let timeout = self.work.op_timeout;
         let result = match tokio::time::timeout(timeout, body(self)).await {
             Ok(r) => r,
@@ -213,7 +341,15 @@ impl Client {
             Outcome::Fail(e) => (EventType::Fail, value, Some(e.clone())),
             Outcome::Info(e) => (EventType::Info, value, Some(e.clone())),
         };
-        let mut done = event(self.process, kind, f, key, node, &region);
+        let served = self.served.take();
+        let mut done = event(
+            self.process,
+            kind,
+            f,
+            key,
+            served.as_deref().unwrap_or(node),
+            &region,
+        );
         if let Some(v) = v {
             done = done.value(v);
         }
@@ -255,35 +391,83 @@ impl Client {
         }
     }
 
+    /// The connection for writes (`reader == false`) or for reads after a miss,
+    /// finding the server first if there is none.
     async fn db(&mut self, reader: bool) -> Result<&mut Db, OpError> {
-        let (slot, node) = if reader {
-            (&mut self.reader, &self.ends.db_reader)
-        } else {
-            (&mut self.writer, &self.ends.db_writer)
-        };
+        let slot = if reader { &self.reader } else { &self.writer };
         if slot.as_ref().is_none_or(|db| db.client.is_closed()) {
-            let client = pg_connect(node, &self.ends.db_params).await?;
-            // Prepared once per connection: a statement given as text costs a round
-            // trip to prepare on every call.
-            let write = if reader {
-                None
+            let db = self.find_db(reader).await?;
+            if reader {
+                self.reader = Some(db);
             } else {
-                Some(client.prepare(WRITE).await.map_err(OpError::certain)?)
-            };
-            let read = client.prepare(READ).await.map_err(OpError::certain)?;
-            *slot = Some(Db {
-                client,
-                write,
-                read,
-            });
+                self.writer = Some(db);
+            }
         }
-        Ok(slot.as_mut().expect("connected"))
+        let db = if reader {
+            self.reader.as_mut()
+        } else {
+            self.writer.as_mut()
+        }
+        .expect("connected");
+        self.served = Some(db.node.clone());
+        Ok(db)
+    }
+
+    /// Connects to the writer (a primary, tried in this client's order) or the reader
+    /// (a standby if one answers, else a primary), with the statements prepared.
+    async fn find_db(&self, reader: bool) -> Result<Db, OpError> {
+        let candidates = if reader {
+            &self.ends.db_readers
+        } else {
+            &self.ends.db_writers
+        };
+        let n = candidates.len().max(1);
+        let order = (0..candidates.len()).map(|i| &candidates[(i + self.rotation) % n]);
+        let mut fallback = None;
+        let mut errors = Vec::new();
+        for node in order {
+            let client = match pg_connect(node, &self.ends.db_params).await {
+                Ok(c) => c,
+                Err(e) => {
+                    errors.push(format!("{}: {}", node.name, e.message));
+                    continue;
+                }
+            };
+            if candidates.len() > 1 {
+                let standby: bool = match client.query_one("SELECT pg_is_in_recovery()", &[]).await
+                {
+                    Ok(row) => row.get(0),
+                    Err(e) => {
+                        errors.push(format!("{}: {e}", node.name));
+                        continue;
+                    }
+                };
+                if standby != reader {
+                    // A standby cannot take writes; a primary is the reader's last resort.
+                    if reader && fallback.is_none() {
+                        fallback = Some((node, client));
+                    } else {
+                        errors.push(format!("{}: in recovery", node.name));
+                    }
+                    continue;
+                }
+            }
+            return prepared(node, client, reader).await;
+        }
+        match fallback {
+            Some((node, client)) => prepared(node, client, reader).await,
+            None => Err(OpError::certain(format!(
+                "no {} among the database servers ({})",
+                if reader { "server" } else { "primary" },
+                errors.join("; ")
+            ))),
+        }
     }
 
     async fn write(&mut self, key: &str) {
         self.writes += 1;
         let id = format!("w{}-{}", self.id, self.writes);
-        let node = self.ends.db_writer.name.clone();
+        let node = self.db_name(false);
         let k = key.to_string();
         let wid = id.clone();
         let outcome = self
@@ -295,11 +479,18 @@ impl Client {
                 async move |c: &mut Client| {
                     let db = c.db(false).await?;
                     let statement = db.write.clone().expect("the writer prepares WRITE");
-                    let row = db
-                        .client
-                        .query_one(&statement, &[&k, &wid])
-                        .await
-                        .map_err(pg_error)?;
+                    let row = match db.client.query_one(&statement, &[&k, &wid]).await {
+                        Ok(row) => row,
+                        Err(e) => {
+                            if e.code()
+                                == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+                            {
+                                // No longer a primary: look for the one there is now.
+                                c.writer = None;
+                            }
+                            return Err(pg_error(e));
+                        }
+                    };
                     let version: i64 = row.get(0);
                     Ok(json!({"version": version, "write": wid}))
                 },
@@ -308,13 +499,13 @@ impl Client {
         if let (Outcome::Ok(v), Invalidation::Writer) = (outcome, self.work.invalidation) {
             let version = v["version"].as_i64().unwrap_or(0);
             for r in 0..self.ends.regions.len() {
-                let node = self.ends.regions[r].primary.clone();
-                self.invalidate(key, &node, version).await;
+                self.invalidate(key, r, version).await;
             }
         }
     }
 
-    async fn invalidate(&mut self, key: &str, node: &Node, version: i64) {
+    async fn invalidate(&mut self, key: &str, region: usize, version: i64) {
+        let node = self.topo.now(region).primary;
         let (k, n) = (key.to_string(), node.clone());
         let fill = self.work.fill;
         let ttl = self.work.ttl.as_millis() as u64;
@@ -347,11 +538,14 @@ impl Client {
                 Ok(Value::Null)
             },
         )
+        .await
+        .failed_on(self, region)
         .await;
     }
 
     async fn read(&mut self, key: &str) {
-        let region = self.ends.regions[self.region].clone();
+        let region_i = self.region;
+        let region = self.topo.now(region_i);
         let node = match (self.work.cache_reads, &region.replica) {
             (CacheReads::Replica, Some(r)) => r.clone(),
             _ => region.primary.clone(),
@@ -365,19 +559,15 @@ impl Client {
                 None,
                 async move |c: &mut Client| c.cache_get(&n, &k).await,
             )
+            .await
+            .failed_on(self, region_i)
             .await;
         if !matches!(outcome, Outcome::Ok(Value::Null)) {
             return;
         }
         // A miss: read the database, then fill the cache.
         let reader = self.work.db_reads == DbReads::Reader;
-        let db_node = if reader {
-            &self.ends.db_reader
-        } else {
-            &self.ends.db_writer
-        }
-        .name
-        .clone();
+        let db_node = self.db_name(reader);
         let k = key.to_string();
         let outcome = self
             .op(
@@ -441,8 +631,65 @@ impl Client {
                 Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
             },
         )
+        .await
+        .failed_on(self, region_i)
         .await;
     }
+
+    /// The database server an operation starts on: the current connection's, or the
+    /// first this client will try.
+    fn db_name(&self, reader: bool) -> String {
+        let (slot, candidates) = if reader {
+            (&self.reader, &self.ends.db_readers)
+        } else {
+            (&self.writer, &self.ends.db_writers)
+        };
+        match slot {
+            Some(db) if !db.client.is_closed() => db.node.clone(),
+            _ => candidates
+                .get(self.rotation % candidates.len().max(1))
+                .map(|n| n.name.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl Outcome {
+    /// After a failed cache operation in `region`, asks where its primary is now: a
+    /// failover may have moved it (a `READONLY` refusal, a refused or lost connection).
+    async fn failed_on(self, client: &mut Client, region: usize) -> Outcome {
+        if !matches!(self, Outcome::Ok(_)) {
+            if let Outcome::Fail(e) = &self {
+                if e.starts_with("refused:") {
+                    return self;
+                }
+            }
+            client.redis.clear();
+            client.topo.refresh(&client.ends, region).await;
+        }
+        self
+    }
+}
+
+/// A connection with the workload's statements prepared once: a statement given as text
+/// costs a round trip to prepare on every call.
+async fn prepared(
+    node: &Node,
+    client: tokio_postgres::Client,
+    reader: bool,
+) -> Result<Db, OpError> {
+    let write = if reader {
+        None
+    } else {
+        Some(client.prepare(WRITE).await.map_err(OpError::certain)?)
+    };
+    let read = client.prepare(READ).await.map_err(OpError::certain)?;
+    Ok(Db {
+        node: node.name.clone(),
+        client,
+        write,
+        read,
+    })
 }
 
 /// A statement the server refused was rolled back: certain. Anything else (a dropped
@@ -511,6 +758,7 @@ pub async fn run(
 ) -> Result<()> {
     let work = Arc::new(work);
     let ends = Arc::new(ends);
+    let topo = Arc::new(Topology::new(&ends));
     let deadline = Instant::now() + work.time_limit;
     let keys = Arc::new(Keys::new(&work));
     let mut tasks = Vec::new();
@@ -519,9 +767,12 @@ pub async fn run(
         let mut client = Client {
             rec: rec.clone(),
             ends: ends.clone(),
+            topo: topo.clone(),
             work: work.clone(),
             process: rec.new_process(),
             region: id as usize % ends.regions.len(),
+            rotation: id as usize,
+            served: None,
             redis: HashMap::new(),
             writer: None,
             reader: None,
@@ -582,6 +833,9 @@ async fn final_phase(work: &Workload, ends: &Endpoints, rec: &Arc<Recorder>) -> 
     let mut client = Client {
         rec: rec.clone(),
         ends: Arc::new(ends.clone()),
+        topo: Arc::new(Topology::new(ends)),
+        rotation: 0,
+        served: None,
         work: Arc::new(Workload {
             // the final reads get more patience than the workload's calls
             op_timeout: work.op_timeout.max(Duration::from_secs(5)),
@@ -599,9 +853,7 @@ async fn final_phase(work: &Workload, ends: &Endpoints, rec: &Arc<Recorder>) -> 
         .regions
         .iter()
         .enumerate()
-        .flat_map(|(i, r)| {
-            std::iter::once((i, r.primary.clone())).chain(r.replica.clone().map(|n| (i, n)))
-        })
+        .flat_map(|(i, r)| r.all().into_iter().map(move |n| (i, n)))
         .collect();
     for i in 0..work.keys {
         let key = key_name(i);
@@ -619,7 +871,7 @@ async fn final_phase(work: &Workload, ends: &Endpoints, rec: &Arc<Recorder>) -> 
                 .await;
         }
         let k = key.clone();
-        let db = ends.db_writer.name.clone();
+        let db = client.db_name(false);
         client
             .op("db-final-read", &key, &db, None, async move |c: &mut Client| {
                 let db = c.db(false).await?;
