@@ -1,5 +1,6 @@
 //! Reaching a staging node over SSH: [`Ssh`] runs commands and moves files through
-//! libssh2 (the `ssh2` crate), set up by an [`SshConfig`] that campaign files embed.
+//! libssh2 (the `ssh2` crate), set up by an [`SshConfig`], the settings a campaign file
+//! is to give each staging node.
 //!
 //! The node's host key is always verified against the `known_hosts` file before
 //! anything else happens; an unknown host or a different key is refused, with the
@@ -32,7 +33,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// How to reach a node over SSH: the `ssh` table of a staging node in a campaign file.
+/// How to reach a node over SSH; made to be embedded in campaign files (snake_case
+/// fields, unknown ones refused).
 ///
 /// ```toml
 /// host = "db1.staging.internal"
