@@ -1,7 +1,7 @@
 //! Faults and how they reach a node: locally, in a lab network namespace, or over SSH.
 //!
-//! [`remote`] is how a command reaches a node; the lab starts and inspects its servers
-//! through it. [`partition`] holds partitions as pure values (grudges) with their named
+//! [`remote`] is how a command reaches a node and how files move to and from it; the
+//! lab starts and inspects its servers through it, and [`ssh`] reaches staging nodes. [`partition`] holds partitions as pure values (grudges) with their named
 //! shapes; [`fault`] applies and heals faults on nodes and keeps the heal journal.
 
 #![deny(missing_docs)]
@@ -10,3 +10,15 @@ pub mod fault;
 pub mod partition;
 pub mod remote;
 pub mod schedule;
+pub mod ssh;
+
+/// Reads a duration written for people: "500ms", "5s", "1m".
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<std::time::Duration, D::Error> {
+    use serde::Deserialize;
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!("{e}: write a duration such as \"500ms\" or \"5s\""))
+    })
+}

@@ -1,12 +1,15 @@
-//! Running commands on a node. One trait, [`Remote`], with one implementation per way
-//! of reaching a node; so far [`Netns`], a lab host that is a Linux network namespace
-//! on this machine.
+//! Running commands on a node and moving files to and from it. One trait, [`Remote`],
+//! with one implementation per way of reaching a node: [`Netns`], a lab host that is a
+//! Linux network namespace on this machine, and [`crate::ssh::Ssh`], a staging node
+//! reached over SSH. Both pass the same test suite (`nemeses/tests/suite`).
 //!
 //! A failed command is reported with the node, the command, the exit status, stdout
 //! and stderr, so that the user sees what the node said.
 
 use std::fmt;
 use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -21,7 +24,8 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// A command that could not run or did not succeed on a node.
+/// A command that could not run, did not finish or did not succeed on a node; or a file
+/// that could not be moved to or from it. Without an exit status, `stderr` says why.
 #[derive(Debug, thiserror::Error)]
 pub struct RemoteError {
     /// The node.
@@ -44,7 +48,11 @@ impl fmt::Display for RemoteError {
                 "on {}: `{}` exited with status {s}",
                 self.node, self.command
             )?,
-            None => write!(f, "on {}: `{}` could not run", self.node, self.command)?,
+            None => write!(
+                f,
+                "on {}: `{}` failed without an exit status",
+                self.node, self.command
+            )?,
         }
         for (name, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let text = text.trim();
@@ -81,8 +89,16 @@ pub trait Remote {
     }
 
     /// Starts `argv` in the background, detached in its own process group, with stdout
-    /// and stderr appended to `log`; returns its process id.
+    /// and stderr appended to `log` (a path on the node); returns its process id.
     fn spawn(&self, argv: &[&str], log: &Path) -> Result<u32, RemoteError>;
+
+    /// Writes `contents` to the file `path` on the node, replacing it, with the
+    /// permission bits `mode` (for example `0o644`, whatever the node's umask). The
+    /// directory must exist.
+    fn upload(&self, contents: &[u8], path: &Path, mode: u32) -> Result<(), RemoteError>;
+
+    /// Reads the whole file `path` on the node. A missing file is an error that says so.
+    fn download(&self, path: &Path) -> Result<Vec<u8>, RemoteError>;
 }
 
 /// Quotes a command for messages.
@@ -103,6 +119,12 @@ pub fn shell_words(argv: &[&str]) -> String {
 }
 
 /// A lab host: a network namespace on this machine, entered with `ip netns exec`.
+///
+/// The namespace has its own network but shares this machine's filesystem, so
+/// [`Remote::upload`] and [`Remote::download`] are plain local file writes and reads,
+/// done by this process with its own rights. (The one difference inside the namespace:
+/// `ip netns exec` bind-mounts the files of `/etc/netns/NAME/` over `/etc`; commands
+/// run there see those, `upload` and `download` do not.)
 #[derive(Debug, Clone)]
 pub struct Netns {
     node: String,
@@ -138,6 +160,24 @@ impl Netns {
             stderr: why,
         }
     }
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory with
+/// the mode set, then renamed over `path`.
+fn write_local(contents: &[u8], path: &Path, mode: u32) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".coherence-upload-")
+        .tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 impl Remote for Netns {
@@ -179,5 +219,28 @@ impl Remote for Netns {
             .map_err(|e| self.error(argv, format!("cannot start `ip netns exec`: {e}")))?;
         // `ip netns exec` enters the namespace and execs the command: same process.
         Ok(child.id())
+    }
+
+    /// A local write (see [`Netns`]): atomic, through a temporary file in the same
+    /// directory renamed over `path`; owned by this process's user.
+    fn upload(&self, contents: &[u8], path: &Path, mode: u32) -> Result<(), RemoteError> {
+        write_local(contents, path, mode).map_err(|e| RemoteError {
+            node: self.node.clone(),
+            command: format!("upload {}", path.display()),
+            status: None,
+            stdout: String::new(),
+            stderr: format!("cannot write {}: {e}", path.display()),
+        })
+    }
+
+    /// A local read (see [`Netns`]).
+    fn download(&self, path: &Path) -> Result<Vec<u8>, RemoteError> {
+        std::fs::read(path).map_err(|e| RemoteError {
+            node: self.node.clone(),
+            command: format!("download {}", path.display()),
+            status: None,
+            stdout: String::new(),
+            stderr: format!("cannot read {}: {e}", path.display()),
+        })
     }
 }

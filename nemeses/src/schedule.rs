@@ -3,7 +3,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::time::Duration;
 
 /// The faults a campaign can ask for.
@@ -97,18 +97,11 @@ pub struct NemesisConfig {
     /// Which faults, chosen among at random (from the seed) each time.
     pub faults: Vec<FaultKind>,
     /// Time from the start of one fault to the start of the next.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration")]
     pub interval: Duration,
     /// How long each fault lasts before it is healed.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "crate::duration")]
     pub duration: Duration,
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!("{e}: write a duration such as \"500ms\" or \"5s\""))
-    })
 }
 
 /// What the faults can target.
