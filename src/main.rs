@@ -199,18 +199,14 @@ fn heal(run_dir: &std::path::Path) -> anyhow::Result<u8> {
         );
         return Ok(EXIT_VALID);
     }
-    let state = coherence_lab::cluster::State::load()?.ok_or_else(|| {
-        anyhow::anyhow!(
-            "the faults were applied to the lab, which is down: nothing of them remains"
-        )
-    })?;
-    let nodes = coherence_lab::cluster::LabNodes::new(&state);
+    let cluster = crate::nemesis::Target::of_run(run_dir)?.cluster();
+    let nodes = cluster.nodes.as_ref();
     let mut journal = Journal::open(&path)?;
     for (seq, fault) in &left {
         fault
-            .heal(&nodes)
+            .heal(nodes)
             .with_context(|| format!("cannot heal fault {seq} ({})", fault.start_f()))?;
-        let traces = fault.traces(&nodes)?;
+        let traces = fault.traces(nodes)?;
         anyhow::ensure!(
             traces.is_empty(),
             "fault {seq} is still in place after healing:\n  {}",

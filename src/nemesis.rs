@@ -4,42 +4,172 @@
 //! ends (before the quiesce), on Ctrl-C or SIGTERM, and through [`HealGuard`] on a panic.
 
 use coherence_lab::cluster::{LabNodes, State};
+use coherence_nemeses::fault::Nodes;
 use coherence_nemeses::fault::{pending, postgres_roles, sentinel_primary, Fault, Journal};
 use coherence_nemeses::partition::Shape;
-use coherence_nemeses::schedule::{plan, FaultKind, NemesisConfig, Targets};
+use coherence_nemeses::schedule::{plan, FaultKind, NemesisConfig, Planned, Targets};
+use coherence_nemeses::staging::{NodeConfig, StagingNodes};
 use coherence_store::{Event, EventType, Process};
 use coherence_workloads::recorder::Recorder;
 use serde_json::json;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The cluster faults are aimed at: the lab, or staging nodes reached over SSH.
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// The lab.
+    Lab(State),
+    /// Staging: the campaign's nodes, and its regions' names.
+    Staging {
+        /// `[[cluster.nodes]]`.
+        nodes: Vec<NodeConfig>,
+        /// The regions, in the campaign's order.
+        regions: Vec<String>,
+    },
+}
+
+/// What faults need to know of a cluster: how to reach its nodes, and who is who.
+pub struct Cluster {
+    /// The nodes.
+    pub nodes: Box<dyn Nodes>,
+    /// Every node, by name.
+    names: Vec<String>,
+    /// Each region and all its nodes.
+    regions: Vec<(String, Vec<String>)>,
+    /// Each region's Redis nodes.
+    redis: HashMap<String, Vec<String>>,
+    /// A Sentinel node of each region, to ask and to kill.
+    sentinel: HashMap<String, String>,
+    /// The PostgreSQL servers.
+    databases: Vec<String>,
+    /// Where the invalidator runs.
+    invalidator: Option<String>,
+}
+
+impl Target {
+    /// The cluster, ready for faults.
+    pub fn cluster(&self) -> Cluster {
+        match self {
+            Target::Lab(state) => {
+                let lab = LabNodes::new(state);
+                let regions: Vec<(String, Vec<String>)> = (1..=state.regions)
+                    .map(|n| {
+                        let r = coherence_lab::layout::region(n);
+                        let members = lab.region(&r);
+                        (r, members)
+                    })
+                    .collect();
+                Cluster {
+                    names: lab.names(),
+                    redis: regions
+                        .iter()
+                        .map(|(r, m)| {
+                            let redis = m.iter().filter(|n| !n.ends_with('s')).cloned();
+                            (r.clone(), redis.collect())
+                        })
+                        .collect(),
+                    sentinel: regions
+                        .iter()
+                        .map(|(r, _)| (r.clone(), format!("{r}s")))
+                        .collect(),
+                    databases: lab.databases(),
+                    invalidator: Some("inv".into()),
+                    regions,
+                    nodes: Box::new(lab),
+                }
+            }
+            Target::Staging { nodes, regions } => {
+                let staging = StagingNodes::new(nodes);
+                let in_region = |service: &str, region: &str| -> Vec<String> {
+                    let members = staging.region(region);
+                    staging
+                        .running(service)
+                        .into_iter()
+                        .filter(|n| members.contains(n))
+                        .collect()
+                };
+                Cluster {
+                    names: staging.names(),
+                    regions: regions
+                        .iter()
+                        .map(|r| (r.clone(), staging.region(r)))
+                        .collect(),
+                    redis: regions
+                        .iter()
+                        .map(|r| (r.clone(), in_region("redis", r)))
+                        .collect(),
+                    sentinel: regions
+                        .iter()
+                        .filter_map(|r| {
+                            in_region("sentinel", r)
+                                .into_iter()
+                                .next()
+                                .map(|s| (r.clone(), s))
+                        })
+                        .collect(),
+                    databases: staging.running("postgres"),
+                    invalidator: staging.running("invalidator").into_iter().next(),
+                    nodes: Box::new(staging),
+                }
+            }
+        }
+    }
+
+    /// The target a run directory's faults were applied to: staging when its campaign
+    /// names nodes, the lab otherwise.
+    pub fn of_run(run_dir: &Path) -> anyhow::Result<Target> {
+        let text = std::fs::read_to_string(run_dir.join(coherence_store::run::CAMPAIGN))
+            .unwrap_or_default();
+        if let Ok(campaign) = coherence_workloads::campaign::Campaign::parse(&text) {
+            if let coherence_workloads::campaign::Cluster::Staging { nodes, regions, .. } =
+                campaign.cluster
+            {
+                if !nodes.is_empty() {
+                    return Ok(Target::Staging {
+                        nodes,
+                        regions: regions.into_iter().map(|r| r.name).collect(),
+                    });
+                }
+            }
+        }
+        let state = State::load()?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "the faults were applied to the lab, which is down: nothing of them remains"
+            )
+        })?;
+        Ok(Target::Lab(state))
+    }
+}
+
 /// Heals whatever the journal says is still applied, when dropped: the way out of a
 /// panic. On the normal path the nemesis has healed everything and this finds nothing.
 pub struct HealGuard {
     pub journal: PathBuf,
-    pub state: State,
+    pub target: Target,
 }
 
 impl Drop for HealGuard {
     fn drop(&mut self) {
-        heal_pending(&self.journal, &self.state);
+        heal_pending(&self.journal, &self.target);
     }
 }
 
 /// Heals every fault the journal holds as applied; says what it did on stderr.
-pub fn heal_pending(journal: &Path, state: &State) {
+pub fn heal_pending(journal: &Path, target: &Target) {
     let Ok(left) = pending(journal) else { return };
     if left.is_empty() {
         return;
     }
-    let nodes = LabNodes::new(state);
+    let cluster = target.cluster();
     let Ok(mut j) = Journal::open(journal) else {
         return;
     };
     for (seq, fault) in left {
-        match fault.heal(&nodes) {
+        match fault.heal(cluster.nodes.as_ref()) {
             Ok(()) => {
                 let _ = j.healed(seq);
                 eprintln!("healed fault {seq} ({})", fault.start_f());
@@ -56,99 +186,116 @@ fn log(rec: &Recorder, f: &str, value: serde_json::Value) {
     rec.log(Event::new(0, Process::Actor("nemesis".into()), EventType::Info, f).value(value));
 }
 
-/// Builds the fault a plan entry names.
-fn build(
-    p: &coherence_nemeses::schedule::Planned,
-    nodes: &LabNodes,
-    all: &[String],
-    tag: &str,
-) -> Result<Fault, String> {
-    let partition = |shape: Shape, order: &[String]| Fault::partition(shape, order, nodes, tag);
-    match p.kind {
-        FaultKind::PartitionRegion => {
-            let region = p.target.clone().unwrap_or_default();
-            let members = nodes.region(&region);
-            partition(
-                Shape::IsolateGroup {
-                    name: region,
-                    members,
-                },
-                all,
-            )
-        }
-        FaultKind::PartitionNode => partition(
-            Shape::IsolateNode {
-                node: p.target.clone().unwrap_or_default(),
-            },
-            all,
-        ),
-        FaultKind::PartitionHalves => partition(Shape::Halves, &p.order),
-        FaultKind::PartitionRing => partition(Shape::MajoritiesRing, &p.order),
-        FaultKind::PartitionBridge => partition(Shape::Bridge, &p.order),
-        FaultKind::KillInvalidator => {
-            Fault::signal("inv", "invalidator", false, nodes).map_err(|e| e.to_string())
-        }
-        FaultKind::PauseInvalidator => {
-            Fault::signal("inv", "invalidator", true, nodes).map_err(|e| e.to_string())
-        }
-        FaultKind::PacketLoss => {
-            let members = nodes.region(&p.target.clone().unwrap_or_default());
-            Ok(Fault::packet_loss(&members, 0.3, tag))
-        }
-        FaultKind::Latency => Ok(Fault::Latency {
-            nodes: nodes.region(&p.target.clone().unwrap_or_default()),
-            delay_ms: 100,
-        }),
-        FaultKind::RedisFailover => {
-            let (region, members) = redis_members(p, nodes);
-            Fault::redis_failover(&region, &format!("{region}s"), &members, nodes)
-                .map_err(|e| e.to_string())
-        }
-        FaultKind::PauseRedis => {
-            let node = format!("{}a", p.target.clone().unwrap_or_default());
-            Fault::signal(&node, "redis", true, nodes).map_err(|e| e.to_string())
-        }
-        FaultKind::RedisPromoteReplica => {
-            let (region, members) = redis_members(p, nodes);
-            Fault::redis_promote(&region, &format!("{region}s"), &members, nodes)
-                .map_err(|e| e.to_string())
-        }
-        FaultKind::KillRedis => {
-            let (region, members) = redis_members(p, nodes);
-            let primary = sentinel_primary(&region, &format!("{region}s"), &members, nodes)
-                .map_err(|e| e.to_string())?;
-            Fault::signal(&primary, "redis", false, nodes).map_err(|e| e.to_string())
-        }
-        FaultKind::KillSentinel => {
-            let node = format!("{}s", p.target.clone().unwrap_or_default());
-            Fault::signal(&node, "sentinel", false, nodes).map_err(|e| e.to_string())
-        }
-        FaultKind::KillPostgres | FaultKind::PausePostgres => {
-            let (primaries, _) =
-                postgres_roles(&nodes.databases(), nodes).map_err(|e| e.to_string())?;
-            let primary = primaries.first().ok_or("no PostgreSQL primary answers")?;
-            let pause = p.kind == FaultKind::PausePostgres;
-            Fault::signal(primary, "postgres", pause, nodes).map_err(|e| e.to_string())
-        }
-        FaultKind::PostgresFailover | FaultKind::PostgresFailoverUnfenced => {
-            let fence = p.kind == FaultKind::PostgresFailover;
-            Fault::postgres_failover(&nodes.databases(), fence, nodes).map_err(|e| e.to_string())
+impl Cluster {
+    fn region_of(&self, p: &Planned) -> String {
+        p.target.clone().unwrap_or_default()
+    }
+
+    fn redis_of(&self, region: &str) -> Vec<String> {
+        self.redis.get(region).cloned().unwrap_or_default()
+    }
+
+    fn sentinel_of(&self, region: &str) -> Result<String, String> {
+        self.sentinel
+            .get(region)
+            .cloned()
+            .ok_or_else(|| format!("region {region} has no Sentinel node"))
+    }
+
+    fn members_of(&self, region: &str) -> Vec<String> {
+        self.regions
+            .iter()
+            .find(|(r, _)| r == region)
+            .map(|(_, m)| m.clone())
+            .unwrap_or_default()
+    }
+
+    /// The schedule's targets.
+    fn targets(&self) -> Targets {
+        Targets {
+            nodes: self.names.clone(),
+            regions: self.regions.clone(),
         }
     }
-}
 
-/// The planned region and its Redis hosts (not its Sentinel-only host).
-fn redis_members(
-    p: &coherence_nemeses::schedule::Planned,
-    nodes: &LabNodes,
-) -> (String, Vec<String>) {
-    let region = p.target.clone().unwrap_or_default();
-    let members = nodes
-        .region(&region)
-        .into_iter()
-        .filter(|n| !n.ends_with('s'))
-        .collect();
-    (region, members)
+    /// Builds the fault a plan entry names.
+    fn build(&self, p: &Planned, tag: &str) -> Result<Fault, String> {
+        let net = self.nodes.as_ref();
+        let all = &self.names;
+        let e = |e: coherence_nemeses::remote::RemoteError| e.to_string();
+        let partition = |shape: Shape, order: &[String]| Fault::partition(shape, order, net, tag);
+        let region = self.region_of(p);
+        let invalidator = || {
+            self.invalidator
+                .clone()
+                .ok_or_else(|| "no node runs the invalidator".to_string())
+        };
+        match p.kind {
+            FaultKind::PartitionRegion => partition(
+                Shape::IsolateGroup {
+                    members: self.members_of(&region),
+                    name: region,
+                },
+                all,
+            ),
+            FaultKind::PartitionNode => partition(
+                Shape::IsolateNode {
+                    node: p.target.clone().unwrap_or_default(),
+                },
+                all,
+            ),
+            FaultKind::PartitionHalves => partition(Shape::Halves, &p.order),
+            FaultKind::PartitionRing => partition(Shape::MajoritiesRing, &p.order),
+            FaultKind::PartitionBridge => partition(Shape::Bridge, &p.order),
+            FaultKind::KillInvalidator | FaultKind::PauseInvalidator => {
+                let pause = p.kind == FaultKind::PauseInvalidator;
+                Fault::signal(&invalidator()?, "invalidator", pause, net).map_err(e)
+            }
+            FaultKind::PacketLoss => Ok(Fault::packet_loss(&self.members_of(&region), 0.3, tag)),
+            FaultKind::Latency => Ok(Fault::Latency {
+                nodes: self.members_of(&region),
+                delay_ms: 100,
+            }),
+            FaultKind::RedisFailover => Fault::redis_failover(
+                &region,
+                &self.sentinel_of(&region)?,
+                &self.redis_of(&region),
+                net,
+            )
+            .map_err(e),
+            FaultKind::RedisPromoteReplica => Fault::redis_promote(
+                &region,
+                &self.sentinel_of(&region)?,
+                &self.redis_of(&region),
+                net,
+            )
+            .map_err(e),
+            FaultKind::PauseRedis | FaultKind::KillRedis => {
+                let primary = sentinel_primary(
+                    &region,
+                    &self.sentinel_of(&region)?,
+                    &self.redis_of(&region),
+                    net,
+                )
+                .map_err(e)?;
+                let pause = p.kind == FaultKind::PauseRedis;
+                Fault::signal(&primary, "redis", pause, net).map_err(e)
+            }
+            FaultKind::KillSentinel => {
+                Fault::signal(&self.sentinel_of(&region)?, "sentinel", false, net).map_err(e)
+            }
+            FaultKind::KillPostgres | FaultKind::PausePostgres => {
+                let (primaries, _) = postgres_roles(&self.databases, net).map_err(e)?;
+                let primary = primaries.first().ok_or("no PostgreSQL primary answers")?;
+                let pause = p.kind == FaultKind::PausePostgres;
+                Fault::signal(primary, "postgres", pause, net).map_err(e)
+            }
+            FaultKind::PostgresFailover | FaultKind::PostgresFailoverUnfenced => {
+                let fence = p.kind == FaultKind::PostgresFailover;
+                Fault::postgres_failover(&self.databases, fence, net).map_err(e)
+            }
+        }
+    }
 }
 
 /// Sleeps until `until` or until `stop` is set; false when stopped.
@@ -170,8 +317,8 @@ pub struct Nemesis {
     pub seed: u64,
     /// The workload's time limit: no fault starts that would outlast it.
     pub time_limit: Duration,
-    /// The lab.
-    pub state: State,
+    /// The cluster.
+    pub target: Target,
     /// The heal journal.
     pub journal: PathBuf,
     /// Tags the rules of this run's faults.
@@ -189,24 +336,15 @@ pub fn run(n: Nemesis) {
         config,
         seed,
         time_limit,
-        state,
+        target,
         journal: journal_path,
         tag,
         rec,
         stop,
     } = n;
-    let nodes = LabNodes::new(&state);
-    let all = nodes.names();
-    let targets = Targets {
-        nodes: all.clone(),
-        regions: (1..=state.regions)
-            .map(|n| {
-                let r = coherence_lab::layout::region(n);
-                let members = nodes.region(&r);
-                (r, members)
-            })
-            .collect(),
-    };
+    let cluster = target.cluster();
+    let nodes = cluster.nodes.as_ref();
+    let targets = cluster.targets();
     let count = (time_limit.as_nanos() / config.interval.as_nanos().max(1)) as usize;
     let schedule = plan(&config, &targets, seed, count);
     let Ok(mut journal) = Journal::open(&journal_path) else {
@@ -223,12 +361,7 @@ pub fn run(n: Nemesis) {
         if at + config.duration > time_limit || !sleep_until(start + at, &stop) {
             break;
         }
-        let fault = match build(
-            planned,
-            &nodes,
-            &all,
-            &format!("{tag}-{}", journal.next_seq()),
-        ) {
+        let fault = match cluster.build(planned, &format!("{tag}-{}", journal.next_seq())) {
             Ok(f) => f,
             Err(e) => {
                 log(
@@ -248,7 +381,7 @@ pub fn run(n: Nemesis) {
             break;
         };
         log(&rec, fault.start_f(), json!({"seq": seq, "fault": fault}));
-        match fault.apply(&nodes) {
+        match fault.apply(nodes) {
             Err(e) => log(
                 &rec,
                 "nemesis-error",
@@ -256,14 +389,14 @@ pub fn run(n: Nemesis) {
             ),
             // A failover says whom it promoted, for the checker's causes.
             Ok(()) => {
-                if let Some(outcome) = fault.outcome(&nodes) {
+                if let Some(outcome) = fault.outcome(nodes) {
                     log(&rec, "failover", outcome);
                 }
             }
         }
         sleep_until(Instant::now() + config.duration, &stop);
-        let healed = fault.heal(&nodes).map_err(|e| e.to_string());
-        let traces = fault.traces(&nodes).unwrap_or_else(|e| vec![e.to_string()]);
+        let healed = fault.heal(nodes).map_err(|e| e.to_string());
+        let traces = fault.traces(nodes).unwrap_or_else(|e| vec![e.to_string()]);
         if healed.is_ok() && traces.is_empty() {
             let _ = journal.healed(seq);
         }

@@ -116,8 +116,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
     // The cluster: prepare the lab, or take the staging endpoints as given.
     let lab = args.lab || matches!(campaign.cluster, Cluster::Lab { .. });
-    if campaign.nemesis.is_some() && !lab {
-        bail!("faults ([nemesis]) need the lab for now: run the campaign against the lab");
+    if let (Some(_), Cluster::Staging { nodes, .. }) = (&campaign.nemesis, &campaign.cluster) {
+        if nodes.is_empty() && !lab {
+            bail!("faults ([nemesis]) on staging need the nodes to reach: add [[cluster.nodes]] with their ssh settings (see campaigns/staging-example.toml)");
+        }
     }
     let (endpoints, design) = if lab {
         let design: coherence_lab::Design = match &campaign.cluster {
@@ -159,7 +161,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
             Some(design),
         )
     } else {
-        let Cluster::Staging { postgres, regions } = &campaign.cluster else {
+        let Cluster::Staging {
+            postgres, regions, ..
+        } = &campaign.cluster
+        else {
             unreachable!("not the lab")
         };
         let mut params = format!("user={} dbname={}", postgres.user, postgres.dbname);
@@ -187,8 +192,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
                             .replica
                             .as_deref()
                             .map(|a| node(a, r.names.as_ref().map(|n| n[1].as_str()))),
-                        sentinels: Vec::new(),
-                        master_name: r.name.clone(),
+                        sentinels: r.sentinels.clone(),
+                        master_name: r.master_name.clone().unwrap_or_else(|| r.name.clone()),
                         nodes: Vec::new(),
                     })
                     .collect(),
@@ -239,13 +244,23 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let stop_faults = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let journal = dir.join(coherence_nemeses::fault::JOURNAL);
     let mut heal_guard = None;
-    let nemesis_thread = match (&campaign.nemesis, lab) {
-        (Some(config), true) => {
-            let state = coherence_lab::cluster::State::load()?
-                .ok_or_else(|| anyhow::anyhow!("the lab went down"))?;
+    let nemesis_thread = match &campaign.nemesis {
+        Some(config) => {
+            let target = match &campaign.cluster {
+                Cluster::Staging { nodes, regions, .. } if !lab => {
+                    crate::nemesis::Target::Staging {
+                        nodes: nodes.clone(),
+                        regions: regions.iter().map(|r| r.name.clone()).collect(),
+                    }
+                }
+                _ => crate::nemesis::Target::Lab(
+                    coherence_lab::cluster::State::load()?
+                        .ok_or_else(|| anyhow::anyhow!("the lab went down"))?,
+                ),
+            };
             heal_guard = Some(crate::nemesis::HealGuard {
                 journal: journal.clone(),
-                state: state.clone(),
+                target: target.clone(),
             });
             let (config, rec, stop) = (config.clone(), rec.clone(), stop_faults.clone());
             let tag = dir
@@ -258,7 +273,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     config,
                     seed,
                     time_limit: limit,
-                    state,
+                    target,
                     journal,
                     tag,
                     rec,
@@ -266,7 +281,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 })
             }))
         }
-        _ => None,
+        None => None,
     };
     let nemesis_thread = Arc::new(Mutex::new(nemesis_thread));
 

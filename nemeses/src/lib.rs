@@ -11,6 +11,7 @@ pub mod partition;
 pub mod remote;
 pub mod schedule;
 pub mod ssh;
+pub mod staging;
 
 /// Reads a duration written for people: "500ms", "5s", "1m".
 pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(

@@ -101,6 +101,28 @@ pub trait Remote {
     fn download(&self, path: &Path) -> Result<Vec<u8>, RemoteError>;
 }
 
+/// A shared remote is a remote: one connection, many owners.
+impl<R: Remote + ?Sized> Remote for std::sync::Arc<R> {
+    fn node(&self) -> &str {
+        (**self).node()
+    }
+    fn execute(&self, argv: &[&str]) -> Result<Output, RemoteError> {
+        (**self).execute(argv)
+    }
+    fn run(&self, argv: &[&str]) -> Result<Output, RemoteError> {
+        (**self).run(argv)
+    }
+    fn spawn(&self, argv: &[&str], log: &Path) -> Result<u32, RemoteError> {
+        (**self).spawn(argv, log)
+    }
+    fn upload(&self, contents: &[u8], path: &Path, mode: u32) -> Result<(), RemoteError> {
+        (**self).upload(contents, path, mode)
+    }
+    fn download(&self, path: &Path) -> Result<Vec<u8>, RemoteError> {
+        (**self).download(path)
+    }
+}
+
 /// Quotes a command for messages.
 pub fn shell_words(argv: &[&str]) -> String {
     argv.iter()

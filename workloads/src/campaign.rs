@@ -44,6 +44,9 @@ pub enum Cluster {
         /// Cache regions.
         #[serde(deserialize_with = "non_empty")]
         regions: Vec<Region>,
+        /// The nodes faults may touch, reached over SSH (needed for `[nemesis]`).
+        #[serde(default)]
+        nodes: Vec<coherence_nemeses::staging::NodeConfig>,
     },
 }
 
@@ -90,6 +93,13 @@ pub struct Region {
     /// addresses).
     #[serde(default)]
     pub names: Option<[String; 2]>,
+    /// Sentinels (`host:port`) that know the region's primary: clients ask them where
+    /// it went after an error (a failover). Without them the primary is fixed.
+    #[serde(default)]
+    pub sentinels: Vec<String>,
+    /// The region's master name at the Sentinels (default: the region's name).
+    #[serde(default)]
+    pub master_name: Option<String>,
 }
 
 /// Who invalidates the cache after a write.
@@ -307,6 +317,20 @@ impl Campaign {
     /// Parses and validates campaign text.
     pub fn parse(text: &str) -> Result<Campaign, String> {
         let campaign: Campaign = toml::from_str(text).map_err(|e| describe(text, &e))?;
+        if let Cluster::Staging { nodes, .. } = &campaign.cluster {
+            coherence_nemeses::staging::validate(nodes).map_err(|e| {
+                format!(
+                    "{}field `cluster.nodes`: {e}",
+                    line_of(text, "name").map(|_| "").unwrap_or_default()
+                )
+            })?;
+            if campaign.nemesis.is_some() && nodes.is_empty() {
+                return Err(
+                    "[nemesis] on staging needs the nodes to reach: add [[cluster.nodes]] with their ssh settings"
+                        .into(),
+                );
+            }
+        }
         if let Cluster::Lab { invalidator } = &campaign.cluster {
             if !["notify", "outbox", "none"].contains(&invalidator.as_str()) {
                 return Err(format!(
