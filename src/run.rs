@@ -202,6 +202,24 @@ pub fn run(args: RunArgs) -> Result<u8> {
         )
     };
 
+    // Staging: refuse endpoints and nodes that do not answer, before anything runs.
+    if !lab {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?
+            .block_on(coherence_workloads::cache_aside::preflight(&endpoints))?;
+        if let (Some(_), Cluster::Staging { nodes, .. }) = (&campaign.nemesis, &campaign.cluster) {
+            coherence_nemeses::staging::StagingNodes::new(nodes)
+                .check()
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{e}\n(the nodes of [[cluster.nodes]] are reached before any fault)"
+                    )
+                })?;
+        }
+    }
+
     // The run directory: campaign (redacted), run.json, then the history as it goes.
     let dir = create_run_dir(&args.store, &campaign.name)
         .with_context(|| format!("cannot create a run directory in {}", args.store.display()))?;

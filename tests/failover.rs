@@ -103,9 +103,20 @@ fn kills_and_failovers_have_their_effect_and_heal() {
     });
     // Sentinel fails r1 over to r1b meanwhile; the restarted r1a comes back as its
     // replica, not as a second primary.
-    eventually(15, "Sentinel to promote r1b", || {
-        sentinel_primary("r1", "r1s", &r1, &nodes).is_ok_and(|p| p == "r1b")
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !sentinel_primary("r1", "r1s", &r1, &nodes).is_ok_and(|p| p == "r1b") {
+        assert!(
+            Instant::now() < deadline,
+            "Sentinel did not promote r1b within 30 s; the Sentinels' logs:\n{}",
+            ["r1a", "r1b", "r1s"]
+                .map(|h| std::fs::read_to_string(format!(
+                    "/var/tmp/coherence-lab/{h}/sentinel.log"
+                ))
+                .unwrap_or_default())
+                .join("\n--\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     kill.heal(&nodes).unwrap();
     assert!(kill.traces(&nodes).unwrap().is_empty());
     eventually(10, "r1a to rejoin as a replica", || {

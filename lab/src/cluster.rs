@@ -504,8 +504,32 @@ fn chown_postgres(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Removes the lock files of a PostgreSQL that was killed: a killed postmaster may
+/// linger as a zombie until init reaps it, and PostgreSQL takes the live pid in its lock
+/// files for a running server. A lock whose pid is no running postgres is stale.
+fn remove_stale_pg_locks(dir: &Path, data: &Path) {
+    let running = |lock: &Path| {
+        let pid = std::fs::read_to_string(lock)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()));
+        pid.is_some_and(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains("postgres"))
+        })
+    };
+    for lock in [
+        data.join("postmaster.pid"),
+        dir.join(format!(".s.PGSQL.{PG_PORT}.lock")),
+    ] {
+        if lock.exists() && !running(&lock) {
+            let _ = std::fs::remove_file(&lock);
+        }
+    }
+}
+
 fn start_pg(state: &State, h: &Host, data: &Path) -> Result<()> {
     let dir = host_dir(h);
+    remove_stale_pg_locks(&dir, data);
     let mut argv = as_postgres(&state.pg_bin, "postgres");
     argv.extend(["-D".into(), data.display().to_string()]);
     for setting in [
@@ -525,15 +549,22 @@ fn start_pg(state: &State, h: &Host, data: &Path) -> Result<()> {
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     remote(h).spawn(&argv, &dir.join("postgres.log"))?;
     let rt = runtime()?;
+    let log = dir.join("postgres.log");
     wait_until(
-        &format!(
-            "PostgreSQL on {} answering (see {})",
-            h.name,
-            dir.join("postgres.log").display()
-        ),
+        &format!("PostgreSQL on {} answering", h.name),
         Duration::from_secs(20),
         || rt.block_on(async { pg_connect(h.addr).await.is_ok() }),
     )
+    .map_err(|e| {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(8).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        anyhow!(
+            "{e}; the end of {}:\n  {}",
+            log.display(),
+            tail.join("\n  ")
+        )
+    })
 }
 
 fn start_primary(state: &State, h: &Host) -> Result<()> {
@@ -640,7 +671,12 @@ pub fn down() -> Result<DownReport> {
     let mut report = DownReport::default();
     for ns in lab_namespaces()? {
         report.processes += kill_namespace(&ns)?;
-        sh(&["ip", "netns", "del", &ns])?;
+        if let Err(e) = sh(&["ip", "netns", "del", &ns]) {
+            // Gone meanwhile (another `down`) is as good as deleted.
+            if lab_namespaces()?.contains(&ns) {
+                return Err(e);
+            }
+        }
         report.namespaces += 1;
     }
     if bridge_exists() {
@@ -1145,12 +1181,7 @@ impl coherence_nemeses::fault::Nodes for LabNodes {
             "postgres" => {
                 // A killed postmaster may linger as a zombie until init reaps it, and
                 // PostgreSQL takes a live pid in its lock file for a running server.
-                // When no postgres process runs here, the lock is stale.
-                let data = host_dir(host).join("data");
-                if self.pids(node, "postgres")?.is_empty() {
-                    let _ = std::fs::remove_file(data.join("postmaster.pid"));
-                }
-                start_pg(&state, host, &data)
+                start_pg(&state, host, &host_dir(host).join("data"))
             }
             other => Err(anyhow!("no service {other:?} to restart")),
         };

@@ -511,6 +511,9 @@ impl Fault {
             Fault::Kill { node, service, .. } => {
                 if net.pids(node, service)?.is_empty() {
                     net.restart(node, service)?;
+                    wait_for(node, &format!("{service} to run again"), || {
+                        Ok(!net.pids(node, service)?.is_empty())
+                    })?;
                 }
                 Ok(())
             }

@@ -115,6 +115,15 @@ impl StagingNodes {
         }
     }
 
+    /// Connects to every node, verifying its host key: a campaign whose nodes cannot
+    /// be reached is refused before any fault is applied.
+    pub fn check(&self) -> Result<(), String> {
+        for (n, _) in &self.nodes {
+            Ssh::connect(n.name.clone(), n.ssh.clone()).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Every node's name.
     pub fn names(&self) -> Vec<String> {
         self.nodes.iter().map(|(n, _)| n.name.clone()).collect()

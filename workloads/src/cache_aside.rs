@@ -736,6 +736,66 @@ impl Keys {
     }
 }
 
+/// Checks, before a run, that the database writer and every region's primary answer:
+/// a campaign whose endpoints are wrong is refused, not run against nothing.
+pub async fn preflight(ends: &Endpoints) -> Result<()> {
+    let within = Duration::from_secs(5);
+    for node in ends.db_writers.iter().take(1) {
+        let connected = tokio::time::timeout(within, pg_connect(node, &ends.db_params)).await;
+        match connected {
+            Ok(Ok(client)) => {
+                client
+                    .query_one(READ, &[&key_name(0)])
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "the database at {} has no row for {}: create the workload's tables and rows (see lab/src/schema.rs)",
+                            node.addr,
+                            key_name(0)
+                        )
+                    })?;
+            }
+            Ok(Err(e)) => anyhow::bail!(
+                "cannot reach the database writer {} ({}): {}; check [cluster.postgres]",
+                node.name,
+                node.addr,
+                e.message
+            ),
+            Err(_) => anyhow::bail!(
+                "the database writer {} ({}) did not answer within {within:?}; check [cluster.postgres]",
+                node.name,
+                node.addr
+            ),
+        }
+    }
+    for region in &ends.regions {
+        let node = &region.primary;
+        let ping = async {
+            let mut con = redis_connect(node).await.map_err(|e| e.message)?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut con)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        match tokio::time::timeout(within, ping).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => anyhow::bail!(
+                "cannot reach region {}'s Redis primary {} ({}): {e}; check its [[cluster.regions]] entry",
+                region.name,
+                node.name,
+                node.addr
+            ),
+            Err(_) => anyhow::bail!(
+                "region {}'s Redis primary {} ({}) did not answer within {within:?}",
+                region.name,
+                node.name,
+                node.addr
+            ),
+        }
+    }
+    Ok(())
+}
+
 /// What the progress bar shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 pub struct Sshd {
     /// Its directory: keys, config, log.
     pub dir: tempfile::TempDir,
-    /// Its port on 127.0.0.1.
+    /// Its address.
+    pub addr: String,
+    /// Its port.
     pub port: u16,
     /// Its private host key (the public one is next to it, `.pub`).
     pub host_key: PathBuf,
@@ -60,8 +62,14 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 impl Sshd {
-    /// Starts one.
+    /// Starts one on 127.0.0.1 and a free port.
     pub fn start() -> Sshd {
+        Sshd::start_at(None, "127.0.0.1")
+    }
+
+    /// Starts one on `addr`, inside the network namespace `netns` when given (then on
+    /// port 22: the namespace is the node's own).
+    pub fn start_at(netns: Option<&str>, addr: &str) -> Sshd {
         let sshd = Path::new("/usr/sbin/sshd");
         assert!(
             sshd.exists(),
@@ -88,7 +96,7 @@ impl Sshd {
         fs::write(
             &config,
             format!(
-                "ListenAddress 127.0.0.1\n\
+                "ListenAddress {addr}\n\
                  HostKey {host_key}\n\
                  AuthorizedKeysFile {authorized}\n\
                  PidFile {pid}\n\
@@ -109,9 +117,17 @@ impl Sshd {
         .unwrap();
         let log = dir.path().join("sshd.log");
         for _ in 0..5 {
-            let port = free_port();
+            let port = if netns.is_some() { 22 } else { free_port() };
             let file = fs::File::create(&log).unwrap();
-            let mut child = Command::new(sshd)
+            let mut command = match netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns]).arg(sshd);
+                    c
+                }
+                None => Command::new(sshd),
+            };
+            let mut child = command
                 .args(["-D", "-e", "-f"])
                 .arg(&config)
                 .args(["-p", &port.to_string()])
@@ -125,7 +141,7 @@ impl Sshd {
                 if child.try_wait().unwrap().is_some() {
                     break false; // the port was taken meanwhile, or worse: the log says
                 }
-                if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                if let Ok(mut s) = TcpStream::connect((addr, port)) {
                     let mut banner = [0u8; 8];
                     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                     if s.read_exact(&mut banner).is_ok() && &banner == b"SSH-2.0-" {
@@ -143,7 +159,7 @@ impl Sshd {
                 continue;
             }
             let scan = Command::new("ssh-keyscan")
-                .args(["-p", &port.to_string(), "127.0.0.1"])
+                .args(["-p", &port.to_string(), addr])
                 .output()
                 .expect("ssh-keyscan");
             assert!(scan.status.success(), "ssh-keyscan: {scan:?}");
@@ -155,6 +171,7 @@ impl Sshd {
             fs::write(&known_hosts, &scan.stdout).unwrap();
             return Sshd {
                 dir,
+                addr: addr.to_string(),
                 port,
                 host_key,
                 client_key,
@@ -167,7 +184,7 @@ impl Sshd {
 
     /// How to reach it as `user` with the client key.
     pub fn config(&self, user: &str) -> SshConfig {
-        let mut c = SshConfig::new("127.0.0.1", user, &self.known_hosts);
+        let mut c = SshConfig::new(self.addr.clone(), user, &self.known_hosts);
         c.port = self.port;
         c.key = Some(self.client_key.clone());
         c.connect_timeout = Duration::from_secs(5);
