@@ -113,6 +113,10 @@ fn build(
             let node = format!("{}a", p.target.clone().unwrap_or_default());
             Fault::signal(&node, "redis", true, nodes).map_err(|e| e.to_string())
         }
+        FaultKind::ClockBump | FaultKind::ClockStrobe => Ok(Fault::ClockSkew {
+            node: p.target.clone().unwrap_or_default(),
+            skew: p.skew.ok_or("the schedule planned no skew")?,
+        }),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The nemesis schedule: which fault, on which target, when — a pure function of the
 //! campaign's `[nemesis]` section and the run's seed (same seed, same schedule).
 
+use crate::clock::Skew;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Deserializer};
@@ -32,6 +33,10 @@ pub enum FaultKind {
     Latency,
     /// A region's Redis primary is failed over through Sentinel.
     RedisFailover,
+    /// A host's wall clock is moved forward or back; set right after.
+    ClockBump,
+    /// A host's wall clock jumps forth and back; set right after.
+    ClockStrobe,
 }
 
 impl FaultKind {
@@ -48,6 +53,8 @@ impl FaultKind {
         "packet-loss",
         "latency",
         "redis-failover",
+        "clock-bump",
+        "clock-strobe",
     ];
 }
 
@@ -63,6 +70,27 @@ pub struct NemesisConfig {
     /// How long each fault lasts before it is healed.
     #[serde(deserialize_with = "duration")]
     pub duration: Duration,
+    /// Clock faults: the largest offset. Each is drawn from the seed between a tenth of
+    /// it and it, forward or back. Default 5 s.
+    #[serde(default = "default_clock_offset", deserialize_with = "duration")]
+    pub clock_offset: Duration,
+    /// Clock strobes: the longest period. Each is drawn from the seed between a fifth of
+    /// it and it. Default 1 s.
+    #[serde(default = "default_clock_period", deserialize_with = "duration")]
+    pub clock_period: Duration,
+}
+
+/// The largest clock offset when a campaign names none.
+pub const DEFAULT_CLOCK_OFFSET: Duration = Duration::from_secs(5);
+/// The longest strobe period when a campaign names none.
+pub const DEFAULT_CLOCK_PERIOD: Duration = Duration::from_secs(1);
+
+fn default_clock_offset() -> Duration {
+    DEFAULT_CLOCK_OFFSET
+}
+
+fn default_clock_period() -> Duration {
+    DEFAULT_CLOCK_PERIOD
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -90,6 +118,30 @@ pub struct Planned {
     pub target: Option<String>,
     /// For shape faults: the hosts in the order the shape splits them.
     pub order: Vec<String>,
+    /// For clock faults: how the node's clock is moved.
+    pub skew: Option<Skew>,
+}
+
+/// A skew drawn from `rng`: the offset's size between a tenth of `max_offset` and it
+/// (at least 1 ms), forward or back; a strobe's period between a fifth of
+/// `max_period` and it.
+fn draw_skew(
+    rng: &mut ChaCha8Rng,
+    strobe: bool,
+    max_offset: Duration,
+    max_period: Duration,
+) -> Skew {
+    let max = (max_offset.as_millis() as i64).clamp(1, i32::MAX as i64);
+    let size = rng.random_range((max / 10).max(1)..=max);
+    let offset_ms = if rng.random_bool(0.5) { size } else { -size };
+    if !strobe {
+        return Skew::Bump { offset_ms };
+    }
+    let max = (max_period.as_millis() as u64).clamp(1, u32::MAX as u64);
+    Skew::Strobe {
+        offset_ms,
+        period_ms: rng.random_range((max / 5).max(1)..=max),
+    }
 }
 
 /// The `n` first faults of the schedule for `seed`.
@@ -113,13 +165,25 @@ pub fn plan(config: &NemesisConfig, targets: &Targets, seed: u64, n: usize) -> V
                         .0
                         .clone(),
                 ),
-                FaultKind::PartitionNode => Some(order[0].clone()),
+                FaultKind::PartitionNode | FaultKind::ClockBump | FaultKind::ClockStrobe => {
+                    Some(order[0].clone())
+                }
                 _ => None,
             };
+            // Drawn only for clock faults, so other kinds' schedules stay as they were.
+            let skew = matches!(kind, FaultKind::ClockBump | FaultKind::ClockStrobe).then(|| {
+                draw_skew(
+                    &mut rng,
+                    kind == FaultKind::ClockStrobe,
+                    config.clock_offset,
+                    config.clock_period,
+                )
+            });
             Planned {
                 kind,
                 target,
                 order,
+                skew,
             }
         })
         .collect()
@@ -138,6 +202,8 @@ mod tests {
             ],
             interval: Duration::from_secs(5),
             duration: Duration::from_secs(2),
+            clock_offset: DEFAULT_CLOCK_OFFSET,
+            clock_period: DEFAULT_CLOCK_PERIOD,
         }
     }
 
@@ -194,6 +260,8 @@ mod tests {
             ],
             interval: Duration::from_secs(5),
             duration: Duration::from_secs(1),
+            clock_offset: DEFAULT_CLOCK_OFFSET,
+            clock_period: DEFAULT_CLOCK_PERIOD,
         };
         for f in plan(&config, &targets(), 3, 50) {
             let region = f
@@ -204,6 +272,55 @@ mod tests {
                 "{region}"
             );
         }
+    }
+
+    #[test]
+    fn clock_faults_name_a_node_and_a_skew_within_the_bounds() {
+        let config = NemesisConfig {
+            faults: vec![FaultKind::ClockBump, FaultKind::ClockStrobe],
+            interval: Duration::from_secs(5),
+            duration: Duration::from_secs(1),
+            clock_offset: Duration::from_secs(2),
+            clock_period: Duration::from_millis(500),
+        };
+        let p = plan(&config, &targets(), 11, 200);
+        let (mut forward, mut back) = (false, false);
+        for f in &p {
+            let node = f.target.as_deref().expect("a node");
+            assert!(targets().nodes.iter().any(|n| n == node), "{node}");
+            let skew = f.skew.expect("a skew");
+            let size = skew.offset_ms().abs();
+            assert!((200..=2000).contains(&size), "{skew}");
+            forward |= skew.offset_ms() > 0;
+            back |= skew.offset_ms() < 0;
+            match (f.kind, skew) {
+                (FaultKind::ClockBump, Skew::Bump { .. }) => {}
+                (FaultKind::ClockStrobe, Skew::Strobe { period_ms, .. }) => {
+                    assert!((100..=500).contains(&period_ms), "{skew}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(forward && back, "offsets go both ways");
+        assert!(plan(&self::config(), &targets(), 1, 60)
+            .iter()
+            .all(|f| f.skew.is_none()));
+    }
+
+    #[test]
+    fn clock_bounds_parse_and_default() {
+        #[derive(Deserialize)]
+        struct T {
+            nemesis: NemesisConfig,
+        }
+        let text = "[nemesis]\nfaults = [\"clock-bump\"]\ninterval = \"5s\"\nduration = \"1s\"\n";
+        let t = toml::from_str::<T>(text).unwrap();
+        assert_eq!(t.nemesis.clock_offset, DEFAULT_CLOCK_OFFSET);
+        assert_eq!(t.nemesis.clock_period, DEFAULT_CLOCK_PERIOD);
+        let text = format!("{text}clock_offset = \"30s\"\nclock_period = \"200ms\"\n");
+        let t = toml::from_str::<T>(&text).unwrap();
+        assert_eq!(t.nemesis.clock_offset, Duration::from_secs(30));
+        assert_eq!(t.nemesis.clock_period, Duration::from_millis(200));
     }
 
     #[test]
