@@ -221,13 +221,16 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
             .and_then(|e| e.ok())
             .map(|e| e.path().join(JOURNAL))
             .filter(|j| pending(j).is_ok_and(|p| !p.is_empty()));
-        if let Some(j) = found {
+        // Journaled comes before applied: wait for the rules too.
+        if let Some(j) = found.filter(|_| !our_rules(&nodes).is_empty()) {
             break j;
         }
-        assert!(std::time::Instant::now() < deadline, "no fault was applied");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no partition was applied"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    assert!(!our_rules(&nodes).is_empty(), "a partition is active");
     // SAFETY: no preconditions.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let o = child.wait_with_output().unwrap();
