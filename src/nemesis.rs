@@ -294,6 +294,10 @@ impl Cluster {
                 let fence = p.kind == FaultKind::PostgresFailover;
                 Fault::postgres_failover(&self.databases, fence, net).map_err(e)
             }
+            FaultKind::ClockBump | FaultKind::ClockStrobe => Ok(Fault::ClockSkew {
+                node: p.target.clone().unwrap_or_default(),
+                skew: p.skew.ok_or("the schedule planned no skew")?,
+            }),
         }
     }
 }

@@ -93,6 +93,16 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 .as_ref()
                 .map_or(Duration::from_secs(10), |b| b.interval),
             duration: base.as_ref().map_or(Duration::from_secs(3), |b| b.duration),
+            clock_offset: base
+                .as_ref()
+                .map_or(coherence_nemeses::schedule::DEFAULT_CLOCK_OFFSET, |b| {
+                    b.clock_offset
+                }),
+            clock_period: base
+                .as_ref()
+                .map_or(coherence_nemeses::schedule::DEFAULT_CLOCK_PERIOD, |b| {
+                    b.clock_period
+                }),
         });
     }
     if let Some(n) = campaign.nemesis.as_mut() {
@@ -109,6 +119,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
         anyhow::ensure!(
             n.interval > Duration::ZERO,
             "[nemesis] interval must be more than 0"
+        );
+        // The lab's clock shim holds offsets and periods of less than 2^31 ms (24 days).
+        let clock_range = Duration::from_millis(1)..Duration::from_secs(86_400 * 24);
+        anyhow::ensure!(
+            clock_range.contains(&n.clock_offset) && clock_range.contains(&n.clock_period),
+            "[nemesis] clock_offset and clock_period must be between 1 ms and 24 days"
         );
     }
     let work = campaign.workload.clone();

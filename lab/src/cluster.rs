@@ -9,8 +9,9 @@
 use crate::layout::{
     self, Host, Role, BRIDGE, BRIDGE_ADDR, NS_PREFIX, PG_PORT, REDIS_PORT, SENTINEL_PORT,
 };
-use crate::{lab_dir, schema, Design};
+use crate::{clock, lab_dir, schema, Design};
 use anyhow::{anyhow, bail, Context, Result};
+use coherence_nemeses::clock::Skew;
 use coherence_nemeses::remote::{shell_words, Netns, Remote, RemoteError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -315,6 +316,7 @@ fn build(state: &State) -> Result<()> {
     for h in &hosts {
         std::fs::create_dir_all(host_dir(h))?;
     }
+    clock::install().context("cannot install the clock shim")?;
     let rt = runtime()?;
     let db1 = state.host(Role::DbPrimary);
     let db2 = state.host(Role::DbStandby);
@@ -435,8 +437,7 @@ fn start_redis(h: &Host, replica_of: Option<std::net::Ipv4Addr>) -> Result<()> {
         primary = p.to_string();
         argv.extend(["--replicaof", &primary, "6379"]);
     }
-    remote(h).spawn(&argv, &dir.join("redis.log"))?;
-    Ok(())
+    spawn_server(h, &argv, &dir.join("redis.log"))
 }
 
 fn start_sentinel(h: &Host, primary: &Host) -> Result<()> {
@@ -447,11 +448,11 @@ fn start_sentinel(h: &Host, primary: &Host) -> Result<()> {
     if !conf.exists() {
         write_sentinel_conf(h, &conf, primary)?;
     }
-    remote(h).spawn(
+    spawn_server(
+        h,
         &["redis-sentinel", &conf.display().to_string()],
         &dir.join("sentinel.log"),
-    )?;
-    Ok(())
+    )
 }
 
 fn write_sentinel_conf(h: &Host, conf: &Path, primary: &Host) -> Result<()> {
@@ -547,7 +548,7 @@ fn start_pg(state: &State, h: &Host, data: &Path) -> Result<()> {
         argv.extend(["-c".into(), setting]);
     }
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
-    remote(h).spawn(&argv, &dir.join("postgres.log"))?;
+    spawn_server(h, &argv, &dir.join("postgres.log"))?;
     let rt = runtime()?;
     let log = dir.join("postgres.log");
     wait_until(
@@ -623,7 +624,8 @@ pub fn start_invalidator(state: &State) -> Result<()> {
     let exe = state.exe.display().to_string();
     let regions = state.regions.to_string();
     let deletions = dir.join("deletions.jsonl").display().to_string();
-    remote(&host).spawn(
+    spawn_server(
+        &host,
         &[
             &exe,
             "lab",
@@ -636,7 +638,15 @@ pub fn start_invalidator(state: &State) -> Result<()> {
             &deletions,
         ],
         &dir.join("invalidator.log"),
-    )?;
+    )
+}
+
+/// Starts a server on a host in the background, with the clock shim preloaded (so
+/// clock faults reach it) and its output appended to `log`.
+fn spawn_server(h: &Host, argv: &[&str], log: &Path) -> Result<()> {
+    let argv = clock::preloaded(&h.name, argv);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    remote(h).spawn(&argv, log)?;
     Ok(())
 }
 
@@ -1237,6 +1247,24 @@ impl coherence_nemeses::fault::Nodes for LabNodes {
             std::fs::remove_dir_all(&data).map_err(|e| fail(e.into()))?;
         }
         start_standby(&state, &primary, &host).map_err(fail)
+    }
+
+    /// Writes (or removes) the host's clock file, which its servers' shim reads.
+    fn set_clock_skew(&self, node: &str, skew: Option<&Skew>) -> Result<(), RemoteError> {
+        let host = self.host(node)?;
+        let file = clock::clock_file(&host.name);
+        clock::set(&file, skew).map_err(|e| {
+            let what = format!("write {}", file.display());
+            self.error(node, &what, e.into())
+        })
+    }
+
+    /// The skew the host's clock file holds.
+    fn clock_skew(&self, node: &str) -> Result<Option<Skew>, RemoteError> {
+        let host = self.host(node)?;
+        let file = clock::clock_file(&host.name);
+        clock::get(&file)
+            .map_err(|e| self.error(node, &format!("read {}", file.display()), e.into()))
     }
 }
 

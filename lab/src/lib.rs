@@ -5,12 +5,14 @@
 //! standby, per region a Redis primary, a replica and three Sentinels, and the
 //! invalidation pipeline under test ([`invalidator`]). Its state is kept on disk, so
 //! `down` removes everything the lab made even after the tool itself was killed. Hosts
-//! are reached through the `nemeses` remote, as faults will reach them.
+//! are reached through the `nemeses` remote, as faults will reach them. Every server
+//! has the lab's [`clock`] shim preloaded, so a host's clock can be skewed.
 //!
 //! Everything here needs root (namespaces, bridges, iptables).
 
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod cluster;
 pub mod invalidator;
 pub mod layout;

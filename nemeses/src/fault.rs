@@ -5,6 +5,7 @@
 //! a later `coherence heal RUN_DIR` finds in the journal and heals. A fault records
 //! exactly what it did (the iptables rules it added), so healing removes exactly that.
 
+use crate::clock::Skew;
 use crate::partition::{Grudge, Shape};
 use crate::remote::{shell_words, Remote, RemoteError};
 use serde::{Deserialize, Serialize};
@@ -31,6 +32,25 @@ pub trait Nodes {
     /// Makes `node`'s PostgreSQL a fresh streaming standby of `primary`'s, discarding
     /// whatever it held (after a failover, the old primary rejoins this way).
     fn rebuild_standby(&self, node: &str, primary: &str) -> Result<(), RemoteError>;
+    /// Moves `node`'s wall clock by `skew`, or back to true time with `None`.
+    fn set_clock_skew(&self, node: &str, skew: Option<&Skew>) -> Result<(), RemoteError> {
+        let _ = skew;
+        Err(clock_unsupported(node))
+    }
+    /// How `node`'s wall clock is moved now (`None`: it shows true time).
+    fn clock_skew(&self, node: &str) -> Result<Option<Skew>, RemoteError> {
+        Err(clock_unsupported(node))
+    }
+}
+
+fn clock_unsupported(node: &str) -> RemoteError {
+    RemoteError {
+        node: node.to_string(),
+        command: String::new(),
+        status: None,
+        stdout: String::new(),
+        stderr: "these nodes cannot have their clocks skewed".into(),
+    }
 }
 
 /// One iptables rule on one node, as added (`-A`) and removed (`-D`).
@@ -127,6 +147,14 @@ pub enum Fault {
         service: String,
         /// The processes paused.
         pids: Vec<i32>,
+    },
+    /// A node's wall clock is bumped or strobed; healing sets it back to true time.
+    ClockSkew {
+        /// The node.
+        node: String,
+        /// How its clock is moved.
+        #[serde(flatten)]
+        skew: Skew,
     },
 }
 
@@ -332,6 +360,10 @@ impl Fault {
             Fault::PostgresFailover { .. } => "start-postgres-failover",
             Fault::Kill { .. } => "kill",
             Fault::Pause { .. } => "pause",
+            Fault::ClockSkew { skew, .. } => match skew {
+                Skew::Bump { .. } => "bump-clock",
+                Skew::Strobe { .. } => "strobe-clock",
+            },
         }
     }
 
@@ -346,6 +378,7 @@ impl Fault {
             Fault::PostgresFailover { .. } => "stop-postgres-failover",
             Fault::Kill { .. } => "restart",
             Fault::Pause { .. } => "resume",
+            Fault::ClockSkew { .. } => "reset-clock",
         }
     }
 
@@ -450,6 +483,7 @@ impl Fault {
             }
             Fault::Kill { node, pids, .. } => signal(net, node, pids, libc_signal::KILL),
             Fault::Pause { node, pids, .. } => signal(net, node, pids, libc_signal::STOP),
+            Fault::ClockSkew { node, skew } => net.set_clock_skew(node, Some(skew)),
         }
     }
 
@@ -518,6 +552,7 @@ impl Fault {
                 Ok(())
             }
             Fault::Pause { node, pids, .. } => signal(net, node, pids, libc_signal::CONT),
+            Fault::ClockSkew { node, .. } => net.set_clock_skew(node, None),
         }
     }
 
@@ -610,6 +645,11 @@ impl Fault {
                             }
                         }
                     }
+                }
+            }
+            Fault::ClockSkew { node, .. } => {
+                if let Some(skew) = net.clock_skew(node)? {
+                    left.push(format!("on {node}: the clock is still skewed ({skew})"));
                 }
             }
         }
@@ -958,6 +998,28 @@ mod tests {
         assert_eq!(j.next_seq(), b + 1);
         j.healed(b).unwrap();
         assert!(pending(&path).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_clock_skew_is_journaled_with_its_node_and_numbers() {
+        let f = Fault::ClockSkew {
+            node: "r1a".into(),
+            skew: Skew::Strobe {
+                offset_ms: -2500,
+                period_ms: 300,
+            },
+        };
+        let json = serde_json::to_value(&f).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"kind": "clock-skew", "node": "r1a", "mode": "strobe",
+                               "offset_ms": -2500, "period_ms": 300})
+        );
+        assert_eq!(serde_json::from_value::<Fault>(json).unwrap(), f);
+        assert_eq!((f.start_f(), f.stop_f()), ("strobe-clock", "reset-clock"));
+        // Nodes that cannot move clocks say so instead of pretending.
+        let e = f.apply(&NoNodes).unwrap_err();
+        assert!(e.stderr.contains("cannot have their clocks skewed"), "{e}");
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! Faults and how they reach a node: locally, in a lab network namespace, or over SSH.
 //!
 //! [`remote`] is how a command reaches a node and how files move to and from it; the
-//! lab starts and inspects its servers through it, and [`ssh`] reaches staging nodes. [`partition`] holds partitions as pure values (grudges) with their named
-//! shapes; [`fault`] applies and heals faults on nodes and keeps the heal journal.
+//! lab starts and inspects its servers through it, and [`ssh`] reaches staging nodes
+//! ([`staging`] names them). [`partition`] holds partitions as pure values (grudges)
+//! with their named shapes; [`clock`] holds clock skews as values; [`fault`] applies
+//! and heals faults on nodes and keeps the heal journal.
 
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod fault;
 pub mod partition;
 pub mod remote;

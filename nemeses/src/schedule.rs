@@ -1,6 +1,7 @@
 //! The nemesis schedule: which fault, on which target, when — a pure function of the
 //! campaign's `[nemesis]` section and the run's seed (same seed, same schedule).
 
+use crate::clock::Skew;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
@@ -49,6 +50,10 @@ pub enum FaultKind {
     PostgresFailover,
     /// Promote the PostgreSQL standby and leave the old primary running: a split brain.
     PostgresFailoverUnfenced,
+    /// A host's wall clock is moved forward or back; set right after.
+    ClockBump,
+    /// A host's wall clock jumps forth and back; set right after.
+    ClockStrobe,
 }
 
 impl FaultKind {
@@ -72,6 +77,8 @@ impl FaultKind {
         "pause-postgres",
         "postgres-failover",
         "postgres-failover-unfenced",
+        "clock-bump",
+        "clock-strobe",
     ];
 
     /// Whether the fault is aimed at one region.
@@ -102,6 +109,27 @@ pub struct NemesisConfig {
     /// How long each fault lasts before it is healed.
     #[serde(deserialize_with = "crate::duration")]
     pub duration: Duration,
+    /// Clock faults: the largest offset. Each is drawn from the seed between a tenth of
+    /// it and it, forward or back. Default 5 s.
+    #[serde(default = "default_clock_offset", deserialize_with = "crate::duration")]
+    pub clock_offset: Duration,
+    /// Clock strobes: the longest period. Each is drawn from the seed between a fifth of
+    /// it and it. Default 1 s.
+    #[serde(default = "default_clock_period", deserialize_with = "crate::duration")]
+    pub clock_period: Duration,
+}
+
+/// The largest clock offset when a campaign names none.
+pub const DEFAULT_CLOCK_OFFSET: Duration = Duration::from_secs(5);
+/// The longest strobe period when a campaign names none.
+pub const DEFAULT_CLOCK_PERIOD: Duration = Duration::from_secs(1);
+
+fn default_clock_offset() -> Duration {
+    DEFAULT_CLOCK_OFFSET
+}
+
+fn default_clock_period() -> Duration {
+    DEFAULT_CLOCK_PERIOD
 }
 
 /// What the faults can target.
@@ -122,6 +150,30 @@ pub struct Planned {
     pub target: Option<String>,
     /// For shape faults: the hosts in the order the shape splits them.
     pub order: Vec<String>,
+    /// For clock faults: how the node's clock is moved.
+    pub skew: Option<Skew>,
+}
+
+/// A skew drawn from `rng`: the offset's size between a tenth of `max_offset` and it
+/// (at least 1 ms), forward or back; a strobe's period between a fifth of
+/// `max_period` and it.
+fn draw_skew(
+    rng: &mut ChaCha8Rng,
+    strobe: bool,
+    max_offset: Duration,
+    max_period: Duration,
+) -> Skew {
+    let max = (max_offset.as_millis() as i64).clamp(1, i32::MAX as i64);
+    let size = rng.random_range((max / 10).max(1)..=max);
+    let offset_ms = if rng.random_bool(0.5) { size } else { -size };
+    if !strobe {
+        return Skew::Bump { offset_ms };
+    }
+    let max = (max_period.as_millis() as u64).clamp(1, u32::MAX as u64);
+    Skew::Strobe {
+        offset_ms,
+        period_ms: rng.random_range((max / 5).max(1)..=max),
+    }
 }
 
 /// The `n` first faults of the schedule for `seed`.
@@ -141,15 +193,28 @@ pub fn plan(config: &NemesisConfig, targets: &Targets, seed: u64, n: usize) -> V
                         .0
                         .clone(),
                 )
-            } else if kind == FaultKind::PartitionNode {
+            } else if matches!(
+                kind,
+                FaultKind::PartitionNode | FaultKind::ClockBump | FaultKind::ClockStrobe
+            ) {
                 Some(order[0].clone())
             } else {
                 None
             };
+            // Drawn only for clock faults, so other kinds' schedules stay as they were.
+            let skew = matches!(kind, FaultKind::ClockBump | FaultKind::ClockStrobe).then(|| {
+                draw_skew(
+                    &mut rng,
+                    kind == FaultKind::ClockStrobe,
+                    config.clock_offset,
+                    config.clock_period,
+                )
+            });
             Planned {
                 kind,
                 target,
                 order,
+                skew,
             }
         })
         .collect()
@@ -168,6 +233,8 @@ mod tests {
             ],
             interval: Duration::from_secs(5),
             duration: Duration::from_secs(2),
+            clock_offset: DEFAULT_CLOCK_OFFSET,
+            clock_period: DEFAULT_CLOCK_PERIOD,
         }
     }
 
@@ -227,6 +294,8 @@ mod tests {
             ],
             interval: Duration::from_secs(5),
             duration: Duration::from_secs(1),
+            clock_offset: DEFAULT_CLOCK_OFFSET,
+            clock_period: DEFAULT_CLOCK_PERIOD,
         };
         for f in plan(&config, &targets(), 3, 50) {
             let region = f
@@ -237,6 +306,55 @@ mod tests {
                 "{region}"
             );
         }
+    }
+
+    #[test]
+    fn clock_faults_name_a_node_and_a_skew_within_the_bounds() {
+        let config = NemesisConfig {
+            faults: vec![FaultKind::ClockBump, FaultKind::ClockStrobe],
+            interval: Duration::from_secs(5),
+            duration: Duration::from_secs(1),
+            clock_offset: Duration::from_secs(2),
+            clock_period: Duration::from_millis(500),
+        };
+        let p = plan(&config, &targets(), 11, 200);
+        let (mut forward, mut back) = (false, false);
+        for f in &p {
+            let node = f.target.as_deref().expect("a node");
+            assert!(targets().nodes.iter().any(|n| n == node), "{node}");
+            let skew = f.skew.expect("a skew");
+            let size = skew.offset_ms().abs();
+            assert!((200..=2000).contains(&size), "{skew}");
+            forward |= skew.offset_ms() > 0;
+            back |= skew.offset_ms() < 0;
+            match (f.kind, skew) {
+                (FaultKind::ClockBump, Skew::Bump { .. }) => {}
+                (FaultKind::ClockStrobe, Skew::Strobe { period_ms, .. }) => {
+                    assert!((100..=500).contains(&period_ms), "{skew}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(forward && back, "offsets go both ways");
+        assert!(plan(&self::config(), &targets(), 1, 60)
+            .iter()
+            .all(|f| f.skew.is_none()));
+    }
+
+    #[test]
+    fn clock_bounds_parse_and_default() {
+        #[derive(Deserialize)]
+        struct T {
+            nemesis: NemesisConfig,
+        }
+        let text = "[nemesis]\nfaults = [\"clock-bump\"]\ninterval = \"5s\"\nduration = \"1s\"\n";
+        let t = toml::from_str::<T>(text).unwrap();
+        assert_eq!(t.nemesis.clock_offset, DEFAULT_CLOCK_OFFSET);
+        assert_eq!(t.nemesis.clock_period, DEFAULT_CLOCK_PERIOD);
+        let text = format!("{text}clock_offset = \"30s\"\nclock_period = \"200ms\"\n");
+        let t = toml::from_str::<T>(&text).unwrap();
+        assert_eq!(t.nemesis.clock_offset, Duration::from_secs(30));
+        assert_eq!(t.nemesis.clock_period, Duration::from_millis(200));
     }
 
     #[test]
