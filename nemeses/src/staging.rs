@@ -18,12 +18,27 @@
 //! Nothing needs installing on the nodes beyond the servers, `iptables`, `pgrep`, and
 //! `psql`/`redis-cli` where PostgreSQL and Redis run.
 
+use crate::clock::Skew;
 use crate::fault::Nodes;
 use crate::remote::{shell_words, Remote, RemoteError};
 use crate::ssh::{Ssh, SshConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+/// Where a staging node remembers how far its clock was bumped, so that a later
+/// `coherence heal` can set it right (written before the clock is moved).
+pub const SKEW_MARKER: &str = "/var/tmp/coherence-clock-skew";
+
+/// A shell script that moves the node's system clock by `delta_ms` (nanosecond
+/// arithmetic in the shell, `date -s @SECONDS.NANOS`).
+pub fn bump_script(delta_ms: i64) -> String {
+    let delta_ns = delta_ms.saturating_mul(1_000_000);
+    format!(
+        "n=$(date +%s%N) && n=$((n + ({delta_ns}))) && \
+         date -s \"@$((n / 1000000000)).$(printf %09d $((n % 1000000000)))\" >/dev/null"
+    )
+}
 
 /// The services faults know, by campaign name.
 pub const SERVICES: &[&str] = &["redis", "sentinel", "postgres", "invalidator"];
@@ -280,6 +295,56 @@ impl Nodes for StagingNodes {
         Ok(out.stdout.trim().to_string())
     }
 
+    /// Staging nodes have one clock each: a bump moves the system clock with `date -s`
+    /// (the marker file first, so that a heal after a crash knows how far), and the
+    /// reset moves it back by as much. A strobe needs the lab's shim.
+    fn set_clock_skew(&self, node: &str, skew: Option<&Skew>) -> Result<(), RemoteError> {
+        let (_, ssh) = self.get(node)?;
+        let now = self.clock_skew(node)?;
+        match (skew, now) {
+            (Some(Skew::Bump { offset_ms }), None) => {
+                ssh.upload(
+                    format!("{offset_ms}\n").as_bytes(),
+                    std::path::Path::new(SKEW_MARKER),
+                    0o644,
+                )?;
+                ssh.run(&["sh", "-c", &bump_script(*offset_ms)])?;
+                Ok(())
+            }
+            (Some(Skew::Bump { .. }), Some(now)) => Err(unsupported(
+                node,
+                format!(
+                    "its clock is already bumped by {} ms ({SKEW_MARKER}): heal that first",
+                    now.offset_ms()
+                ),
+            )),
+            (Some(Skew::Strobe { .. }), _) => Err(unsupported(
+                node,
+                "clock-strobe needs the lab's clock shim; on staging nodes use clock-bump".into(),
+            )),
+            (None, None) => Ok(()),
+            (None, Some(now)) => {
+                ssh.run(&["sh", "-c", &bump_script(-now.offset_ms())])?;
+                ssh.run(&["rm", "-f", SKEW_MARKER])?;
+                Ok(())
+            }
+        }
+    }
+
+    fn clock_skew(&self, node: &str) -> Result<Option<Skew>, RemoteError> {
+        let (_, ssh) = self.get(node)?;
+        let out = ssh.execute(&["cat", SKEW_MARKER])?;
+        if out.status != 0 {
+            return Ok(None);
+        }
+        Ok(out
+            .stdout
+            .trim()
+            .parse()
+            .ok()
+            .map(|offset_ms| Skew::Bump { offset_ms }))
+    }
+
     fn rebuild_standby(&self, node: &str, primary: &str) -> Result<(), RemoteError> {
         let (_, ssh) = self.get(node)?;
         let addr = self.addr(primary).unwrap_or_default();
@@ -315,6 +380,34 @@ region = "eu"
 services = ["redis", "sentinel"]
 ssh = { host = "127.0.0.1", user = "ops", known_hosts = "/k" }
 "#;
+
+    /// The bump script, run by a real shell with a `date` that only prints what it was
+    /// asked to set: the arithmetic carries nanoseconds and negative offsets right.
+    #[test]
+    fn the_bump_script_computes_the_new_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let date = dir.path().join("date");
+        std::fs::write(
+            &date,
+            "#!/bin/sh\nif [ \"$1\" = +%s%N ]; then echo 1700000000123456789; else echo \"$2\" >&2; fi\n",
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&date, std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (delta, want) in [
+            (2500, "@1700000002.623456789"),
+            (-1000, "@1699999999.123456789"),
+            (-200, "@1699999999.923456789"),
+        ] {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &bump_script(delta)])
+                .env("PATH", format!("{}:/usr/bin:/bin", dir.path().display()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            assert_eq!(String::from_utf8_lossy(&out.stderr).trim(), want);
+        }
+    }
 
     #[test]
     fn a_node_reads_with_its_defaults() {
