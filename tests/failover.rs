@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{coherence, is_root, text, Down};
+use common::{coherence, is_root, run_dir, text, Down};
 
 use coherence_lab::cluster::{LabNodes, State};
 use coherence_nemeses::fault::{sentinel_primary, Fault, Nodes, JOURNAL};
@@ -119,9 +119,17 @@ fn kills_and_failovers_have_their_effect_and_heal() {
     }
     kill.heal(&nodes).unwrap();
     assert!(kill.traces(&nodes).unwrap().is_empty());
-    eventually(10, "r1a to rejoin as a replica", || {
-        role(&nodes, "r1a") == "slave"
-    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while role(&nodes, "r1a") != "slave" {
+        assert!(
+            Instant::now() < deadline,
+            "r1a did not rejoin as a replica within 20 s: ROLE {:?}, Sentinel names {:?}; r1a's log:\n{}",
+            redis(&nodes, "r1a", &["ROLE"]),
+            sentinel_primary("r1", "r1s", &r1, &nodes).ok(),
+            std::fs::read_to_string("/var/tmp/coherence-lab/r1a/redis.log").unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     redis(&nodes, "r1b", &["SET", "after-kill", "1"]);
     eventually(10, "a write on r1b to reach r1a", || {
         redis(&nodes, "r1a", &["GET", "after-kill"]) == "1"
@@ -238,12 +246,7 @@ fn kills_and_failovers_have_their_effect_and_heal() {
             .output()
             .unwrap();
         let t = text(&o);
-        let dir = t
-            .lines()
-            .find_map(|l| l.strip_prefix("run directory: "))
-            .unwrap_or_else(|| panic!("{t}"))
-            .trim()
-            .to_string();
+        let dir = run_dir(&t);
         let history = std::fs::read_to_string(Path::new(&dir).join("history.jsonl")).unwrap();
         let results: serde_json::Value =
             serde_json::from_slice(&std::fs::read(Path::new(&dir).join("results.json")).unwrap())

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{coherence, is_root, text, Down};
+use common::{coherence, is_root, our_rules, run_dir, text, Down};
 
 use coherence_lab::cluster::{LabNodes, State};
 use coherence_nemeses::clock::Skew;
@@ -20,25 +20,6 @@ fn reaches(host: &str, addr: &str, port: u16) -> bool {
     coherence(&["lab", "exec", host, "--", "bash", "-c", &probe])
         .status
         .success()
-}
-
-/// Every rule of ours on every lab host.
-fn our_rules(nodes: &LabNodes) -> Vec<String> {
-    let mut found = Vec::new();
-    for node in nodes.names() {
-        let out = nodes
-            .remote(&node)
-            .unwrap()
-            .run(&["iptables", "-w", "-S"])
-            .unwrap();
-        found.extend(
-            out.stdout
-                .lines()
-                .filter(|l| l.contains("coherence:"))
-                .map(|l| format!("{node}: {l}")),
-        );
-    }
-    found
 }
 
 #[test]
@@ -247,7 +228,7 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
             .lines()
             .find_map(|l| l.strip_prefix("run directory: "))
             .unwrap_or_else(|| panic!("{t}"));
-        serde_json::from_slice(&std::fs::read(Path::new(dir.trim()).join("results.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(Path::new(&dir).join("results.json")).unwrap())
             .unwrap()
     };
     let run = |campaign: &str| {
@@ -292,18 +273,13 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
         .output()
         .unwrap();
     let t = text(&o);
-    let dir = t
-        .lines()
-        .find_map(|l| l.strip_prefix("run directory: "))
-        .unwrap_or_else(|| panic!("{t}"));
-    let history = std::fs::read_to_string(Path::new(dir.trim()).join("history.jsonl")).unwrap();
+    let dir = run_dir(&t);
+    let history = std::fs::read_to_string(Path::new(&dir).join("history.jsonl")).unwrap();
     assert!(
         history.contains(r#""f":"failover","value":{"demoted":"#),
         "no failover event:\n{t}"
     );
-    assert!(pending(&Path::new(dir.trim()).join(JOURNAL))
-        .unwrap()
-        .is_empty());
+    assert!(pending(&Path::new(&dir).join(JOURNAL)).unwrap().is_empty());
 
     let o = run("campaigns/lab-outbox-partitions.toml");
     let r = results(&o);
@@ -548,8 +524,8 @@ fn clock_skews_show_in_the_servers_time_and_heal(nodes: &LabNodes) {
             && start.contains(&format!(r#""offset_ms":{offset_ms}"#)),
         "{start}"
     );
-    let run_dir = journal.parent().unwrap().to_str().unwrap();
-    let o = coherence(&["heal", run_dir]);
+    let killed_dir = journal.parent().unwrap().to_str().unwrap();
+    let o = coherence(&["heal", killed_dir]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("healed 1 fault"), "{}", text(&o));
     assert_eq!(nodes.clock_skew(&node).unwrap(), None);
@@ -572,11 +548,8 @@ fn clock_skews_show_in_the_servers_time_and_heal(nodes: &LabNodes) {
         .output()
         .unwrap();
     let t = text(&o);
-    let dir = t
-        .lines()
-        .find_map(|l| l.strip_prefix("run directory: "))
-        .unwrap_or_else(|| panic!("{t}"));
-    let history = std::fs::read_to_string(Path::new(dir.trim()).join("history.jsonl")).unwrap();
+    let dir = run_dir(&t);
+    let history = std::fs::read_to_string(Path::new(&dir).join("history.jsonl")).unwrap();
     let events: Vec<serde_json::Value> = history
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -598,9 +571,7 @@ fn clock_skews_show_in_the_servers_time_and_heal(nodes: &LabNodes) {
     for e in &resets {
         assert_eq!(e["value"]["healed"], true, "{e}");
     }
-    assert!(pending(&Path::new(dir.trim()).join(JOURNAL))
-        .unwrap()
-        .is_empty());
+    assert!(pending(&Path::new(&dir).join(JOURNAL)).unwrap().is_empty());
     for node in nodes.names() {
         assert_eq!(nodes.clock_skew(&node).unwrap(), None, "{node}");
     }

@@ -9,7 +9,7 @@ mod common;
 #[allow(dead_code)]
 mod sshd;
 
-use common::{coherence, is_root, text, Down};
+use common::{coherence, is_root, our_rules, run_dir, text, Down};
 
 use coherence_lab::cluster::{LabNodes, State};
 use coherence_nemeses::fault::{pending, Nodes, JOURNAL};
@@ -26,25 +26,6 @@ const HOSTS: &[(&str, &str, &str)] = &[
     ("r2b", "10.77.0.32", "r2"),
     ("r2s", "10.77.0.33", "r2"),
 ];
-
-/// Every rule of ours on every lab host.
-fn our_rules(nodes: &LabNodes) -> Vec<String> {
-    let mut found = Vec::new();
-    for node in nodes.names() {
-        let out = nodes
-            .remote(&node)
-            .unwrap()
-            .run(&["iptables", "-w", "-S"])
-            .unwrap();
-        found.extend(
-            out.stdout
-                .lines()
-                .filter(|l| l.contains("coherence:"))
-                .map(|l| format!("{node}: {l}")),
-        );
-    }
-    found
-}
 
 /// The campaign: the lab's endpoints given as staging, and the nodes over SSH.
 fn campaign(sshds: &[sshd::Sshd], faults: &str) -> String {
@@ -115,14 +96,6 @@ service.sentinel = {{ process = "redis-sentinel {addr}:26379", start = "redis-se
         .unwrap();
     }
     t
-}
-
-fn run_dir(out: &str) -> String {
-    out.lines()
-        .find_map(|l| l.strip_prefix("run directory: "))
-        .unwrap_or_else(|| panic!("{out}"))
-        .trim()
-        .to_string()
 }
 
 #[test]

@@ -1268,20 +1268,28 @@ impl coherence_nemeses::fault::Nodes for LabNodes {
     }
 }
 
-/// The address of `host`'s region's Redis primary, as its Sentinels say (the primary
-/// the lab started with when none answers).
+/// The address of `host`'s region's Redis primary, as its Sentinels say; asked for up
+/// to 5 s (a Sentinel may be busy failing over), then the primary the lab started with.
 fn current_primary(hosts: &[Host], host: &Host) -> Result<std::net::Ipv4Addr> {
     let region = host.region.clone().unwrap_or_default();
-    for h in hosts.iter().filter(|h| {
-        h.region == host.region && h.ports().contains(&SENTINEL_PORT) && h.name != host.name
-    }) {
-        if let Ok(addr) = sentinel_master(h.addr, &region) {
-            if let Some(ip) = addr.split(':').next().and_then(|a| a.parse().ok()) {
-                return Ok(ip);
+    let sentinels: Vec<&Host> = hosts
+        .iter()
+        .filter(|h| h.region == host.region && h.ports().contains(&SENTINEL_PORT))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for h in &sentinels {
+            if let Ok(addr) = sentinel_master(h.addr, &region) {
+                if let Some(ip) = addr.split(':').next().and_then(|a| a.parse().ok()) {
+                    return Ok(ip);
+                }
             }
         }
+        if Instant::now() > deadline {
+            return Ok(primary_of(hosts, host).addr);
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
-    Ok(primary_of(hosts, host).addr)
 }
 
 impl LabNodes {

@@ -523,8 +523,7 @@ impl Fault {
                 sentinel,
                 members,
             } => {
-                let primary = sentinel_primary(region, sentinel, members, net)?;
-                if primary != *node && redis_role(net, node)? == "master" {
+                if let Some(primary) = primary_beside(region, node, sentinel, members, net)? {
                     let addr = net.addr(&primary).unwrap_or_default();
                     redis_cli(net, node, &["REPLICAOF", &addr, "6379"])?;
                 }
@@ -597,8 +596,7 @@ impl Fault {
                 sentinel,
                 members,
             } => {
-                let primary = sentinel_primary(region, sentinel, members, net)?;
-                if primary != *node && redis_role(net, node)? == "master" {
+                if let Some(primary) = primary_beside(region, node, sentinel, members, net)? {
                     left.push(format!(
                         "on {node}: Redis is a primary beside {region}'s primary {primary}"
                     ));
@@ -728,6 +726,19 @@ fn redis_cli(net: &dyn Nodes, node: &str, args: &[&str]) -> Result<String, Remot
         });
     }
     Ok(out.stdout)
+}
+
+/// When `node`'s Redis is a primary that Sentinel does not name (a replica promoted
+/// behind its back), the primary Sentinel names.
+fn primary_beside(
+    region: &str,
+    node: &str,
+    sentinel: &str,
+    members: &[String],
+    net: &dyn Nodes,
+) -> Result<Option<String>, RemoteError> {
+    let primary = sentinel_primary(region, sentinel, members, net)?;
+    Ok((primary != node && redis_role(net, node)? == "master").then_some(primary))
 }
 
 /// `master` or `slave`: the role `node`'s Redis reports.

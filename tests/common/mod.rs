@@ -2,6 +2,8 @@
 
 #![allow(dead_code)] // each harness uses some of them
 
+use coherence_lab::cluster::LabNodes;
+use coherence_nemeses::fault::Nodes;
 use std::process::{Command, Output};
 
 /// Runs `coherence` with `args` from the project's root, as a user would.
@@ -35,4 +37,32 @@ impl Drop for Down {
     fn drop(&mut self) {
         let _ = coherence(&["lab", "down"]);
     }
+}
+
+/// The run directory `coherence run` announced in its output.
+pub fn run_dir(out: &str) -> String {
+    out.lines()
+        .find_map(|l| l.strip_prefix("run directory: "))
+        .unwrap_or_else(|| panic!("no run directory in:\n{out}"))
+        .trim()
+        .to_string()
+}
+
+/// Every iptables rule of ours on every lab host, as `host: rule`.
+pub fn our_rules(nodes: &LabNodes) -> Vec<String> {
+    let mut found = Vec::new();
+    for node in nodes.names() {
+        let out = nodes
+            .remote(&node)
+            .unwrap()
+            .run(&["iptables", "-w", "-S"])
+            .unwrap();
+        found.extend(
+            out.stdout
+                .lines()
+                .filter(|l| l.contains("coherence:"))
+                .map(|l| format!("{node}: {l}")),
+        );
+    }
+    found
 }
