@@ -271,3 +271,55 @@ fn every_shipped_campaign_is_valid() {
         );
     }
 }
+
+/// A staging campaign whose database does not answer is refused before anything runs:
+/// exit 2, the endpoint named, no run directory.
+#[test]
+fn a_staging_campaign_that_cannot_reach_its_database_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = write(
+        dir.path(),
+        "staging.toml",
+        r#"name = "unreachable"
+[cluster]
+kind = "staging"
+[cluster.postgres]
+writer = "127.0.0.1:1"
+[[cluster.regions]]
+name = "eu"
+primary = "127.0.0.1:2"
+[workload]
+invalidation = "writer"
+fill = "plain"
+keys = 10
+read_fraction = 0.9
+concurrency = 1
+time_limit = "1s"
+"#,
+    );
+    let store = dir.path().join("runs");
+    let o = coherence(&[
+        "run",
+        campaign.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("cannot reach the database writer") && e.contains("127.0.0.1:1"),
+        "{e}"
+    );
+    assert!(
+        !store.join("unreachable").exists(),
+        "a run directory was made"
+    );
+
+    // Faults on staging need the nodes to reach.
+    let with_faults = std::fs::read_to_string(&campaign).unwrap()
+        + "[nemesis]\nfaults = [\"partition-region\"]\ninterval = \"5s\"\nduration = \"1s\"\n";
+    let campaign = write(dir.path(), "faults.toml", &with_faults);
+    let o = coherence(&["run", campaign.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("[[cluster.nodes]]"), "{}", stderr(&o));
+}

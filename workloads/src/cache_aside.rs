@@ -289,11 +289,27 @@ async fn pg_connect(node: &Node, params: &str) -> Result<tokio_postgres::Client,
         tokio_postgres::NoTls,
     )
     .await
-    .map_err(OpError::certain)?;
+    .map_err(|e| OpError::certain(with_sources(&e)))?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
     Ok(client)
+}
+
+/// An error and what caused it, as one line: "error connecting to server: Connection
+/// refused (os error 111)".
+fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 async fn redis_connect(node: &Node) -> Result<MultiplexedConnection, OpError> {
