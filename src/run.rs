@@ -441,6 +441,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
         let _ = t.join();
     }
     drop(heal_guard);
+    // The servers' logs, for whoever reads the run later.
+    if lab {
+        if let Ok(Some(state)) = coherence_lab::cluster::State::load() {
+            if let Err(e) = coherence_lab::cluster::fetch_logs(&state, &dir.join("logs")) {
+                eprintln!("warning: could not fetch the lab's server logs: {e:#}");
+            }
+        }
+    }
     let rec = Arc::into_inner(rec).expect("every task has ended");
     let events = rec.finish().context("cannot finish the history")?;
     result?;

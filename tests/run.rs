@@ -85,6 +85,16 @@ fn campaigns_against_the_lab() {
     for f in ["history.jsonl", "campaign.toml", "run.json", "results.json"] {
         assert!(dir.join(f).is_file(), "{f} in {}", dir.display());
     }
+    // the servers' logs, fetched from their hosts
+    for log in ["db1/postgres.log", "r1a/redis.log", "r1s/sentinel.log"] {
+        let text = std::fs::read_to_string(dir.join("logs").join(log)).unwrap_or_default();
+        assert!(!text.is_empty(), "logs/{log} is missing or empty");
+    }
+    let redis_log = std::fs::read_to_string(dir.join("logs/r1a/redis.log")).unwrap();
+    assert!(
+        redis_log.contains("Ready to accept connections"),
+        "{redis_log}"
+    );
     let run_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(run_json["seed"], 1);

@@ -1098,6 +1098,35 @@ pub fn read_deletions(offset: u64) -> Result<(Vec<Deletion>, u64)> {
     Ok((deletions, offset + whole as u64))
 }
 
+/// The server logs a lab host keeps.
+const LOGS: &[&str] = &[
+    "redis.log",
+    "sentinel.log",
+    "postgres.log",
+    "invalidator.log",
+];
+
+/// Fetches every host's server logs into `dest/<host>/`, through the host's remote;
+/// returns how many files it copied.
+pub fn fetch_logs(state: &State, dest: &Path) -> Result<usize> {
+    let mut copied = 0;
+    for h in state.hosts() {
+        let r = remote(&h);
+        for name in LOGS {
+            let path = host_dir(&h).join(name);
+            if !path.exists() {
+                continue;
+            }
+            let bytes = r.download(&path)?;
+            let dir = dest.join(&h.name);
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join(name), bytes)?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
+}
+
 /// The lab's hosts as fault targets: each reached in its namespace, at its address.
 pub struct LabNodes {
     hosts: Vec<Host>,
