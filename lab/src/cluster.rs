@@ -331,6 +331,24 @@ fn build(state: &State) -> Result<()> {
             _ => {}
         }
     }
+    // Sentinels learn a region's replicas from its primary's INFO, which they ask every
+    // 10 s: start them once the replicas are attached, or a failover in their first
+    // 10 s finds "no good replica".
+    for h in hosts.iter().filter(|h| h.role == Role::RedisPrimary) {
+        wait_until(
+            &format!("{}'s replica attaching", h.name),
+            Duration::from_secs(20),
+            || {
+                redis_connect(h.addr, REDIS_PORT)
+                    .and_then(|mut c| {
+                        Ok(redis::cmd("INFO")
+                            .arg("replication")
+                            .query::<String>(&mut c)?)
+                    })
+                    .is_ok_and(|info| info.contains("connected_slaves:1"))
+            },
+        )?;
+    }
     for h in hosts.iter().filter(|h| h.ports().contains(&SENTINEL_PORT)) {
         start_sentinel(h, primary_of(&hosts, h))?;
     }
@@ -361,6 +379,24 @@ fn build(state: &State) -> Result<()> {
         })?;
     }
     start_invalidator(state)?;
+    // Ready to fail over: every Sentinel knows its region's replica.
+    for h in hosts.iter().filter(|h| h.ports().contains(&SENTINEL_PORT)) {
+        let region = h.region.clone().unwrap_or_default();
+        wait_until(
+            &format!("the Sentinel on {} to know {region}'s replica", h.name),
+            Duration::from_secs(20),
+            || {
+                redis_connect(h.addr, SENTINEL_PORT)
+                    .and_then(|mut c| {
+                        Ok(redis::cmd("SENTINEL")
+                            .arg("REPLICAS")
+                            .arg(layout::master_name(&region))
+                            .query::<Vec<redis::Value>>(&mut c)?)
+                    })
+                    .is_ok_and(|replicas| !replicas.is_empty())
+            },
+        )?;
+    }
     wait_until("every server answering", Duration::from_secs(20), || {
         answers(state)
     })
