@@ -7,7 +7,7 @@ mod run;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use coherence_analysis::{check_file, text, Options};
+use coherence_analysis::{check_file_keeping, report, text, Options};
 use coherence_store::run::{resolve_history, RESULTS};
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -111,7 +111,7 @@ struct CheckArgs {
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
-    /// Write results.json into this directory (created if missing).
+    /// Write results.json and report.html into this directory (created if missing).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// How many anomalies the text output explains.
@@ -340,15 +340,23 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
         ..Options::default()
     };
     let progress = progress::Bar::for_file(&path);
-    let results = check_file(&path, &options, &progress)?;
+    let (history, results) = check_file_keeping(&path, &options, &progress)?;
     drop(progress);
+    let mut report_path = None;
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
         let file = dir.join(RESULTS);
         let json = serde_json::to_vec_pretty(&results)?;
         std::fs::write(&file, json).with_context(|| format!("cannot write {}", file.display()))?;
+        let file = dir.join(report::REPORT);
+        let context = report::RunContext::gather(&path)
+            .with_context(|| format!("cannot read {} for the report", path.display()))?;
+        report::write(&file, &history, &results, &context)
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        report_path = Some(file);
     }
+    drop(history);
     let mut stdout = std::io::stdout().lock();
     match args.format {
         Format::Json => {
@@ -356,6 +364,13 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
             writeln!(stdout)?;
         }
         Format::Text => write!(stdout, "{}", text::render(&results, args.explain))?,
+    }
+    if let Some(file) = report_path {
+        // On stderr with --format json, so stdout stays only JSON.
+        match args.format {
+            Format::Text => writeln!(stdout, "report: {}", file.display())?,
+            Format::Json => eprintln!("report: {}", file.display()),
+        }
     }
     Ok(if results.valid {
         EXIT_VALID

@@ -2,7 +2,7 @@
 //! progress bar and the checker.
 
 use anyhow::{bail, Context, Result};
-use coherence_analysis::{check_file, text, Options};
+use coherence_analysis::{check_file_keeping, report, text, Options};
 use coherence_store::run::{create_run_dir, point_latest, CAMPAIGN, HISTORY, RESULTS, RUN_JSON};
 use coherence_store::{Event, EventType, HistoryWriter, Process};
 use coherence_workloads::cache_aside::{self, key_name, Endpoints, Node, Phase, RegionNodes};
@@ -458,14 +458,22 @@ pub fn run(args: RunArgs) -> Result<u8> {
         staleness_bound: campaign.checker.staleness_bound.as_nanos() as u64,
         ..Options::default()
     };
-    let results = check_file(&dir.join(HISTORY), &options, &coherence_store::NoProgress)?;
+    let (history, results) =
+        check_file_keeping(&dir.join(HISTORY), &options, &coherence_store::NoProgress)?;
     std::fs::write(dir.join(RESULTS), serde_json::to_vec_pretty(&results)?)?;
+    let report_file = dir.join(report::REPORT);
+    let context = report::RunContext::gather(&dir.join(HISTORY))
+        .context("cannot read the run directory for the report")?;
+    report::write(&report_file, &history, &results, &context)
+        .with_context(|| format!("cannot write {}", report_file.display()))?;
+    drop(history);
     point_latest(&args.store, &dir).context("cannot point runs/latest at the run")?;
     print!("{}", text::render(&results, 3));
     println!(
         "\n{events} events recorded; run directory: {}",
         dir.display()
     );
+    println!("report: {}", report_file.display());
     Ok(if results.valid { 0 } else { 1 })
 }
 

@@ -199,6 +199,70 @@ fn run_directory_and_out_dir() {
 }
 
 #[test]
+fn check_out_writes_the_report_with_the_run_context_and_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::copy(example("fill-race.jsonl"), run.join("history.jsonl")).unwrap();
+    let campaign = "name = \"demo<x>\"\n[cluster]\nkind = \"lab\"\n";
+    std::fs::write(run.join("campaign.toml"), campaign).unwrap();
+    let run_json = serde_json::json!({
+        "tool_version": "0.1.0",
+        "seed": 4242,
+        "server_versions": {"r1a": "redis 7.0.15", "db1": "PostgreSQL 15.8"},
+        "nodes": [{"name": "r1a", "addr": "10.77.0.21:6379"}],
+    });
+    std::fs::write(run.join("run.json"), run_json.to_string()).unwrap();
+    let out = dir.path().join("out");
+    let o = coherence(&[
+        "check",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let report = out.join("report.html");
+    assert!(
+        stdout(&o).contains(&format!("report: {}", report.display())),
+        "{}",
+        stdout(&o)
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        html.contains("name = &quot;demo&lt;x&gt;&quot;"),
+        "the campaign, escaped"
+    );
+    for shown in ["4242", "redis 7.0.15", "PostgreSQL 15.8", "10.77.0.21:6379"] {
+        assert!(html.contains(shown), "{shown} missing from the report");
+    }
+    // The hashes are what sha256sum says.
+    let sums = Command::new("sha256sum")
+        .args(["history.jsonl", "campaign.toml"])
+        .current_dir(&run)
+        .output()
+        .unwrap();
+    let sums = String::from_utf8(sums.stdout).unwrap();
+    for line in sums.lines() {
+        let hash = line.split_whitespace().next().unwrap();
+        assert_eq!(hash.len(), 64);
+        assert!(html.contains(hash), "{line} not in the report");
+    }
+    assert!(html.contains("sha256sum history.jsonl campaign.toml"));
+
+    // With --format json, stdout stays only JSON; the report's path goes to stderr.
+    let o = coherence(&[
+        "check",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("stdout is JSON");
+    assert!(stderr(&o).contains("report: "));
+}
+
+#[test]
 fn gen_is_deterministic_and_its_modes_check_as_named() {
     let dir = tempfile::tempdir().unwrap();
     let path = |n: &str| dir.path().join(n).display().to_string();

@@ -4,7 +4,8 @@
 //! events into operations ([`model`]), runs one detector per anomaly on every key in
 //! parallel ([`check`]), proves each anomaly as a cycle of the dependency graph
 //! ([`graph`]), explains it in sentences with its likely cause ([`explain`]), and
-//! gathers the verdict, counts and distributions into versioned [`results`]. It never
+//! gathers the verdict, counts and distributions into versioned [`results`], which
+//! [`text`] and the HTML [`report`] render. It never
 //! touches a network; all it needs is the history.
 
 #![deny(missing_docs)]
@@ -13,6 +14,7 @@ pub mod check;
 pub mod explain;
 pub mod graph;
 pub mod model;
+pub mod report;
 pub mod results;
 pub mod text;
 
@@ -28,18 +30,29 @@ pub fn check_file(
     options: &Options,
     progress: &dyn Progress,
 ) -> Result<Results, ReadError> {
+    check_file_keeping(path, options, progress).map(|(_, results)| results)
+}
+
+/// As [`check_file`], and hands back the history too (the report draws its timelines
+/// from it).
+pub fn check_file_keeping(
+    path: &Path,
+    options: &Options,
+    progress: &dyn Progress,
+) -> Result<(model::History, Results), ReadError> {
     let mut builder = model::Builder::new();
     let summary = read_history(path, &mut builder, progress)?;
     progress.phase("checking");
     let history = builder.finish();
     let warnings = summary.warnings.iter().map(|w| w.to_string()).collect();
-    Ok(check_history(
+    let results = check_history(
         &history,
         options,
         &path.display().to_string(),
         warnings,
         summary.unfinished,
-    ))
+    );
+    Ok((history, results))
 }
 
 /// Checks a history already in memory.

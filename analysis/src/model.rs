@@ -165,6 +165,16 @@ pub struct History {
     pub writes: Interner,
     /// Client process numbers by dense id.
     pub processes: Vec<i64>,
+    /// Regions (the events' extra field `region`).
+    pub regions: Interner,
+    /// The region of each client process, by dense id ([`NONE`] when its events name
+    /// none).
+    pub process_regions: Vec<u32>,
+    /// How often each error message of a `fail` or `info` completion occurred, at most
+    /// [`ERROR_KINDS`] distinct ones.
+    pub errors: FxHashMap<Box<str>, u64>,
+    /// Errors whose message was not counted in `errors` because it was full.
+    pub errors_uncounted: u64,
     /// Invalidations per key.
     pub invalidations: Vec<Vec<Invalidation>>,
     /// The last ok `db-final-read` per key.
@@ -180,6 +190,9 @@ pub struct History {
     /// Time of the last event.
     pub end_time: u64,
 }
+
+/// How many distinct error messages [`History::errors`] counts.
+pub const ERROR_KINDS: usize = 1000;
 
 /// The interned id of `"init"`.
 pub const INIT: u32 = 0;
@@ -317,7 +330,12 @@ impl Visitor for Builder {
                     let process = *self.process_ids.entry(*p).or_insert(next);
                     if process == next {
                         self.history.processes.push(*p);
+                        self.history.process_regions.push(NONE);
                         self.current.push(NONE);
+                    }
+                    if let Some(region) = ev.region.as_deref() {
+                        self.history.process_regions[process as usize] =
+                            self.history.regions.intern(region);
                     }
                     let key = self.key_id(ev.key.as_deref());
                     let node = self.node_id(ev.node.as_deref());
@@ -388,6 +406,16 @@ impl Visitor for Builder {
                     },
                     _ => None,
                 };
+                if let Some(error) = ev.error.as_deref() {
+                    let errors = &mut self.history.errors;
+                    if let Some(n) = errors.get_mut(error) {
+                        *n += 1;
+                    } else if errors.len() < ERROR_KINDS {
+                        errors.insert(error.into(), 1);
+                    } else {
+                        self.history.errors_uncounted += 1;
+                    }
+                }
                 let op = &mut self.history.ops[id as usize];
                 op.outcome = match ev.kind {
                     EventType::Ok => Outcome::Ok,

@@ -70,6 +70,36 @@ pub struct Staleness {
     pub max_ns: u64,
     /// Fresh within 0, 10 ms, 100 ms, 1 s, 10 s.
     pub fresh_within: Vec<Within>,
+    /// How many reads fell in each staleness bucket: the first bucket holds the fresh
+    /// reads (0), each later one those above the previous bound up to its own; bounds
+    /// follow 1, 2, 5 from 1 µs, up to the first that holds the maximum.
+    pub histogram: Vec<Bucket>,
+}
+
+/// One bucket of the staleness histogram.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bucket {
+    /// Its upper bound (inclusive), ns.
+    pub le_ns: u64,
+    /// Reads in it.
+    pub count: u64,
+}
+
+/// The bucket bounds of the staleness histogram: 0, then 1, 2, 5 × 10ⁿ ns from 1 µs,
+/// up to the first bound at or above `max`.
+fn bucket_bounds(max: u64) -> Vec<u64> {
+    let mut bounds = vec![0];
+    let mut decade = 1_000u64;
+    while *bounds.last().unwrap() < max {
+        for m in [1, 2, 5] {
+            let b = decade.saturating_mul(m);
+            if *bounds.last().unwrap() < max {
+                bounds.push(b);
+            }
+        }
+        decade = decade.saturating_mul(10);
+    }
+    bounds
 }
 
 /// Counts for one node.
@@ -174,6 +204,8 @@ pub struct Results {
     pub causes: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     /// Per node.
     pub per_node: BTreeMap<String, NodeCounts>,
+    /// Per region of the client that ran the operation (events' field `region`).
+    pub per_region: BTreeMap<String, NodeCounts>,
     /// Keys with anomalies, most first (at most `key_limit`).
     pub per_key: Vec<KeyCounts>,
     /// How many keys had anomalies in all.
@@ -234,7 +266,19 @@ fn staleness(mut samples: Vec<u64>) -> Staleness {
             }
         })
         .collect();
+    let max = samples.last().copied().unwrap_or(0);
+    let mut below = 0;
+    let histogram = bucket_bounds(max)
+        .into_iter()
+        .map(|le_ns| {
+            let upto = samples.partition_point(|&s| s <= le_ns);
+            let count = (upto - below) as u64;
+            below = upto;
+            Bucket { le_ns, count }
+        })
+        .collect();
     Staleness {
+        histogram,
         reads: n,
         p50_ns: nth(&samples, 0.5),
         p99_ns: nth(&samples, 0.99),
@@ -258,6 +302,14 @@ pub fn build(
         AnomalyKind::ALL.iter().map(|k| (k.name(), 0)).collect();
     let mut causes: BTreeMap<&'static str, BTreeMap<&'static str, u64>> = BTreeMap::new();
     let mut per_node: BTreeMap<String, NodeCounts> = BTreeMap::new();
+    let mut per_region: BTreeMap<String, NodeCounts> = BTreeMap::new();
+    let region_of = |process: u32| {
+        h.process_regions
+            .get(process as usize)
+            .copied()
+            .filter(|&r| r != NONE)
+            .map(|r| h.regions.name(r))
+    };
     let mut per_key: Vec<BTreeMap<&'static str, u64>> = vec![BTreeMap::new(); h.keys.len()];
     let mut to_explain: Vec<&Finding> = Vec::new();
     let mut shown: BTreeMap<AnomalyKind, usize> = BTreeMap::new();
@@ -268,6 +320,14 @@ pub fn build(
         if op.node != NONE {
             *per_node
                 .entry(h.nodes.name(op.node).to_string())
+                .or_default()
+                .anomalies
+                .entry(f.kind.name())
+                .or_default() += 1;
+        }
+        if let Some(region) = region_of(op.process) {
+            *per_region
+                .entry(region.to_string())
                 .or_default()
                 .anomalies
                 .entry(f.kind.name())
@@ -305,6 +365,7 @@ pub fn build(
 
     let mut by_f: BTreeMap<&'static str, OpCounts> = BTreeMap::new();
     let mut node_reads: Vec<(u64, u64)> = vec![(0, 0); h.nodes.len()];
+    let mut region_reads: Vec<(u64, u64)> = vec![(0, 0); h.regions.len()];
     for op in &h.ops {
         let c = by_f.entry(op.kind.as_str()).or_default();
         match op.outcome {
@@ -321,6 +382,28 @@ pub fn build(
             if op.value.is_none() {
                 n.1 += 1;
             }
+        }
+        if op.outcome == Outcome::Ok
+            && matches!(op.kind, OpKind::Read | OpKind::DbRead | OpKind::FinalRead)
+        {
+            if let Some(&r) = h.process_regions.get(op.process as usize) {
+                if r != NONE {
+                    let n = &mut region_reads[r as usize];
+                    n.0 += 1;
+                    if op.value.is_none() {
+                        n.1 += 1;
+                    }
+                }
+            }
+        }
+    }
+    for (region, &(reads, misses)) in region_reads.iter().enumerate() {
+        if reads > 0 {
+            let n = per_region
+                .entry(h.regions.name(region as u32).to_string())
+                .or_default();
+            n.reads = reads;
+            n.misses = misses;
         }
     }
     for (node, &(reads, misses)) in node_reads.iter().enumerate() {
@@ -425,6 +508,7 @@ pub fn build(
         staleness: staleness(findings.staleness),
         causes,
         per_node,
+        per_region,
         per_key: keys,
         keys_with_anomalies,
         anomalies,

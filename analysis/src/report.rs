@@ -1,0 +1,1027 @@
+//! The auditor's report: one self-contained `report.html` built from the checked
+//! history and its [`Results`], plus what the run directory tells of the run (the
+//! redacted campaign, `run.json`).
+//!
+//! The page is a maud template (everything shown is escaped by the template) with inline
+//! CSS, a print stylesheet and inline SVG: plotters' SVG backend draws the charts, the
+//! template draws each anomaly's cycle. It loads nothing: no URL, font or script. Its
+//! size does not grow with the history: timelines are binned, explained anomalies and
+//! listed events are capped, and each cap is stated on the page.
+
+use crate::explain::{at, duration, Anomaly};
+use crate::model::{History, Outcome};
+use crate::results::{NodeCounts, Results, Status};
+use crate::AnomalyKind;
+use coherence_store::run::{CAMPAIGN, HISTORY, HISTORY_GZ, RUN_JSON};
+use coherence_store::OpKind;
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::Path;
+
+/// The report's file name in a run directory or `--out` directory.
+pub const REPORT: &str = "report.html";
+/// How many anomalies the report explains at most.
+pub const ANOMALY_LIMIT: usize = 50;
+/// How many nemesis and control events the report lists at most.
+pub const EVENT_LIMIT: usize = 200;
+/// How many time bins the timelines have, whatever the length of the run.
+pub const BINS: usize = 120;
+
+/// What the report knows of the run beyond the history.
+#[derive(Debug, Clone, Default)]
+pub struct RunContext {
+    /// The history's file name as shown (`history.jsonl`).
+    pub history_name: String,
+    /// The sha256 of the history file, hex.
+    pub history_sha256: Option<String>,
+    /// The campaign file as stored in the run directory (secrets already redacted).
+    pub campaign: Option<String>,
+    /// The sha256 of the stored campaign file, hex.
+    pub campaign_sha256: Option<String>,
+    /// The run directory's `run.json`.
+    pub run: Option<serde_json::Value>,
+}
+
+impl RunContext {
+    /// Hashes the history at `history` and, when it is a run directory's history, reads
+    /// the run's `campaign.toml` and `run.json` beside it.
+    pub fn gather(history: &Path) -> std::io::Result<RunContext> {
+        let name = history.file_name().map_or_else(
+            || history.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let mut ctx = RunContext {
+            history_sha256: Some(sha256_file(history)?),
+            history_name: name.clone(),
+            ..RunContext::default()
+        };
+        let dir = history
+            .parent()
+            .filter(|_| name == HISTORY || name == HISTORY_GZ);
+        if let Some(dir) = dir {
+            let campaign = dir.join(CAMPAIGN);
+            if campaign.is_file() {
+                let bytes = std::fs::read(&campaign)?;
+                ctx.campaign_sha256 = Some(hex(&Sha256::digest(&bytes)));
+                ctx.campaign = Some(String::from_utf8_lossy(&bytes).into_owned());
+            }
+            let run = dir.join(RUN_JSON);
+            if run.is_file() {
+                ctx.run = serde_json::from_slice(&std::fs::read(&run)?).ok();
+            }
+        }
+        Ok(ctx)
+    }
+}
+
+/// The sha256 of a file, hex, read in chunks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Renders and writes the report to `path`.
+pub fn write(
+    path: &Path,
+    history: &History,
+    results: &Results,
+    ctx: &RunContext,
+) -> std::io::Result<()> {
+    std::fs::write(path, render(history, results, ctx))
+}
+
+const CSS: &str = r#"
+:root { --ok: #1b7f3b; --bad: #b3261e; --unk: #8a6d00; --fault: #f4c7c3; --line: #ccc; }
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 0 16px 48px; color: #222; }
+h1 { font-size: 1.5em; margin: 16px 0 4px; }
+h2 { border-bottom: 1px solid var(--line); padding-bottom: 2px; margin-top: 32px; }
+h3 { font-size: 1.05em; margin: 20px 0 4px; }
+nav a { margin-right: 12px; }
+.verdict { padding: 12px 16px; border-radius: 6px; color: #fff; font-size: 1.3em; font-weight: 600; }
+.verdict.valid { background: var(--ok); } .verdict.invalid { background: var(--bad); } .verdict.unknown { background: var(--unk); }
+.status-valid { color: var(--ok); } .status-invalid { color: var(--bad); font-weight: 600; } .status-unknown { color: var(--unk); }
+table { border-collapse: collapse; margin: 6px 0 12px; }
+th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
+td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
+pre, code { font: 13px/1.35 ui-monospace, monospace; }
+pre { background: #f6f6f6; padding: 8px; overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
+.anomaly { border: 1px solid var(--line); border-radius: 6px; padding: 4px 14px 10px; margin: 12px 0; }
+.cause { background: #fff6e0; padding: 4px 8px; }
+.note { color: #555; font-size: 0.92em; }
+.chart svg, .cycle svg { max-width: 100%; height: auto; }
+.key { background: var(--fault); padding: 0 6px; }
+@media print {
+  body { max-width: none; font-size: 10.5pt; color: #000; }
+  nav { display: none; }
+  .verdict { color: #000; border: 3px solid #000; background: none !important; }
+  .anomaly, table, .chart, .cycle { break-inside: avoid; }
+  h2 { break-after: avoid; }
+  pre { white-space: pre-wrap; }
+}
+"#;
+
+/// The overall verdict: invalid when any check is, unknown when none is but some
+/// cannot decide, valid otherwise.
+pub fn verdict(results: &Results) -> Status {
+    if results.checks.iter().any(|c| c.status == Status::Invalid) || !results.valid {
+        Status::Invalid
+    } else if results.checks.iter().any(|c| c.status == Status::Unknown) {
+        Status::Unknown
+    } else {
+        Status::Valid
+    }
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Valid => "valid",
+        Status::Invalid => "invalid",
+        Status::Unknown => "unknown",
+    }
+}
+
+/// Renders the whole report.
+pub fn render(history: &History, results: &Results, ctx: &RunContext) -> String {
+    let verdict = verdict(results);
+    let total: u64 = results.anomaly_counts.values().sum();
+    let banner = match verdict {
+        Status::Invalid => format!(
+            "INVALID: {total} anomal{} found",
+            if total == 1 { "y" } else { "ies" }
+        ),
+        Status::Unknown => "UNKNOWN: no anomaly found, but some checks cannot decide".into(),
+        Status::Valid => "VALID: no anomaly found".into(),
+    };
+    let title = format!("coherence report: {}", ctx.history_name);
+    let doc = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                h1 { "coherence report" }
+                p.note { "History " code { (ctx.history_name) } ", checked by coherence "
+                    (results.tool_version) " with staleness bound " (results.staleness_bound) "." }
+                nav {
+                    a href="#checks" { "Checks" } a href="#context" { "Campaign" }
+                    a href="#anomalies" { "Anomalies" } a href="#staleness" { "Staleness" }
+                    a href="#timeline" { "Timeline" } a href="#breakdown" { "Breakdown" }
+                    a href="#integrity" { "Integrity" }
+                }
+                div id="verdict" class={ "verdict " (status_name(verdict)) } { (banner) }
+                (checks(results))
+                (context(results, ctx))
+                (anomalies(results, total))
+                (staleness(results))
+                (timeline(history, results))
+                (breakdown(history, results))
+                (integrity(ctx))
+            }
+        }
+    };
+    doc.into_string()
+}
+
+fn checks(r: &Results) -> Markup {
+    let s = &r.stats;
+    html! {
+        section id="checks" {
+            h2 { "Checks" }
+            p { (s.events) " events, " (s.operations) " operations on " (s.keys) " keys by "
+                (s.processes) " client processes over " (duration(s.duration_ns)) "; "
+                (s.nemesis_events) " nemesis events; final phase "
+                (if s.final_phase { "logged" } else { "not logged" }) "." }
+            @for w in &r.warnings { p.status-unknown { "warning: " (w) } }
+            table {
+                thead { tr { th { "check" } th { "status" } th.n { "count" } th { "note" } } }
+                tbody {
+                    @for c in &r.checks {
+                        tr id={ "check-" (c.name.name()) } {
+                            td { (c.name.name()) }
+                            td class={ "status-" (status_name(c.status)) } { (status_name(c.status)) }
+                            td.n { (c.count) }
+                            td { @if let Some(reason) = &c.reason { (reason) } }
+                        }
+                    }
+                }
+            }
+            @if !r.causes.is_empty() {
+                h3 { "Likely causes" }
+                table {
+                    thead { tr { th { "anomaly" } th { "likely cause" } th.n { "count" } } }
+                    tbody {
+                        @for (name, causes) in &r.causes {
+                            @for (cause, n) in causes {
+                                tr { td { (name) } td { (cause) } td.n { (n) } }
+                            }
+                        }
+                    }
+                }
+            }
+            h3 { "Operations" }
+            table {
+                thead { tr { th { "operation" } th.n { "ok" } th.n { "fail" } th.n { "info" } } }
+                tbody {
+                    @for (f, c) in &s.by_f {
+                        tr { td { (f) } td.n { (c.ok) } td.n { (c.fail) } td.n { (c.info) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn json_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn context(r: &Results, ctx: &RunContext) -> Markup {
+    let run = ctx.run.as_ref().and_then(|v| v.as_object());
+    html! {
+        section id="context" {
+            h2 { "Campaign and environment" }
+            table {
+                tbody {
+                    tr { th { "checked by" } td { "coherence " (r.tool_version) } }
+                    tr { th { "staleness bound (Δ)" } td { (r.staleness_bound) } }
+                    @if let Some(run) = run {
+                        @for (k, v) in run.iter().filter(|(_, v)| !v.is_object() && !v.is_array() && !v.is_null()) {
+                            tr { th { (k) } td { (json_text(v)) } }
+                        }
+                    }
+                }
+            }
+            @if let Some(run) = run {
+                @if let Some(versions) = run.get("server_versions").and_then(|v| v.as_object()) {
+                    h3 { "Server versions" }
+                    table {
+                        thead { tr { th { "server" } th { "version" } } }
+                        tbody { @for (k, v) in versions { tr { td { (k) } td { (json_text(v)) } } } }
+                    }
+                }
+                @if let Some(nodes) = run.get("nodes").and_then(|v| v.as_array()) {
+                    h3 { "Nodes" }
+                    table {
+                        thead { tr { th { "name" } th { "address" } } }
+                        tbody {
+                            @for n in nodes {
+                                tr {
+                                    td { (n.get("name").map(json_text).unwrap_or_default()) }
+                                    td { (n.get("addr").map(json_text).unwrap_or_default()) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(campaign) = &ctx.campaign {
+                h3 { "Campaign file (as stored in the run directory, secrets redacted)" }
+                pre id="campaign" { (campaign) }
+            } @else {
+                p.note { "No campaign: the history was checked on its own, outside a run directory." }
+            }
+            h3 { "Nemesis schedule" }
+            @if r.events.is_empty() {
+                p { "No nemesis or control event in the history." }
+            } @else {
+                @if r.events.len() > EVENT_LIMIT {
+                    p.note { "The first " (EVENT_LIMIT) " of " (r.events.len()) " events." }
+                }
+                table {
+                    thead { tr { th.n { "line" } th.n { "time" } th { "by" } th { "event" } th { "details" } } }
+                    tbody {
+                        @for e in r.events.iter().take(EVENT_LIMIT) {
+                            tr {
+                                td.n { (e.index + 1) } td.n { (at(e.time_ns)) } td { (e.process) } td { (e.f) }
+                                td { code { (e.value.as_ref().map(|v| v.to_string()).unwrap_or_default()) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Picks at most [`ANOMALY_LIMIT`] anomalies, taking kinds in turn so every kind found
+/// is shown.
+fn pick(anomalies: &[Anomaly]) -> Vec<&Anomaly> {
+    let mut by_kind: BTreeMap<AnomalyKind, Vec<&Anomaly>> = BTreeMap::new();
+    for a in anomalies {
+        by_kind.entry(a.name).or_default().push(a);
+    }
+    let mut picked: Vec<&Anomaly> = Vec::new();
+    let mut round = 0;
+    while picked.len() < ANOMALY_LIMIT {
+        let before = picked.len();
+        for list in by_kind.values() {
+            if let Some(a) = list.get(round) {
+                if picked.len() < ANOMALY_LIMIT {
+                    picked.push(a);
+                }
+            }
+        }
+        if picked.len() == before {
+            break;
+        }
+        round += 1;
+    }
+    picked.sort_by_key(|a| (a.name, a.indices.first().copied()));
+    picked
+}
+
+fn anomalies(r: &Results, total: u64) -> Markup {
+    let shown = pick(&r.anomalies);
+    html! {
+        section id="anomalies" {
+            h2 { "Anomalies" }
+            @if total == 0 {
+                p { "None found." }
+            } @else {
+                p { "Showing " (shown.len()) " of " (total) " anomalies"
+                    @if (shown.len() as u64) < total { " (at most " (ANOMALY_LIMIT) " in this report; results.json keeps up to " (r.anomaly_limit) " of each kind)" }
+                    ". Line numbers are lines of the history file, from 1." }
+                @for (i, a) in shown.iter().enumerate() { (anomaly(i, a)) }
+            }
+        }
+    }
+}
+
+fn anomaly(i: usize, a: &Anomaly) -> Markup {
+    let lines: Vec<String> = a.indices.iter().map(|i| (i + 1).to_string()).collect();
+    html! {
+        div.anomaly id={ "anomaly-" (i + 1) } {
+            h3 { (a.name.name()) " of key " code { (a.key) }
+                @if let Some(n) = &a.node { " on " code { (n) } } }
+            p.note { "history lines " (lines.join(", ")) }
+            p { (a.summary) }
+            @if a.cycle.is_empty() {
+                p.note { @if a.name == AnomalyKind::PhantomRead {
+                    "A phantom read is no cycle: no committed write produced the value it saw."
+                } @else {
+                    "The rules give no cycle among these operations within the bound."
+                } }
+            } @else {
+                div.cycle { (cycle_svg(a)) }
+                p { "cycle: " code { (a.cycle_text) } }
+                ol { @for s in &a.cycle { li { b { (s.kind.name()) } ": " (s.why) } } }
+            }
+            @if let Some(c) = &a.cause {
+                p.cause { b { "likely cause (" (c.kind.name()) "): " } (c.text) }
+            }
+            table {
+                thead { tr { th { "operation" } th.n { "line" } th.n { "completed line" } th { "outcome" }
+                    th.n { "process" } th { "node" } th.n { "version" } th { "write" } th.n { "invoked" } th.n { "completed" } } }
+                tbody {
+                    @for o in &a.ops {
+                        tr {
+                            td { (o.f) " " (o.index) } td.n { (o.line) }
+                            td.n { @if let Some(l) = o.complete_line { (l) } }
+                            td { (o.outcome) } td.n { (o.process) }
+                            td { @if let Some(n) = &o.node { (n) } }
+                            td.n { @if let Some(v) = o.version { (v) } }
+                            td { @if let Some(w) = &o.write { (w) } }
+                            td.n { (at(o.invoke_ns)) }
+                            td.n { @if let Some(t) = o.complete_ns { (at(t)) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One arrow of a cycle diagram.
+struct Edge {
+    kind: &'static str,
+    /// The SVG path of the curve.
+    path: String,
+    /// Where the label goes.
+    mid: (f64, f64),
+    /// The arrowhead's points.
+    head: String,
+}
+
+/// The cycle as a small diagram: operations on a circle, one labelled arrow per edge.
+fn cycle_svg(a: &Anomaly) -> Markup {
+    let mut nodes: Vec<u64> = Vec::new();
+    for s in &a.cycle {
+        for i in [s.from, s.to] {
+            if !nodes.contains(&i) {
+                nodes.push(i);
+            }
+        }
+    }
+    let label = |index: u64| {
+        let f = a
+            .ops
+            .iter()
+            .find(|o| o.index == index)
+            .map_or("op", |o| o.f.as_str());
+        format!("{f} {index}")
+    };
+    let two = nodes.len() <= 2;
+    let (w, h) = (380.0f64, if two { 110.0 } else { 210.0f64 });
+    let (cx, cy, radius) = (w / 2.0, h / 2.0, if two { 110.0 } else { 70.0 });
+    let k = nodes.len().max(1) as f64;
+    let pos: Vec<(f64, f64)> = (0..nodes.len())
+        .map(|i| {
+            let angle = std::f64::consts::PI + 2.0 * std::f64::consts::PI * i as f64 / k;
+            (cx + radius * angle.cos(), cy + 0.8 * radius * angle.sin())
+        })
+        .collect();
+    let boxes: Vec<(f64, f64)> = nodes
+        .iter()
+        .map(|&i| (7.0 * label(i).chars().count() as f64 / 2.0 + 8.0, 12.0))
+        .collect();
+    let at_of = |index: u64| nodes.iter().position(|&n| n == index).unwrap_or(0);
+    // Where the segment from the box's centre towards `d` leaves the box.
+    let exit = |(x, y): (f64, f64), (hw, hh): (f64, f64), (dx, dy): (f64, f64)| {
+        let t = (hw / dx.abs().max(1e-9)).min(hh / dy.abs().max(1e-9));
+        (x + dx * t, y + dy * t)
+    };
+    let edges: Vec<Edge> = a
+        .cycle
+        .iter()
+        .filter(|s| s.from != s.to)
+        .map(|s| {
+            let (i, j) = (at_of(s.from), at_of(s.to));
+            let (p, q) = (pos[i], pos[j]);
+            let (dx, dy) = (q.0 - p.0, q.1 - p.1);
+            let len = (dx * dx + dy * dy).sqrt().max(1e-9);
+            let (ux, uy) = (dx / len, dy / len);
+            let bend = if nodes.len() <= 2 { 38.0 } else { 14.0 };
+            let c = ((p.0 + q.0) / 2.0 + uy * bend, (p.1 + q.1) / 2.0 - ux * bend);
+            let start = exit(p, boxes[i], (c.0 - p.0, c.1 - p.1));
+            let end = exit(q, boxes[j], (c.0 - q.0, c.1 - q.1));
+            let (ex, ey) = (end.0 - c.0, end.1 - c.1);
+            let el = (ex * ex + ey * ey).sqrt().max(1e-9);
+            let (ax, ay) = (ex / el, ey / el);
+            let head = format!(
+                "{:.1},{:.1} {:.1},{:.1} {:.1},{:.1}",
+                end.0,
+                end.1,
+                end.0 - 9.0 * ax + 4.5 * ay,
+                end.1 - 9.0 * ay - 4.5 * ax,
+                end.0 - 9.0 * ax - 4.5 * ay,
+                end.1 - 9.0 * ay + 4.5 * ax,
+            );
+            let mid = (
+                0.25 * start.0 + 0.5 * c.0 + 0.25 * end.0,
+                0.25 * start.1 + 0.5 * c.1 + 0.25 * end.1,
+            );
+            let path = format!(
+                "M{:.1},{:.1} Q{:.1},{:.1} {:.1},{:.1}",
+                start.0, start.1, c.0, c.1, end.0, end.1
+            );
+            Edge {
+                kind: s.kind.name(),
+                path,
+                mid,
+                head,
+            }
+        })
+        .collect();
+    html! {
+        svg width=(w) height=(h) viewBox={ "0 0 " (w) " " (h) } role="img"
+            aria-label={ "cycle: " (a.cycle_text) } {
+            title { "cycle: " (a.cycle_text) }
+            @for e in &edges {
+                path d=(e.path) fill="none" stroke="#444" stroke-width="1.5" {}
+                polygon points=(e.head) fill="#444" {}
+                rect x=(format!("{:.1}", e.mid.0 - 11.0)) y=(format!("{:.1}", e.mid.1 - 8.0)) width="22" height="15" fill="#fff" {}
+                text x=(format!("{:.1}", e.mid.0)) y=(format!("{:.1}", e.mid.1 + 4.0)) text-anchor="middle"
+                    font-size="12" font-family="sans-serif" fill="#b3261e" { (e.kind) }
+            }
+            @for (i, &n) in nodes.iter().enumerate() {
+                rect x=(format!("{:.1}", pos[i].0 - boxes[i].0)) y=(format!("{:.1}", pos[i].1 - boxes[i].1))
+                    width=(format!("{:.1}", 2.0 * boxes[i].0)) height=(format!("{:.1}", 2.0 * boxes[i].1))
+                    rx="5" fill="#eef3fb" stroke="#335" {}
+                text x=(format!("{:.1}", pos[i].0)) y=(format!("{:.1}", pos[i].1 + 4.0)) text-anchor="middle"
+                    font-size="12" font-family="sans-serif" { (label(n)) }
+            }
+        }
+    }
+}
+
+type ChartResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Draws a chart with plotters into an SVG string. The namespace attribute is dropped:
+/// inline SVG in HTML needs none, and the page names no URL at all.
+fn chart(
+    w: u32,
+    h: u32,
+    draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> ChartResult,
+) -> Markup {
+    let mut svg = String::new();
+    let drawn = {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        draw(&root).and_then(|_| root.present().map_err(|e| e.into()))
+    };
+    match drawn {
+        Ok(()) => {
+            let svg = svg.replacen(" xmlns=\"http://www.w3.org/2000/svg\"", "", 1);
+            html! { div.chart { (PreEscaped(svg)) } }
+        }
+        Err(e) => html! { p.note { "(chart unavailable: " (e.to_string()) ")" } },
+    }
+}
+
+fn staleness(r: &Results) -> Markup {
+    let st = &r.staleness;
+    let hist = &st.histogram;
+    let bucket_label = |i: usize| -> String {
+        hist.get(i).map_or(String::new(), |b| {
+            if b.le_ns == 0 {
+                "0".into()
+            } else {
+                format!("≤{}", duration(b.le_ns))
+            }
+        })
+    };
+    let max_count = hist.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
+    let distribution = chart(760, 260, |root| {
+        root.fill(&WHITE)?;
+        let mut c = ChartBuilder::on(root)
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d(
+                0f64..hist.len().max(1) as f64,
+                (0.5f64..max_count * 2.0).log_scale(),
+            )?;
+        c.configure_mesh()
+            .disable_x_mesh()
+            .x_labels(hist.len().clamp(1, 24))
+            .x_label_formatter(&|x| bucket_label(x.floor() as usize))
+            .x_desc("staleness")
+            .y_desc("reads (log)")
+            .draw()?;
+        c.draw_series(
+            hist.iter()
+                .enumerate()
+                .filter(|(_, b)| b.count > 0)
+                .map(|(i, b)| {
+                    Rectangle::new(
+                        [(i as f64 + 0.1, 0.5), (i as f64 + 0.9, b.count as f64)],
+                        RGBColor(70, 110, 180).filled(),
+                    )
+                }),
+        )?;
+        Ok(())
+    });
+    // Fresh within Δ as nines, at each bucket bound above 0.
+    let n = st.reads.max(1) as f64;
+    let cap = n.log10().max(1.0);
+    let mut cum = 0u64;
+    let mut curve: Vec<(f64, f64)> = Vec::new();
+    for b in hist {
+        cum += b.count;
+        if b.le_ns > 0 {
+            let stale = 1.0 - cum as f64 / n;
+            let nines = if stale <= 0.0 {
+                cap
+            } else {
+                (-stale.log10()).min(cap)
+            };
+            curve.push((b.le_ns as f64 / 1e6, nines));
+        }
+    }
+    let fresh0 = hist.first().map_or(1.0, |b| b.count as f64 / n);
+    let nines_chart = chart(760, 260, |root| {
+        root.fill(&WHITE)?;
+        let x_max = curve.last().map_or(10.0, |p| p.0).max(0.01);
+        let mut c = ChartBuilder::on(root)
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(60)
+            .build_cartesian_2d((0.001f64..x_max).log_scale(), 0f64..cap.ceil())?;
+        c.configure_mesh()
+            .x_desc("Δ (ms, log)")
+            .y_desc("nines fresh within Δ")
+            .draw()?;
+        c.draw_series(LineSeries::new(
+            curve.iter().copied(),
+            RGBColor(70, 110, 180).stroke_width(2),
+        ))?;
+        Ok(())
+    });
+    html! {
+        section id="staleness" {
+            h2 { "Staleness" }
+            p { (st.reads) " reads returned a value: staleness p50 " (duration(st.p50_ns)) ", p99 " (duration(st.p99_ns))
+                ", p99.9 " (duration(st.p999_ns)) ", max " (duration(st.max_ns)) "; "
+                (format!("{:.3}", fresh0 * 100.0)) " % were fresh (staleness 0)." }
+            table {
+                thead { tr { th { "fresh within" } th.n { "fraction" } th.n { "nines" } } }
+                tbody { @for w in &st.fresh_within {
+                    tr { td { (w.within) } td.n { (format!("{:.4} %", w.fraction * 100.0)) }
+                        td.n { (w.nines.map_or("all".to_string(), |n| format!("{n:.2}"))) } }
+                } }
+            }
+            h3 { "Distribution" }
+            (distribution)
+            h3 { "Fresh within Δ" }
+            p.note { "The share of reads no staler than Δ, as nines (2 = 99 %); the curve tops out at "
+                (format!("{cap:.1}")) " nines, all that " (st.reads) " reads can show." }
+            (nines_chart)
+        }
+    }
+}
+
+/// A nemesis fault as an interval of the run, or an instant (`end == start`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultSpan {
+    /// The event that opened it.
+    pub f: String,
+    /// When, ns.
+    pub start_ns: u64,
+    /// When it was closed, ns (the end of the run when never closed).
+    pub end_ns: u64,
+    /// False for an instant event (a failover).
+    pub interval: bool,
+}
+
+/// The nemesis intervals of a history: `start-X`/`stop-X`, `kill`/`restart`,
+/// `pause`/`resume`, `bump-clock` or `strobe-clock`/`reset-clock`; `heal` closes all;
+/// other nemesis events (`failover`, ...) are instants.
+pub fn fault_spans(h: &History) -> Vec<FaultSpan> {
+    fn opener(closer: &str) -> Option<Vec<String>> {
+        if let Some(rest) = closer.strip_prefix("stop-") {
+            return Some(vec![format!("start-{rest}")]);
+        }
+        match closer {
+            "restart" => Some(vec!["kill".into()]),
+            "resume" => Some(vec!["pause".into()]),
+            "reset-clock" => Some(vec!["bump-clock".into(), "strobe-clock".into()]),
+            "heal" => Some(vec![]),
+            _ => None,
+        }
+    }
+    let is_opener = |f: &str| {
+        f.starts_with("start-") || matches!(f, "kill" | "pause" | "bump-clock" | "strobe-clock")
+    };
+    let mut spans: Vec<FaultSpan> = Vec::new();
+    let mut open: Vec<usize> = Vec::new();
+    for ev in h.standalone.iter().filter(|e| e.actor == "nemesis") {
+        if let Some(openers) = opener(&ev.f) {
+            if openers.is_empty() {
+                for i in open.drain(..) {
+                    spans[i].end_ns = ev.time;
+                }
+            } else if let Some(p) = open.iter().position(|&i| openers.contains(&spans[i].f)) {
+                spans[open.remove(p)].end_ns = ev.time;
+            }
+        } else {
+            let interval = is_opener(&ev.f);
+            if interval {
+                open.push(spans.len());
+            }
+            spans.push(FaultSpan {
+                f: ev.f.clone(),
+                start_ns: ev.time,
+                end_ns: ev.time,
+                interval,
+            });
+        }
+    }
+    for i in open {
+        spans[i].end_ns = h.end_time.max(spans[i].start_ns);
+    }
+    spans
+}
+
+const LAT_BUCKETS: usize = 128;
+
+/// The upper bound (ns) of a latency bucket: quarter octaves from 1 µs.
+fn lat_bound(b: usize) -> f64 {
+    1_000.0 * 2f64.powf(b as f64 / 4.0)
+}
+
+fn lat_bucket(ns: u64) -> usize {
+    if ns <= 1_000 {
+        0
+    } else {
+        (((ns as f64 / 1_000.0).log2() * 4.0).ceil() as usize).min(LAT_BUCKETS - 1)
+    }
+}
+
+const KINDS: [OpKind; 5] = [
+    OpKind::Read,
+    OpKind::Write,
+    OpKind::DbRead,
+    OpKind::Fill,
+    OpKind::Invalidate,
+];
+
+/// The timelines, binned: completions per bin by outcome, latency histograms per bin by
+/// operation.
+struct Binned {
+    bin_ns: u64,
+    outcomes: [Vec<u64>; 3],
+    latency: Vec<Vec<[u32; LAT_BUCKETS]>>,
+}
+
+fn bin(h: &History) -> Binned {
+    let end = h.end_time.max(1);
+    let bin_ns = end.div_ceil(BINS as u64).max(1);
+    let mut b = Binned {
+        bin_ns,
+        outcomes: [vec![0; BINS], vec![0; BINS], vec![0; BINS]],
+        latency: vec![vec![[0u32; LAT_BUCKETS]; BINS]; KINDS.len()],
+    };
+    for op in &h.ops {
+        let done = op.complete_time != u64::MAX;
+        let t = if done {
+            op.complete_time
+        } else {
+            op.invoke_time
+        };
+        let i = ((t / bin_ns) as usize).min(BINS - 1);
+        let o = match op.outcome {
+            Outcome::Ok => 0,
+            Outcome::Fail => 1,
+            Outcome::Info => 2,
+        };
+        b.outcomes[o][i] += 1;
+        if done && op.outcome == Outcome::Ok {
+            if let Some(k) = KINDS.iter().position(|&k| k == op.kind) {
+                b.latency[k][i][lat_bucket(op.complete_time - op.invoke_time)] += 1;
+            }
+        }
+    }
+    b
+}
+
+fn quantile(hist: &[u32; LAT_BUCKETS], q: f64) -> Option<f64> {
+    let n: u64 = hist.iter().map(|&c| c as u64).sum();
+    if n == 0 {
+        return None;
+    }
+    let rank = ((q * n as f64).ceil() as u64).max(1);
+    let mut seen = 0u64;
+    for (b, &c) in hist.iter().enumerate() {
+        seen += c as u64;
+        if seen >= rank {
+            return Some(lat_bound(b));
+        }
+    }
+    None
+}
+
+const SERIES: [RGBColor; 5] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+];
+
+fn shade<DB: DrawingBackend>(
+    c: &mut ChartContext<
+        '_,
+        DB,
+        Cartesian2d<plotters::coord::types::RangedCoordf64, impl Ranged<ValueType = f64>>,
+    >,
+    spans: &[FaultSpan],
+    y: (f64, f64),
+    min_ns: f64,
+) -> ChartResult
+where
+    DB::ErrorType: 'static,
+{
+    c.draw_series(spans.iter().filter(|s| s.interval).map(|s| {
+        // A fault shorter than a third of a bin still shows, a third of a bin wide.
+        let end = (s.end_ns as f64).max(s.start_ns as f64 + min_ns) / 1e9;
+        Rectangle::new(
+            [(s.start_ns as f64 / 1e9, y.0), (end, y.1)],
+            RGBColor(244, 199, 195).mix(0.6).filled(),
+        )
+    }))
+    .map_err(|e| e.to_string())?;
+    c.draw_series(spans.iter().filter(|s| !s.interval).map(|s| {
+        let x = s.start_ns as f64 / 1e9;
+        PathElement::new(
+            vec![(x, y.0), (x, y.1)],
+            RGBColor(179, 38, 30).stroke_width(1),
+        )
+    }))
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn timeline(h: &History, r: &Results) -> Markup {
+    let b = bin(h);
+    let spans = fault_spans(h);
+    let secs = b.bin_ns as f64 / 1e9;
+    let x_end = (b.bin_ns * BINS as u64) as f64 / 1e9;
+    let x = |i: usize| (i as f64 + 0.5) * secs;
+    let names = ["ok", "fail", "info"];
+    let y_max = b
+        .outcomes
+        .iter()
+        .flatten()
+        .map(|&c| c as f64 / secs)
+        .fold(1.0, f64::max)
+        * 1.1;
+    let throughput = chart(900, 280, |root| {
+        root.fill(&WHITE)?;
+        let mut c = ChartBuilder::on(root)
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(0f64..x_end, 0f64..y_max)?;
+        c.configure_mesh()
+            .x_desc("time (s)")
+            .y_desc("operations/s")
+            .draw()?;
+        shade(&mut c, &spans, (0.0, y_max), b.bin_ns as f64 / 3.0)?;
+        for (o, name) in names.iter().enumerate() {
+            if b.outcomes[o].iter().all(|&n| n == 0) {
+                continue;
+            }
+            let color = SERIES[o];
+            c.draw_series(LineSeries::new(
+                b.outcomes[o]
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| (x(i), n as f64 / secs)),
+                color.stroke_width(2),
+            ))?
+            .label(*name)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        }
+        c.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    });
+    let latency = |q: f64| {
+        let lines: Vec<(usize, Vec<(f64, f64)>)> = KINDS
+            .iter()
+            .enumerate()
+            .map(|(k, _)| {
+                let pts = b.latency[k]
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, hist)| quantile(hist, q).map(|ns| (x(i), ns / 1e6)))
+                    .collect::<Vec<_>>();
+                (k, pts)
+            })
+            .filter(|(_, pts)| !pts.is_empty())
+            .collect();
+        let top = lines
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|p| p.1))
+            .fold(0.01, f64::max)
+            * 2.0;
+        chart(900, 280, |root| {
+            root.fill(&WHITE)?;
+            let mut c = ChartBuilder::on(root)
+                .margin(10)
+                .x_label_area_size(36)
+                .y_label_area_size(64)
+                .build_cartesian_2d(0f64..x_end, (0.001f64..top).log_scale())?;
+            c.configure_mesh()
+                .x_desc("time (s)")
+                .y_desc("latency (ms, log)")
+                .draw()?;
+            shade(&mut c, &spans, (0.001, top), b.bin_ns as f64 / 3.0)?;
+            for (k, pts) in &lines {
+                let color = SERIES[*k];
+                c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+                    .label(KINDS[*k].as_str())
+                    .legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                    });
+            }
+            c.configure_series_labels()
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
+            Ok(())
+        })
+    };
+    let intervals = spans.iter().filter(|s| s.interval).count();
+    html! {
+        section id="timeline" {
+            h2 { "Timeline" }
+            p.note { "Completions per second and latency of ok operations, in " (BINS) " bins of "
+                (duration(b.bin_ns)) " each. " span.key { "Shaded" } ": the " (intervals)
+                " nemesis fault intervals; red vertical lines: " (spans.len() - intervals)
+                " instant nemesis events (failovers). " (r.stats.nemesis_events) " nemesis events in all." }
+            h3 { "Throughput" }
+            (throughput)
+            h3 { "Latency, median by operation" }
+            (latency(0.5))
+            h3 { "Latency, 99th percentile by operation" }
+            (latency(0.99))
+        }
+    }
+}
+
+fn counts_table(title: &str, rows: &BTreeMap<String, NodeCounts>) -> Markup {
+    let kinds: Vec<&str> = AnomalyKind::ALL
+        .iter()
+        .map(|k| k.name())
+        .filter(|k| rows.values().any(|r| r.anomalies.contains_key(k)))
+        .collect();
+    html! {
+        table {
+            thead { tr { th { (title) } th.n { "ok reads" } th.n { "misses" } th.n { "miss rate" }
+                @for k in &kinds { th.n { (k) } } } }
+            tbody {
+                @for (name, c) in rows {
+                    tr {
+                        td { (name) } td.n { (c.reads) } td.n { (c.misses) }
+                        td.n { (if c.reads > 0 { format!("{:.1} %", 100.0 * c.misses as f64 / c.reads as f64) } else { "-".into() }) }
+                        @for k in &kinds { td.n { (c.anomalies.get(k).copied().unwrap_or(0)) } }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn breakdown(h: &History, r: &Results) -> Markup {
+    let mut errors: Vec<(&str, u64)> = h.errors.iter().map(|(e, &n)| (&**e, n)).collect();
+    errors.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    html! {
+        section id="breakdown" {
+            h2 { "Breakdown" }
+            h3 { "Per region (of the client)" }
+            @if r.per_region.is_empty() { p { "The history names no regions." } }
+            @else { (counts_table("region", &r.per_region)) }
+            h3 { "Per node" }
+            @if r.per_node.is_empty() { p { "The history names no nodes." } }
+            @else { (counts_table("node", &r.per_node)) }
+            h3 { "Keys with the most anomalies" }
+            @if r.per_key.is_empty() { p { "No key has an anomaly." } }
+            @else {
+                p.note { (r.keys_with_anomalies) " keys have anomalies; the first " (r.per_key.len().min(20)) " are shown." }
+                table {
+                    thead { tr { th { "key" } th.n { "anomalies" } th { "by kind" } } }
+                    tbody { @for k in r.per_key.iter().take(20) {
+                        tr { td { code { (k.key) } } td.n { (k.total) }
+                            td { (k.anomalies.iter().map(|(n, c)| format!("{n} {c}")).collect::<Vec<_>>().join(", ")) } }
+                    } }
+                }
+            }
+            h3 { "Errors clients saw" }
+            @if errors.is_empty() { p { "No fail or info completion carried an error." } }
+            @else {
+                table {
+                    thead { tr { th { "error" } th.n { "count" } } }
+                    tbody { @for (e, n) in errors.iter().take(20) { tr { td { code { (e) } } td.n { (n) } } } }
+                }
+                @if errors.len() > 20 || h.errors_uncounted > 0 {
+                    p.note { (errors.len()) " distinct messages; the 20 most frequent are shown." }
+                }
+            }
+        }
+    }
+}
+
+fn integrity(ctx: &RunContext) -> Markup {
+    html! {
+        section id="integrity" {
+            h2 { "Integrity" }
+            p { "These hashes identify exactly what was checked. Recompute them in the run directory with:" }
+            pre { "sha256sum " (ctx.history_name) @if ctx.campaign_sha256.is_some() { " " (CAMPAIGN) } }
+            table {
+                thead { tr { th { "file" } th { "sha256" } } }
+                tbody {
+                    tr { td { code { (ctx.history_name) } } td { code { (ctx.history_sha256.as_deref().unwrap_or("(not computed)")) } } }
+                    @if let Some(c) = &ctx.campaign_sha256 { tr { td { code { (CAMPAIGN) } } td { code { (c) } } } }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! The HTML report: its structure on a spec example, escaping of everything a history
+//! can put in it, self-containment (nothing loaded from anywhere), and its size bound.
+
+use coherence_analysis::model::History;
+use coherence_analysis::report::{self, RunContext};
+use coherence_analysis::{check_file_keeping, AnomalyKind, Options, Results};
+use coherence_store::NoProgress;
+use std::path::{Path, PathBuf};
+
+fn example(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/spec/examples")
+        .join(name)
+}
+
+fn checked(path: &Path) -> (History, Results) {
+    check_file_keeping(path, &Options::default(), &NoProgress).expect("the history reads")
+}
+
+fn render(path: &Path) -> String {
+    let (h, r) = checked(path);
+    let ctx = RunContext::gather(path).expect("the history hashes");
+    report::render(&h, &r, &ctx)
+}
+
+/// The document's outline: section ids and headings, in order, tags stripped.
+fn outline(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        rest = &rest[start..];
+        let tag_end = rest.find('>').unwrap();
+        let tag = &rest[1..tag_end];
+        if let Some(id) = tag
+            .strip_prefix("section id=\"")
+            .and_then(|t| t.split('"').next())
+        {
+            out.push_str(&format!("section #{id}\n"));
+        }
+        for h in ["h1", "h2", "h3"] {
+            if tag == h || tag.starts_with(&format!("{h} ")) {
+                let close = format!("</{h}>");
+                let body_end = rest.find(&close).unwrap();
+                let body = &rest[tag_end + 1..body_end];
+                let mut text = String::new();
+                let mut in_tag = false;
+                for c in body.chars() {
+                    match c {
+                        '<' => in_tag = true,
+                        '>' => in_tag = false,
+                        c if !in_tag => text.push(c),
+                        _ => {}
+                    }
+                }
+                out.push_str(&format!("  {h} {text}\n"));
+            }
+        }
+        rest = &rest[tag_end + 1..];
+    }
+    out
+}
+
+#[test]
+fn report_of_the_fill_race_has_verdict_checks_and_explained_anomaly() {
+    let html = render(&example("fill-race.jsonl"));
+    let (_, r) = checked(&example("fill-race.jsonl"));
+    let total: u64 = r.anomaly_counts.values().sum();
+    assert!(total >= 1);
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    assert!(html.contains(&format!(
+        r#"<div id="verdict" class="verdict invalid">INVALID: {total} anomalies found</div>"#
+    )));
+    assert_eq!(
+        html.matches(r#"<div class="anomaly""#).count(),
+        total as usize
+    );
+    for kind in AnomalyKind::ALL {
+        assert!(
+            html.contains(&format!(r#"<tr id="check-{}">"#, kind.name())),
+            "no row for {}",
+            kind.name()
+        );
+    }
+    // The anomaly with its history lines, cycle in words, diagram and cause.
+    assert!(html.contains("history lines 5, 6, 7, 8, 9, 10, 11"));
+    assert!(html.contains("write 4 →rt read 9 →rw write 4"));
+    assert!(html.contains("read 9 saw version 0, which write 4 replaced (version 1)"));
+    assert!(html.contains("likely cause (fill-race)"));
+    let diagram = &html[html.find(r#"<div class="cycle">"#).unwrap()..];
+    let diagram = &diagram[..diagram.find("</svg>").unwrap()];
+    for label in [">write 4<", ">read 9<", ">rt<", ">rw<"] {
+        assert!(
+            diagram.contains(label),
+            "{label} missing in the cycle diagram"
+        );
+    }
+    assert_eq!(diagram.matches("<path ").count(), 2, "one arrow per edge");
+    // Integrity: the history's hash, recomputable.
+    let sum = report::sha256_file(&example("fill-race.jsonl")).unwrap();
+    assert_eq!(sum.len(), 64);
+    assert!(html.contains(&sum));
+    assert!(html.contains("sha256sum fill-race.jsonl"));
+    insta::assert_snapshot!("fill-race-outline", outline(&html));
+}
+
+#[test]
+fn valid_and_unknown_histories_get_their_banners() {
+    let html = render(&example("concurrent-ok.jsonl"));
+    let (_, r) = checked(&example("concurrent-ok.jsonl"));
+    let expected = match report::verdict(&r) {
+        coherence_analysis::Status::Valid => "verdict valid\">VALID",
+        coherence_analysis::Status::Unknown => "verdict unknown\">UNKNOWN",
+        coherence_analysis::Status::Invalid => panic!("concurrent-ok is not invalid"),
+    };
+    assert!(html.contains(expected), "banner {expected} missing");
+    assert!(html.contains("<p>None found.</p>"));
+}
+
+const EVIL: &str = "<img src=x onerror=alert(1)>";
+
+#[test]
+fn everything_a_history_shows_is_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("evil.jsonl");
+    let key = format!("{EVIL}</script>");
+    let node = "<b>r1</b>";
+    let lines = [
+        serde_json::json!({"index":0,"time":0,"process":0,"type":"invoke","f":"write","key":key,"node":"db","value":{"write":"a"},"region":"<i>r</i>"}),
+        serde_json::json!({"index":1,"time":1000000,"process":0,"type":"ok","f":"write","key":key,"node":"db","value":{"version":1,"write":"a"}}),
+        serde_json::json!({"index":2,"time":2000000,"process":"nemesis","type":"info","f":"start-partition","value":{"nodes":[EVIL]}}),
+        serde_json::json!({"index":3,"time":10000000,"process":1,"type":"invoke","f":"read","key":key,"node":node,"region":"<i>r</i>"}),
+        serde_json::json!({"index":4,"time":11000000,"process":1,"type":"ok","f":"read","key":key,"node":node,"value":{"version":0,"write":"init"}}),
+        serde_json::json!({"index":5,"time":12000000,"process":2,"type":"invoke","f":"read","key":key,"node":node}),
+        serde_json::json!({"index":6,"time":13000000,"process":2,"type":"fail","f":"read","key":key,"node":node,"error":format!("{EVIL} </script><script>alert(2)</script>")}),
+        serde_json::json!({"index":7,"time":14000000,"process":"nemesis","type":"info","f":"stop-partition"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    let (h, r) = checked(&path);
+    assert_eq!(r.anomaly_counts["stale-read"], 1, "the read is stale");
+    let html = report::render(&h, &r, &RunContext::gather(&path).unwrap());
+    // Shown, as text.
+    assert!(
+        html.contains("&lt;img src=x onerror=alert(1)&gt;&lt;/script&gt;"),
+        "the key"
+    );
+    assert!(html.contains("&lt;b&gt;r1&lt;/b&gt;"), "the node");
+    assert!(html.contains("&lt;i&gt;r&lt;/i&gt;"), "the region");
+    assert!(
+        html.contains("&lt;script&gt;alert(2)&lt;/script&gt;"),
+        "the error"
+    );
+    // Never as markup.
+    for raw in ["<img", "</script", "<script", "<b>r1", "<i>r"] {
+        assert!(!html.contains(raw), "{raw} appears unescaped");
+    }
+}
+
+/// Nothing the report names is fetched: no URL, no script, no external stylesheet or
+/// font, no attribute that loads anything.
+fn assert_self_contained(html: &str) {
+    for bad in [
+        "http://",
+        "https://",
+        "src=",
+        "<script",
+        "<link",
+        "@import",
+        "url(",
+        "href=\"/",
+        "@font-face",
+    ] {
+        assert!(!html.contains(bad), "the report contains {bad:?}");
+    }
+    // Links only within the page.
+    for (i, _) in html.match_indices("href=\"") {
+        assert!(html[i + 6..].starts_with('#'), "a link out of the page");
+    }
+    assert!(html.contains("@media print"), "no print stylesheet");
+}
+
+#[test]
+fn reports_are_self_contained() {
+    for name in [
+        "fill-race.jsonl",
+        "failover-lost-write.jsonl",
+        "session.jsonl",
+    ] {
+        assert_self_contained(&render(&example(name)));
+    }
+}
+
+fn simulated(dir: &Path, ops: u64) -> PathBuf {
+    use coherence_workloads::sim::{generate, Mode, SimConfig};
+    let path = dir.join(format!("sim-{ops}.jsonl"));
+    let mut w = coherence_store::HistoryWriter::create(&path).unwrap();
+    let config = SimConfig {
+        seed: 3,
+        ops,
+        mode: Mode::Buggy,
+        ..SimConfig::default()
+    };
+    generate(&config, &mut w).unwrap();
+    w.finish().unwrap();
+    path
+}
+
+#[test]
+fn report_size_does_not_grow_with_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (small_ops, large_ops) = (20_000u64, 200_000u64);
+    let small = render(&simulated(dir.path(), small_ops));
+    let large_path = simulated(dir.path(), large_ops);
+    let (h, r) = checked(&large_path);
+    assert!(
+        r.anomaly_counts.values().sum::<u64>() > 50,
+        "enough anomalies to hit the cap"
+    );
+    assert!(r.stats.nemesis_events > 0, "faults to shade");
+    let large = report::render(&h, &r, &RunContext::gather(&large_path).unwrap());
+    assert_self_contained(&large);
+    // Every anomaly kind the history has is explained, up to the cap.
+    assert_eq!(
+        large.matches(r#"<div class="anomaly""#).count(),
+        report::ANOMALY_LIMIT
+    );
+    // What one more operation costs, extrapolated to 5,000,000 operations.
+    let per_op =
+        (large.len() as f64 - small.len() as f64).max(0.0) / (large_ops - small_ops) as f64;
+    let at_5m = large.len() as f64 + per_op * (5_000_000 - large_ops) as f64;
+    eprintln!(
+        "report: {} bytes at {small_ops} ops, {} bytes at {large_ops} ops; {per_op:.4} bytes per more op; {at_5m:.0} bytes extrapolated to 5 M ops",
+        small.len(),
+        large.len()
+    );
+    assert!(
+        large.len() < 1_000_000,
+        "{} bytes at {large_ops} ops",
+        large.len()
+    );
+    assert!(
+        at_5m < 5_000_000.0,
+        "{at_5m:.0} bytes extrapolated to 5 M ops"
+    );
+}
+
+#[test]
+fn fault_spans_pair_openers_with_closers() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("faults.jsonl");
+    let ev = |i: u64, t: u64, f: &str| {
+        serde_json::json!({"index":i,"time":t,"process":"nemesis","type":"info","f":f}).to_string()
+    };
+    let text = [
+        ev(0, 10, "start-partition"),
+        ev(1, 20, "kill"),
+        ev(2, 30, "bump-clock"),
+        ev(3, 40, "restart"),
+        ev(4, 50, "failover"),
+        ev(5, 60, "reset-clock"),
+        ev(6, 70, "stop-partition"),
+        ev(7, 80, "pause"),
+        ev(8, 100, "strobe-clock"),
+    ]
+    .join("\n");
+    std::fs::write(&path, text + "\n").unwrap();
+    let (h, _) = checked(&path);
+    let spans: Vec<(String, u64, u64, bool)> = report::fault_spans(&h)
+        .into_iter()
+        .map(|s| (s.f, s.start_ns, s.end_ns, s.interval))
+        .collect();
+    let s = |f: &str, a, b, i| (f.to_string(), a, b, i);
+    assert_eq!(
+        spans,
+        vec![
+            s("start-partition", 10, 70, true),
+            s("kill", 20, 40, true),
+            s("bump-clock", 30, 60, true),
+            s("failover", 50, 50, false),
+            // never closed: open to the end of the run
+            s("pause", 80, 100, true),
+            s("strobe-clock", 100, 100, true),
+        ]
+    );
+}
