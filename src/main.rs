@@ -120,6 +120,9 @@ struct CheckArgs {
     /// How many anomalies of each kind results keep explained.
     #[arg(long, default_value_t = 100, value_name = "N")]
     anomaly_limit: usize,
+    /// Write JUnit XML here for CI: one test case per checker.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -357,6 +360,10 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
         report_path = Some(file);
     }
     drop(history);
+    if let Some(file) = &args.junit {
+        std::fs::write(file, coherence_analysis::junit::render(&results))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+    }
     let mut stdout = std::io::stdout().lock();
     match args.format {
         Format::Json => {

@@ -21,6 +21,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct RunArgs {
     /// The campaign file (TOML; see campaigns/).
     campaign: PathBuf,
+    /// Also write the run's JUnit XML (junit.xml in the run directory) here, for CI.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
     /// Run against the local lab (`coherence lab up`), preparing it for the campaign.
     #[arg(long)]
     lab: bool,
@@ -467,6 +470,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
     report::write(&report_file, &history, &results, &context)
         .with_context(|| format!("cannot write {}", report_file.display()))?;
     drop(history);
+    let junit = coherence_analysis::junit::render(&results);
+    std::fs::write(dir.join("junit.xml"), &junit)?;
+    if let Some(file) = &args.junit {
+        std::fs::write(file, &junit).with_context(|| format!("cannot write {}", file.display()))?;
+    }
     point_latest(&args.store, &dir).context("cannot point runs/latest at the run")?;
     print!("{}", text::render(&results, 3));
     println!(

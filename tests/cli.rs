@@ -387,3 +387,31 @@ time_limit = "1s"
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("[[cluster.nodes]]"), "{}", stderr(&o));
 }
+
+/// `check --junit FILE` writes one test case per checker; the failures are the invalid
+/// checks.
+#[test]
+fn check_writes_junit_for_ci() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("junit.xml");
+    let o = coherence(&[
+        "check",
+        &example("fill-race.jsonl"),
+        "--junit",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let xml = std::fs::read_to_string(&file).unwrap();
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), 7, "{xml}");
+    assert!(xml.contains(r#"<failure message=""#), "{xml}");
+    let o = coherence(&[
+        "check",
+        &example("concurrent-ok.jsonl"),
+        "--junit",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let xml = std::fs::read_to_string(&file).unwrap();
+    assert!(!xml.contains("<failure"), "{xml}");
+}

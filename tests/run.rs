@@ -82,7 +82,14 @@ fn campaigns_against_the_lab() {
         r["causes"]
     );
     // the run directory holds what DESIGN.md says, and runs/latest points at it
-    for f in ["history.jsonl", "campaign.toml", "run.json", "results.json"] {
+    for f in [
+        "history.jsonl",
+        "campaign.toml",
+        "run.json",
+        "results.json",
+        "report.html",
+        "junit.xml",
+    ] {
         assert!(dir.join(f).is_file(), "{f} in {}", dir.display());
     }
     // the servers' logs, fetched from their hosts

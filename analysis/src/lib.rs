@@ -13,6 +13,7 @@
 pub mod check;
 pub mod explain;
 pub mod graph;
+pub mod junit;
 pub mod model;
 pub mod report;
 pub mod results;
