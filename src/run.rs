@@ -476,12 +476,15 @@ pub fn run(args: RunArgs) -> Result<u8> {
         std::fs::write(file, &junit).with_context(|| format!("cannot write {}", file.display()))?;
     }
     point_latest(&args.store, &dir).context("cannot point runs/latest at the run")?;
+    let index = coherence_analysis::index::write(&args.store)
+        .with_context(|| format!("cannot write the run index in {}", args.store.display()))?;
     print!("{}", text::render(&results, 3));
     println!(
         "\n{events} events recorded; run directory: {}",
         dir.display()
     );
     println!("report: {}", report_file.display());
+    println!("all runs: {}", index.display());
     Ok(if results.valid { 0 } else { 1 })
 }
 

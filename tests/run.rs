@@ -123,6 +123,13 @@ fn campaigns_against_the_lab() {
         std::fs::canonicalize(store.path().join("latest")).unwrap(),
         std::fs::canonicalize(&dir).unwrap()
     );
+    // the store's index lists the run, linked to its report
+    let index = std::fs::read_to_string(store.path().join("index.html")).unwrap();
+    let name = dir.file_name().unwrap().to_str().unwrap();
+    assert!(
+        index.contains(&format!("lab-writer/{name}/report.html")),
+        "{index}"
+    );
     // the history is one the checker reads on its own
     let o = coherence(&["check", dir.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));

@@ -13,6 +13,7 @@
 pub mod check;
 pub mod explain;
 pub mod graph;
+pub mod index;
 pub mod junit;
 pub mod model;
 pub mod report;

@@ -76,3 +76,52 @@ pub fn point_latest(store: &Path, run: &Path) -> std::io::Result<()> {
     std::os::unix::fs::symlink(target, &tmp)?;
     std::fs::rename(&tmp, store.join(LATEST))
 }
+
+/// The run index's file name, in the store.
+pub const INDEX: &str = "index.html";
+
+/// One run in the store, as the index lists it.
+#[derive(Debug, Clone)]
+pub struct RunEntry {
+    /// The campaign's name (the run directory's parent).
+    pub campaign: String,
+    /// The run directory's name (its UTC start, `2026-11-23T120000Z`).
+    pub name: String,
+    /// The run directory, relative to the store.
+    pub dir: PathBuf,
+    /// Its `results.json`, if it has one that parses (a run that died has none).
+    pub results: Option<serde_json::Value>,
+}
+
+/// Every run in `store`, newest first. Directories that are not runs (no history) are
+/// left out; a run without results is listed with none.
+pub fn list_runs(store: &Path) -> std::io::Result<Vec<RunEntry>> {
+    let mut runs = Vec::new();
+    for campaign in std::fs::read_dir(store)? {
+        let campaign = campaign?;
+        if !campaign.file_type()?.is_dir() {
+            continue; // `latest` is a link, the index a file
+        }
+        let campaign_name = campaign.file_name().to_string_lossy().into_owned();
+        for run in std::fs::read_dir(campaign.path())? {
+            let run = run?;
+            let path = run.path();
+            if !(path.join(HISTORY).exists() || path.join(HISTORY_GZ).exists()) {
+                continue;
+            }
+            let results = std::fs::read(path.join(RESULTS))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let name = run.file_name().to_string_lossy().into_owned();
+            runs.push(RunEntry {
+                dir: PathBuf::from(&campaign_name).join(&name),
+                campaign: campaign_name.clone(),
+                name,
+                results,
+            });
+        }
+    }
+    // Names are UTC timestamps: newest first across campaigns.
+    runs.sort_by(|a, b| b.name.cmp(&a.name).then(a.campaign.cmp(&b.campaign)));
+    Ok(runs)
+}

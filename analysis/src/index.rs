@@ -1,0 +1,93 @@
+//! `runs/index.html`: every run in the store, newest first, with its campaign, time,
+//! verdict and anomaly counts, linking to its report. One self-contained page, refreshed
+//! after each run; it escapes everything it shows.
+
+use coherence_store::run::{list_runs, RunEntry, INDEX, RESULTS};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use std::path::{Path, PathBuf};
+
+const CSS: &str = r#"
+body { font: 15px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1100px; padding: 0 16px 48px; color: #222; }
+table { border-collapse: collapse; margin: 6px 0 12px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top; }
+.valid { color: #1b7f3b; } .invalid { color: #b3261e; font-weight: 600; } .unknown { color: #8a6d00; }
+.note { color: #555; font-size: 0.92em; }
+@media print { body { max-width: none; font-size: 10.5pt; } a { color: #000; } }
+"#;
+
+/// A run's verdict as results.json says it: `valid`, `invalid`, `unknown`, or
+/// `no results` for a run that died before its check.
+pub fn verdict(results: Option<&serde_json::Value>) -> &'static str {
+    let Some(r) = results else {
+        return "no results";
+    };
+    let statuses: Vec<&str> = r["checks"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["status"].as_str()).collect())
+        .unwrap_or_default();
+    if r["valid"] == false || statuses.contains(&"invalid") {
+        "invalid"
+    } else if statuses.contains(&"unknown") {
+        "unknown"
+    } else {
+        "valid"
+    }
+}
+
+fn counts(results: Option<&serde_json::Value>) -> String {
+    let Some(map) = results.and_then(|r| r["anomaly-counts"].as_object()) else {
+        return String::new();
+    };
+    map.iter()
+        .filter_map(|(k, v)| v.as_u64().filter(|n| *n > 0).map(|n| format!("{k} {n}")))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn row(run: &RunEntry) -> Markup {
+    let link = |file: &str| run.dir.join(file).display().to_string();
+    let verdict = verdict(run.results.as_ref());
+    let counts = counts(run.results.as_ref());
+    html! {
+        tr {
+            td { (run.campaign) }
+            td { a href=(link("report.html")) { (run.name) } }
+            td class=(verdict) { (verdict) }
+            td { @if counts.is_empty() { "—" } @else { (counts) } }
+            td { a href=(link(RESULTS)) { "results.json" } }
+        }
+    }
+}
+
+/// The index page of `runs`.
+pub fn render(runs: &[RunEntry]) -> String {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                title { "coherence runs" }
+                style { (PreEscaped(CSS)) }
+            }
+            body {
+                h1 { "coherence runs" }
+                p.note { (runs.len()) " run(s), newest first. Each links to its report." }
+                table {
+                    tr { th { "campaign" } th { "run (UTC)" } th { "verdict" } th { "anomalies" } th { "files" } }
+                    @for run in runs { (row(run)) }
+                }
+            }
+        }
+    }
+    .into_string()
+}
+
+/// Writes `STORE/index.html` from the runs in the store; returns its path.
+pub fn write(store: &Path) -> std::io::Result<PathBuf> {
+    let runs = list_runs(store)?;
+    let path = store.join(INDEX);
+    let tmp = store.join(format!(".{INDEX}.{}", std::process::id()));
+    std::fs::write(&tmp, render(&runs))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
