@@ -4,6 +4,7 @@
 mod nemesis;
 mod progress;
 mod run;
+mod serve;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -46,6 +47,15 @@ enum Command {
     /// Run a campaign: drive clients against a real cluster, record the history in a
     /// run directory, then check it. Exit status as `check`.
     Run(run::RunArgs),
+    /// Serve the run store read-only over HTTP on loopback: the run index, every report.
+    Serve {
+        /// The run store.
+        #[arg(long, default_value = "runs")]
+        store: PathBuf,
+        /// Where to listen (loopback only).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+    },
     /// Heal the faults a run left applied (after it was killed), from its faults.jsonl.
     Heal {
         /// The run directory.
@@ -183,6 +193,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Lab(cmd) => lab(cmd),
         Command::Run(args) => run::run(args),
         Command::Heal { run_dir } => heal(&run_dir),
+        Command::Serve { store, addr } => serve::serve(&store, addr),
     }
 }
 

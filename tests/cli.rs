@@ -415,3 +415,87 @@ fn check_writes_junit_for_ci() {
     let xml = std::fs::read_to_string(&file).unwrap();
     assert!(!xml.contains("<failure"), "{xml}");
 }
+
+/// `serve`: the store read-only on loopback; nothing outside the store, whatever the
+/// path says; GET and HEAD only; never on a non-loopback address.
+#[test]
+fn serve_shows_the_store_and_nothing_else() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("runs");
+    let run = store.join("lab-writer/2026-11-23T100000Z");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(store.join("index.html"), "<p>the index</p>").unwrap();
+    std::fs::write(run.join("report.html"), "<p>the report</p>").unwrap();
+    std::fs::write(run.join("results.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "outside").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret.txt"), store.join("leak.txt")).unwrap();
+
+    let o = coherence(&[
+        "serve",
+        "--store",
+        store.to_str().unwrap(),
+        "--addr",
+        "0.0.0.0:0",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("loopback"), "{}", stderr(&o));
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args([
+            "serve",
+            "--store",
+            store.to_str().unwrap(),
+            "--addr",
+            "127.0.0.1:0",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first.split("http://").nth(1).unwrap().trim_end();
+    let host = url.split('/').next().unwrap().to_string();
+    let get = |method: &str, path: &str| -> (u16, String, String) {
+        let mut s = std::net::TcpStream::connect(&host).unwrap();
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, head.to_string(), body.to_string())
+    };
+    let (status, head, body) = get("GET", "/");
+    assert_eq!(status, 200);
+    assert_eq!(body, "<p>the index</p>");
+    assert!(
+        head.contains("Content-Security-Policy: default-src 'none'"),
+        "{head}"
+    );
+    let (status, _, body) = get("GET", "/lab-writer/2026-11-23T100000Z/");
+    assert_eq!((status, body.as_str()), (200, "<p>the report</p>"));
+    let (status, head, _) = get("GET", "/lab-writer/2026-11-23T100000Z/results.json");
+    assert_eq!(status, 200);
+    assert!(head.contains("application/json"), "{head}");
+    for escape in [
+        "/../secret.txt",
+        "/%2e%2e/secret.txt",
+        "/lab-writer/..%2f..%2fsecret.txt",
+        "/leak.txt",
+        "/nothing-here",
+    ] {
+        let (status, _, body) = get("GET", escape);
+        assert_eq!(status, 404, "{escape}: {body}");
+        assert!(!body.contains("outside"), "{escape}");
+    }
+    let (status, _, _) = get("POST", "/index.html");
+    assert_eq!(status, 405);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
