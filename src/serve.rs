@@ -108,6 +108,13 @@ pub fn serve(store: &Path, addr: SocketAddr) -> anyhow::Result<u8> {
         for h in security {
             response.add_header(h);
         }
+        // The access log, on stderr: what was asked, and what it got.
+        eprintln!(
+            "{} {} {}",
+            request.method(),
+            request.url(),
+            response.status_code().0
+        );
         let _ = request.respond(response);
     }
     Ok(0)
