@@ -943,6 +943,89 @@ fn timeline(h: &History, r: &Results) -> Markup {
             (latency(0.5))
             h3 { "Latency, 99th percentile by operation" }
             (latency(0.99))
+            h3 { "Operations per node, with anomalies" }
+            (node_timeline(h, r, &spans))
+        }
+    }
+}
+
+/// Columns of the per-node timeline.
+const NODE_BINS: usize = 60;
+/// Rows of the per-node timeline at most.
+const NODE_ROWS: usize = 30;
+
+/// One row per node, one cell per time bin: the darker, the more operations it served;
+/// a red mark where an explained anomaly was observed; fault intervals shaded.
+fn node_timeline(h: &History, r: &Results, spans: &[FaultSpan]) -> Markup {
+    let end = h.end_time.max(1);
+    let bin_ns = end.div_ceil(NODE_BINS as u64).max(1);
+    let col = |t: u64| ((t / bin_ns) as usize).min(NODE_BINS - 1);
+    let mut per_node: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for op in &h.ops {
+        if op.node == crate::model::NONE {
+            continue;
+        }
+        let cells = per_node
+            .entry(h.node_name(op.node))
+            .or_insert_with(|| vec![0; NODE_BINS]);
+        cells[col(op.invoke_time)] += 1;
+    }
+    let mut marks: BTreeMap<(&str, usize), Vec<&Anomaly>> = BTreeMap::new();
+    for a in &r.anomalies {
+        let (Some(node), Some(t)) = (a.node.as_deref(), a.ops.iter().map(|o| o.invoke_ns).max())
+        else {
+            continue;
+        };
+        marks.entry((node, col(t))).or_default().push(a);
+    }
+    let total_nodes = per_node.len();
+    let rows: Vec<(&str, Vec<u32>)> = per_node.into_iter().take(NODE_ROWS).collect();
+    let busiest = rows
+        .iter()
+        .flat_map(|(_, c)| c.iter().copied())
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let (label_w, cell_w, row_h) = (90.0, 13.0, 16.0);
+    let width = label_w + cell_w * NODE_BINS as f64 + 10.0;
+    let height = row_h * rows.len() as f64 + 24.0;
+    let x_of = |t: u64| label_w + (t as f64 / bin_ns as f64) * cell_w;
+    html! {
+        p.note { "Each row a node, each cell " (duration(bin_ns)) "; the darker, the more operations it served. "
+            span style="color:#b3261e" { "▲" } " an explained anomaly observed there (results keep up to "
+            (r.anomaly_limit) " per kind); shaded: nemesis fault intervals."
+            @if total_nodes > rows.len() { " The first " (rows.len()) " of " (total_nodes) " nodes are shown." } }
+        div.chart {
+            svg width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } {
+                @for span in spans.iter().filter(|s| s.interval) {
+                    rect x=(format!("{:.1}", x_of(span.start_ns))) y="0"
+                        width=(format!("{:.1}", (x_of(span.end_ns) - x_of(span.start_ns)).max(1.0)))
+                        height=(format!("{:.0}", row_h * rows.len() as f64)) fill="#f4c7c3" {
+                        title { (span.f) }
+                    }
+                }
+                @for (i, (node, cells)) in rows.iter().enumerate() {
+                    text x="2" y=(format!("{:.0}", row_h * i as f64 + 12.0)) font-size="11" font-family="monospace" { (node) }
+                    @for (j, &n) in cells.iter().enumerate() {
+                        @if n > 0 {
+                            rect x=(format!("{:.1}", label_w + cell_w * j as f64)) y=(format!("{:.0}", row_h * i as f64 + 2.0))
+                                width=(format!("{:.1}", cell_w - 1.0)) height=(format!("{:.0}", row_h - 4.0))
+                                fill="#1f77b4" fill-opacity=(format!("{:.2}", 0.12 + 0.88 * n as f64 / busiest)) {}
+                        }
+                    }
+                    @for j in 0..NODE_BINS {
+                        @if let Some(list) = marks.get(&(*node, j)) {
+                            path d=(format!("M{:.1} {:.0} l5 9 l-10 0 z", label_w + cell_w * j as f64 + cell_w / 2.0, row_h * i as f64 + 3.0))
+                                fill="#b3261e" {
+                                title { (list.len()) " anomal" (if list.len() == 1 { "y" } else { "ies" }) ": "
+                                    (list.iter().take(5).map(|a| format!("{} of {}", a.name.name(), a.key)).collect::<Vec<_>>().join(", ")) }
+                            }
+                        }
+                    }
+                }
+                text x=(label_w) y=(format!("{:.0}", height - 6.0)) font-size="11" { "0 s" }
+                text x=(format!("{:.0}", width - 60.0)) y=(format!("{:.0}", height - 6.0)) font-size="11" { (duration(bin_ns * NODE_BINS as u64)) }
+            }
         }
     }
 }

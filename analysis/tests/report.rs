@@ -283,3 +283,31 @@ fn fault_spans_pair_openers_with_closers() {
         ]
     );
 }
+
+/// The per-node timeline has a row per node and marks where an anomaly was observed.
+#[test]
+fn the_node_timeline_marks_anomalies_on_their_node() {
+    let html = render(&example("fill-race.jsonl"));
+    let start = html.find("Operations per node, with anomalies").unwrap();
+    let section = &html[start..];
+    let (h, r) = checked(&example("fill-race.jsonl"));
+    let anomaly = r.anomalies.first().expect("fill-race has an anomaly");
+    let node = anomaly.node.clone().unwrap();
+    assert!(
+        section.contains(&format!(">{node}</text>")),
+        "no row for {node}"
+    );
+    assert!(
+        section.contains(&format!("{} of {}", anomaly.name.name(), anomaly.key)),
+        "no mark for the anomaly"
+    );
+    for op in &h.ops {
+        if op.node != coherence_analysis::model::NONE {
+            let name = h.node_name(op.node);
+            assert!(
+                section.contains(&format!(">{name}</text>")),
+                "no row for {name}"
+            );
+        }
+    }
+}
