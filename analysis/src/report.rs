@@ -744,6 +744,8 @@ struct Binned {
     bin_ns: u64,
     outcomes: [Vec<u64>; 3],
     latency: Vec<Vec<[u32; LAT_BUCKETS]>>,
+    /// Latency of completed operations of every kind, by outcome (ok, fail, info).
+    by_outcome: Vec<Vec<[u32; LAT_BUCKETS]>>,
 }
 
 fn bin(h: &History) -> Binned {
@@ -753,6 +755,7 @@ fn bin(h: &History) -> Binned {
         bin_ns,
         outcomes: [vec![0; BINS], vec![0; BINS], vec![0; BINS]],
         latency: vec![vec![[0u32; LAT_BUCKETS]; BINS]; KINDS.len()],
+        by_outcome: vec![vec![[0u32; LAT_BUCKETS]; BINS]; 3],
     };
     for op in &h.ops {
         let done = op.complete_time != u64::MAX;
@@ -768,6 +771,9 @@ fn bin(h: &History) -> Binned {
             Outcome::Info => 2,
         };
         b.outcomes[o][i] += 1;
+        if done {
+            b.by_outcome[o][i][lat_bucket(op.complete_time - op.invoke_time)] += 1;
+        }
         if done && op.outcome == Outcome::Ok {
             if let Some(k) = KINDS.iter().position(|&k| k == op.kind) {
                 b.latency[k][i][lat_bucket(op.complete_time - op.invoke_time)] += 1;
@@ -883,12 +889,12 @@ fn timeline(h: &History, r: &Results) -> Markup {
             .draw()?;
         Ok(())
     });
-    let latency = |q: f64| {
-        let lines: Vec<(usize, Vec<(f64, f64)>)> = KINDS
+    let latency = |q: f64, series: &[Vec<[u32; LAT_BUCKETS]>], labels: &[&str]| {
+        let lines: Vec<(usize, Vec<(f64, f64)>)> = series
             .iter()
             .enumerate()
-            .map(|(k, _)| {
-                let pts = b.latency[k]
+            .map(|(k, bins)| {
+                let pts = bins
                     .iter()
                     .enumerate()
                     .filter_map(|(i, hist)| quantile(hist, q).map(|ns| (x(i), ns / 1e6)))
@@ -917,7 +923,7 @@ fn timeline(h: &History, r: &Results) -> Markup {
             for (k, pts) in &lines {
                 let color = SERIES[*k];
                 c.draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
-                    .label(KINDS[*k].as_str())
+                    .label(labels[*k].to_string())
                     .legend(move |(x, y)| {
                         PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
                     });
@@ -929,20 +935,23 @@ fn timeline(h: &History, r: &Results) -> Markup {
             Ok(())
         })
     };
+    let kind_names: Vec<&str> = KINDS.iter().map(|k| k.as_str()).collect();
     let intervals = spans.iter().filter(|s| s.interval).count();
     html! {
         section id="timeline" {
             h2 { "Timeline" }
-            p.note { "Completions per second and latency of ok operations, in " (BINS) " bins of "
+            p.note { "Completions per second, and latency by operation (ok operations) and by outcome, in " (BINS) " bins of "
                 (duration(b.bin_ns)) " each. " span.key { "Shaded" } ": the " (intervals)
                 " nemesis fault intervals; red vertical lines: " (spans.len() - intervals)
                 " instant nemesis events (failovers). " (r.stats.nemesis_events) " nemesis events in all." }
             h3 { "Throughput" }
             (throughput)
             h3 { "Latency, median by operation" }
-            (latency(0.5))
+            (latency(0.5, &b.latency, &kind_names))
             h3 { "Latency, 99th percentile by operation" }
-            (latency(0.99))
+            (latency(0.99, &b.latency, &kind_names))
+            h3 { "Latency, 99th percentile by outcome (every operation)" }
+            (latency(0.99, &b.by_outcome, &names))
             h3 { "Operations per node, with anomalies" }
             (node_timeline(h, r, &spans))
         }

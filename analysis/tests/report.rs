@@ -311,3 +311,30 @@ fn the_node_timeline_marks_anomalies_on_their_node() {
         }
     }
 }
+
+/// Latency by outcome: failed and unknown operations get their own series.
+#[test]
+fn latency_is_shown_by_outcome_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.jsonl");
+    let lines = [
+        serde_json::json!({"index":0,"time":0,"process":0,"type":"invoke","f":"read","key":"k","node":"r1"}),
+        serde_json::json!({"index":1,"time":1000000,"process":0,"type":"ok","f":"read","key":"k","node":"r1","value":null}),
+        serde_json::json!({"index":2,"time":2000000,"process":1,"type":"invoke","f":"read","key":"k","node":"r1"}),
+        serde_json::json!({"index":3,"time":9000000,"process":1,"type":"fail","f":"read","key":"k","node":"r1","error":"refused"}),
+        serde_json::json!({"index":4,"time":10000000,"process":2,"type":"invoke","f":"read","key":"k","node":"r1"}),
+        serde_json::json!({"index":5,"time":30000000,"process":2,"type":"info","f":"read","key":"k","node":"r1","error":"timed out"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    let html = render(&path);
+    let start = html.find("Latency, 99th percentile by outcome").unwrap();
+    let chart = &html[start..html[start..].find("</svg>").unwrap() + start];
+    // plotters writes a legend label as its own text element.
+    for label in ["ok", "fail", "info"] {
+        assert!(
+            chart.contains(&format!("\n{label}\n</text>")),
+            "no {label} series in the outcome chart"
+        );
+    }
+}
