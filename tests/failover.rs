@@ -6,9 +6,9 @@
 
 mod common;
 
-use common::{coherence, is_root, run_dir, text, Down};
+use common::{lab_up, run_dir, text};
 
-use coherence_lab::cluster::{LabNodes, State};
+use coherence_lab::cluster::LabNodes;
 use coherence_nemeses::fault::{sentinel_primary, Fault, Nodes, JOURNAL};
 use std::path::Path;
 use std::process::Command;
@@ -72,15 +72,9 @@ fn replicates(nodes: &LabNodes, primary: &str, standby: &str, tag: &str) {
 
 #[test]
 fn kills_and_failovers_have_their_effect_and_heal() {
-    if !is_root() {
-        eprintln!("not root: the lab cannot run here");
+    let Some((_down, state, nodes)) = lab_up(&[]) else {
         return;
-    }
-    let o = coherence(&["lab", "up"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let _down = Down;
-    let state = State::load().unwrap().unwrap();
-    let nodes = LabNodes::new(&state);
+    };
     let r1 = vec!["r1a".to_string(), "r1b".to_string()];
 
     // Kill and restart each service: down while killed, back (and answering) healed.

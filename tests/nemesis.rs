@@ -5,9 +5,9 @@
 
 mod common;
 
-use common::{coherence, is_root, our_rules, run_dir, text, Down};
+use common::{coherence, lab_up, our_rules, run_dir, text};
 
-use coherence_lab::cluster::{LabNodes, State};
+use coherence_lab::cluster::LabNodes;
 use coherence_nemeses::clock::Skew;
 use coherence_nemeses::fault::{pending, Fault, Journal, Nodes, JOURNAL};
 use coherence_nemeses::partition::Shape;
@@ -24,15 +24,9 @@ fn reaches(host: &str, addr: &str, port: u16) -> bool {
 
 #[test]
 fn partitions_have_their_effect_and_heal_without_a_trace() {
-    if !is_root() {
-        eprintln!("not root: the lab cannot run here");
+    let Some((_down, _state, nodes)) = lab_up(&[]) else {
         return;
-    }
-    let o = coherence(&["lab", "up"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let _down = Down;
-    let state = State::load().unwrap().unwrap();
-    let nodes = LabNodes::new(&state);
+    };
     assert!(
         our_rules(&nodes).is_empty(),
         "a clean lab has none of our rules"

@@ -9,9 +9,8 @@ mod common;
 #[allow(dead_code)]
 mod sshd;
 
-use common::{coherence, is_root, our_rules, run_dir, text, Down};
+use common::{coherence, lab_up, our_rules, run_dir, text};
 
-use coherence_lab::cluster::{LabNodes, State};
 use coherence_nemeses::fault::{pending, Nodes, JOURNAL};
 use std::fmt::Write;
 use std::path::Path;
@@ -100,15 +99,9 @@ service.sentinel = {{ process = "redis-sentinel {addr}:26379", start = "redis-se
 
 #[test]
 fn a_staging_campaign_reaches_its_nodes_over_ssh_and_heals() {
-    if !is_root() {
-        eprintln!("not root: the lab and sshd cannot run here");
+    let Some((_down, _state, lab)) = lab_up(&["--invalidator", "none"]) else {
         return;
-    }
-    let o = coherence(&["lab", "up", "--invalidator", "none"]);
-    assert!(o.status.success(), "{}", text(&o));
-    let _down = Down;
-    let state = State::load().unwrap().unwrap();
-    let lab = LabNodes::new(&state);
+    };
     // The data a staging database would hold: 20 keys at version 0.
     lab.sql(
         "db1",

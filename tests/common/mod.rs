@@ -2,7 +2,7 @@
 
 #![allow(dead_code)] // each harness uses some of them
 
-use coherence_lab::cluster::LabNodes;
+use coherence_lab::cluster::{LabNodes, State};
 use coherence_nemeses::fault::Nodes;
 use std::process::{Command, Output};
 
@@ -28,6 +28,24 @@ pub fn text(o: &Output) -> String {
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
+}
+
+/// Brings the lab up with `coherence lab up ARGS`, as a user would; `None` (said on
+/// stderr) when not root. Keep the guard bound until the test ends: it takes the lab
+/// down however the test ends.
+pub fn lab_up(args: &[&str]) -> Option<(Down, State, LabNodes)> {
+    if !is_root() {
+        eprintln!("not root: the lab cannot run here");
+        return None;
+    }
+    let mut argv = vec!["lab", "up"];
+    argv.extend(args);
+    let o = coherence(&argv);
+    assert!(o.status.success(), "{}", text(&o));
+    let down = Down;
+    let state = State::load().unwrap().expect("the lab is up");
+    let nodes = LabNodes::new(&state);
+    Some((down, state, nodes))
 }
 
 /// Takes the lab down however a test ends, so a failure leaves nothing running.
