@@ -84,6 +84,70 @@ fn run_once(path: &Path) -> (Duration, u64, i32) {
     (wall, usage.ru_maxrss as u64, libc::WEXITSTATUS(status))
 }
 
+/// The report's targets: its size (under 5 MB for 5 M operations), and how long a
+/// browser takes to open it (Debian's headless Chromium, start to screenshot).
+fn report(sizes: &[u64]) {
+    println!(
+        "\nreport.html (check --out, one run each; browser: headless Chromium to a screenshot)"
+    );
+    println!(
+        "{:>10} {:>14} {:>12} {:>10}",
+        "ops", "check+report s", "report KB", "browser s"
+    );
+    for &ops in sizes {
+        let out = tempfile::tempdir().expect("a temporary directory");
+        let started = Instant::now();
+        let status = Command::new(env!("CARGO_BIN_EXE_coherence"))
+            .arg("check")
+            .arg(history(ops))
+            .arg("--out")
+            .arg(out.path())
+            .stdout(Stdio::null())
+            .status()
+            .expect("start coherence");
+        assert!(matches!(status.code(), Some(0 | 1)), "check --out failed");
+        let wall = started.elapsed().as_secs_f64();
+        let page = out.path().join("report.html");
+        let bytes = std::fs::metadata(&page).expect("report.html").len();
+        let browser = Path::new("/usr/bin/chromium").exists().then(|| {
+            let started = Instant::now();
+            let status = Command::new("/usr/bin/chromium")
+                .args([
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--window-size=1200,3000",
+                ])
+                .arg(format!(
+                    "--user-data-dir={}",
+                    out.path().join("profile").display()
+                ))
+                .arg(format!(
+                    "--screenshot={}",
+                    out.path().join("shot.png").display()
+                ))
+                .arg(format!("file://{}", page.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("start chromium");
+            assert!(status.success(), "chromium failed");
+            started.elapsed().as_secs_f64()
+        });
+        println!(
+            "{:>10} {:>14.2} {:>12.0} {:>10}",
+            ops,
+            wall,
+            bytes as f64 / 1000.0,
+            browser.map_or("-".to_string(), |s| format!("{s:.2}"))
+        );
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; any other argument is a filter we ignore.
     let sizes: Vec<u64> = std::env::var("COHERENCE_BENCH_OPS")
@@ -135,6 +199,7 @@ fn main() {
             peak as f64 / 1024.0
         );
     }
+    report(&sizes);
     if let (Some(&(a, ta)), Some(&(b, tb))) = (medians.first(), medians.last()) {
         if b > a {
             println!(
