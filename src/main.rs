@@ -21,6 +21,18 @@ const EXIT_VALID: u8 = 0;
 const EXIT_ANOMALIES: u8 = 1;
 /// Exit status: unusable input or arguments.
 const EXIT_USAGE: u8 = 2;
+/// Exit status: no anomaly proven, but the history cannot vouch for validity (a check
+/// could not decide, a requested fault did not happen or heal, no evidence).
+const EXIT_UNKNOWN: u8 = 3;
+
+/// The exit status of a verdict.
+fn exit_status(verdict: coherence_analysis::Verdict) -> u8 {
+    match verdict {
+        coherence_analysis::Verdict::Valid => EXIT_VALID,
+        coherence_analysis::Verdict::Invalid => EXIT_ANOMALIES,
+        coherence_analysis::Verdict::Unknown => EXIT_UNKNOWN,
+    }
+}
 
 #[derive(Parser)]
 #[command(
@@ -40,7 +52,8 @@ struct Cli {
 enum Command {
     /// Check a history file (or a run directory's history) for anomalies.
     ///
-    /// Exit status: 0 valid, 1 anomalies found, 2 unusable input or arguments.
+    /// Exit status: 0 valid, 1 anomalies found, 2 unusable input or arguments, 3 unknown
+    /// (a check could not decide, a requested fault did not happen, no evidence).
     Check(CheckArgs),
     /// Generate a synthetic cache-aside history (for trying the checker and benchmarks).
     Gen(GenArgs),
@@ -133,6 +146,10 @@ struct CheckArgs {
     /// Write JUnit XML here for CI: one test case per checker.
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
+    /// The checks that count, e.g. stale-read,read-your-writes (default: all); the
+    /// others are listed as not run and the verdict is over the chosen ones.
+    #[arg(long, value_delimiter = ',', value_name = "CHECKS")]
+    checks: Option<Vec<coherence_analysis::AnomalyKind>>,
 }
 
 #[derive(clap::Args)]
@@ -351,6 +368,7 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let options = Options {
         staleness_bound: u64::try_from(args.staleness_bound.as_nanos()).unwrap_or(u64::MAX),
         anomaly_limit: args.anomaly_limit,
+        checks: args.checks.clone(),
         ..Options::default()
     };
     let progress = progress::Bar::for_file(&path);
@@ -390,11 +408,7 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
             Format::Json => eprintln!("report: {}", file.display()),
         }
     }
-    Ok(if results.valid {
-        EXIT_VALID
-    } else {
-        EXIT_ANOMALIES
-    })
+    Ok(exit_status(results.verdict))
 }
 
 fn gen(args: GenArgs) -> anyhow::Result<u8> {

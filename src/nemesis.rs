@@ -333,8 +333,24 @@ pub struct Nemesis {
     pub stop: Arc<AtomicBool>,
 }
 
+/// When the `i`th fault of the schedule starts, after the nemesis starts: so that each
+/// fault ends by the next one's start.
+fn start_of(config: &NemesisConfig, i: usize) -> Duration {
+    config.interval * (i as u32 + 1) - config.duration.min(config.interval)
+}
+
+/// How many faults of a schedule fit in the time limit.
+pub fn scheduled(config: &NemesisConfig, time_limit: Duration) -> usize {
+    let count = (time_limit.as_nanos() / config.interval.as_nanos().max(1)) as usize;
+    (0..count)
+        .take_while(|&i| start_of(config, i) + config.duration <= time_limit)
+        .count()
+}
+
 /// Runs the schedule until `stop` is set or the time limit leaves no room for another
-/// fault; every fault it applied is healed when it returns.
+/// fault; every fault it applied is healed when it returns. The history says what it
+/// planned (`nemesis-plan`), what it applied (`start-*`, with the journal's `seq`), what
+/// failed (`nemesis-error`) and how each fault healed (`stop-*` with `healed`).
 pub fn run(n: Nemesis) {
     let Nemesis {
         config,
@@ -349,29 +365,41 @@ pub fn run(n: Nemesis) {
     let cluster = target.cluster();
     let nodes = cluster.nodes.as_ref();
     let targets = cluster.targets();
-    let count = (time_limit.as_nanos() / config.interval.as_nanos().max(1)) as usize;
+    let count = scheduled(&config, time_limit);
     let schedule = plan(&config, &targets, seed, count);
+    let kinds: Vec<serde_json::Value> = config
+        .faults
+        .iter()
+        .map(|k| serde_json::to_value(k).unwrap_or_default())
+        .collect();
+    log(
+        &rec,
+        "nemesis-plan",
+        json!({"faults": kinds, "scheduled": schedule.len(),
+               "interval_ms": config.interval.as_millis() as u64,
+               "duration_ms": config.duration.as_millis() as u64}),
+    );
     let Ok(mut journal) = Journal::open(&journal_path) else {
         log(
             &rec,
             "nemesis-error",
-            json!({"error": format!("cannot open {}", journal_path.display())}),
+            json!({"error": format!("cannot open the heal journal {}; no fault applied", journal_path.display())}),
         );
         return;
     };
     let start = Instant::now();
     for (i, planned) in schedule.iter().enumerate() {
-        let at = config.interval * (i as u32 + 1) - config.duration.min(config.interval);
-        if at + config.duration > time_limit || !sleep_until(start + at, &stop) {
+        if !sleep_until(start + start_of(&config, i), &stop) {
             break;
         }
+        let kind = serde_json::to_value(planned.kind).unwrap_or_default();
         let fault = match cluster.build(planned, &format!("{tag}-{}", journal.next_seq())) {
             Ok(f) => f,
             Err(e) => {
                 log(
                     &rec,
                     "nemesis-error",
-                    json!({"planned": format!("{:?}", planned.kind), "error": e}),
+                    json!({"planned": kind, "target": planned.target, "error": e}),
                 );
                 continue;
             }
@@ -380,7 +408,7 @@ pub fn run(n: Nemesis) {
             log(
                 &rec,
                 "nemesis-error",
-                json!({"error": "cannot write the heal journal; no fault applied"}),
+                json!({"planned": kind, "error": "cannot write the heal journal; no fault applied"}),
             );
             break;
         };
@@ -393,21 +421,52 @@ pub fn run(n: Nemesis) {
             ),
             // A failover says whom it promoted, for the checker's causes.
             Ok(()) => {
-                if let Some(outcome) = fault.outcome(nodes) {
+                if let Some(mut outcome) = fault.outcome(nodes) {
+                    outcome["seq"] = json!(seq);
                     log(&rec, "failover", outcome);
                 }
             }
         }
         sleep_until(Instant::now() + config.duration, &stop);
-        let healed = fault.heal(nodes).map_err(|e| e.to_string());
-        let traces = fault.traces(nodes).unwrap_or_else(|e| vec![e.to_string()]);
-        if healed.is_ok() && traces.is_empty() {
-            let _ = journal.healed(seq);
-        }
-        log(
-            &rec,
-            fault.stop_f(),
-            json!({"seq": seq, "healed": healed.is_ok() && traces.is_empty(), "error": healed.err(), "traces": traces}),
-        );
+        heal_logged(&fault, seq, nodes, &mut journal, &rec);
     }
+}
+
+/// Heals one fault, verifies it, marks it healed in the journal when nothing of it
+/// remains, and logs the `stop-*` event that says how it went.
+fn heal_logged(fault: &Fault, seq: u64, nodes: &dyn Nodes, journal: &mut Journal, rec: &Recorder) {
+    let healed = fault.heal(nodes).map_err(|e| e.to_string());
+    let traces = fault.traces(nodes).unwrap_or_else(|e| vec![e.to_string()]);
+    let ok = healed.is_ok() && traces.is_empty();
+    if ok {
+        let _ = journal.healed(seq);
+    }
+    log(
+        rec,
+        fault.stop_f(),
+        json!({"seq": seq, "healed": ok, "error": healed.err(), "traces": traces}),
+    );
+}
+
+/// After the nemesis thread ended without healing (a panic): heals what the journal
+/// still holds as applied, logging each heal in the history as the nemesis would have.
+pub fn heal_left(journal_path: &Path, target: &Target, rec: &Recorder) {
+    let Ok(left) = pending(journal_path) else {
+        return;
+    };
+    if left.is_empty() {
+        return;
+    }
+    let cluster = target.cluster();
+    let Ok(mut journal) = Journal::open(journal_path) else {
+        return;
+    };
+    for (seq, fault) in left {
+        heal_logged(&fault, seq, cluster.nodes.as_ref(), &mut journal, rec);
+    }
+}
+
+/// Logs in the history that the nemesis failed outside any one fault (it panicked).
+pub fn log_failure(rec: &Recorder, error: &str) {
+    log(rec, "nemesis-error", json!({"error": error}));
 }

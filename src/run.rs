@@ -64,6 +64,27 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .with_context(|| format!("cannot read the campaign {}", args.campaign.display()))?;
     let mut campaign =
         Campaign::parse(&text).map_err(|m| anyhow::anyhow!("{}: {m}", args.campaign.display()))?;
+    // The checks that count, refused before anything runs when one is unknown.
+    let checks: Option<Vec<coherence_analysis::AnomalyKind>> = campaign
+        .checker
+        .checks
+        .as_ref()
+        .map(|names| {
+            names
+                .iter()
+                .map(|n| n.parse())
+                .collect::<Result<Vec<_>, String>>()
+        })
+        .transpose()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: {}field `checker.checks`: {e}",
+                args.campaign.display(),
+                Campaign::line_of_field(&text, "checks")
+                    .map(|l| format!("line {l}: "))
+                    .unwrap_or_default()
+            )
+        })?;
     if let Some(t) = args.time_limit {
         campaign.workload.time_limit = t;
     }
@@ -321,6 +342,27 @@ pub fn run(args: RunArgs) -> Result<u8> {
         None => None,
     };
     let nemesis_thread = Arc::new(Mutex::new(nemesis_thread));
+    // When the nemesis thread ends: a panic is logged in the history (the run is then
+    // unknown), and whatever it left applied is healed and logged.
+    let nemesis_after: Arc<dyn Fn(Option<String>) + Send + Sync> = {
+        let (rec, journal, target) = (
+            rec.clone(),
+            journal.clone(),
+            heal_guard.as_ref().map(|g| g.target.clone()),
+        );
+        Arc::new(move |panicked: Option<String>| {
+            if let Some(message) = panicked {
+                eprintln!("error: the nemesis failed: {message}");
+                crate::nemesis::log_failure(
+                    &rec,
+                    &format!("the nemesis thread panicked: {message}"),
+                );
+            }
+            if let Some(target) = &target {
+                crate::nemesis::heal_left(&journal, target, &rec);
+            }
+        })
+    };
 
     let bar = interactive().then(|| {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
@@ -337,6 +379,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let result = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let stop_on_signal = stop_faults.clone();
+        let rec_on_signal = rec.clone();
         tokio::spawn(async move {
             // Ctrl-C or SIGTERM: the workload stops, faults heal, the final phase runs.
             let mut term =
@@ -349,10 +392,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     None => std::future::pending::<()>().await,
                 }
             };
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminated => {}
-            }
+            let signal = tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = terminated => "SIGTERM",
+            };
+            rec_on_signal.log(
+                Event::new(
+                    0,
+                    Process::Actor("control".into()),
+                    EventType::Info,
+                    "interrupted",
+                )
+                .value(json!({"signal": signal})),
+            );
             stop_on_signal.store(true, Ordering::Relaxed);
             let _ = stop_tx.send(true);
         });
@@ -407,13 +459,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
         });
         let phase_cb = {
             let phase = phase.clone();
+            let nemesis_after = nemesis_after.clone();
             let (stop, thread) = (stop_faults.clone(), nemesis_thread.clone());
             move |p: Phase| {
                 if p == Phase::Quiesce {
                     // After the time limit: heal every fault before the quiesce.
                     stop.store(true, Ordering::Relaxed);
                     if let Some(t) = thread.lock().ok().and_then(|mut t| t.take()) {
-                        let _ = t.join();
+                        joined(t, &nemesis_after);
                     }
                 }
                 if let Ok(mut cur) = phase.lock() {
@@ -441,7 +494,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // However the workload ended, no fault outlives it.
     stop_faults.store(true, Ordering::Relaxed);
     if let Some(t) = nemesis_thread.lock().ok().and_then(|mut t| t.take()) {
-        let _ = t.join();
+        joined(t, &nemesis_after);
     }
     drop(heal_guard);
     // The servers' logs, for whoever reads the run later.
@@ -459,6 +512,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // Check, store the results, point runs/latest here.
     let options = Options {
         staleness_bound: campaign.checker.staleness_bound.as_nanos() as u64,
+        checks: checks.clone(),
         ..Options::default()
     };
     let (history, results) =
@@ -485,7 +539,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
     );
     println!("report: {}", report_file.display());
     println!("all runs: {}", index.display());
-    Ok(if results.valid { 0 } else { 1 })
+    Ok(crate::exit_status(results.verdict))
+}
+
+/// Waits for the nemesis thread; tells `after` whether it panicked (and with what).
+fn joined(t: std::thread::JoinHandle<()>, after: &Arc<dyn Fn(Option<String>) + Send + Sync>) {
+    let panicked = t.join().err().map(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into())
+    });
+    after(panicked);
 }
 
 /// The version of every server, as each reports it.

@@ -34,11 +34,93 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// concurrent-ok has no anomaly but no final phase: unknown (exit 3), naming the checks
+/// that could not decide; valid (exit 0) with `--checks` leaving them out.
 #[test]
-fn valid_history_exits_0() {
+fn unknown_history_exits_3_and_chosen_checks_decide() {
     let o = coherence(&["check", &example("concurrent-ok.jsonl")]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
-    assert!(stdout(&o).starts_with("VALID"), "{}", stdout(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("UNKNOWN"), "{out}");
+    assert!(
+        out.contains("unknown: non-convergence could not decide"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unknown: lost-write could not decide"),
+        "{out}"
+    );
+    let o = coherence(&[
+        "check",
+        &example("concurrent-ok.jsonl"),
+        "--checks",
+        "stale-read,phantom-read,version-fork,monotonic-read,read-your-writes",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with("VALID"), "{out}");
+    assert!(
+        out.contains("non-convergence           0  not run"),
+        "{out}"
+    );
+    // An unknown check name is a usage error that lists the names.
+    let o = coherence(&[
+        "check",
+        &example("concurrent-ok.jsonl"),
+        "--checks",
+        "stale,lost-write",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("the checks are stale-read, phantom-read"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// No evidence is not valid: an empty history, /dev/null, a file whose only line was
+/// cut short, a history whose every operation is info: exit 3, unknown.
+#[test]
+fn no_evidence_is_unknown_not_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(dir.path(), "empty.jsonl", "");
+    let cut = write(
+        dir.path(),
+        "cut.jsonl",
+        r#"{"index":0,"time":0,"process":0,"type":"inv"#,
+    );
+    let info = write(
+        dir.path(),
+        "info.jsonl",
+        concat!(
+            r#"{"index":0,"time":0,"process":0,"type":"invoke","f":"write","key":"k","value":{"write":"a"}}"#,
+            "\n",
+            r#"{"index":1,"time":5,"process":0,"type":"info","f":"write","key":"k","value":{"write":"a"},"error":"timeout"}"#,
+            "\n",
+            r#"{"index":2,"time":6,"process":1,"type":"invoke","f":"read","key":"k","node":"r1"}"#,
+            "\n",
+        ),
+    );
+    for path in [
+        empty.to_str().unwrap(),
+        "/dev/null",
+        cut.to_str().unwrap(),
+        info.to_str().unwrap(),
+    ] {
+        let o = coherence(&["check", path]);
+        assert_eq!(o.status.code(), Some(3), "{path}: {}", stdout(&o));
+        let out = stdout(&o);
+        assert!(out.starts_with("UNKNOWN"), "{path}: {out}");
+        assert!(out.contains("unknown: no evidence"), "{path}: {out}");
+        // Every check is undecided; the JSON says so too.
+        let o = coherence(&["check", path, "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["verdict"], "unknown", "{path}");
+        assert_eq!(v["valid"], false, "{path}");
+        for c in v["checks"].as_array().unwrap() {
+            assert_eq!(c["status"], "unknown", "{path}: {c}");
+        }
+    }
 }
 
 #[test]
@@ -67,18 +149,14 @@ fn staleness_bound_takes_durations() {
             .code(),
         Some(1)
     );
-    assert_eq!(
-        coherence(&["check", &stale, "--staleness-bound", "8ms"])
-            .status
-            .code(),
-        Some(0)
-    );
-    assert_eq!(
-        coherence(&["check", &stale, "--staleness-bound", "2s"])
-            .status
-            .code(),
-        Some(0)
-    );
+    // No anomaly from 8 ms on; stale-read decides, the history as a whole cannot (no
+    // final phase).
+    for bound in ["8ms", "2s"] {
+        let args = ["check", &stale, "--staleness-bound", bound];
+        assert_eq!(coherence(&args).status.code(), Some(3), "{bound}");
+        let chosen = [&args[..], &["--checks", "stale-read"]].concat();
+        assert_eq!(coherence(&chosen).status.code(), Some(0), "{bound}");
+    }
 }
 
 #[test]
@@ -112,7 +190,8 @@ fn json_output_is_only_json_with_all_seven_counts() {
     assert_eq!(counts["read-your-writes"], 1);
     assert_eq!(counts["monotonic-read"], 1);
     assert_eq!(counts["stale-read"], 0);
-    assert_eq!(v["format_version"], 1);
+    assert_eq!(v["format_version"], 2);
+    assert_eq!(v["verdict"], "invalid");
 }
 
 #[test]
@@ -403,7 +482,7 @@ fn check_writes_junit_for_ci() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let xml = std::fs::read_to_string(&file).unwrap();
     assert!(xml.starts_with("<?xml"), "{xml}");
-    assert_eq!(xml.matches("<testcase ").count(), 7, "{xml}");
+    assert_eq!(xml.matches("<testcase ").count(), 8, "{xml}");
     assert!(xml.contains(r#"<failure message=""#), "{xml}");
     let o = coherence(&[
         "check",
@@ -411,9 +490,10 @@ fn check_writes_junit_for_ci() {
         "--junit",
         file.to_str().unwrap(),
     ]);
-    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     let xml = std::fs::read_to_string(&file).unwrap();
     assert!(!xml.contains("<failure"), "{xml}");
+    assert!(xml.contains(r#"<error message="unknown: "#), "{xml}");
 }
 
 /// `serve`: the store read-only on loopback; nothing outside the store, whatever the

@@ -5,6 +5,7 @@
 //! Every definition here follows `shared/spec/history.md` word for word; the property
 //! test in `tests/` holds this code against a brute-force reading of the same text.
 
+use crate::faults::{FaultRecord, NemesisLog};
 use crate::model::{History, Op, Outcome, Val, INIT, NONE};
 use coherence_store::OpKind;
 use rayon::prelude::*;
@@ -109,6 +110,22 @@ impl AnomalyKind {
             AnomalyKind::ReadYourWrites => "read-your-writes",
             AnomalyKind::NonConvergence => "non-convergence",
         }
+    }
+
+    /// The kind a spec name names (`"stale-read"`, ...).
+    pub fn parse(name: &str) -> Option<AnomalyKind> {
+        AnomalyKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+impl std::str::FromStr for AnomalyKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<AnomalyKind, String> {
+        AnomalyKind::parse(s.trim()).ok_or_else(|| {
+            let names: Vec<&str> = AnomalyKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown check {s:?}: the checks are {}", names.join(", "))
+        })
     }
 }
 
@@ -222,15 +239,15 @@ impl Finding {
     }
 }
 
-/// A fault interval of the nemesis.
-#[derive(Debug, Clone)]
-pub struct Fault {
-    /// The `f` that opened it.
-    pub f: String,
-    /// Index and time of the opening event.
-    pub start: (u64, u64),
-    /// Index and time of the closing event (`None`: never closed).
-    pub end: Option<(u64, u64)>,
+/// A node promoted by a failover: when, and which.
+#[derive(Debug, Clone, Copy)]
+pub struct Promotion {
+    /// Index of the event that says so.
+    pub index: u64,
+    /// Its time, ns.
+    pub time: u64,
+    /// The promoted node (interned), or [`NONE`] when it is not a node of the history.
+    pub node: u32,
 }
 
 /// What every key's check needs to know of the whole history.
@@ -239,79 +256,47 @@ pub struct Context<'h> {
     pub history: &'h History,
     /// Δ in ns.
     pub bound: u64,
-    /// Failovers: index, time, promoted node (interned, or NONE if not a known node).
-    pub promotions: Vec<(u64, u64, u32)>,
-    /// Nemesis fault intervals.
-    pub faults: Vec<Fault>,
+    /// Failovers: who was promoted, when.
+    pub promotions: Vec<Promotion>,
+    /// What the nemesis did.
+    pub nemesis: NemesisLog,
 }
 
 impl<'h> Context<'h> {
     /// Gathers failovers and fault intervals from the nemesis events.
     pub fn new(history: &'h History, bound: u64) -> Context<'h> {
+        let nemesis = NemesisLog::read(history);
         let mut promotions = Vec::new();
-        let mut faults: Vec<Fault> = Vec::new();
-        for ev in history.standalone.iter().filter(|e| e.actor == "nemesis") {
-            if ev.f.contains("failover") {
-                let promoted = ev
-                    .value
-                    .as_deref()
-                    .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
-                    .and_then(|v| v.get("promoted").and_then(|p| p.as_str().map(String::from)));
-                let node = promoted.and_then(|p| history.nodes.get(&p)).unwrap_or(NONE);
-                promotions.push((ev.index, ev.time, node));
-            }
-            if let Some(closer) = closing_f(&ev.f) {
-                for fault in faults.iter_mut().filter(|f| f.end.is_none()) {
-                    if closer == "*" || opening_of(&fault.f) == closer {
-                        fault.end = Some((ev.index, ev.time));
-                        if closer != "*" {
-                            break;
-                        }
-                    }
-                }
-            } else if is_opening(&ev.f) {
-                faults.push(Fault {
-                    f: ev.f.clone(),
-                    start: (ev.index, ev.time),
-                    end: None,
-                });
-            }
+        for f in &nemesis.faults {
+            let said = if f.f == "failover" {
+                f.value.as_ref()
+            } else {
+                f.outcome.as_ref()
+            };
+            let Some(promoted) = said
+                .and_then(|v| v.get("promoted"))
+                .and_then(|p| p.as_str())
+            else {
+                continue;
+            };
+            promotions.push(Promotion {
+                index: f.index,
+                time: f.start_ns,
+                node: history.nodes.get(promoted).unwrap_or(NONE),
+            });
         }
         Context {
             history,
             bound,
             promotions,
-            faults,
+            nemesis,
         }
     }
 
-    /// A fault active at some time in `[from, to]`.
-    pub fn fault_during(&self, from: u64, to: u64) -> Option<&Fault> {
-        self.faults
-            .iter()
-            .find(|f| f.start.1 <= to && f.end.is_none_or(|e| e.1 >= from))
+    /// A fault in force at some time in `[from, to]`.
+    pub fn fault_during(&self, from: u64, to: u64) -> Option<&FaultRecord> {
+        self.nemesis.active_during(from, to)
     }
-}
-
-/// For a closing nemesis `f`, the key that matches its opener.
-fn closing_f(f: &str) -> Option<String> {
-    if let Some(rest) = f.strip_prefix("stop-") {
-        return Some(rest.to_string());
-    }
-    match f {
-        "restart" => Some("kill".into()),
-        "resume" => Some("pause".into()),
-        "heal" => Some("*".into()),
-        _ => None,
-    }
-}
-
-fn is_opening(f: &str) -> bool {
-    f.starts_with("start-") || matches!(f, "kill" | "pause")
-}
-
-fn opening_of(f: &str) -> String {
-    f.strip_prefix("start-").unwrap_or(f).to_string()
 }
 
 /// Everything the per-key passes found.
@@ -327,6 +312,16 @@ pub struct Findings {
     pub final_reads_undecided: u64,
     /// Final reads after the final phase.
     pub final_reads: u64,
+    /// Ok reads and db-reads (values and misses): what stale-read and the session
+    /// checks judge.
+    pub reads: u64,
+    /// Ok reads, db-reads and final-reads that returned a value: what phantom-read
+    /// judges.
+    pub valued_reads: u64,
+    /// Ok writes: what version-fork judges.
+    pub ok_writes: u64,
+    /// Ok writes of keys with an ok db-final-read: what lost-write judges.
+    pub judged_writes: u64,
 }
 
 /// Runs every detector on every key, in parallel.
@@ -344,6 +339,10 @@ pub fn check(ctx: &Context<'_>) -> Findings {
         all.keys_without_final += part.keys_without_final;
         all.final_reads_undecided += part.final_reads_undecided;
         all.final_reads += part.final_reads;
+        all.reads += part.reads;
+        all.valued_reads += part.valued_reads;
+        all.ok_writes += part.ok_writes;
+        all.judged_writes += part.judged_writes;
     }
     all.findings
         .sort_unstable_by_key(|f| (f.kind, f.index, f.other, f.version));
@@ -404,6 +403,10 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         }
     }
     acked.sort_unstable();
+    out.ok_writes = acked.len() as u64;
+    if h.finals[key as usize].is_some() {
+        out.judged_writes = acked.len() as u64;
+    }
     let init_in_force = !acked.iter().any(|a| a.0 == 0);
     // suffix[i]: the earliest acknowledgement among acked[i..], and its op.
     let mut suffix: Vec<(u64, u32)> = vec![(u64::MAX, NONE); acked.len() + 1];
@@ -460,6 +463,14 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         }
         if op.outcome != Outcome::Ok {
             continue;
+        }
+        if matches!(op.kind, OpKind::Read | OpKind::DbRead) {
+            out.reads += 1;
+        }
+        if op.value.is_some()
+            && matches!(op.kind, OpKind::Read | OpKind::DbRead | OpKind::FinalRead)
+        {
+            out.valued_reads += 1;
         }
         let reads_value = matches!(
             op.kind,
@@ -677,9 +688,9 @@ fn cache_cause(
             .promotions
             .iter()
             .rev()
-            .find(|p| p.2 == node && p.1 <= read.invoke_time)
+            .find(|p| p.node == node && p.time <= read.invoke_time)
         {
-            return cause(CauseKind::FailoverPromoted, NONE, p.0);
+            return cause(CauseKind::FailoverPromoted, NONE, p.index);
         }
     }
     if in_time.is_none() {
@@ -690,11 +701,11 @@ fn cache_cause(
             CauseKind::LostInvalidation,
             NONE,
             ctx.fault_during(w.invoke_time, read.invoke_time)
-                .map_or(u64::MAX, |f| f.start.0),
+                .map_or(u64::MAX, |f| f.index),
         );
     }
     if let Some(fault) = ctx.fault_during(w.invoke_time, read.invoke_time) {
-        return cause(CauseKind::FaultActive, NONE, fault.start.0);
+        return cause(CauseKind::FaultActive, NONE, fault.index);
     }
     cause(
         CauseKind::Unexplained,
@@ -711,13 +722,13 @@ fn db_cause(ctx: &Context<'_>, read: &Op, newer: u32) -> Cause {
         .promotions
         .iter()
         .rev()
-        .find(|p| p.1 <= read.invoke_time)
+        .find(|p| p.time <= read.invoke_time)
     {
-        if p.1 >= w.invoke_time {
+        if p.time >= w.invoke_time {
             return Cause {
                 kind: CauseKind::FailoverPromoted,
                 op: NONE,
-                event: p.0,
+                event: p.index,
             };
         }
     }
@@ -732,7 +743,7 @@ fn db_cause(ctx: &Context<'_>, read: &Op, newer: u32) -> Cause {
         Some(f) => Cause {
             kind: CauseKind::FaultActive,
             op: NONE,
-            event: f.start.0,
+            event: f.index,
         },
         None => Cause {
             kind: CauseKind::Unexplained,

@@ -21,6 +21,13 @@ pub fn verdict(results: Option<&serde_json::Value>) -> &'static str {
     let Some(r) = results else {
         return "no results";
     };
+    match r["verdict"].as_str() {
+        Some("valid") => return "valid",
+        Some("invalid") => return "invalid",
+        Some("unknown") => return "unknown",
+        _ => {}
+    }
+    // Results of format 1, which had no verdict.
     let statuses: Vec<&str> = r["checks"]
         .as_array()
         .map(|c| c.iter().filter_map(|c| c["status"].as_str()).collect())

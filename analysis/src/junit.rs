@@ -2,7 +2,7 @@
 //! its count and its first explanations; a check the history cannot decide is skipped
 //! with the reason; a valid one passes.
 
-use crate::results::{Results, Status};
+use crate::results::{Results, Status, Verdict};
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::Writer;
 
@@ -20,12 +20,21 @@ pub fn render(results: &Results) -> String {
     let skipped = results
         .checks
         .iter()
-        .filter(|c| c.status == Status::Unknown)
+        .filter(|c| matches!(c.status, Status::Unknown | Status::NotRun))
         .count();
-    let (tests, failures, skipped) = (
-        results.checks.len().to_string(),
+    // One more case, the verdict: passes when valid, fails when invalid, an error when
+    // unknown (the run could not vouch for the system: faults that did not happen,
+    // checks that could not decide, no evidence).
+    let (failures, errors) = match results.verdict {
+        Verdict::Invalid => (failures + 1, 0),
+        Verdict::Unknown => (failures, 1),
+        Verdict::Valid => (failures, 0),
+    };
+    let (tests, failures, skipped, errors) = (
+        (results.checks.len() + 1).to_string(),
         failures.to_string(),
         skipped.to_string(),
+        errors.to_string(),
     );
     let suite_name = format!("coherence: {}", results.history);
     // Writing into a Vec cannot fail.
@@ -35,17 +44,18 @@ pub fn render(results: &Results) -> String {
     suites.push_attribute(("name", "coherence"));
     suites.push_attribute(("tests", tests.as_str()));
     suites.push_attribute(("failures", failures.as_str()));
-    suites.push_attribute(("errors", "0"));
+    suites.push_attribute(("errors", errors.as_str()));
     suites.push_attribute(("skipped", skipped.as_str()));
     put(Event::Start(suites));
     let mut suite = BytesStart::new("testsuite");
     suite.push_attribute(("name", suite_name.as_str()));
     suite.push_attribute(("tests", tests.as_str()));
     suite.push_attribute(("failures", failures.as_str()));
-    suite.push_attribute(("errors", "0"));
+    suite.push_attribute(("errors", errors.as_str()));
     suite.push_attribute(("skipped", skipped.as_str()));
     put(Event::Start(suite));
     let mut properties = vec![
+        ("verdict", results.verdict.name().to_string()),
         ("staleness_bound", results.staleness_bound.clone()),
         ("tool_version", results.tool_version.to_string()),
         ("events", results.stats.events.to_string()),
@@ -66,7 +76,7 @@ pub fn render(results: &Results) -> String {
         case.push_attribute(("name", name));
         match check.status {
             Status::Valid => put(Event::Empty(case)),
-            Status::Unknown => {
+            Status::Unknown | Status::NotRun => {
                 put(Event::Start(case));
                 let mut s = BytesStart::new("skipped");
                 let message = check
@@ -119,6 +129,41 @@ pub fn render(results: &Results) -> String {
                 put(Event::End(BytesEnd::new("failure")));
                 put(Event::End(BytesEnd::new("testcase")));
             }
+        }
+    }
+    let mut case = BytesStart::new("testcase");
+    case.push_attribute(("classname", "coherence.run"));
+    case.push_attribute(("name", "verdict"));
+    match results.verdict {
+        Verdict::Valid => put(Event::Empty(case)),
+        Verdict::Invalid => {
+            put(Event::Start(case));
+            let total: u64 = results.anomaly_counts.values().sum();
+            let message = format!("invalid: {total} anomalies proven");
+            let mut f = BytesStart::new("failure");
+            f.push_attribute(("message", message.as_str()));
+            f.push_attribute(("type", "invalid"));
+            put(Event::Empty(f));
+            put(Event::End(BytesEnd::new("testcase")));
+        }
+        Verdict::Unknown => {
+            put(Event::Start(case));
+            let message = format!(
+                "unknown: {}",
+                results.unknown_reasons.first().map_or("", String::as_str)
+            );
+            let mut e = BytesStart::new("error");
+            e.push_attribute(("message", message.as_str()));
+            e.push_attribute(("type", "unknown"));
+            put(Event::Start(e));
+            let body: String = results
+                .unknown_reasons
+                .iter()
+                .map(|r| format!("{r}\n"))
+                .collect();
+            put(Event::Text(BytesText::new(&body)));
+            put(Event::End(BytesEnd::new("error")));
+            put(Event::End(BytesEnd::new("testcase")));
         }
     }
     put(Event::End(BytesEnd::new("testsuite")));

@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod explain;
+pub mod faults;
 pub mod graph;
 pub mod index;
 pub mod junit;
@@ -21,7 +22,7 @@ pub mod results;
 pub mod text;
 
 pub use check::{AnomalyKind, CauseKind};
-pub use results::{Options, Results, Status};
+pub use results::{Options, Results, Status, Verdict};
 
 use coherence_store::{read_history, Progress, ReadError};
 use std::path::Path;

@@ -10,7 +10,7 @@
 
 use crate::explain::{at, duration, Anomaly};
 use crate::model::{History, Outcome};
-use crate::results::{NodeCounts, Results, Status};
+use crate::results::{NodeCounts, Results, Status, Verdict};
 use crate::AnomalyKind;
 use coherence_store::run::{CAMPAIGN, HISTORY, HISTORY_GZ, RUN_JSON};
 use coherence_store::OpKind;
@@ -137,37 +137,23 @@ pre { background: #f6f6f6; padding: 8px; overflow-x: auto; white-space: pre-wrap
 }
 "#;
 
-/// The overall verdict: invalid when any check is, unknown when none is but some
-/// cannot decide, valid otherwise.
-pub fn verdict(results: &Results) -> Status {
-    if results.checks.iter().any(|c| c.status == Status::Invalid) || !results.valid {
-        Status::Invalid
-    } else if results.checks.iter().any(|c| c.status == Status::Unknown) {
-        Status::Unknown
-    } else {
-        Status::Valid
-    }
-}
-
 fn status_name(s: Status) -> &'static str {
-    match s {
-        Status::Valid => "valid",
-        Status::Invalid => "invalid",
-        Status::Unknown => "unknown",
-    }
+    s.name()
 }
 
 /// Renders the whole report.
 pub fn render(history: &History, results: &Results, ctx: &RunContext) -> String {
-    let verdict = verdict(results);
+    let verdict = results.verdict;
     let total: u64 = results.anomaly_counts.values().sum();
     let banner = match verdict {
-        Status::Invalid => format!(
+        Verdict::Invalid => format!(
             "INVALID: {total} anomal{} found",
             if total == 1 { "y" } else { "ies" }
         ),
-        Status::Unknown => "UNKNOWN: no anomaly found, but some checks cannot decide".into(),
-        Status::Valid => "VALID: no anomaly found".into(),
+        Verdict::Unknown => {
+            "UNKNOWN: no anomaly found, but the history cannot vouch for validity".into()
+        }
+        Verdict::Valid => "VALID: no anomaly found".into(),
     };
     let title = format!("coherence report: {}", ctx.history_name);
     let doc = html! {
@@ -189,7 +175,12 @@ pub fn render(history: &History, results: &Results, ctx: &RunContext) -> String 
                     a href="#timeline" { "Timeline" } a href="#breakdown" { "Breakdown" }
                     a href="#integrity" { "Integrity" }
                 }
-                div id="verdict" class={ "verdict " (status_name(verdict)) } { (banner) }
+                div id="verdict" class={ "verdict " (verdict.name()) } { (banner) }
+                @if !results.unknown_reasons.is_empty() {
+                    ul id="unknown-reasons" {
+                        @for why in &results.unknown_reasons { li.status-unknown { (why) } }
+                    }
+                }
                 (checks(results))
                 (context(results, ctx))
                 (anomalies(results, total))
@@ -304,7 +295,9 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
             } @else {
                 p.note { "No campaign: the history was checked on its own, outside a run directory." }
             }
-            h3 { "Nemesis schedule" }
+            h3 { "Faults" }
+            (faults(r))
+            h3 { "Nemesis and control events" }
             @if r.events.is_empty() {
                 p { "No nemesis or control event in the history." }
             } @else {
@@ -318,6 +311,45 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
                             tr {
                                 td.n { (e.index + 1) } td.n { (at(e.time_ns)) } td { (e.process) } td { (e.f) }
                                 td { code { (e.value.as_ref().map(|v| v.to_string()).unwrap_or_default()) } }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every fault with its outcome: what was requested, what happened, what healed.
+fn faults(r: &Results) -> Markup {
+    let n = &r.faults;
+    html! {
+        @if n.plan.is_none() && n.faults.is_empty() && n.errors.is_empty() {
+            p { "No fault: the history has no nemesis." }
+        } @else {
+            p id="fault-summary" { (crate::text::fault_summary(r)) "." }
+            @if !n.errors.is_empty() {
+                ul { @for e in &n.errors {
+                    li.status-unknown { (e.planned.as_deref().unwrap_or("the nemesis")) " did not happen (line "
+                        (e.index + 1) "): " (e.error) }
+                } }
+            }
+            @if !n.faults.is_empty() {
+                @if n.faults.len() > EVENT_LIMIT {
+                    p.note { "The first " (EVENT_LIMIT) " of " (n.faults.len()) " faults." }
+                }
+                table id="faults" {
+                    thead { tr { th.n { "seq" } th.n { "line" } th { "fault" } th.n { "from" } th.n { "to" } th { "outcome" } th { "why" } } }
+                    tbody {
+                        @for f in n.faults.iter().take(EVENT_LIMIT) {
+                            tr {
+                                td.n { @if let Some(s) = f.seq { (s) } }
+                                td.n { (f.index + 1) }
+                                td { (f.f) }
+                                td.n { (at(f.start_ns)) }
+                                td.n { @if f.interval { @if let Some(e) = f.end_ns { (at(e)) } @else { "never" } } }
+                                td class={ @if f.status.is_good() { "status-valid" } @else { "status-unknown" } } { (f.status.name()) }
+                                td { @if let Some(e) = &f.error { (e) } }
                             }
                         }
                     }
@@ -666,53 +698,22 @@ pub struct FaultSpan {
     pub interval: bool,
 }
 
-/// The nemesis intervals of a history: `start-X`/`stop-X`, `kill`/`restart`,
-/// `pause`/`resume`, `bump-clock` or `strobe-clock`/`reset-clock`; `heal` closes all;
-/// other nemesis events (`failover`, ...) are instants.
+/// The nemesis faults of a history as spans to draw (see [`crate::faults`] for how
+/// events pair): intervals from their start to their heal (the end of the run when never
+/// healed), instants (failovers) as lines. Faults that failed to apply are not drawn:
+/// they did not happen.
 pub fn fault_spans(h: &History) -> Vec<FaultSpan> {
-    fn opener(closer: &str) -> Option<Vec<String>> {
-        if let Some(rest) = closer.strip_prefix("stop-") {
-            return Some(vec![format!("start-{rest}")]);
-        }
-        match closer {
-            "restart" => Some(vec!["kill".into()]),
-            "resume" => Some(vec!["pause".into()]),
-            "reset-clock" => Some(vec!["bump-clock".into(), "strobe-clock".into()]),
-            "heal" => Some(vec![]),
-            _ => None,
-        }
-    }
-    let is_opener = |f: &str| {
-        f.starts_with("start-") || matches!(f, "kill" | "pause" | "bump-clock" | "strobe-clock")
-    };
-    let mut spans: Vec<FaultSpan> = Vec::new();
-    let mut open: Vec<usize> = Vec::new();
-    for ev in h.standalone.iter().filter(|e| e.actor == "nemesis") {
-        if let Some(openers) = opener(&ev.f) {
-            if openers.is_empty() {
-                for i in open.drain(..) {
-                    spans[i].end_ns = ev.time;
-                }
-            } else if let Some(p) = open.iter().position(|&i| openers.contains(&spans[i].f)) {
-                spans[open.remove(p)].end_ns = ev.time;
-            }
-        } else {
-            let interval = is_opener(&ev.f);
-            if interval {
-                open.push(spans.len());
-            }
-            spans.push(FaultSpan {
-                f: ev.f.clone(),
-                start_ns: ev.time,
-                end_ns: ev.time,
-                interval,
-            });
-        }
-    }
-    for i in open {
-        spans[i].end_ns = h.end_time.max(spans[i].start_ns);
-    }
-    spans
+    crate::faults::NemesisLog::read(h)
+        .faults
+        .into_iter()
+        .filter(|f| f.status != crate::faults::FaultStatus::ApplyFailed)
+        .map(|f| FaultSpan {
+            start_ns: f.start_ns,
+            end_ns: f.end_ns.unwrap_or(h.end_time).max(f.start_ns),
+            interval: f.interval,
+            f: f.f,
+        })
+        .collect()
 }
 
 const LAT_BUCKETS: usize = 128;

@@ -14,11 +14,13 @@ use std::collections::BTreeMap;
 /// The name of the results format.
 pub const FORMAT: &str = "coherence-results";
 /// The version of the results format; bump it when a field changes meaning.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2: `verdict` and `unknown_reasons`; `valid` is true only when the verdict is
+/// valid (it used to mean "no anomaly"); checks may be `not-run`; `faults`.
+pub const FORMAT_VERSION: u32 = 2;
 
-/// A check's three-valued verdict.
+/// A check's verdict: three-valued, or not run at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Status {
     /// No anomaly, and the history could decide.
     Valid,
@@ -26,6 +28,46 @@ pub enum Status {
     Invalid,
     /// No anomaly found, but the history cannot decide (part of) the check.
     Unknown,
+    /// Left out by the user (`--checks`, `[checker] checks`): it does not count.
+    NotRun,
+}
+
+impl Status {
+    /// The name used in results and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Valid => "valid",
+            Status::Invalid => "invalid",
+            Status::Unknown => "unknown",
+            Status::NotRun => "not-run",
+        }
+    }
+}
+
+/// The verdict of a whole history, composed as Jepsen composes it: invalid when any
+/// chosen check proved an anomaly; else unknown when a chosen check could not decide,
+/// a requested fault did not happen or did not heal, the run was interrupted, or there
+/// was no evidence at all; else valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every chosen check decided, found nothing, and every requested fault happened.
+    Valid,
+    /// Anomalies were proven.
+    Invalid,
+    /// Nothing proven, but the history cannot vouch for validity.
+    Unknown,
+}
+
+impl Verdict {
+    /// `valid`, `invalid` or `unknown`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Valid => "valid",
+            Verdict::Invalid => "invalid",
+            Verdict::Unknown => "unknown",
+        }
+    }
 }
 
 /// One checker's result.
@@ -189,8 +231,14 @@ pub struct Results {
     pub staleness_bound_ns: u64,
     /// Δ for people.
     pub staleness_bound: String,
-    /// False when any anomaly was found.
+    /// The verdict.
+    pub verdict: Verdict,
+    /// True only when the verdict is valid: an unknown history is not valid.
     pub valid: bool,
+    /// Why the verdict is (or, behind proven anomalies, would also be) unknown: checks
+    /// that could not decide, faults that did not happen or heal, an interrupted run,
+    /// no evidence. Empty when none of that holds.
+    pub unknown_reasons: Vec<String>,
     /// Counts of all seven anomalies, zeros included.
     #[serde(rename = "anomaly-counts")]
     pub anomaly_counts: BTreeMap<&'static str, u64>,
@@ -216,6 +264,8 @@ pub struct Results {
     pub anomaly_limit: usize,
     /// Nemesis and control events.
     pub events: Vec<ActorEvent>,
+    /// What the nemesis did: its plan, every fault with its outcome, its errors.
+    pub faults: crate::faults::NemesisLog,
     /// Reader warnings (e.g. a cut-short last line).
     pub warnings: Vec<String>,
 }
@@ -229,6 +279,8 @@ pub struct Options {
     pub anomaly_limit: usize,
     /// Keys listed in `per_key`.
     pub key_limit: usize,
+    /// The checks that count (`None`: all of them); the others are listed as not run.
+    pub checks: Option<Vec<AnomalyKind>>,
 }
 
 impl Default for Options {
@@ -237,7 +289,15 @@ impl Default for Options {
             staleness_bound: 0,
             anomaly_limit: 100,
             key_limit: 100,
+            checks: None,
         }
+    }
+}
+
+impl Options {
+    /// True when `kind` is among the checks that count.
+    pub fn runs(&self, kind: AnomalyKind) -> bool {
+        self.checks.as_ref().is_none_or(|c| c.contains(&kind))
     }
 }
 
@@ -313,7 +373,7 @@ pub fn build(
     let mut per_key: Vec<BTreeMap<&'static str, u64>> = vec![BTreeMap::new(); h.keys.len()];
     let mut to_explain: Vec<&Finding> = Vec::new();
     let mut shown: BTreeMap<AnomalyKind, usize> = BTreeMap::new();
-    for f in &findings.findings {
+    for f in findings.findings.iter().filter(|f| options.runs(f.kind)) {
         *counts.entry(f.kind.name()).or_default() += 1;
         *per_key[f.key as usize].entry(f.kind.name()).or_default() += 1;
         let op = &h.ops[f.op as usize];
@@ -430,27 +490,19 @@ pub fn build(
     keys.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
     keys.truncate(options.key_limit);
 
-    let checks = AnomalyKind::ALL
+    let checks: Vec<CheckResult> = AnomalyKind::ALL
         .iter()
         .map(|&kind| {
+            if !options.runs(kind) {
+                return CheckResult {
+                    name: kind,
+                    status: Status::NotRun,
+                    count: 0,
+                    reason: Some("not among the checks chosen (--checks, [checker] checks)".into()),
+                };
+            }
             let count = counts[kind.name()];
-            let reason = match kind {
-                AnomalyKind::LostWrite if findings.keys_without_final > 0 => Some(format!(
-                    "{} key(s) with acknowledged writes have no ok db-final-read, so their lost writes cannot be judged",
-                    findings.keys_without_final
-                )),
-                AnomalyKind::NonConvergence if h.final_phase.is_none() => Some(
-                    "the history has no final-phase event, so convergence cannot be judged".to_string(),
-                ),
-                AnomalyKind::NonConvergence if findings.final_reads == 0 => Some(
-                    "no ok final-read follows the final-phase, so convergence cannot be judged".to_string(),
-                ),
-                AnomalyKind::NonConvergence if findings.final_reads_undecided > 0 => Some(format!(
-                    "{} final-read(s) are of keys without an ok db-final-read, so they cannot be judged",
-                    findings.final_reads_undecided
-                )),
-                _ => None,
-            };
+            let reason = undecided(kind, h, &findings);
             let status = if count > 0 {
                 Status::Invalid
             } else if reason.is_some() {
@@ -466,6 +518,44 @@ pub fn build(
             }
         })
         .collect();
+    let nemesis = ctx.nemesis.clone();
+    let mut unknown_reasons: Vec<String> = Vec::new();
+    let client_ok = h.ops.iter().any(|op| op.outcome == Outcome::Ok);
+    if !client_ok {
+        unknown_reasons.push(if h.ops.is_empty() {
+            "no evidence: the history holds no client operation".to_string()
+        } else {
+            format!(
+                "no evidence: none of the history's {} client operations completed ok",
+                h.ops.len()
+            )
+        });
+    }
+    for c in checks.iter().filter(|c| c.status == Status::Unknown) {
+        unknown_reasons.push(format!(
+            "{} could not decide: {}",
+            c.name.name(),
+            c.reason.as_deref().unwrap_or("the history cannot decide")
+        ));
+    }
+    unknown_reasons.extend(nemesis.problems());
+    for e in h
+        .standalone
+        .iter()
+        .filter(|e| e.actor == "control" && e.f == "interrupted")
+    {
+        let why = e
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+            .and_then(|v| v.get("signal").and_then(|s| s.as_str()).map(String::from))
+            .map(|s| format!(" by {s}"))
+            .unwrap_or_default();
+        unknown_reasons.push(format!(
+            "the run was interrupted{why} (line {}) before its time limit: it did not run as requested",
+            e.index + 1
+        ));
+    }
 
     let events = h
         .standalone
@@ -493,7 +583,13 @@ pub fn build(
         final_phase: h.final_phase.is_some(),
         nemesis_events: events.iter().filter(|e| e.process == "nemesis").count() as u64,
     };
-    let valid = counts.values().all(|&c| c == 0);
+    let verdict = if checks.iter().any(|c| c.status == Status::Invalid) {
+        Verdict::Invalid
+    } else if !unknown_reasons.is_empty() {
+        Verdict::Unknown
+    } else {
+        Verdict::Valid
+    };
     Results {
         format: FORMAT,
         format_version: FORMAT_VERSION,
@@ -501,7 +597,9 @@ pub fn build(
         history: history_path.to_string(),
         staleness_bound_ns: ctx.bound,
         staleness_bound: explain::duration(ctx.bound),
-        valid,
+        verdict,
+        valid: verdict == Verdict::Valid,
+        unknown_reasons,
         anomaly_counts: counts,
         checks,
         stats,
@@ -514,6 +612,43 @@ pub fn build(
         anomalies,
         anomaly_limit: options.anomaly_limit,
         events,
+        faults: nemesis,
         warnings,
+    }
+}
+
+/// Why a check that found nothing cannot vouch for the history, if it cannot: the
+/// history lacks what it judges (no operation of the kind it looks at, no final phase).
+fn undecided(kind: AnomalyKind, h: &History, findings: &Findings) -> Option<String> {
+    match kind {
+        AnomalyKind::StaleRead | AnomalyKind::MonotonicRead | AnomalyKind::ReadYourWrites
+            if findings.reads == 0 =>
+        {
+            Some("no read or db-read completed ok, so there was no read to judge".into())
+        }
+        AnomalyKind::PhantomRead if findings.valued_reads == 0 => Some(
+            "no read, db-read or final-read returned a value, so there was no value to trace to its write".into(),
+        ),
+        AnomalyKind::VersionFork if findings.ok_writes == 0 => Some(
+            "no write was acknowledged, so there was no version to be handed out twice".into(),
+        ),
+        AnomalyKind::LostWrite if findings.keys_without_final > 0 => Some(format!(
+            "{} key(s) with acknowledged writes have no ok db-final-read, so their lost writes cannot be judged",
+            findings.keys_without_final
+        )),
+        AnomalyKind::LostWrite if findings.judged_writes == 0 => Some(
+            "no write was acknowledged, so there was none the database could lose".into(),
+        ),
+        AnomalyKind::NonConvergence if h.final_phase.is_none() => Some(
+            "the history has no final-phase event, so convergence cannot be judged".to_string(),
+        ),
+        AnomalyKind::NonConvergence if findings.final_reads == 0 => Some(
+            "no ok final-read follows the final-phase, so convergence cannot be judged".to_string(),
+        ),
+        AnomalyKind::NonConvergence if findings.final_reads_undecided > 0 => Some(format!(
+            "{} final-read(s) are of keys without an ok db-final-read, so they cannot be judged",
+            findings.final_reads_undecided
+        )),
+        _ => None,
     }
 }

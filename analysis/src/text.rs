@@ -1,29 +1,32 @@
 //! The text form of results, for terminals and CI logs.
 
 use crate::explain::duration;
-use crate::results::{Results, Status};
+use crate::results::{Results, Status, Verdict};
 use std::fmt::Write;
 
 /// Renders results as text, explaining at most `explain` anomalies.
 pub fn render(r: &Results, explain: usize) -> String {
     let mut s = String::new();
     let total: u64 = r.anomaly_counts.values().sum();
-    let unknown = r
-        .checks
-        .iter()
-        .filter(|c| c.status == Status::Unknown)
-        .count();
-    let verdict = if !r.valid {
-        format!(
-            "INVALID: {total} anomal{} found",
-            if total == 1 { "y" } else { "ies" }
-        )
-    } else if unknown > 0 {
-        format!("VALID: no anomaly found ({unknown} check(s) could not decide)")
-    } else {
-        "VALID: no anomaly found".to_string()
-    };
+    let verdict =
+        match r.verdict {
+            Verdict::Invalid => format!(
+                "INVALID: {total} anomal{} found",
+                if total == 1 { "y" } else { "ies" }
+            ),
+            Verdict::Unknown => format!(
+            "UNKNOWN: no anomaly found, but the history cannot vouch for validity ({} reason{})",
+            r.unknown_reasons.len(),
+            if r.unknown_reasons.len() == 1 { "" } else { "s" }
+        ),
+            Verdict::Valid => "VALID: no anomaly found".to_string(),
+        };
     let _ = writeln!(s, "{verdict}");
+    if r.verdict == Verdict::Unknown {
+        for why in &r.unknown_reasons {
+            let _ = writeln!(s, "  unknown: {why}");
+        }
+    }
     let _ = writeln!(
         s,
         "history {}: {} events, {} operations, {} keys, staleness bound {}",
@@ -41,8 +44,33 @@ pub fn render(r: &Results, explain: usize) -> String {
                 "unknown: {}",
                 c.reason.as_deref().unwrap_or("the history cannot decide")
             ),
+            Status::NotRun => "not run (not among the chosen checks)".to_string(),
         };
         let _ = writeln!(s, "  {:<18} {:>8}  {status}", c.name.name(), c.count);
+    }
+    let faults = fault_summary(r);
+    if !faults.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(s, "{faults}");
+        for f in r.faults.faults.iter().filter(|f| !f.status.is_good()) {
+            let _ = writeln!(
+                s,
+                "  {} {} (line {}): {}",
+                f.f,
+                f.status.name(),
+                f.index + 1,
+                f.error.as_deref().unwrap_or("no reason given")
+            );
+        }
+        for e in &r.faults.errors {
+            let _ = writeln!(
+                s,
+                "  {} did not happen (line {}): {}",
+                e.planned.as_deref().unwrap_or("nemesis"),
+                e.index + 1,
+                e.error
+            );
+        }
     }
     let st = &r.staleness;
     let _ = writeln!(s);
@@ -131,4 +159,40 @@ pub fn render(r: &Results, explain: usize) -> String {
         }
     }
     s
+}
+
+/// One line on what the nemesis did: `faults: 4 requested kinds, 6 scheduled; 5 healed,
+/// 1 apply-failed`, or nothing when the history has no nemesis.
+pub fn fault_summary(r: &Results) -> String {
+    let n = &r.faults;
+    if n.plan.is_none() && n.faults.is_empty() && n.errors.is_empty() {
+        return String::new();
+    }
+    let mut by: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for f in &n.faults {
+        *by.entry(f.status.name()).or_default() += 1;
+    }
+    if !n.errors.is_empty() {
+        by.insert("did not happen", n.errors.len() as u64);
+    }
+    let outcomes: Vec<String> = by.iter().map(|(k, v)| format!("{v} {k}")).collect();
+    let plan = n
+        .plan
+        .as_ref()
+        .map(|p| {
+            format!(
+                " (requested {}; {} scheduled)",
+                p.faults.join(", "),
+                p.scheduled
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "faults{plan}: {}",
+        if outcomes.is_empty() {
+            "none happened".to_string()
+        } else {
+            outcomes.join(", ")
+        }
+    )
 }

@@ -4,7 +4,9 @@
 
 mod brute;
 
-use coherence_analysis::{check_file, text, AnomalyKind, CauseKind, Options, Results, Status};
+use coherence_analysis::{
+    check_file, text, AnomalyKind, CauseKind, Options, Results, Status, Verdict,
+};
 use coherence_store::NoProgress;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -77,9 +79,13 @@ fn example_stale_read() {
     assert_eq!(a.staleness_ns, Some(8_000_000));
     assert_eq!(a.indices, vec![0, 1, 2, 3]);
     assert_eq!(a.cycle_text, "write 0 →rt read 2 →rw write 0");
-    // valid with a bound of 8 ms or more, still stale just under it
-    assert!(check("stale-read.jsonl", 8).valid);
-    assert!(check("stale-read.jsonl", 60_000).valid);
+    // no anomaly with a bound of 8 ms or more (unknown overall: no final phase), still
+    // stale just under it
+    for bound in [8, 60_000] {
+        let r = check("stale-read.jsonl", bound);
+        assert_eq!(counts(&r), expect(&[]), "bound {bound} ms");
+        assert_eq!(r.verdict, Verdict::Unknown, "bound {bound} ms");
+    }
     assert_eq!(
         counts(&check("stale-read.jsonl", 7)),
         expect(&[(StaleRead, 1)])
@@ -89,8 +95,39 @@ fn example_stale_read() {
 #[test]
 fn example_concurrent_ok() {
     let r = check("concurrent-ok.jsonl", 0);
-    assert!(r.valid);
+    // No anomaly; without a final phase convergence and lost writes cannot be judged,
+    // so the history is unknown overall...
+    assert_eq!(r.verdict, Verdict::Unknown);
+    assert!(!r.valid, "an unknown history is not valid");
     assert_eq!(counts(&r), expect(&[]));
+    let undecided: Vec<AnomalyKind> = r
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::Unknown)
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(undecided, vec![LostWrite, NonConvergence]);
+    // ... and valid when those checks are left out.
+    let chosen = Options {
+        checks: Some(vec![
+            StaleRead,
+            PhantomRead,
+            VersionFork,
+            MonotonicRead,
+            ReadYourWrites,
+        ]),
+        ..Options::default()
+    };
+    let r2 = check_file(&example("concurrent-ok.jsonl"), &chosen, &NoProgress).unwrap();
+    assert_eq!(r2.verdict, Verdict::Valid, "{:?}", r2.unknown_reasons);
+    assert!(r2.valid);
+    let not_run: Vec<AnomalyKind> = r2
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::NotRun)
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(not_run, vec![LostWrite, NonConvergence]);
     assert_eq!(r.staleness.reads, 2, "the miss is no read of a value");
     assert_eq!(r.staleness.max_ns, 0);
 }
@@ -178,7 +215,15 @@ fn example_indeterminate_write() {
 #[test]
 fn undecidable_checks_say_unknown_not_valid() {
     let r = check("stale-read.jsonl", 8);
-    assert!(r.valid);
+    assert_eq!(r.verdict, Verdict::Unknown);
+    assert!(!r.valid);
+    assert!(
+        r.unknown_reasons
+            .iter()
+            .any(|w| w.starts_with("non-convergence could not decide")),
+        "{:?}",
+        r.unknown_reasons
+    );
     let status = |k: AnomalyKind| r.checks.iter().find(|c| c.name == k).unwrap().status;
     assert_eq!(status(NonConvergence), Status::Unknown, "no final-phase");
     assert_eq!(status(LostWrite), Status::Unknown, "no db-final-read");
@@ -194,8 +239,9 @@ fn results_json_is_versioned_and_names_all_seven() {
     let r = check("phantom.jsonl", 0);
     let json: serde_json::Value = serde_json::to_value(&r).unwrap();
     assert_eq!(json["format"], "coherence-results");
-    assert_eq!(json["format_version"], 1);
+    assert_eq!(json["format_version"], 2);
     assert_eq!(json["valid"], false);
+    assert_eq!(json["verdict"], "invalid");
     let counts = json["anomaly-counts"].as_object().unwrap();
     assert_eq!(counts.len(), 7);
     for k in AnomalyKind::ALL {
@@ -535,11 +581,12 @@ fn final_reads_that_miss_make_convergence_decidable() {
     let mut b = Builder::new();
     coherence_store::reader::read_from(text.as_bytes(), std::path::Path::new("t"), &mut b).unwrap();
     let r = check_history(&b.finish(), &Options::default(), "t", vec![], 0);
-    let nc = r.checks.iter().find(|c| c.name == NonConvergence).unwrap();
-    assert_eq!(nc.status, Status::Valid, "{nc:?}");
-    assert!(
-        r.checks.iter().all(|c| c.status == Status::Valid),
-        "{:?}",
-        r.checks
-    );
+    let status = |k: AnomalyKind| r.checks.iter().find(|c| c.name == k).unwrap().status;
+    assert_eq!(status(NonConvergence), Status::Valid, "{:?}", r.checks);
+    assert_eq!(status(LostWrite), Status::Valid, "{:?}", r.checks);
+    assert_eq!(status(VersionFork), Status::Valid, "{:?}", r.checks);
+    // It holds no read at all: the read checks had nothing to judge.
+    for k in [StaleRead, PhantomRead, MonotonicRead, ReadYourWrites] {
+        assert_eq!(status(k), Status::Unknown, "{k:?}");
+    }
 }

@@ -75,7 +75,7 @@ fn one_case_per_checker_and_failures_carry_counts_and_explanations() {
     let xml = junit::render(&r);
     let elements = parse(&xml);
     let cases = elements.iter().filter(|(n, _)| n == "testcase").count();
-    assert_eq!(cases, 7);
+    assert_eq!(cases, 8, "one per checker, and the verdict");
     let failures: Vec<&(String, String)> =
         elements.iter().filter(|(n, _)| n == "failure").collect();
     let invalid = r
@@ -84,7 +84,11 @@ fn one_case_per_checker_and_failures_carry_counts_and_explanations() {
         .filter(|c| c.status == coherence_analysis::results::Status::Invalid)
         .count();
     assert!(invalid > 0);
-    assert_eq!(failures.len(), invalid);
+    assert_eq!(
+        failures.len(),
+        invalid + 1,
+        "each invalid check, and the verdict"
+    );
     assert!(xml.contains(r#"name="stale-read""#));
     assert!(xml.contains(&format!(
         r#"message="{} stale-read anomal"#,
@@ -97,11 +101,20 @@ fn one_case_per_checker_and_failures_carry_counts_and_explanations() {
 }
 
 #[test]
-fn a_valid_history_has_no_failure_and_unknown_checks_are_skipped() {
+fn an_unknown_history_has_no_failure_skips_its_undecided_checks_and_errs_its_verdict() {
     let r = checked(&example("concurrent-ok.jsonl"));
     let xml = junit::render(&r);
     let elements = parse(&xml);
     assert!(!elements.iter().any(|(n, _)| n == "failure"), "{xml}");
+    // The verdict is unknown: an error, so a CI gate reading JUnit does not go green.
+    let errors: Vec<&(String, String)> = elements.iter().filter(|(n, _)| n == "error").collect();
+    assert_eq!(errors.len(), 1, "{xml}");
+    assert!(
+        errors[0].1.contains("non-convergence could not decide"),
+        "{}",
+        errors[0].1
+    );
+    assert!(xml.contains(r#"errors="1""#), "{xml}");
     let unknown = r
         .checks
         .iter()

@@ -105,14 +105,13 @@ fn report_of_the_fill_race_has_verdict_checks_and_explained_anomaly() {
 
 #[test]
 fn valid_and_unknown_histories_get_their_banners() {
+    // concurrent-ok has no final phase: its verdict is unknown (shared/spec/examples).
     let html = render(&example("concurrent-ok.jsonl"));
-    let (_, r) = checked(&example("concurrent-ok.jsonl"));
-    let expected = match report::verdict(&r) {
-        coherence_analysis::Status::Valid => "verdict valid\">VALID",
-        coherence_analysis::Status::Unknown => "verdict unknown\">UNKNOWN",
-        coherence_analysis::Status::Invalid => panic!("concurrent-ok is not invalid"),
-    };
-    assert!(html.contains(expected), "banner {expected} missing");
+    assert!(
+        html.contains("verdict unknown\">UNKNOWN"),
+        "banner UNKNOWN missing"
+    );
+    assert!(html.contains("non-convergence could not decide"));
     assert!(html.contains("<p>None found.</p>"));
 }
 

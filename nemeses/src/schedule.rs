@@ -8,7 +8,7 @@ use serde::Deserialize;
 use std::time::Duration;
 
 /// The faults a campaign can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FaultKind {
     /// Cut one region (all its hosts) off from the rest.

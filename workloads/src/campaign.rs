@@ -238,6 +238,10 @@ pub struct Checker {
     /// Δ: how stale a read may be.
     #[serde(default, deserialize_with = "duration")]
     pub staleness_bound: Duration,
+    /// The checks that count, by name (`stale-read`, ...); all when absent. The names
+    /// are the checker's, which checks them before a run.
+    #[serde(default)]
+    pub checks: Option<Vec<String>>,
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -368,6 +372,13 @@ impl Campaign {
             .collect::<Vec<_>>()
             .join("\n")
             + "\n"
+    }
+}
+
+impl Campaign {
+    /// The line (from 1) where `field = ...` is first set in campaign text, if it is.
+    pub fn line_of_field(text: &str, field: &str) -> Option<usize> {
+        line_of(text, field)
     }
 }
 
