@@ -9,7 +9,8 @@ mod serve;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use coherence_analysis::{check_file_keeping, report, text, Options};
-use coherence_store::run::{resolve_history, RESULTS};
+use coherence_store::files::{refuse_input, write_output};
+use coherence_store::run::{inputs_of, resolve_history, RESULTS};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -365,6 +366,17 @@ fn print_status() -> anyhow::Result<()> {
 
 fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let path = resolve_history(&args.path).map_err(anyhow::Error::msg)?;
+    // No output may overwrite what is checked; refused before the work, not after.
+    let inputs = inputs_of(&path);
+    let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let outputs = args
+        .out
+        .iter()
+        .flat_map(|dir| [dir.join(RESULTS), dir.join(report::REPORT)])
+        .chain(args.junit.clone());
+    for output in outputs {
+        refuse_input(&output, &inputs)?;
+    }
     let options = Options {
         staleness_bound: u64::try_from(args.staleness_bound.as_nanos()).unwrap_or(u64::MAX),
         anomaly_limit: args.anomaly_limit,
@@ -376,22 +388,21 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
     drop(progress);
     let mut report_path = None;
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
-        let file = dir.join(RESULTS);
-        let json = serde_json::to_vec_pretty(&results)?;
-        std::fs::write(&file, json).with_context(|| format!("cannot write {}", file.display()))?;
-        let file = dir.join(report::REPORT);
+        // The run directory's files first: one that is refused leaves no output behind.
         let context = report::RunContext::gather(&path)
             .with_context(|| format!("cannot read {} for the report", path.display()))?;
-        report::write(&file, &history, &results, &context)
-            .with_context(|| format!("cannot write {}", file.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
+        let json = serde_json::to_vec_pretty(&results)?;
+        write_output(&dir.join(RESULTS), &json, &inputs)?;
+        let file = dir.join(report::REPORT);
+        report::write(&file, &history, &results, &context, &inputs)?;
         report_path = Some(file);
     }
     drop(history);
     if let Some(file) = &args.junit {
-        std::fs::write(file, coherence_analysis::junit::render(&results))
-            .with_context(|| format!("cannot write {}", file.display()))?;
+        let xml = coherence_analysis::junit::render(&results);
+        write_output(file, xml.as_bytes(), &inputs)?;
     }
     let mut stdout = std::io::stdout().lock();
     match args.format {

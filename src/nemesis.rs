@@ -122,7 +122,11 @@ impl Target {
     /// The target a run directory's faults were applied to: staging when its campaign
     /// names nodes, the lab otherwise.
     pub fn of_run(run_dir: &Path) -> anyhow::Result<Target> {
-        let text = std::fs::read_to_string(run_dir.join(coherence_store::run::CAMPAIGN))
+        // A regular file in the run directory, not a link to somebody else's nodes.
+        let file = run_dir.join(coherence_store::run::CAMPAIGN);
+        let text = coherence_store::files::read_regular(&file)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_default();
         if let Ok(campaign) = coherence_workloads::campaign::Campaign::parse(&text) {
             if let coherence_workloads::campaign::Cluster::Staging { nodes, regions, .. } =

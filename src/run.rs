@@ -3,6 +3,8 @@
 
 use anyhow::{bail, Context, Result};
 use coherence_analysis::{check_file_keeping, report, text, Options};
+use coherence_store::files::{refuse_input, write_output};
+use coherence_store::redact::redact_toml;
 use coherence_store::run::{create_run_dir, point_latest, CAMPAIGN, HISTORY, RESULTS, RUN_JSON};
 use coherence_store::{Event, EventType, HistoryWriter, Process};
 use coherence_workloads::cache_aside::{self, key_name, Endpoints, Node, Phase, RegionNodes};
@@ -85,6 +87,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     .unwrap_or_default()
             )
         })?;
+    // What the run directory stores: secrets redacted, at any depth.
+    let stored_campaign = redact_toml(&text)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "{}: cannot redact its secrets: {e}",
+                args.campaign.display()
+            )
+        })?
+        .text;
+    // --junit must not overwrite the campaign; refused before the run, not after it.
+    if let Some(file) = &args.junit {
+        refuse_input(file, &[&args.campaign])?;
+    }
     if let Some(t) = args.time_limit {
         campaign.workload.time_limit = t;
     }
@@ -207,10 +222,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
         else {
             unreachable!("not the lab")
         };
-        let mut params = format!("user={} dbname={}", postgres.user, postgres.dbname);
-        if let Some(p) = &postgres.password {
-            params.push_str(&format!(" password={p}"));
+        let password = postgres
+            .resolve_password(&|name| std::env::var_os(name))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", args.campaign.display()))?;
+        for warning in &password.warnings {
+            eprintln!("warning: {}: {warning}", args.campaign.display());
         }
+        let params = postgres.conninfo(password.password.as_deref());
         let node = |addr: &str, name: Option<&str>| Node {
             name: name.unwrap_or(addr).to_string(),
             addr: addr.to_string(),
@@ -263,7 +281,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // The run directory: campaign (redacted), run.json, then the history as it goes.
     let dir = create_run_dir(&args.store, &campaign.name)
         .with_context(|| format!("cannot create a run directory in {}", args.store.display()))?;
-    std::fs::write(dir.join(CAMPAIGN), Campaign::redacted(&text))?;
+    write_output(&dir.join(CAMPAIGN), stored_campaign.as_bytes(), &[])?;
     let started = SystemTime::now();
     let mut nodes: Vec<serde_json::Value> = Vec::new();
     for n in endpoints
@@ -292,7 +310,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
         "nodes": nodes,
         "server_versions": server_versions(&endpoints),
     });
-    std::fs::write(dir.join(RUN_JSON), serde_json::to_vec_pretty(&run_json)?)?;
+    write_output(
+        &dir.join(RUN_JSON),
+        &serde_json::to_vec_pretty(&run_json)?,
+        &[],
+    )?;
     let writer = HistoryWriter::create(&dir.join(HISTORY))?;
     let rec = Arc::new(Recorder::new(writer));
     eprintln!("run directory: {}", dir.display());
@@ -515,19 +537,24 @@ pub fn run(args: RunArgs) -> Result<u8> {
         checks: checks.clone(),
         ..Options::default()
     };
+    let history_file = dir.join(HISTORY);
+    let inputs = [history_file.as_path(), args.campaign.as_path()];
     let (history, results) =
-        check_file_keeping(&dir.join(HISTORY), &options, &coherence_store::NoProgress)?;
-    std::fs::write(dir.join(RESULTS), serde_json::to_vec_pretty(&results)?)?;
+        check_file_keeping(&history_file, &options, &coherence_store::NoProgress)?;
+    write_output(
+        &dir.join(RESULTS),
+        &serde_json::to_vec_pretty(&results)?,
+        &inputs,
+    )?;
     let report_file = dir.join(report::REPORT);
-    let context = report::RunContext::gather(&dir.join(HISTORY))
+    let context = report::RunContext::gather(&history_file)
         .context("cannot read the run directory for the report")?;
-    report::write(&report_file, &history, &results, &context)
-        .with_context(|| format!("cannot write {}", report_file.display()))?;
+    report::write(&report_file, &history, &results, &context, &inputs)?;
     drop(history);
     let junit = coherence_analysis::junit::render(&results);
-    std::fs::write(dir.join("junit.xml"), &junit)?;
+    write_output(&dir.join("junit.xml"), junit.as_bytes(), &inputs)?;
     if let Some(file) = &args.junit {
-        std::fs::write(file, &junit).with_context(|| format!("cannot write {}", file.display()))?;
+        write_output(file, junit.as_bytes(), &inputs)?;
     }
     point_latest(&args.store, &dir).context("cannot point runs/latest at the run")?;
     let index = coherence_analysis::index::write(&args.store)

@@ -579,3 +579,344 @@ fn serve_shows_the_store_and_nothing_else() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Every file under `dir`, with its bytes.
+fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push((path.clone(), std::fs::read(&path).unwrap()));
+        }
+    }
+    out
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+/// A hand-made run directory: the example history and this campaign file.
+fn run_dir_with_campaign(root: &Path, campaign: &str) -> PathBuf {
+    let run = root.join("run");
+    std::fs::create_dir(&run).unwrap();
+    std::fs::copy(example("fill-race.jsonl"), run.join("history.jsonl")).unwrap();
+    std::fs::write(run.join("campaign.toml"), campaign).unwrap();
+    run
+}
+
+/// Issue 10: redaction was line by line, and `check` did not redact at all.
+#[test]
+fn a_secret_in_a_run_directorys_campaign_reaches_no_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "hunter2-Xq9";
+    let campaign = format!(
+        "name = \"leaky\"  # a campaign stored unredacted\n[cluster]\nkind = \"staging\"\n\
+         postgres = {{ writer = \"db:5432\", password = \"{secret}\" }}\n\
+         [[cluster.nodes]]\nname = \"n1\"\nssh = {{ host = \"h\", key = \"~/.ssh/id_ed25519\", api_key = \"{secret}\" }}\n\
+         [workload]\nkeys = 10\n"
+    );
+    let run = run_dir_with_campaign(dir.path(), &campaign);
+    let out = dir.path().join("out");
+    let o = coherence(&[
+        "check",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--junit",
+        out.join("junit.xml").to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let written = files_under(&out);
+    assert_eq!(written.len(), 3, "{written:?}");
+    for (path, bytes) in &written {
+        assert!(
+            !contains(bytes, secret),
+            "the secret is in {}",
+            path.display()
+        );
+    }
+    assert!(!contains(&o.stdout, secret) && !contains(&o.stderr, secret));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    // Redacted in place; the rest, comments and the SSH key's path are as written.
+    assert!(
+        html.contains("password = &quot;&lt;redacted&gt;&quot; }"),
+        "{html}"
+    );
+    assert!(html.contains("# a campaign stored unredacted"));
+    assert!(html.contains("key = &quot;~/.ssh/id_ed25519&quot;"));
+    assert!(html.contains("keys = 10"));
+    assert!(html.contains("held 2 secret value(s), redacted here"));
+    // Nor its hash, which would let anyone test guesses of the secret.
+    assert!(!html.contains("sha256sum history.jsonl campaign.toml"));
+    let sums = Command::new("sha256sum")
+        .arg(run.join("campaign.toml"))
+        .output()
+        .unwrap();
+    let hash = String::from_utf8(sums.stdout).unwrap();
+    let hash = hash.split_whitespace().next().unwrap();
+    assert!(!html.contains(hash), "the stored campaign's hash is shown");
+}
+
+#[test]
+fn a_campaign_that_is_not_toml_is_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = run_dir_with_campaign(
+        dir.path(),
+        "name = \"x\"\npassword = \"unterminated-S3cr3t\n",
+    );
+    let out = dir.path().join("out");
+    let o = coherence(&[
+        "check",
+        run.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    for (path, bytes) in files_under(&out) {
+        assert!(
+            !contains(&bytes, "S3cr3t"),
+            "the secret is in {}",
+            path.display()
+        );
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains(
+            "campaign.toml is in the run directory but not shown: it is not valid TOML (line 2)"
+        ),
+        "{html}"
+    );
+}
+
+/// Issue 10: a campaign.toml linked to /etc/shadow was copied whole into the report.
+#[test]
+fn a_linked_file_in_a_run_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let private = write(dir.path(), "private", "root:$6$S3cr3tHash:19000::::::\n");
+    let run = run_dir_with_campaign(dir.path(), "name = \"x\"\n");
+    for name in ["campaign.toml", "run.json"] {
+        let file = run.join(name);
+        let kept = std::fs::read(&file).ok();
+        std::fs::remove_file(&file).ok();
+        std::os::unix::fs::symlink(&private, &file).unwrap();
+        let out = dir.path().join(format!("out-{name}"));
+        let o = coherence(&[
+            "check",
+            run.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains(&file.display().to_string()) && e.contains("is a symbolic link"),
+            "{e}"
+        );
+        assert!(e.contains("replace the link with a copy"), "{e}");
+        assert!(!e.contains("S3cr3t"), "{e}");
+        assert!(!out.exists(), "outputs were written for {name}");
+        std::fs::remove_file(&file).unwrap();
+        if let Some(bytes) = kept {
+            std::fs::write(&file, bytes).unwrap();
+        }
+    }
+    // The history itself, too.
+    let history = run.join("history.jsonl");
+    let elsewhere = dir.path().join("elsewhere.jsonl");
+    std::fs::rename(&history, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &history).unwrap();
+    let o = coherence(&["check", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("is a symbolic link"), "{}", stderr(&o));
+}
+
+/// Issue 10: `--out` followed a link at results.json and overwrote what it named.
+#[test]
+fn outputs_replace_links_and_leave_their_targets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim = write(dir.path(), "victim", "precious\n");
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    for name in ["results.json", "report.html", "junit.xml"] {
+        std::os::unix::fs::symlink(&victim, out.join(name)).unwrap();
+    }
+    let o = coherence(&[
+        "check",
+        &example("fill-race.jsonl"),
+        "--out",
+        out.to_str().unwrap(),
+        "--junit",
+        out.join("junit.xml").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    for name in ["results.json", "report.html", "junit.xml"] {
+        let meta = std::fs::symlink_metadata(out.join(name)).unwrap();
+        assert!(meta.file_type().is_file(), "{name} is not a regular file");
+    }
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(results["format"], "coherence-results");
+    // No temporary file is left beside them.
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["junit.xml", "report.html", "results.json"]);
+}
+
+/// Issue 10: `check d/results.json --out d` overwrote its own input.
+#[test]
+fn an_output_that_would_overwrite_the_input_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    std::fs::create_dir(&d).unwrap();
+    let history = d.join("history.jsonl");
+    std::fs::copy(example("fill-race.jsonl"), &history).unwrap();
+    let original = std::fs::read(&history).unwrap();
+    let link = d.join("link.jsonl");
+    std::os::unix::fs::symlink(&history, &link).unwrap();
+    for junit in [&history, &link] {
+        let o = coherence(&[
+            "check",
+            history.to_str().unwrap(),
+            "--out",
+            d.to_str().unwrap(),
+            "--junit",
+            junit.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(
+            e.contains(&format!("refusing to write {}", junit.display()))
+                && e.contains(&format!("it is the input {}", history.display())),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&history).unwrap(), original);
+        // Refused before anything was written.
+        assert!(!d.join("results.json").exists() && !d.join("report.html").exists());
+    }
+    // A history named like an output, checked into its own directory.
+    let named = d.join("results.json");
+    std::fs::copy(example("fill-race.jsonl"), &named).unwrap();
+    let o = coherence(&[
+        "check",
+        named.to_str().unwrap(),
+        "--out",
+        d.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("refusing to write"), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&named).unwrap(), original);
+    // The run directory's own outputs beside the history are fine.
+    let o = coherence(&["check", d.to_str().unwrap(), "--out", d.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(std::fs::read(&history).unwrap(), original);
+}
+
+fn staging_campaign(postgres_extra: &str) -> String {
+    format!(
+        r#"name = "secrets"
+[cluster]
+kind = "staging"
+[cluster.postgres]
+writer = "127.0.0.1:1"
+{postgres_extra}
+[[cluster.regions]]
+name = "eu"
+primary = "127.0.0.1:2"
+[workload]
+invalidation = "writer"
+fill = "plain"
+keys = 10
+concurrency = 1
+time_limit = "1s"
+"#
+    )
+}
+
+/// The database password comes from the environment; one written in the file works
+/// but is warned about.
+#[test]
+fn run_takes_the_password_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("runs");
+    let campaign = write(
+        dir.path(),
+        "env.toml",
+        &staging_campaign("password_env = \"COHERENCE_TEST_UNSET_PW\""),
+    );
+    let o = Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args([
+            "run",
+            campaign.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ])
+        .env_remove("COHERENCE_TEST_UNSET_PW")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("environment variable COHERENCE_TEST_UNSET_PW is not set")
+            && e.contains(&campaign.display().to_string()),
+        "{e}"
+    );
+    assert!(!store.exists(), "a run directory was made");
+    // Set, it is used: the run gets as far as the (unreachable) database.
+    let o = Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args([
+            "run",
+            campaign.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ])
+        .env("COHERENCE_TEST_UNSET_PW", "pw")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("cannot reach the database writer"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("warning"), "{}", stderr(&o));
+
+    let inline = write(
+        dir.path(),
+        "inline.toml",
+        &staging_campaign("password = \"hunter2\""),
+    );
+    let o = coherence(&[
+        "run",
+        inline.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("warning: ") && e.contains("password_env"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
+
+    // --junit may not be the campaign itself.
+    let o = coherence(&[
+        "run",
+        inline.to_str().unwrap(),
+        "--junit",
+        inline.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("refusing to write"), "{}", stderr(&o));
+    assert!(std::fs::read_to_string(&inline)
+        .unwrap()
+        .contains("hunter2"));
+}

@@ -2,6 +2,7 @@
 //! verdict and anomaly counts, linking to its report. One self-contained page, refreshed
 //! after each run; it escapes everything it shows.
 
+use coherence_store::files::write_output;
 use coherence_store::run::{list_runs, RunEntry, INDEX, RESULTS};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use std::path::{Path, PathBuf};
@@ -89,12 +90,11 @@ pub fn render(runs: &[RunEntry]) -> String {
     .into_string()
 }
 
-/// Writes `STORE/index.html` from the runs in the store; returns its path.
+/// Writes `STORE/index.html` from the runs in the store ([`write_output`]: a temporary
+/// file renamed into place, never written through a link); returns its path.
 pub fn write(store: &Path) -> std::io::Result<PathBuf> {
     let runs = list_runs(store)?;
     let path = store.join(INDEX);
-    let tmp = store.join(format!(".{INDEX}.{}", std::process::id()));
-    std::fs::write(&tmp, render(&runs))?;
-    std::fs::rename(&tmp, &path)?;
+    write_output(&path, render(&runs).as_bytes(), &[]).map_err(std::io::Error::other)?;
     Ok(path)
 }

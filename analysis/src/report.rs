@@ -12,7 +12,9 @@ use crate::explain::{at, duration, Anomaly};
 use crate::model::{History, Outcome};
 use crate::results::{NodeCounts, Results, Status, Verdict};
 use crate::AnomalyKind;
-use coherence_store::run::{CAMPAIGN, HISTORY, HISTORY_GZ, RUN_JSON};
+use coherence_store::files::{read_regular, write_output, OutputError};
+use coherence_store::redact::redact_toml;
+use coherence_store::run::{run_dir_of, CAMPAIGN, RUN_JSON};
 use coherence_store::OpKind;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use plotters::coord::Shift;
@@ -38,17 +40,27 @@ pub struct RunContext {
     pub history_name: String,
     /// The sha256 of the history file, hex.
     pub history_sha256: Option<String>,
-    /// The campaign file as stored in the run directory (secrets already redacted).
+    /// The campaign file of the run directory, redacted ([`coherence_store::redact`])
+    /// whatever the file held.
     pub campaign: Option<String>,
-    /// The sha256 of the stored campaign file, hex.
+    /// How many secret values this report redacted from the stored campaign file (0 when
+    /// it was stored redacted, as `coherence run` stores it).
+    pub campaign_redacted: usize,
+    /// The sha256 of the stored campaign file, hex; only when the file held no secret
+    /// (the hash of a file with a secret in it would let anyone test guesses of it).
     pub campaign_sha256: Option<String>,
+    /// Why the run directory's campaign file is not shown although it is there (it is
+    /// not valid TOML, so its secrets could not be found).
+    pub campaign_withheld: Option<String>,
     /// The run directory's `run.json`.
     pub run: Option<serde_json::Value>,
 }
 
 impl RunContext {
     /// Hashes the history at `history` and, when it is a run directory's history, reads
-    /// the run's `campaign.toml` and `run.json` beside it.
+    /// the run's `campaign.toml` (redacted) and `run.json` beside it. Both must be
+    /// regular files, not links ([`coherence_store::files::open_regular`]); a file that
+    /// is not is an error naming it.
     pub fn gather(history: &Path) -> std::io::Result<RunContext> {
         let name = history.file_name().map_or_else(
             || history.display().to_string(),
@@ -59,22 +71,37 @@ impl RunContext {
             history_name: name.clone(),
             ..RunContext::default()
         };
-        let dir = history
-            .parent()
-            .filter(|_| name == HISTORY || name == HISTORY_GZ);
-        if let Some(dir) = dir {
-            let campaign = dir.join(CAMPAIGN);
-            if campaign.is_file() {
-                let bytes = std::fs::read(&campaign)?;
-                ctx.campaign_sha256 = Some(hex(&Sha256::digest(&bytes)));
-                ctx.campaign = Some(String::from_utf8_lossy(&bytes).into_owned());
+        if let Some(dir) = run_dir_of(history) {
+            if let Some(bytes) = read_regular(&dir.join(CAMPAIGN))? {
+                ctx.set_campaign(&bytes);
             }
-            let run = dir.join(RUN_JSON);
-            if run.is_file() {
-                ctx.run = serde_json::from_slice(&std::fs::read(&run)?).ok();
+            if let Some(bytes) = read_regular(&dir.join(RUN_JSON))? {
+                ctx.run = serde_json::from_slice(&bytes).ok();
             }
         }
         Ok(ctx)
+    }
+
+    /// Takes the stored campaign file's bytes: shown redacted, or withheld with the
+    /// reason when they cannot be redacted.
+    pub fn set_campaign(&mut self, bytes: &[u8]) {
+        let redacted = std::str::from_utf8(bytes)
+            .map_err(|_| "it is not UTF-8 text".to_string())
+            .and_then(|text| redact_toml(text).map_err(|e| e.to_string()));
+        match redacted {
+            Ok(r) => {
+                self.campaign_sha256 = (r.replaced == 0).then(|| hex(&Sha256::digest(bytes)));
+                self.campaign_redacted = r.replaced;
+                self.campaign = Some(r.text);
+                self.campaign_withheld = None;
+            }
+            Err(why) => {
+                self.campaign = None;
+                self.campaign_redacted = 0;
+                self.campaign_sha256 = None;
+                self.campaign_withheld = Some(why);
+            }
+        }
     }
 }
 
@@ -97,14 +124,16 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Renders and writes the report to `path`.
+/// Renders and writes the report to `path` ([`write_output`]: never through a link,
+/// and refused when `path` is one of `inputs`).
 pub fn write(
     path: &Path,
     history: &History,
     results: &Results,
     ctx: &RunContext,
-) -> std::io::Result<()> {
-    std::fs::write(path, render(history, results, ctx))
+    inputs: &[&Path],
+) -> Result<(), OutputError> {
+    write_output(path, render(history, results, ctx).as_bytes(), inputs)
 }
 
 const CSS: &str = r#"
@@ -291,7 +320,19 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
             }
             @if let Some(campaign) = &ctx.campaign {
                 h3 { "Campaign file (as stored in the run directory, secrets redacted)" }
+                @if ctx.campaign_redacted > 0 {
+                    p.note {
+                        (CAMPAIGN) " in the run directory held " (ctx.campaign_redacted)
+                        " secret value(s), redacted here. Its sha256 is not shown: it would let anyone test guesses of them."
+                    }
+                }
                 pre id="campaign" { (campaign) }
+            } @else if let Some(why) = &ctx.campaign_withheld {
+                h3 { "Campaign file" }
+                p.note {
+                    (CAMPAIGN) " is in the run directory but not shown: " (why)
+                    ", so secrets in it could not be found and redacted."
+                }
             } @else {
                 p.note { "No campaign: the history was checked on its own, outside a run directory." }
             }

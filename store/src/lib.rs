@@ -3,15 +3,19 @@
 //! This crate knows the history format of `shared/spec/history.md` and nothing about
 //! checking it: the event types ([`event`]), a streaming reader that validates every
 //! line and hands each event to a [`reader::Visitor`] ([`reader`]), a buffered,
-//! append-only writer for recorders ([`writer`]), and the layout of run directories
-//! ([`run`]). It assumes nothing about where a history came from: our own workloads
-//! and a user's client in another language write the same format.
+//! append-only writer for recorders ([`writer`]), the layout of run directories
+//! ([`run`]), how a run directory's files are read and outputs written without following
+//! links ([`files`]), and the redaction of secrets in campaign files ([`redact`]). It assumes
+//! nothing about where a history came from: our own workloads and a user's client in
+//! another language write the same format.
 
 #![deny(missing_docs)]
 
 pub mod event;
+pub mod files;
 pub mod progress;
 pub mod reader;
+pub mod redact;
 pub mod run;
 pub mod writer;
 

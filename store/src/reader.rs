@@ -18,7 +18,6 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
-use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -220,7 +219,8 @@ impl ReadError {
 }
 
 /// Reads the history at `path` (plain or gzip, told by its first bytes), handing every
-/// event to `visitor` in order.
+/// event to `visitor` in order. A run directory's history must be a regular file and is
+/// not read through a link ([`crate::run::open_history`]).
 pub fn read_history(
     path: &Path,
     visitor: &mut dyn Visitor,
@@ -230,7 +230,7 @@ pub fn read_history(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(io_err)?;
+    let mut file = crate::run::open_history(path).map_err(io_err)?;
     let total = file.metadata().map_err(io_err)?.len();
     let mut magic = [0u8; 2];
     let n = read_full(&mut file, &mut magic).map_err(io_err)?;

@@ -15,12 +15,23 @@ pub const RESULTS: &str = "results.json";
 
 /// Finds the history a user pointed at: a file as it is, or the history inside a run
 /// directory. The error says what was looked for.
+///
+/// A history found in a directory must be a regular file in it: a symbolic link (or a
+/// FIFO, a device) named `history.jsonl` is refused rather than followed, as every file
+/// of a run directory is ([`crate::files::open_regular`]). A directory by that name is
+/// not a history and is passed over.
 pub fn resolve_history(path: &Path) -> Result<PathBuf, String> {
     if path.is_dir() {
         for name in [HISTORY, HISTORY_GZ] {
             let candidate = path.join(name);
-            if candidate.is_file() {
-                return Ok(candidate);
+            match std::fs::symlink_metadata(&candidate) {
+                Err(_) => continue,
+                Ok(m) if m.is_dir() => continue,
+                Ok(_) => {
+                    // The reader opens it the same way; this only refuses it early.
+                    crate::files::open_regular(&candidate).map_err(|e| e.to_string())?;
+                    return Ok(candidate);
+                }
             }
         }
         return Err(format!(
@@ -36,6 +47,43 @@ pub fn resolve_history(path: &Path) -> Result<PathBuf, String> {
             path.display()
         ))
     }
+}
+
+/// The run directory a history belongs to: its directory when the file is named
+/// [`HISTORY`] or [`HISTORY_GZ`], as in a run directory; `None` for a history elsewhere.
+/// The report reads the run's other files from it, and its files are regular files
+/// opened without following links.
+pub fn run_dir_of(history: &Path) -> Option<&Path> {
+    let name = history.file_name()?;
+    if name != HISTORY && name != HISTORY_GZ {
+        return None;
+    }
+    Some(match history.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    })
+}
+
+/// Opens a history for reading: a run directory's history ([`run_dir_of`]) as a regular
+/// file, never through a link ([`crate::files::open_regular`]); any other file as it is,
+/// links followed (the user named it).
+pub fn open_history(path: &Path) -> std::io::Result<std::fs::File> {
+    if run_dir_of(path).is_some() {
+        crate::files::open_regular(path)
+    } else {
+        std::fs::File::open(path)
+    }
+}
+
+/// The files a check of `history` reads, which its outputs must not overwrite: the
+/// history and, in a run directory, the run's [`CAMPAIGN`] and [`RUN_JSON`].
+pub fn inputs_of(history: &Path) -> Vec<PathBuf> {
+    let mut inputs = vec![history.to_path_buf()];
+    if let Some(dir) = run_dir_of(history) {
+        inputs.push(dir.join(CAMPAIGN));
+        inputs.push(dir.join(RUN_JSON));
+    }
+    inputs
 }
 
 /// The campaign as run (secrets redacted), in a run directory.

@@ -1893,3 +1893,31 @@ fn resolve_history_on_a_file_is_that_file() {
     fs::write(&file, HEAD).unwrap();
     assert_eq!(resolve_history(&file).unwrap(), file);
 }
+
+#[test]
+fn a_run_directory_history_that_is_a_link_is_refused_not_followed() {
+    let dir = tmp();
+    let elsewhere = dir.path().join("elsewhere.jsonl");
+    fs::write(&elsewhere, HEAD).unwrap();
+    let run = dir.path().join("run");
+    fs::create_dir(&run).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, run.join(HISTORY)).unwrap();
+    let err = resolve_history(&run).unwrap_err();
+    assert!(
+        err.contains(&run.join(HISTORY).display().to_string()) && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert!(err.contains("replace the link with a copy"), "{err}");
+    // A regular .gz beside it does not make the link acceptable.
+    fs::write(run.join(HISTORY_GZ), b"").unwrap();
+    assert!(resolve_history(&run).is_err());
+    // The reader refuses it too, whoever hands it the path.
+    let e = read_file(&run.join(HISTORY)).unwrap_err();
+    assert!(matches!(e, ReadError::Io { .. }), "{e}");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    // A history outside a run directory is the user's choice: a link to it is read.
+    let link = dir.path().join("link.jsonl");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    assert_eq!(resolve_history(&link).unwrap(), link);
+    assert!(!read_file(&link).unwrap().0.is_empty());
+}

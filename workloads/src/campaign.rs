@@ -66,9 +66,14 @@ pub struct Postgres {
     /// The user.
     #[serde(default = "default_user")]
     pub user: String,
-    /// The password (never written to a run directory).
+    /// The password written in the campaign (a secret in a file: it is redacted from
+    /// the run directory and the report, and warned about; prefer `password_env`).
     #[serde(default)]
     pub password: Option<String>,
+    /// The name of the environment variable that holds the password. Without it and
+    /// without `password`, libpq's password file is read ([`crate::pgpass`]).
+    #[serde(default, deserialize_with = "env_name")]
+    pub password_env: Option<String>,
     /// The database.
     #[serde(default = "default_user")]
     pub dbname: String,
@@ -76,6 +81,171 @@ pub struct Postgres {
 
 fn default_user() -> String {
     "postgres".into()
+}
+
+fn env_name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let mut chars = s.chars();
+    let valid = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        // The value is not quoted: it may be the password, put there by mistake.
+        return Err(serde::de::Error::custom(
+            "field `password_env` must name an environment variable (letters, digits and '_', \
+             such as \"COHERENCE_PG_PASSWORD\"), not hold the password",
+        ));
+    }
+    Ok(Some(s))
+}
+
+/// Where the database password came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PasswordSource {
+    /// `password` in the campaign file.
+    Inline,
+    /// The environment variable `password_env` names.
+    Env(String),
+    /// libpq's password file.
+    Passfile(std::path::PathBuf),
+    /// Nowhere: no password is sent (the server may not ask for one).
+    None,
+}
+
+/// The database password and where it came from. (No `Debug`: it holds the secret.)
+pub struct DbPassword {
+    /// The password, if any.
+    pub password: Option<String>,
+    /// Where it came from.
+    pub source: PasswordSource,
+    /// What the user should hear about it (an inline password, an unusable password
+    /// file).
+    pub warnings: Vec<String>,
+}
+
+/// A `host:port` split as the clients connect to it (port 5432 when absent).
+fn host_port(addr: &str) -> (&str, &str) {
+    addr.rsplit_once(':').unwrap_or((addr, "5432"))
+}
+
+/// A value in a libpq connection string, quoted: `'…'` with `\` and `'` escaped.
+fn conninfo_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('\'');
+    for c in value.chars() {
+        if c == '\\' || c == '\'' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('\'');
+    out
+}
+
+impl Postgres {
+    /// Finds the password: `password` (with a warning that it is a secret in a file),
+    /// else the environment variable `password_env` names (an error naming it when it is
+    /// not set), else the first line of libpq's password file (`PGPASSFILE`, else
+    /// `~/.pgpass`) that matches the writer (and the reader, which must then agree),
+    /// else none. `env` reads the environment.
+    pub fn resolve_password(
+        &self,
+        env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<DbPassword, String> {
+        if let Some(password) = &self.password {
+            return Ok(DbPassword {
+                password: Some(password.clone()),
+                source: PasswordSource::Inline,
+                warnings: vec![
+                    "[cluster.postgres] password is a secret written in the campaign file \
+                     (it is kept out of the run directory and the report, but the file holds it): \
+                     set password_env = \"NAME\" and export NAME with the password instead, \
+                     or put it in ~/.pgpass"
+                        .to_string(),
+                ],
+            });
+        }
+        if let Some(name) = &self.password_env {
+            let value = env(name).ok_or_else(|| {
+                format!(
+                    "[cluster.postgres] password_env: the environment variable {name} is not set: \
+                     export {name} with the database password before the run"
+                )
+            })?;
+            let value = value.into_string().map_err(|_| {
+                format!("[cluster.postgres] password_env: the environment variable {name} is not valid UTF-8")
+            })?;
+            if value.is_empty() {
+                return Err(format!(
+                    "[cluster.postgres] password_env: the environment variable {name} is empty: \
+                     export {name} with the database password"
+                ));
+            }
+            return Ok(DbPassword {
+                password: Some(value),
+                source: PasswordSource::Env(name.clone()),
+                warnings: Vec::new(),
+            });
+        }
+        let none = |warnings| DbPassword {
+            password: None,
+            source: PasswordSource::None,
+            warnings,
+        };
+        let Some(file) = crate::pgpass::location(env) else {
+            return Ok(none(Vec::new()));
+        };
+        let found = crate::pgpass::read(&file);
+        let warnings: Vec<String> = found.warning.into_iter().collect();
+        let Some(text) = found.text else {
+            return Ok(none(warnings));
+        };
+        let mut endpoints = vec![self.writer.as_str()];
+        endpoints.extend(self.reader.as_deref().filter(|r| *r != self.writer));
+        let mut passwords = endpoints.iter().filter_map(|addr| {
+            let (host, port) = host_port(addr);
+            let target = crate::pgpass::Target {
+                host,
+                port,
+                dbname: &self.dbname,
+                user: &self.user,
+            };
+            crate::pgpass::lookup(&text, target)
+        });
+        let Some(password) = passwords.next() else {
+            return Ok(none(warnings));
+        };
+        if passwords.any(|other| other != password) {
+            return Err(format!(
+                "{}: the writer {} and the reader {} have different passwords there; \
+                 coherence uses one password for both: give them one, or set password_env",
+                file.display(),
+                self.writer,
+                self.reader.as_deref().unwrap_or_default()
+            ));
+        }
+        Ok(DbPassword {
+            password: Some(password),
+            source: PasswordSource::Passfile(file),
+            warnings,
+        })
+    }
+
+    /// The libpq connection parameters other than host and port (`user`, `dbname`,
+    /// `password`), every value quoted.
+    pub fn conninfo(&self, password: Option<&str>) -> String {
+        let mut params = format!(
+            "user={} dbname={}",
+            conninfo_value(&self.user),
+            conninfo_value(&self.dbname)
+        );
+        if let Some(p) = password {
+            params.push_str(" password=");
+            params.push_str(&conninfo_value(p));
+        }
+        params
+    }
 }
 
 /// One cache region.
@@ -335,6 +505,15 @@ impl Campaign {
                 );
             }
         }
+        if let Cluster::Staging { postgres, .. } = &campaign.cluster {
+            if postgres.password.is_some() && postgres.password_env.is_some() {
+                return Err(format!(
+                    "{}field `cluster.postgres.password_env`: give either password or password_env, not both \
+                     (password_env is better: the password stays out of the file)",
+                    line_of(text, "password_env").map(|l| format!("line {l}: ")).unwrap_or_default()
+                ));
+            }
+        }
         if let Cluster::Lab { invalidator } = &campaign.cluster {
             if !["notify", "outbox", "none"].contains(&invalidator.as_str()) {
                 return Err(format!(
@@ -344,34 +523,6 @@ impl Campaign {
             }
         }
         Ok(campaign)
-    }
-
-    /// The campaign as TOML with secrets (passwords) replaced, for the run directory.
-    pub fn redacted(text: &str) -> String {
-        text.lines()
-            .map(|line| {
-                let key = line
-                    .split('=')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase();
-                if line.contains('=')
-                    && ["password", "secret", "token"]
-                        .iter()
-                        .any(|s| key.contains(s))
-                {
-                    format!(
-                        "{} = \"<redacted>\"",
-                        line.split('=').next().unwrap_or("").trim_end()
-                    )
-                } else {
-                    line.to_string()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
     }
 }
 
@@ -461,12 +612,169 @@ time_limit = "5s"
         assert!(e.starts_with("line 6: field `cluster.invalidator`"), "{e}");
     }
 
+    const STAGING: &str = r#"
+name = "staging"
+
+[cluster]
+kind = "staging"
+
+[cluster.postgres]
+writer = "db1.staging:5432"
+user = "tester"
+dbname = "coherence"
+
+[[cluster.regions]]
+name = "eu"
+primary = "redis-eu:6379"
+
+[workload]
+invalidation = "writer"
+fill = "plain"
+keys = 10
+concurrency = 8
+time_limit = "5s"
+"#;
+
+    fn postgres(extra: &str) -> Postgres {
+        let text = STAGING.replace(
+            "dbname = \"coherence\"\n",
+            &format!("dbname = \"coherence\"\n{extra}"),
+        );
+        match Campaign::parse(&text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .cluster
+        {
+            Cluster::Staging { postgres, .. } => postgres,
+            Cluster::Lab { .. } => unreachable!(),
+        }
+    }
+
+    fn env_of(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.into())
+    }
+
     #[test]
-    fn secrets_are_redacted() {
-        let text = "[cluster.postgres]\nwriter = \"db:5432\"\npassword = \"hunter2\"\n";
-        let r = Campaign::redacted(text);
-        assert!(!r.contains("hunter2"), "{r}");
-        assert!(r.contains("password = \"<redacted>\""), "{r}");
-        assert!(r.contains("writer = \"db:5432\""));
+    fn the_password_from_the_environment() {
+        let pg = postgres("password_env = \"COHERENCE_TEST_PW\"\n");
+        let found = pg
+            .resolve_password(&env_of(&[("COHERENCE_TEST_PW", "s3cret")]))
+            .unwrap();
+        assert_eq!(found.password.as_deref(), Some("s3cret"));
+        assert_eq!(
+            found.source,
+            PasswordSource::Env("COHERENCE_TEST_PW".into())
+        );
+        assert!(found.warnings.is_empty());
+        // A variable that is not set is an error naming it; so is an empty one.
+        let e = pg.resolve_password(&env_of(&[])).err().unwrap();
+        assert!(
+            e.contains("COHERENCE_TEST_PW is not set") && e.contains("export COHERENCE_TEST_PW"),
+            "{e}"
+        );
+        let e = pg
+            .resolve_password(&env_of(&[("COHERENCE_TEST_PW", "")]))
+            .err()
+            .unwrap();
+        assert!(e.contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn password_env_must_be_a_name_and_not_beside_a_password() {
+        let text = STAGING.replace(
+            "user = \"tester\"",
+            "user = \"tester\"\npassword_env = \"hunter 2\"",
+        );
+        let e = Campaign::parse(&text).unwrap_err();
+        assert!(
+            e.contains("field `password_env` must name an environment variable"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter"), "the value is not quoted: {e}");
+        let text = STAGING.replace(
+            "user = \"tester\"",
+            "user = \"tester\"\npassword = \"x\"\npassword_env = \"PW\"",
+        );
+        let e = Campaign::parse(&text).unwrap_err();
+        assert!(
+            e.starts_with("line 11: ") && e.contains("either password or password_env"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_inline_password_works_with_a_warning() {
+        let pg = postgres("password = \"hunter2\"\n");
+        let found = pg.resolve_password(&env_of(&[])).unwrap();
+        assert_eq!(found.password.as_deref(), Some("hunter2"));
+        assert_eq!(found.source, PasswordSource::Inline);
+        assert_eq!(found.warnings.len(), 1);
+        assert!(
+            found.warnings[0].contains("password_env"),
+            "{}",
+            found.warnings[0]
+        );
+    }
+
+    #[test]
+    fn the_password_from_the_passfile() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pgpass");
+        std::fs::write(
+            &file,
+            "other:5432:*:*:no\ndb1.staging:5432:coherence:tester:from-file\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let pg = postgres("");
+        let env = env_of(&[("PGPASSFILE", file.to_str().unwrap())]);
+        let found = pg.resolve_password(&env).unwrap();
+        assert_eq!(found.password.as_deref(), Some("from-file"));
+        assert_eq!(found.source, PasswordSource::Passfile(file.clone()));
+        // ~/.pgpass when PGPASSFILE is not set; no file, no password.
+        let found = pg
+            .resolve_password(&env_of(&[("HOME", dir.path().to_str().unwrap())]))
+            .unwrap();
+        assert_eq!((found.password, found.source), (None, PasswordSource::None));
+        // A reader with another password in the file is refused.
+        std::fs::write(
+            &file,
+            "db1.staging:5432:coherence:tester:one\ndb2.staging:5432:coherence:tester:two\n",
+        )
+        .unwrap();
+        let pg = postgres("reader = \"db2.staging:5432\"\n");
+        let e = pg.resolve_password(&env).err().unwrap();
+        assert!(e.contains("different passwords"), "{e}");
+        // A file others may read is not used, with a warning.
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o640))
+            .unwrap();
+        let found = pg.resolve_password(&env).unwrap();
+        assert!(found.password.is_none());
+        assert!(
+            found.warnings[0].contains("group or world access"),
+            "{:?}",
+            found.warnings
+        );
+    }
+
+    #[test]
+    fn connection_parameters_are_quoted() {
+        let pg = postgres("");
+        let params = pg.conninfo(Some("it's a \\ pass word"));
+        assert_eq!(
+            params,
+            r"user='tester' dbname='coherence' password='it\'s a \\ pass word'"
+        );
+        let config: tokio_postgres::Config = format!("host=db port=5432 {params}").parse().unwrap();
+        assert_eq!(
+            config.get_password(),
+            Some("it's a \\ pass word".as_bytes())
+        );
+        assert_eq!(config.get_user(), Some("tester"));
+        assert_eq!(pg.conninfo(None), "user='tester' dbname='coherence'");
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod cache_aside;
 pub mod campaign;
+pub mod pgpass;
 pub mod recorder;
 pub mod sim;
 
