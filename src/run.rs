@@ -317,6 +317,16 @@ pub fn run(args: RunArgs) -> Result<u8> {
     )?;
     let writer = HistoryWriter::create(&dir.join(HISTORY))?;
     let rec = Arc::new(Recorder::new(writer));
+    // Who replicates whom, for the checker's causes (failovers change it later).
+    rec.log(
+        Event::new(
+            0,
+            Process::Actor("control".into()),
+            EventType::Info,
+            "topology",
+        )
+        .value(topology(&endpoints)),
+    );
     eprintln!("run directory: {}", dir.display());
 
     // Faults: a thread of their own, journaled in the run directory, healed on every
@@ -527,6 +537,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
             }
         }
     }
+    // The last holder of the recorder besides us.
+    drop(nemesis_after);
     let rec = Arc::into_inner(rec).expect("every task has ended");
     let events = rec.finish().context("cannot finish the history")?;
     result?;
@@ -579,6 +591,33 @@ fn joined(t: std::thread::JoinHandle<()>, after: &Arc<dyn Fn(Option<String>) + S
             .unwrap_or_else(|| "a panic without a message".into())
     });
     after(panicked);
+}
+
+/// The topology the run starts with: each region's cache primary and the replica that
+/// follows it, the database primary and its standby (`docs/history.md`, `topology`).
+fn topology(ends: &Endpoints) -> serde_json::Value {
+    let mut caches = Vec::new();
+    for r in &ends.regions {
+        caches.push(json!({"node": r.primary.name, "region": r.name}));
+        if let Some(rep) = &r.replica {
+            caches.push(json!({"node": rep.name, "region": r.name, "replica_of": r.primary.name}));
+        }
+    }
+    let primary = &ends.db_writers[0];
+    let mut databases = vec![json!({"node": primary.name})];
+    for n in ends.db_writers.iter().chain(&ends.db_readers) {
+        if n.name == primary.name || databases.iter().any(|d| d["node"] == n.name.as_str()) {
+            continue;
+        }
+        // The same server under another name (a reader endpoint that is the writer) is
+        // no standby.
+        databases.push(if n.addr == primary.addr {
+            json!({"node": n.name})
+        } else {
+            json!({"node": n.name, "standby_of": primary.name})
+        });
+    }
+    json!({"caches": caches, "databases": databases})
 }
 
 /// The version of every server, as each reports it.

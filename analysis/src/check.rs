@@ -5,67 +5,16 @@
 //! Every definition here follows `shared/spec/history.md` word for word; the property
 //! test in `tests/` holds this code against a brute-force reading of the same text.
 
+use crate::causes::{cache_cause, db_cause, Fills, Newer};
+pub use crate::causes::{Cause, CauseKind};
 use crate::faults::{FaultRecord, NemesisLog};
-use crate::model::{History, Op, Outcome, Val, INIT, NONE};
+use crate::model::{History, Outcome, Val, INIT, NONE};
+use crate::topology::Topology;
 use coherence_store::OpKind;
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
 use std::cell::OnceCell;
-
-/// Fills of one key by (node, value installed), for finding the one behind a stale read.
-#[derive(Default)]
-struct Fills {
-    /// Completed fills (ok), in invoke order.
-    done: FxHashMap<(u32, Val), Vec<u32>>,
-    /// Fills with an unknown outcome: they may land at any time after their invoke.
-    unknown: FxHashMap<(u32, Val), Vec<u32>>,
-    /// The longest a completed fill took, which bounds how far back one can hide.
-    longest: u64,
-}
-
-impl Fills {
-    fn new(h: &History, ops: &[u32]) -> Fills {
-        let mut fills = Fills::default();
-        for &id in ops {
-            let op = &h.ops[id as usize];
-            let (OpKind::Fill, Some(v)) = (op.kind, op.value) else {
-                continue;
-            };
-            match op.outcome {
-                Outcome::Ok => {
-                    fills.done.entry((op.node, v)).or_default().push(id);
-                    fills.longest = fills.longest.max(op.complete_time - op.invoke_time);
-                }
-                Outcome::Info => fills.unknown.entry((op.node, v)).or_default().push(id),
-                Outcome::Fail => {}
-            }
-        }
-        fills
-    }
-
-    /// The latest fill of `val` on `node` that began by `by` and landed (or may have
-    /// landed) after `after`.
-    fn landed(&self, h: &History, node: u32, val: Val, by: u64, after: u64) -> Option<u32> {
-        let began =
-            |list: &Vec<u32>| list.partition_point(|&id| h.ops[id as usize].invoke_time <= by);
-        let done = self.done.get(&(node, val)).and_then(|list| {
-            list[..began(list)]
-                .iter()
-                .rev()
-                .take_while(|&&id| {
-                    h.ops[id as usize].invoke_time.saturating_add(self.longest) > after
-                })
-                .find(|&&id| h.ops[id as usize].complete_time > after)
-                .copied()
-        });
-        let unknown = self
-            .unknown
-            .get(&(node, val))
-            .and_then(|list| list[..began(list)].last().copied());
-        done.max(unknown)
-    }
-}
 
 /// The anomalies of the spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -129,47 +78,6 @@ impl std::str::FromStr for AnomalyKind {
     }
 }
 
-/// The likely cause of a stale read or a non-converged entry, as the history shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CauseKind {
-    /// A fill of the old version completed after the newer write was acknowledged.
-    FillRace,
-    /// The read was served by a replica.
-    ReplicaRead,
-    /// The node had been promoted by a failover.
-    FailoverPromoted,
-    /// The node was invalidated, but only after the read.
-    LateInvalidation,
-    /// No invalidation of the node followed the newer write.
-    LostInvalidation,
-    /// A database read served by another database node than the one that took the write.
-    DatabaseReplicaLag,
-    /// The cache holds a version the database no longer has.
-    DatabaseLostWrite,
-    /// A nemesis fault was active, and nothing more specific shows.
-    FaultActive,
-    /// The node was invalidated after the write and no fill of the old value shows.
-    Unexplained,
-}
-
-impl CauseKind {
-    /// The name used in results.
-    pub fn name(self) -> &'static str {
-        match self {
-            CauseKind::FillRace => "fill-race",
-            CauseKind::ReplicaRead => "replica-read",
-            CauseKind::FailoverPromoted => "failover-promoted",
-            CauseKind::LateInvalidation => "late-invalidation",
-            CauseKind::LostInvalidation => "lost-invalidation",
-            CauseKind::DatabaseReplicaLag => "database-replica-lag",
-            CauseKind::DatabaseLostWrite => "database-lost-write",
-            CauseKind::FaultActive => "fault-active",
-            CauseKind::Unexplained => "unexplained",
-        }
-    }
-}
-
 /// Why a read is a phantom.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PhantomWhy {
@@ -179,17 +87,6 @@ pub enum PhantomWhy {
     FailedWrite,
     /// The write was acknowledged with another version.
     WrongVersion,
-}
-
-/// A cause with the events that show it.
-#[derive(Debug, Clone, Copy)]
-pub struct Cause {
-    /// What it was.
-    pub kind: CauseKind,
-    /// The op that shows it (a fill), or [`NONE`].
-    pub op: u32,
-    /// An event index that shows it (an invalidation, a failover, a fault), or `u64::MAX`.
-    pub event: u64,
 }
 
 /// One anomaly, compactly: what the detectors found before it is explained.
@@ -260,6 +157,11 @@ pub struct Context<'h> {
     pub promotions: Vec<Promotion>,
     /// What the nemesis did.
     pub nemesis: NemesisLog,
+    /// Who replicates whom, over time.
+    pub topology: Topology,
+    /// True when the history records any invalidation (ok or not): without any, a
+    /// missing invalidation proves nothing.
+    pub records_invalidations: bool,
 }
 
 impl<'h> Context<'h> {
@@ -285,11 +187,16 @@ impl<'h> Context<'h> {
                 node: history.nodes.get(promoted).unwrap_or(NONE),
             });
         }
+        let topology = Topology::read(history, &nemesis);
+        let records_invalidations = history.invalidations.iter().any(|i| !i.is_empty())
+            || history.ops.iter().any(|o| o.kind == OpKind::Invalidate);
         Context {
             history,
             bound,
             promotions,
             nemesis,
+            topology,
+            records_invalidations,
         }
     }
 
@@ -417,6 +324,44 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         let pos = acked.partition_point(|a| a.0 <= v);
         suffix[pos]
     };
+    // The database's final state says which acknowledged writes it lost.
+    let final_value = h.finals[key as usize].as_ref();
+    let held: Option<FxHashSet<Val>> = final_value
+        .and_then(|f| f.log.as_ref())
+        .map(|l| l.iter().copied().collect());
+    let is_lost = |version: i64, op: u32| -> bool {
+        let Some(fin) = final_value else { return false };
+        match &held {
+            Some(held) => {
+                !held.contains(&h.ops[op as usize].value.expect("acked writes have values"))
+            }
+            None => version > fin.value.version,
+        }
+    };
+    // kept[i]: as suffix, over the writes the database did not lose.
+    let mut kept: Vec<(u64, u32)> = vec![(u64::MAX, NONE); acked.len() + 1];
+    for i in (0..acked.len()).rev() {
+        kept[i] = if is_lost(acked[i].0, acked[i].2) {
+            kept[i + 1]
+        } else {
+            kept[i + 1].min((acked[i].1, acked[i].2))
+        };
+    }
+    // What the causes need to know of the writes newer than `v`, for a read that began
+    // at `by` (u64::MAX: any time).
+    let newer_of = |v: i64, by: u64| -> Newer<'_> {
+        let pos = acked.partition_point(|a| a.0 <= v);
+        let (t, op) = kept[pos];
+        Newer {
+            kept: if t != u64::MAX && (by == u64::MAX || t.saturating_add(ctx.bound) < by) {
+                op
+            } else {
+                NONE
+            },
+            first: suffix[pos].1,
+            ops,
+        }
+    };
 
     // Versions tied to write ids, for forks: (version) -> [(write id, write op, read op)].
     let mut ties: FxHashMap<i64, Vec<(u32, u32, u32)>> = FxHashMap::default();
@@ -441,7 +386,6 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
     // Fills of the key, indexed when a cause is first needed.
     let fills: OnceCell<Fills> = OnceCell::new();
     let fills = || fills.get_or_init(|| Fills::new(h, ops));
-    let final_value = h.finals[key as usize].as_ref();
     let final_phase_index = ctx.history.final_phase.map(|f| f.0);
     let mut sessions: FxHashMap<u32, Session> = FxHashMap::default();
     let info_tie = |val: Val, read: u32, tie: &mut dyn FnMut(i64, u32, u32, u32)| {
@@ -531,13 +475,16 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
                         let (_, newer) = newer_than(val.version);
                         f.extra = newer;
                         f.cause = Some(if val.version > fin.value.version {
-                            Cause {
-                                kind: CauseKind::DatabaseLostWrite,
-                                op: NONE,
-                                event: u64::MAX,
-                            }
+                            Cause::lost_by_database()
                         } else {
-                            cache_cause(ctx, key, op, val, newer, fills())
+                            cache_cause(
+                                ctx,
+                                key,
+                                op,
+                                val,
+                                &newer_of(val.version, u64::MAX),
+                                fills(),
+                            )
                         });
                         out.findings.push(f);
                     }
@@ -557,10 +504,11 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
             f.other = newer;
             f.version = val.version;
             f.staleness = staleness;
+            let newer = newer_of(val.version, op.invoke_time);
             f.cause = Some(if op.kind == OpKind::DbRead {
-                db_cause(ctx, op, newer)
+                db_cause(ctx, op, &newer)
             } else {
-                cache_cause(ctx, key, op, val, newer, fills())
+                cache_cause(ctx, key, op, val, &newer, fills())
             });
             out.findings.push(f);
         }
@@ -616,15 +564,8 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         None if !acked.is_empty() => out.keys_without_final += 1,
         None => {}
         Some(fin) => {
-            let held: Option<FxHashSet<Val>> =
-                fin.log.as_ref().map(|l| l.iter().copied().collect());
             for &(version, _, id) in &acked {
-                let val = h.ops[id as usize].value.expect("acked writes have values");
-                let lost = match &held {
-                    Some(held) => !held.contains(&val),
-                    None => version > fin.value.version,
-                };
-                if lost {
+                if is_lost(version, id) {
                     let mut f = Finding::new(h, AnomalyKind::LostWrite, key, id);
                     f.other = fin.op;
                     f.version = version;
@@ -634,121 +575,4 @@ fn check_key(ctx: &Context<'_>, key: u32) -> Findings {
         }
     }
     out
-}
-
-/// The likely cause of a cache read `read` (of `val` on its node) not showing the
-/// newer write `newer`.
-fn cache_cause(
-    ctx: &Context<'_>,
-    key: u32,
-    read: &Op,
-    val: Val,
-    newer: u32,
-    fills: &Fills,
-) -> Cause {
-    let h = ctx.history;
-    let cause = |kind, op, event| Cause { kind, op, event };
-    let Some(w) = h.ops.get(newer as usize) else {
-        return cause(CauseKind::Unexplained, NONE, u64::MAX);
-    };
-    let node = read.node;
-    // Invalidations are in history order, so in time order. The first one of this node
-    // after the newer write began: in time for the read, or late.
-    let invals = &h.invalidations[key as usize];
-    let first = invals.partition_point(|i| i.time < w.invoke_time);
-    // The write's own invalidation: the one that carries its version (an invalidation
-    // that does not say which version may be anyone's). One for another version is not
-    // it: if only a later write's invalidation arrived, this write's was lost.
-    let newer_version = w.value.map_or(0, |v| v.version);
-    let next = invals[first..]
-        .iter()
-        .find(|i| i.node == node && i.version.is_none_or(|v| v == newer_version));
-    let (in_time, late) = match next {
-        Some(inv) if inv.time <= read.invoke_time => (Some(inv), None),
-        Some(inv) => (None, Some(inv.index)),
-        None => (None, None),
-    };
-    // 1. A fill of the old value on this node that landed after it could no longer be
-    //    undone: after the invalidation that removed the old value, or, with none in
-    //    time, after the newer write was acknowledged; and before the read returned.
-    let landed_after = in_time.map_or(w.complete_time, |i| i.time);
-    let fill = fills.landed(h, node, val, read.complete_time, landed_after);
-    if let Some(id) = fill {
-        return cause(
-            CauseKind::FillRace,
-            id,
-            in_time.map_or(u64::MAX, |i| i.index),
-        );
-    }
-    if read.replica {
-        return cause(CauseKind::ReplicaRead, NONE, u64::MAX);
-    }
-    if node != NONE {
-        if let Some(p) = ctx
-            .promotions
-            .iter()
-            .rev()
-            .find(|p| p.node == node && p.time <= read.invoke_time)
-        {
-            return cause(CauseKind::FailoverPromoted, NONE, p.index);
-        }
-    }
-    if in_time.is_none() {
-        if let Some(index) = late {
-            return cause(CauseKind::LateInvalidation, NONE, index);
-        }
-        return cause(
-            CauseKind::LostInvalidation,
-            NONE,
-            ctx.fault_during(w.invoke_time, read.invoke_time)
-                .map_or(u64::MAX, |f| f.index),
-        );
-    }
-    if let Some(fault) = ctx.fault_during(w.invoke_time, read.invoke_time) {
-        return cause(CauseKind::FaultActive, NONE, fault.index);
-    }
-    cause(
-        CauseKind::Unexplained,
-        NONE,
-        in_time.map_or(u64::MAX, |i| i.index),
-    )
-}
-
-/// The likely cause of a stale database read.
-fn db_cause(ctx: &Context<'_>, read: &Op, newer: u32) -> Cause {
-    let h = ctx.history;
-    let w = &h.ops[newer as usize];
-    if let Some(p) = ctx
-        .promotions
-        .iter()
-        .rev()
-        .find(|p| p.time <= read.invoke_time)
-    {
-        if p.time >= w.invoke_time {
-            return Cause {
-                kind: CauseKind::FailoverPromoted,
-                op: NONE,
-                event: p.index,
-            };
-        }
-    }
-    if read.replica || (read.node != NONE && w.node != NONE && read.node != w.node) {
-        return Cause {
-            kind: CauseKind::DatabaseReplicaLag,
-            op: NONE,
-            event: u64::MAX,
-        };
-    }
-    match ctx.fault_during(w.invoke_time, read.invoke_time) {
-        Some(f) => Cause {
-            kind: CauseKind::FaultActive,
-            op: NONE,
-            event: f.index,
-        },
-        None => Cause {
-            kind: CauseKind::Unexplained,
-            op: NONE,
-            event: u64::MAX,
-        },
-    }
 }

@@ -414,6 +414,17 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
     let h = ctx.history;
     let read = &h.ops[f.op as usize];
     let node = h.node_name(read.node);
+    let holder = if c.holder == NONE {
+        read.node
+    } else {
+        c.holder
+    };
+    // "r1a" for a primary read, "r1a (the primary r1b replicates)" for a replica's.
+    let holder_name = if holder != read.node && holder != NONE {
+        format!("{} (the primary {node} replicates)", h.node_name(holder))
+    } else {
+        node.to_string()
+    };
     let newer_id = if f.kind == AnomalyKind::NonConvergence {
         f.extra
     } else {
@@ -423,86 +434,149 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
         .ops
         .get(newer_id as usize)
         .filter(|o| o.kind == OpKind::Write);
-    let ev = |index: u64| {
+    let newer_name = newer.map_or("the newer write".to_string(), |_| name(h, newer_id));
+    let newer_version = newer.and_then(|w| w.value).map_or(0, |v| v.version);
+    let ev_f = |index: u64| {
         h.standalone
             .iter()
             .find(|e| e.index == index)
             .map(|e| e.f.clone())
             .unwrap_or_else(|| "invalidate".to_string())
     };
-    let mut indices = Vec::new();
-    if c.event != u64::MAX {
-        indices.push(c.event);
-    }
-    let fault_note = if c.event != u64::MAX && matches!(c.kind, CauseKind::LostInvalidation) {
-        format!(
-            "; a nemesis {} (line {}) was active then",
-            ev(c.event),
-            line(c.event)
-        )
-    } else {
-        String::new()
+    let inval_at = |index: u64| {
+        h.invalidations[f.key as usize]
+            .iter()
+            .find(|i| i.index == index)
+            .map(|i| i.time)
     };
-    let text = match c.kind {
-        CauseKind::FillRace => {
-            let fill = &h.ops[c.op as usize];
-            indices.push(fill.invoke_index);
-            if fill.complete_index != u64::MAX {
-                indices.push(fill.complete_index);
+    let mut indices = Vec::new();
+    for i in [c.event, c.fault] {
+        if i != u64::MAX {
+            indices.push(i);
+        }
+    }
+    for op in [c.op, c.source] {
+        if let Some(o) = h.ops.get(op as usize) {
+            indices.push(o.invoke_index);
+            if o.complete_index != u64::MAX {
+                indices.push(o.complete_index);
             }
-            let newer_version = newer.and_then(|w| w.value).map_or(0, |v| v.version);
-            // The cause names the invalidation the fill undid, when there was one.
-            let after = match h.invalidations[f.key as usize].iter().find(|i| i.index == c.event) {
-                Some(i) => format!(
-                    "after {node} was invalidated at {} (line {}), once {} had begun writing version {newer_version}",
-                    at(i.time),
-                    line(i.index),
-                    name(h, newer_id)
+        }
+    }
+    let mut text = match c.kind {
+        CauseKind::FillRace | CauseKind::DatabaseReplicaFill => {
+            let fill = &h.ops[c.op as usize];
+            let after = match inval_at(c.event) {
+                Some(t) => format!(
+                    "after {} was invalidated at {} (line {}), once {newer_name} had begun writing version {newer_version}",
+                    h.node_name(holder),
+                    at(t),
+                    line(c.event)
                 ),
                 None => format!(
-                    "after version {newer_version} was acknowledged at {} ({})",
+                    "after version {newer_version} was acknowledged at {} ({newer_name})",
                     at(newer.map_or(0, |w| w.complete_time)),
-                    name(h, newer_id)
                 ),
             };
-            format!(
-                "the cache-aside fill race: {} installed the old version {} on {node} at {}, {after}",
+            let landed = if fill.complete_time == u64::MAX {
+                "(its outcome unknown, so it may have landed any time after it began)".to_string()
+            } else {
+                format!("at {}", at(fill.complete_time))
+            };
+            let race = format!(
+                "{} installed the old version {} on {holder_name} {landed}, {after}",
                 name(h, c.op),
                 fill.value.map_or(0, |v| v.version),
-                at(fill.complete_time),
-            )
+            );
+            match h.ops.get(c.source as usize) {
+                Some(src) if c.kind == CauseKind::DatabaseReplicaFill => format!(
+                    "a fill from a lagging database standby: {race}; it had read that version from {} ({} at {}), which had not yet applied a newer acknowledged write",
+                    h.node_name(src.node),
+                    name(h, c.source),
+                    at(src.invoke_time)
+                ),
+                _ => format!("the cache-aside fill race: {race}"),
+            }
         }
-        CauseKind::ReplicaRead => format!("the read was served by a replica ({node}) that had not caught up"),
+        CauseKind::ReplicaRead => match inval_at(c.event) {
+            Some(t) if holder != read.node => format!(
+                "replica lag: {node} replicates {}, which was invalidated for version {newer_version} at {} (line {}), {} before the read began; the deletion had not reached {node} yet",
+                h.node_name(holder),
+                at(t),
+                line(c.event),
+                duration(read.invoke_time.saturating_sub(t))
+            ),
+            _ => format!("the read was served by a replica ({node}) that had not caught up"),
+        },
         CauseKind::FailoverPromoted => format!(
             "{node} had been promoted by the failover at line {}, and did not hold the newer version",
             line(c.event)
         ),
         CauseKind::LateInvalidation => format!(
-            "the invalidation of {node} came late: it was logged at line {}, after the read began",
-            line(c.event)
+            "the invalidation of {holder_name} came late: it was logged at {} (line {}), after the read began at {}",
+            inval_at(c.event).map_or_else(|| "?".to_string(), at),
+            line(c.event),
+            at(read.invoke_time)
         ),
-        CauseKind::LostInvalidation => format!(
-            "a lost invalidation: no invalidation of {node} for this key followed {}{fault_note}",
-            newer.map_or("the newer write".to_string(), |_| name(h, newer_id))
-        ),
+        CauseKind::LostInvalidation => {
+            let failed = h.ops.get(c.op as usize).map(|o| {
+                format!(
+                    " ({} of {} ended {})",
+                    name(h, c.op),
+                    h.node_name(o.node),
+                    if o.outcome == crate::model::Outcome::Fail { "failed" } else { "with an unknown outcome" }
+                )
+            });
+            format!(
+                "a lost invalidation: no invalidation of {holder_name} for version {newer_version} of this key followed {newer_name}{}",
+                failed.unwrap_or_default()
+            )
+        }
         CauseKind::DatabaseReplicaLag => format!(
-            "database replica lag: the read was served by {node}, which had not yet applied what {} committed",
-            name(h, newer_id)
+            "database replica lag: the read was served by {node}{}, which had not yet applied what {newer_name} committed",
+            if holder != read.node && holder != NONE {
+                format!(", a standby of {}", h.node_name(holder))
+            } else {
+                String::new()
+            }
         ),
-        CauseKind::DatabaseLostWrite => format!(
+        CauseKind::DatabaseLostWrite if f.kind == AnomalyKind::NonConvergence && f.version > newer_version => format!(
             "the cache holds version {}, which the database no longer has: the database lost that write (a failover?)",
             f.version
         ),
-        CauseKind::FaultActive => format!(
-            "a nemesis fault was active: {} (line {})",
-            ev(c.event),
-            line(c.event)
+        CauseKind::DatabaseLostWrite => format!(
+            "the database lost the newer write: every version after {} that was acknowledged before the read ({newer_name} and any later) is missing from the database's final state{}; the read agreed with what the database kept",
+            f.version,
+            if c.event != u64::MAX {
+                format!(", after the failover at line {}", line(c.event))
+            } else {
+                String::new()
+            }
         ),
-        CauseKind::Unexplained => format!(
-            "not shown by the history: {node} was invalidated after the newer write{}, yet served the old version, and no fill of it appears",
-            if c.event != u64::MAX { format!(" (line {})", line(c.event)) } else { String::new() }
-        ),
+        CauseKind::Unexplained => {
+            if !ctx.records_invalidations && read.kind != OpKind::DbRead {
+                format!(
+                    "not shown by the history: it records no invalidation at all, so whether {holder_name} was invalidated after {newer_name} cannot be told"
+                )
+            } else {
+                format!(
+                    "not shown by the history: {holder_name} served version {} after {newer_name}{}, and no fill of it, replica or failover explains it",
+                    f.version,
+                    match inval_at(c.event) {
+                        Some(t) => format!(" and an invalidation at {} (line {})", at(t), line(c.event)),
+                        None => String::new(),
+                    }
+                )
+            }
+        }
     };
+    if c.fault != u64::MAX {
+        text.push_str(&format!(
+            "; a nemesis {} (line {}) was in force then",
+            ev_f(c.fault),
+            line(c.fault)
+        ));
+    }
     indices.sort_unstable();
     indices.dedup();
     CauseView {

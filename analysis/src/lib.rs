@@ -10,6 +10,7 @@
 
 #![deny(missing_docs)]
 
+pub mod causes;
 pub mod check;
 pub mod explain;
 pub mod faults;
@@ -20,6 +21,7 @@ pub mod model;
 pub mod report;
 pub mod results;
 pub mod text;
+pub mod topology;
 
 pub use check::{AnomalyKind, CauseKind};
 pub use results::{Options, Results, Status, Verdict};

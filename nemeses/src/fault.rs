@@ -323,7 +323,7 @@ impl Fault {
     pub fn outcome(&self, net: &dyn Nodes) -> Option<serde_json::Value> {
         match self {
             Fault::RedisPromote { region, node, .. } => {
-                Some(serde_json::json!({"region": region, "promoted": node}))
+                Some(serde_json::json!({"service": "redis", "region": region, "promoted": node}))
             }
             Fault::PostgresFailover { from, to, fence } => Some(
                 serde_json::json!({"service": "postgres", "promoted": to, "demoted": from, "fenced": fence}),
@@ -335,7 +335,9 @@ impl Fault {
                 members,
             } => {
                 let promoted = sentinel_primary(region, sentinel, members, net).ok()?;
-                Some(serde_json::json!({"region": region, "promoted": promoted, "demoted": from}))
+                Some(
+                    serde_json::json!({"service": "redis", "region": region, "promoted": promoted, "demoted": from}),
+                )
             }
             _ => None,
         }

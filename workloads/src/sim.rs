@@ -123,6 +123,12 @@ pub struct SimConfig {
     pub mode: Mode,
     /// The fraction of requests that are reads, from 0 to 1.
     pub read_fraction: f64,
+    /// How often the nemesis strikes in [`Mode::Buggy`] (no effect in
+    /// [`Mode::Correct`], which has no faults).
+    pub faults: FaultLevel,
+    /// Record the true cause of every stale value a read returns in
+    /// [`SimSummary::truth`], for holding the checker's causes to it.
+    pub truth: bool,
 }
 
 impl Default for SimConfig {
@@ -135,8 +141,34 @@ impl Default for SimConfig {
             regions: 2,
             mode: Mode::Buggy,
             read_fraction: 0.8,
+            faults: FaultLevel::Some,
+            truth: false,
         }
     }
+}
+
+/// How often the nemesis of [`Mode::Buggy`] partitions and fails over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FaultLevel {
+    /// No partition and no failover (the other bugs remain).
+    None,
+    /// One partition per 250,000 operations (at least two) and one failover per
+    /// 500,000 (at least one): the default.
+    Some,
+    /// One partition per 10,000 operations and one failover per 25,000 (at least two
+    /// and one).
+    Many,
+}
+
+/// The true cause of a stale value a read returned, as the simulator knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Truth {
+    /// The index of the read's invoke event.
+    pub index: u64,
+    /// What made the value stale, named as the checker names causes: `fill-race`,
+    /// `database-replica-fill`, `replica-read`, `late-invalidation`,
+    /// `lost-invalidation`, `database-replica-lag`, `database-lost-write`.
+    pub cause: &'static str,
 }
 
 /// What a simulation did: sizes, and counts of what was injected.
@@ -189,6 +221,10 @@ pub struct SimSummary {
     pub final_keys: u64,
     /// Simulated time the run took, in nanoseconds.
     pub duration_ns: u64,
+    /// With [`SimConfig::truth`]: for every ok `read`, `db-read` and `final-read` that
+    /// returned a value other than the database primary's current one, or the current
+    /// one while an acknowledged write was lost, what made it so. In history order.
+    pub truth: Vec<Truth>,
 }
 
 impl fmt::Display for SimSummary {
@@ -298,12 +334,18 @@ struct Params {
     /// failover).
     ops_per_partition: u64,
     ops_per_failover: u64,
+    /// Buggy, and faults not turned off.
+    nemesis: bool,
     quiesce_ms: u64,
 }
 
 impl Params {
-    fn new(mode: Mode) -> Params {
+    fn new(mode: Mode, faults: FaultLevel) -> Params {
         let buggy = mode == Mode::Buggy;
+        let (ops_per_partition, ops_per_failover) = match faults {
+            FaultLevel::Many => (10_000, 25_000),
+            FaultLevel::Some | FaultLevel::None => (250_000, 500_000),
+        };
         Params {
             buggy,
             zipf: 0.8,
@@ -327,8 +369,9 @@ impl Params {
             cache_capacity: 0.5,
             lru_samples: 5,
             pause_p: 0.001,
-            ops_per_partition: 250_000,
-            ops_per_failover: 500_000,
+            ops_per_partition,
+            ops_per_failover,
+            nemesis: buggy && faults != FaultLevel::None,
             quiesce_ms: 1000,
         }
     }
@@ -391,6 +434,13 @@ struct Op {
     refused: Option<&'static str>,
     /// The node was a replica when the operation was invoked.
     replica: bool,
+    /// The index of its invoke event.
+    invoke_index: u64,
+    /// Truth: what made the value it read stale, when it was.
+    truth: Option<&'static str>,
+    /// A db-read served by the database replica that returned a version older than the
+    /// primary's current one.
+    stale_replica: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -405,6 +455,8 @@ struct Client {
     region: u32,
     op: Option<Op>,
     next: Next,
+    /// The db-read before the pending fill got a stale version from the db replica.
+    stale_source: bool,
 }
 
 #[derive(Debug)]
@@ -412,9 +464,22 @@ enum Action {
     Start(u32),
     Lin(u32),
     Done(u32),
-    CacheRepl { region: u32, key: u32, entry: u64 },
-    DbRepl { key: u32, version: u64, epoch: u32 },
-    Invalidate { region: u32, key: u32 },
+    CacheRepl {
+        region: u32,
+        key: u32,
+        entry: u64,
+    },
+    DbRepl {
+        key: u32,
+        version: u64,
+        epoch: u32,
+    },
+    Invalidate {
+        region: u32,
+        key: u32,
+        version: u64,
+        commit: u32,
+    },
     Failover,
 }
 
@@ -499,11 +564,40 @@ struct Sim<'w> {
     faults: Vec<(u64, Fault)>,
     next_fault: usize,
     summary: SimSummary,
+    /// Truth: per region and key, how its cache primary's entry got there.
+    installs: Vec<Vec<Install>>,
+    /// Truth: per key, every commit with its invalidation's state in each region.
+    commits: Vec<Vec<Commit>>,
+    /// Truth: per write id, the index of its commit in `commits`.
+    commit_of: Vec<u32>,
+}
+
+/// How a cache primary's entry was installed (truth).
+#[derive(Clone, Copy, Default)]
+struct Install {
+    /// When.
+    at: u64,
+    /// `Some(cause)` when the value was already not the database's current one: the
+    /// fill's kind (`fill-race`, or `database-replica-fill` when its db-read got the
+    /// value from a lagging replica).
+    stale: Option<&'static str>,
+    /// For a stale install: the invalidation of the commit that superseded the value
+    /// had already been delivered or dropped in this region, so that no invalidation was
+    /// left to undo the fill.
+    settled: bool,
+}
+
+/// One commit of a key and what became of its invalidation in each region (truth).
+#[derive(Clone)]
+struct Commit {
+    at: u64,
+    /// Per region: 0 on its way, 1 delivered, 2 lost.
+    inval: Vec<u8>,
 }
 
 impl<'w> Sim<'w> {
     fn new(config: &SimConfig, out: &'w mut HistoryWriter) -> Sim<'w> {
-        let p = Params::new(config.mode);
+        let p = Params::new(config.mode, config.faults);
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let keys = config.keys as usize;
         let mut zipf_cdf = Vec::with_capacity(keys);
@@ -512,7 +606,7 @@ impl<'w> Sim<'w> {
             total += 1.0 / ((i + 1) as f64).powf(p.zipf);
             zipf_cdf.push(total);
         }
-        let faults = if p.buggy {
+        let faults = if p.nemesis {
             plan_faults(&mut rng, config.ops, config.regions, &p)
         } else {
             Vec::new()
@@ -523,6 +617,7 @@ impl<'w> Sim<'w> {
                 region: i % config.regions,
                 op: None,
                 next: Next::Request,
+                stale_source: false,
             })
             .collect();
         Sim {
@@ -561,6 +656,17 @@ impl<'w> Sim<'w> {
             faults,
             next_fault: 0,
             summary: SimSummary::default(),
+            installs: if config.truth {
+                vec![vec![Install::default(); keys]; config.regions as usize]
+            } else {
+                Vec::new()
+            },
+            commits: if config.truth {
+                vec![Vec::new(); keys]
+            } else {
+                Vec::new()
+            },
+            commit_of: if config.truth { vec![0] } else { Vec::new() },
             p,
         }
     }
@@ -575,6 +681,7 @@ impl<'w> Sim<'w> {
     }
 
     fn run(&mut self) -> io::Result<()> {
+        self.log_topology()?;
         for c in 0..self.clients.len() as u32 {
             let t = self.rng.random_range(0..self.p.think);
             self.schedule(t, Action::Start(c));
@@ -600,7 +707,12 @@ impl<'w> Sim<'w> {
                         *applied = (*applied).max(version);
                     }
                 }
-                Action::Invalidate { region, key } => self.deliver_invalidation(region, key)?,
+                Action::Invalidate {
+                    region,
+                    key,
+                    version,
+                    commit,
+                } => self.deliver_invalidation(region, key, version, commit)?,
                 Action::Failover => self.failover()?,
             }
             if self.active == 0 && !healed {
@@ -674,6 +786,9 @@ impl<'w> Sim<'w> {
                     self.summary.writes += 1;
                     let id = self.versions.len() as u64;
                     self.versions.push(EMPTY);
+                    if !self.commit_of.is_empty() {
+                        self.commit_of.push(u32::MAX);
+                    }
                     let node = Node::Db(self.db_primary);
                     self.invoke(c, Fop::Write, key, node, id)
                 }
@@ -698,6 +813,7 @@ impl<'w> Sim<'w> {
         let client = &self.clients[c as usize];
         let (process, region) = (client.process, client.region);
         let replica = self.is_replica(node);
+        let invoke_index = self.out.next_index();
         self.head(Who::Client(process), "invoke", f.name());
         self.key_node(key, node);
         if f == Fop::Write {
@@ -750,6 +866,9 @@ impl<'w> Sim<'w> {
             result: EMPTY,
             refused: None,
             replica,
+            invoke_index,
+            truth: None,
+            stale_replica: false,
         };
         match outcome {
             Outcome::Normal => {
@@ -791,21 +910,49 @@ impl<'w> Sim<'w> {
                 if n % 2 == 0 && op.result != EMPTY {
                     self.last_used[n as usize / 2][key] = self.now;
                 }
+                op.truth = self.cache_truth(n, op.key);
             }
             Fop::DbRead => {
                 let Node::Db(db) = op.node else {
                     unreachable!()
                 };
+                let head = *self.log[key].last().expect("a log is never empty");
                 op.result = if db == self.db_primary {
-                    *self.log[key].last().expect("a log is never empty")
+                    head
                 } else {
                     self.log[key][self.db_replica[key] as usize]
                 };
+                op.stale_replica = op.result != head;
+                if !self.installs.is_empty() {
+                    op.truth = Some(if op.stale_replica {
+                        "database-replica-lag"
+                    } else {
+                        "database-lost-write"
+                    });
+                }
             }
             Fop::Fill => {
                 let current = *self.log[key].last().expect("a log is never empty");
                 if self.p.buggy {
                     self.set_primary(region, op.key, op.arg);
+                    if !self.installs.is_empty() {
+                        let stale = (current != op.arg).then_some(
+                            if self.clients[c as usize].stale_source {
+                                "database-replica-fill"
+                            } else {
+                                "fill-race"
+                            },
+                        );
+                        let settled = stale.is_some()
+                            && self
+                                .superseding(op.key, op.arg)
+                                .is_none_or(|c| c.inval[region as usize] != 0);
+                        self.installs[region as usize][key] = Install {
+                            at: self.now,
+                            stale,
+                            settled,
+                        };
+                    }
                     self.summary.fills += 1;
                     if current != op.arg {
                         self.summary.stale_fills += 1;
@@ -841,11 +988,25 @@ impl<'w> Sim<'w> {
         log.push(id);
         let version = (log.len() - 1) as u64;
         self.versions[id as usize] = version;
+        let commit = match self.commits.get_mut(key as usize) {
+            Some(list) => {
+                list.push(Commit {
+                    at: self.now,
+                    inval: vec![0; self.regions as usize],
+                });
+                self.commit_of[id as usize] = (list.len() - 1) as u32;
+                (list.len() - 1) as u32
+            }
+            None => 0,
+        };
         if !self.p.buggy {
             // Invalidate every region synchronously, before the write is acknowledged.
             for r in 0..self.regions {
                 self.set_primary(r, key, EMPTY);
-                self.log_invalidation(r, key)?;
+                if let Some(list) = self.commits.get_mut(key as usize) {
+                    list[commit as usize].inval[r as usize] = 1;
+                }
+                self.log_invalidation(r, key, version)?;
             }
             return Ok(());
         }
@@ -877,7 +1038,15 @@ impl<'w> Sim<'w> {
                 self.exp(self.p.inval_lag) + 50 * US
             };
             self.inval_pending[region as usize][key as usize] += 1;
-            self.schedule(self.now + lag, Action::Invalidate { region, key });
+            self.schedule(
+                self.now + lag,
+                Action::Invalidate {
+                    region,
+                    key,
+                    version,
+                    commit,
+                },
+            );
         }
         Ok(())
     }
@@ -913,6 +1082,15 @@ impl<'w> Sim<'w> {
         }
         self.tail(Some(region), op.replica, error);
         self.emit()?;
+        if let (Some(cause), "ok") = (op.truth, kind) {
+            self.summary.truth.push(Truth {
+                index: op.invoke_index,
+                cause,
+            });
+        }
+        if op.f == Fop::DbRead {
+            self.clients[c as usize].stale_source = op.stale_replica;
+        }
 
         let mut gap = self.p.step_gap / 2 + self.exp(self.p.step_gap / 2);
         let next = match (kind, op.f) {
@@ -1009,20 +1187,117 @@ impl<'w> Sim<'w> {
         }
     }
 
-    fn deliver_invalidation(&mut self, region: u32, key: u32) -> io::Result<()> {
+    fn deliver_invalidation(
+        &mut self,
+        region: u32,
+        key: u32,
+        version: u64,
+        commit: u32,
+    ) -> io::Result<()> {
         self.inval_pending[region as usize][key as usize] -= 1;
-        if self.partition == Some(region) {
+        let lost = self.partition == Some(region);
+        if let Some(list) = self.commits.get_mut(key as usize) {
+            list[commit as usize].inval[region as usize] = if lost { 2 } else { 1 };
+        }
+        if lost {
             self.summary.lost_invalidations += 1;
             return Ok(());
         }
         self.set_primary(region, key, EMPTY);
-        self.log_invalidation(region, key)
+        self.log_invalidation(region, key, version)
     }
 
-    fn log_invalidation(&mut self, region: u32, key: u32) -> io::Result<()> {
+    /// An invalidation of `key` on the region's cache primary, for `version`.
+    fn log_invalidation(&mut self, region: u32, key: u32, version: u64) -> io::Result<()> {
         self.head(Who::Actor("invalidator"), "info", "invalidate");
         self.key_node(key, Node::Cache(region * 2));
+        self.line.extend_from_slice(b",\"value\":{\"version\":");
+        push_u64(&mut self.line, version);
+        self.line.push(b'}');
         self.emit()
+    }
+
+    /// The topology: each region's cache primary and the replica that follows it, and
+    /// the database nodes (a primary and its standby in [`Mode::Buggy`]).
+    fn log_topology(&mut self) -> io::Result<()> {
+        self.head(Who::Actor("control"), "info", "topology");
+        self.line.extend_from_slice(b",\"value\":{\"caches\":[");
+        for n in 0..self.regions * 2 {
+            if n > 0 {
+                self.line.push(b',');
+            }
+            self.line.extend_from_slice(b"{\"node\":\"");
+            push_node(&mut self.line, Node::Cache(n));
+            self.line.extend_from_slice(b"\",\"region\":\"r");
+            push_u64(&mut self.line, n as u64 / 2 + 1);
+            self.line.push(b'"');
+            if n % 2 == 1 {
+                self.line.extend_from_slice(b",\"replica_of\":\"");
+                push_node(&mut self.line, Node::Cache(n - 1));
+                self.line.push(b'"');
+            }
+            self.line.push(b'}');
+        }
+        self.line.extend_from_slice(b"],\"databases\":[");
+        if self.p.buggy {
+            self.line
+                .extend_from_slice(b"{\"node\":\"db1\"},{\"node\":\"db2\",\"standby_of\":\"db1\"}");
+        } else {
+            self.line.extend_from_slice(b"{\"node\":\"db\"}");
+        }
+        self.line.extend_from_slice(b"]}");
+        self.emit()
+    }
+
+    /// Truth: why cache node `n`'s entry of `key` is stale, if it is (`None` for a miss
+    /// or when truth is not recorded).
+    fn cache_truth(&self, n: u32, key: u32) -> Option<&'static str> {
+        if self.installs.is_empty() {
+            return None;
+        }
+        let k = key as usize;
+        let entry = self.cache[n as usize][k];
+        if entry == EMPTY {
+            return None;
+        }
+        let head = *self.log[k].last().expect("a log is never empty");
+        if entry == head {
+            // The cache agrees with the database: only a lost write makes it stale.
+            return Some("database-lost-write");
+        }
+        let region = n / 2;
+        if n % 2 == 1 && self.cache[region as usize * 2][k] != entry {
+            return Some("replica-read");
+        }
+        let install = self.installs[region as usize][k];
+        // A fill installed it after the invalidation that would have removed it had
+        // passed (delivered or dropped): the fill is to blame.
+        if let (Some(cause), true) = (install.stale, install.settled) {
+            return Some(cause);
+        }
+        // Otherwise the invalidation of the commit that superseded it was meant to
+        // remove it: still on its way (late), or dropped since (lost).
+        let superseding = self.superseding(key, entry).or_else(|| {
+            let commits = &self.commits[k];
+            commits.get(commits.partition_point(|c| c.at <= install.at))
+        });
+        Some(match superseding.map(|c| c.inval[region as usize]) {
+            Some(0) => "late-invalidation",
+            Some(2) => "lost-invalidation",
+            _ => install.stale.unwrap_or("unexplained"),
+        })
+    }
+
+    /// Truth: the commit that superseded `entry` (the next version of `key` the
+    /// database holds), if the database holds one.
+    fn superseding(&self, key: u32, entry: u64) -> Option<&Commit> {
+        let k = key as usize;
+        let version = self.versions[entry as usize] as usize;
+        let id = *self.log[k].get(version + 1)?;
+        if self.log[k].get(version) != Some(&entry) {
+            return None; // a version the database lost
+        }
+        self.commits[k].get(self.commit_of[id as usize] as usize)
     }
 
     fn failover(&mut self) -> io::Result<()> {
@@ -1130,6 +1405,13 @@ impl<'w> Sim<'w> {
             for n in 0..self.regions * 2 {
                 let node = Node::Cache(n);
                 self.now += self.p.step_gap;
+                let invoke_index = self.out.next_index();
+                if let Some(cause) = self.cache_truth(n, key) {
+                    self.summary.truth.push(Truth {
+                        index: invoke_index,
+                        cause,
+                    });
+                }
                 self.head(who, "invoke", "final-read");
                 self.key_node(key, node);
                 self.tail(Some(n / 2), n % 2 == 1, None);

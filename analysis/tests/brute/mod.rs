@@ -18,7 +18,7 @@ pub struct Step {
 
 /// Any step.
 pub fn step() -> impl Strategy<Value = Step> {
-    (0u8..3, 0u8..20, any::<u8>(), any::<u8>(), 0u8..3).prop_map(|(process, action, a, b, dt)| {
+    (0u8..3, 0u8..23, any::<u8>(), any::<u8>(), 0u8..3).prop_map(|(process, action, a, b, dt)| {
         Step {
             process,
             action,
@@ -38,6 +38,8 @@ pub fn history(steps: &[Step]) -> Vec<String> {
     let mut writes: Vec<String> = vec!["init".into(), "ghost".into()];
     let mut next_write = 0;
     let mut final_phase = false;
+    let mut next_seq = 0u64;
+    let mut open_faults: Vec<u64> = Vec::new();
     let emit = |lines: &mut Vec<String>, time: u64, mut ev: Value| {
         ev["index"] = json!(lines.len());
         ev["time"] = json!(time);
@@ -78,6 +80,58 @@ pub fn history(steps: &[Step]) -> Vec<String> {
             emit(&mut lines, time, ev);
             if kind == "info" {
                 numbers[slot as usize] += 10;
+            }
+            continue;
+        }
+        // The nemesis: faults that apply and heal, or fail to; errors; a plan.
+        if s.action >= 20 {
+            let nemesis = |f: &str, value: Value| json!({"process": "nemesis", "type": "info", "f": f, "value": value});
+            match (s.action, s.b % 4) {
+                (20, _) => {
+                    emit(
+                        &mut lines,
+                        time,
+                        nemesis("start-partition", json!({"seq": next_seq})),
+                    );
+                    if s.a % 7 == 0 {
+                        emit(
+                            &mut lines,
+                            time,
+                            nemesis(
+                                "nemesis-error",
+                                json!({"seq": next_seq, "error": "no netem"}),
+                            ),
+                        );
+                    }
+                    open_faults.push(next_seq);
+                    next_seq += 1;
+                }
+                (21, _) if !open_faults.is_empty() => {
+                    let seq = open_faults.remove(s.a as usize % open_faults.len());
+                    let healed = s.b % 9 != 0;
+                    emit(
+                        &mut lines,
+                        time,
+                        nemesis("stop-partition", json!({"seq": seq, "healed": healed})),
+                    );
+                }
+                (22, 0) => emit(
+                    &mut lines,
+                    time,
+                    nemesis(
+                        "nemesis-error",
+                        json!({"planned": "kill-redis", "error": "no such node"}),
+                    ),
+                ),
+                (22, 1) => emit(
+                    &mut lines,
+                    time,
+                    nemesis(
+                        "nemesis-plan",
+                        json!({"faults": ["partition-node"], "scheduled": s.a % 2}),
+                    ),
+                ),
+                _ => {}
             }
             continue;
         }
@@ -141,6 +195,7 @@ fn versioned(v: &Value) -> Option<(i64, String)> {
 pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
     let events: Vec<Value> = text
         .lines()
+        .filter(|l| !l.is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let mut ops: Vec<Op> = Vec::new();
@@ -318,4 +373,129 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
         }
     }
     c
+}
+
+/// The verdict of the history text by the definitions of `docs/history.md` ("Verdict"):
+/// each check's status, then the whole.
+pub fn verdict(text: &str, bound: u64) -> (&'static str, BTreeMap<&'static str, &'static str>) {
+    let counts = counts(text, bound);
+    let events: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Pair client events into (f, key, type, value, invoke index).
+    let mut ops: Vec<(String, String, String, Value, u64)> = Vec::new();
+    let mut open: HashMap<i64, usize> = HashMap::new();
+    let mut final_phase: Option<u64> = None;
+    let mut problems = 0;
+    let mut faults: BTreeMap<u64, &'static str> = BTreeMap::new(); // seq -> state
+    for e in &events {
+        let index = e["index"].as_u64().unwrap();
+        if e["process"].is_string() {
+            let f = e["f"].as_str().unwrap();
+            if f == "final-phase" && final_phase.is_none() {
+                final_phase = Some(index);
+            }
+            if e["process"] == "nemesis" {
+                let seq = e["value"]["seq"].as_u64();
+                match (f, seq) {
+                    ("nemesis-plan", _)
+                        if e["value"]["scheduled"] == 0
+                            && e["value"]["faults"]
+                                .as_array()
+                                .is_some_and(|a| !a.is_empty()) =>
+                    {
+                        problems += 1
+                    }
+                    ("nemesis-plan", _) => {}
+                    ("nemesis-error", Some(seq)) if faults.contains_key(&seq) => {
+                        faults.insert(seq, "apply-failed");
+                    }
+                    ("nemesis-error", _) => problems += 1,
+                    (_, Some(seq)) if f.starts_with("start-") => {
+                        faults.insert(seq, "open");
+                    }
+                    (_, Some(seq)) if f.starts_with("stop-") => {
+                        let state = faults.get(&seq).copied();
+                        if e["value"]["healed"] == false && state != Some("apply-failed") {
+                            faults.insert(seq, "heal-failed");
+                        } else if state == Some("open") {
+                            faults.insert(seq, "healed");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        let p = e["process"].as_i64().unwrap();
+        if e["type"] == "invoke" {
+            open.insert(p, ops.len());
+            ops.push((
+                e["f"].as_str().unwrap().into(),
+                e["key"].as_str().unwrap().into(),
+                "info".into(),
+                Value::Null,
+                index,
+            ));
+        } else {
+            let op = &mut ops[open.remove(&p).unwrap()];
+            op.2 = e["type"].as_str().unwrap().into();
+            op.3 = e["value"].clone();
+        }
+    }
+    problems += faults.values().filter(|s| **s != "healed").count();
+    let ok = |f: &'static str| ops.iter().filter(move |o| o.2 == "ok" && o.0 == f);
+    let reads = ok("read").count() + ok("db-read").count();
+    let valued = ops
+        .iter()
+        .filter(|o| {
+            o.2 == "ok"
+                && ["read", "db-read", "final-read"].contains(&o.0.as_str())
+                && !o.3.is_null()
+        })
+        .count();
+    let written_keys: BTreeSet<&str> = ok("write").map(|o| o.1.as_str()).collect();
+    let final_keys: BTreeSet<&str> = ok("db-final-read").map(|o| o.1.as_str()).collect();
+    let after: Vec<&(String, String, String, Value, u64)> = ops
+        .iter()
+        .filter(|o| o.2 == "ok" && o.0 == "final-read" && final_phase.is_some_and(|fp| o.4 > fp))
+        .collect();
+    let undecided = |name: &str| -> bool {
+        match name {
+            "stale-read" | "monotonic-read" | "read-your-writes" => reads == 0,
+            "phantom-read" => valued == 0,
+            "version-fork" => written_keys.is_empty(),
+            "lost-write" => written_keys.is_empty() || !written_keys.is_subset(&final_keys),
+            "non-convergence" => {
+                final_phase.is_none()
+                    || after.is_empty()
+                    || after.iter().any(|o| !final_keys.contains(o.1.as_str()))
+            }
+            _ => unreachable!(),
+        }
+    };
+    let statuses: BTreeMap<&'static str, &'static str> = counts
+        .iter()
+        .map(|(&name, &n)| {
+            let status = if n > 0 {
+                "invalid"
+            } else if undecided(name) {
+                "unknown"
+            } else {
+                "valid"
+            };
+            (name, status)
+        })
+        .collect();
+    let evidence = ops.iter().any(|o| o.2 == "ok");
+    let verdict = if statuses.values().any(|s| *s == "invalid") {
+        "invalid"
+    } else if !evidence || problems > 0 || statuses.values().any(|s| *s == "unknown") {
+        "unknown"
+    } else {
+        "valid"
+    };
+    (verdict, statuses)
 }
