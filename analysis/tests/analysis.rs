@@ -444,7 +444,7 @@ mod property {
         fn fast_checker_agrees_with_the_spec(steps in proptest::collection::vec(brute::step(), 1..60), bound in 0u64..3) {
             let bound = bound * 1_000_000;
             let lines = brute::history(&steps);
-            let text = lines.join("\n") + "\n";
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
             let mut builder = Builder::new();
             coherence_store::reader::read_from(text.as_bytes(), std::path::Path::new("prop.jsonl"), &mut builder)
                 .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
