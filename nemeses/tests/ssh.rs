@@ -149,7 +149,17 @@ fn suite_over_ssh_as_an_unprivileged_user_through_sudo() {
         .run(&["stat", "-c", "%u %a", file.to_str().unwrap()])
         .unwrap();
     assert_eq!(owner.stdout.trim(), "0 600");
-    let leftovers = ssh.run(&["sh", "-c", "ls /tmp | grep coherence-upload- || true"]);
+    // Only this user's: the other tests of this binary upload at the same time.
+    let leftovers = ssh.run(&[
+        "find",
+        "/tmp",
+        "-maxdepth",
+        "1",
+        "-name",
+        "coherence-upload-*",
+        "-user",
+        &user.name,
+    ]);
     assert_eq!(
         leftovers.unwrap().stdout,
         "",
