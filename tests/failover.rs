@@ -71,10 +71,9 @@ fn replicates(nodes: &LabNodes, primary: &str, standby: &str, tag: &str) {
 }
 
 #[test]
+#[ignore = "needs root: the lab (network namespaces, a bridge, iptables); scripts/test runs it as root"]
 fn kills_and_failovers_have_their_effect_and_heal() {
-    let Some((_down, state, nodes)) = lab_up(&[]) else {
-        return;
-    };
+    let (_down, state, nodes) = lab_up(&[]);
     let r1 = vec!["r1a".to_string(), "r1b".to_string()];
 
     // Kill and restart each service: down while killed, back (and answering) healed.

@@ -98,10 +98,9 @@ service.sentinel = {{ process = "redis-sentinel {addr}:26379", start = "redis-se
 }
 
 #[test]
+#[ignore = "needs root: the lab and real sshds in its namespaces; scripts/test runs it as root"]
 fn a_staging_campaign_reaches_its_nodes_over_ssh_and_heals() {
-    let Some((_down, _state, lab)) = lab_up(&["--invalidator", "none"]) else {
-        return;
-    };
+    let (_down, _state, lab) = lab_up(&["--invalidator", "none"]);
     // The data a staging database would hold: 20 keys at version 0.
     lab.sql(
         "db1",

@@ -113,6 +113,29 @@ fn valid_and_unknown_histories_get_their_banners() {
     );
     assert!(html.contains("non-convergence could not decide"));
     assert!(html.contains("<p>None found.</p>"));
+
+    // A write, a read of it, then a final phase in which the cache misses and the
+    // database holds it: every check has evidence and decides, and nothing is wrong.
+    let dir = tempfile::tempdir().unwrap();
+    let valid = dir.path().join("valid.jsonl");
+    let lines = [
+        r#"{"index":0,"time":0,"process":0,"type":"invoke","f":"write","key":"k","node":"db","value":{"write":"a"}}"#,
+        r#"{"index":1,"time":1,"process":0,"type":"ok","f":"write","key":"k","node":"db","value":{"version":1,"write":"a"}}"#,
+        r#"{"index":2,"time":2,"process":0,"type":"invoke","f":"read","key":"k","node":"r1"}"#,
+        r#"{"index":3,"time":3,"process":0,"type":"ok","f":"read","key":"k","node":"r1","value":{"version":1,"write":"a"}}"#,
+        r#"{"index":4,"time":4,"process":"control","type":"info","f":"final-phase","value":{"quiesce_ms":0}}"#,
+        r#"{"index":5,"time":5,"process":1,"type":"invoke","f":"final-read","key":"k","node":"r1"}"#,
+        r#"{"index":6,"time":6,"process":1,"type":"ok","f":"final-read","key":"k","node":"r1","value":null}"#,
+        r#"{"index":7,"time":7,"process":1,"type":"invoke","f":"db-final-read","key":"k","node":"db"}"#,
+        r#"{"index":8,"time":8,"process":1,"type":"ok","f":"db-final-read","key":"k","node":"db","value":{"version":1,"write":"a","log":[[0,"init"],[1,"a"]]}}"#,
+    ];
+    std::fs::write(&valid, lines.join("\n") + "\n").unwrap();
+    let html = render(&valid);
+    assert!(
+        html.contains(r#"<div id="verdict" class="verdict valid">VALID: no anomaly found</div>"#),
+        "banner VALID missing"
+    );
+    assert!(html.contains("<p>None found.</p>"));
 }
 
 const EVIL: &str = "<img src=x onerror=alert(1)>";

@@ -262,7 +262,8 @@ mod tests {
 
     /// Prints this process's clocks, one per line: monotonic, realtime, realtime
     /// coarse (ns), `gettimeofday` (µs), `time` (s), `timespec_get` (ns). Run in a
-    /// child process with the shim preloaded by the test below.
+    /// child process with the shim preloaded by the test below. Not a test of its own:
+    /// `scripts/test`, which runs the ignored tests as root, skips it by this name.
     #[test]
     #[ignore = "a helper: the shim test runs it in a child process"]
     fn print_clocks() {

@@ -1,12 +1,12 @@
 //! `Netns` through the shared remote suite, in a throwaway network namespace of its own
 //! (`cohtest-PID`: not the lab's `coh-` prefix, which `coherence lab down` removes).
-//! Needs root; skipped with a reason otherwise.
+//! Needs root: `#[ignore]`d, and `scripts/test` runs it as root.
 
 mod suite;
 
 use coherence_nemeses::remote::{Netns, Remote};
 use std::process::Command;
-use suite::{is_root, remote_suite, KILLED};
+use suite::{remote_suite, require_root, KILLED};
 
 /// A namespace, deleted when dropped.
 struct Namespace(String);
@@ -30,11 +30,9 @@ impl Drop for Namespace {
 }
 
 #[test]
+#[ignore = "needs root: a network namespace of its own; scripts/test runs it as root"]
 fn suite_in_a_network_namespace() {
-    if !is_root() {
-        eprintln!("skipped: network namespaces need root; run the tests as root");
-        return;
-    }
+    require_root("a network namespace");
     let ns = Namespace::create();
     let host = Netns::new("cohtest", &ns.0);
     // Commands really run in the namespace: it has nothing but a loopback.

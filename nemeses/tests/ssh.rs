@@ -1,6 +1,7 @@
 //! `Ssh` against a real OpenSSH server on 127.0.0.1: the shared remote suite (as root,
 //! and as an unprivileged user through sudo), host key verification, login failures,
-//! timeouts and reconnection. Needs root (sshd does); skipped with a reason otherwise.
+//! timeouts and reconnection. Needs root (sshd does): every test is `#[ignore]`d, and
+//! `scripts/test` runs them as root.
 
 mod suite;
 
@@ -13,15 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use suite::sshd::{keygen, Sshd};
-use suite::{is_root, remote_suite, KILLED, KILLED_UNDER_SUDO};
+use suite::{remote_suite, require_root, KILLED, KILLED_UNDER_SUDO};
 
-fn skip() -> bool {
-    if is_root() {
-        return false;
-    }
-    eprintln!("skipped: sshd and the test user need root; run the tests as root");
-    true
-}
+const SSHD: &str = "a real sshd on 127.0.0.1";
+const USER: &str = "a real sshd and a throwaway login user";
 
 /// A directory only root can enter.
 fn root_only(sshd: &Sshd, name: &str) -> PathBuf {
@@ -32,10 +28,9 @@ fn root_only(sshd: &Sshd, name: &str) -> PathBuf {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd on 127.0.0.1; scripts/test runs it as root"]
 fn suite_over_ssh() {
-    if skip() {
-        return;
-    }
+    require_root(SSHD);
     let sshd = Sshd::start();
     let ssh = Ssh::connect("staging-1", sshd.config("root")).expect("connect");
     let scratch = tempfile::tempdir().unwrap();
@@ -108,10 +103,9 @@ impl Drop for User {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd and a throwaway login user with a sudo rule; scripts/test runs it as root"]
 fn suite_over_ssh_as_an_unprivileged_user_through_sudo() {
-    if skip() {
-        return;
-    }
+    require_root(USER);
     assert!(
         Path::new("/usr/bin/sudo").exists(),
         "sudo is missing: run scripts/setup (it installs sudo)"
@@ -155,7 +149,17 @@ fn suite_over_ssh_as_an_unprivileged_user_through_sudo() {
         .run(&["stat", "-c", "%u %a", file.to_str().unwrap()])
         .unwrap();
     assert_eq!(owner.stdout.trim(), "0 600");
-    let leftovers = ssh.run(&["sh", "-c", "ls /tmp | grep coherence-upload- || true"]);
+    // Only this user's: the other tests of this binary upload at the same time.
+    let leftovers = ssh.run(&[
+        "find",
+        "/tmp",
+        "-maxdepth",
+        "1",
+        "-name",
+        "coherence-upload-*",
+        "-user",
+        &user.name,
+    ]);
     assert_eq!(
         leftovers.unwrap().stdout,
         "",
@@ -170,10 +174,9 @@ fn refused(config: coherence_nemeses::ssh::SshConfig) -> ConnectError {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd on 127.0.0.1; scripts/test runs it as root"]
 fn a_different_host_key_is_refused() {
-    if skip() {
-        return;
-    }
+    require_root(SSHD);
     let sshd = Sshd::start();
     let other = sshd.dir.path().join("other_host_key");
     keygen(&other, "someone-else");
@@ -221,10 +224,9 @@ fn a_different_host_key_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd on 127.0.0.1; scripts/test runs it as root"]
 fn an_unknown_host_is_refused() {
-    if skip() {
-        return;
-    }
+    require_root(SSHD);
     let sshd = Sshd::start();
     let empty = sshd.dir.path().join("known_hosts_empty");
     fs::write(&empty, "").unwrap();
@@ -269,10 +271,9 @@ fn an_unknown_host_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd on 127.0.0.1; scripts/test runs it as root"]
 fn a_missing_known_hosts_file_is_refused() {
-    if skip() {
-        return;
-    }
+    require_root(SSHD);
     let sshd = Sshd::start();
     let mut config = sshd.config("root");
     config.known_hosts = sshd.dir.path().join("nowhere");
@@ -286,10 +287,9 @@ fn a_missing_known_hosts_file_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd on 127.0.0.1; scripts/test runs it as root"]
 fn a_wrong_client_key_is_refused() {
-    if skip() {
-        return;
-    }
+    require_root(SSHD);
     let sshd = Sshd::start();
     let stranger = sshd.dir.path().join("stranger_key");
     keygen(&stranger, "stranger");
@@ -312,10 +312,9 @@ fn a_wrong_client_key_is_refused() {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd on 127.0.0.1; scripts/test runs it as root"]
 fn a_command_past_its_timeout_fails_and_the_next_call_reconnects() {
-    if skip() {
-        return;
-    }
+    require_root(SSHD);
     let sshd = Sshd::start();
     let mut config = sshd.config("root");
     config.command_timeout = Duration::from_secs(1);
@@ -349,10 +348,9 @@ fn a_command_past_its_timeout_fails_and_the_next_call_reconnects() {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd on 127.0.0.1; scripts/test runs it as root"]
 fn a_dropped_connection_is_reopened() {
-    if skip() {
-        return;
-    }
+    require_root(SSHD);
     let sshd = Sshd::start();
     let ssh = Ssh::connect("staging-1", sshd.config("root")).expect("connect");
     assert_eq!(ssh.run(&["echo", "one"]).unwrap().stdout, "one\n");
@@ -383,10 +381,9 @@ fn command_time(ssh: &Ssh) -> Duration {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd and a throwaway login user; scripts/test runs it as root"]
 fn round_trip_figures() {
-    if skip() {
-        return;
-    }
+    require_root(USER);
     let sshd = Sshd::start();
     let user = User::create(&sshd);
     let start = Instant::now();

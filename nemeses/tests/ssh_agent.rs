@@ -1,6 +1,7 @@
 //! `Ssh` without a `key`: logging in with the keys of ssh-agent (`$SSH_AUTH_SOCK`),
 //! against a real sshd. Its own test binary, since it changes the process's
-//! environment. Needs root (sshd does); skipped with a reason otherwise.
+//! environment. Needs root (sshd does): `#[ignore]`d, and `scripts/test` runs it as
+//! root.
 
 mod suite;
 
@@ -8,7 +9,7 @@ use coherence_nemeses::remote::Remote;
 use coherence_nemeses::ssh::{ConnectError, Ssh};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use suite::is_root;
+use suite::require_root;
 use suite::sshd::Sshd;
 
 /// An ssh-agent in the foreground, stopped when dropped.
@@ -22,11 +23,9 @@ impl Drop for Agent {
 }
 
 #[test]
+#[ignore = "needs root: a real sshd on 127.0.0.1; scripts/test runs it as root"]
 fn logs_in_with_the_agents_keys() {
-    if !is_root() {
-        eprintln!("skipped: sshd needs root; run the tests as root");
-        return;
-    }
+    require_root("a real sshd on 127.0.0.1");
     let sshd = Sshd::start();
     let mut config = sshd.config("root");
     config.key = None;

@@ -30,14 +30,21 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Brings the lab up with `coherence lab up ARGS`, as a user would; `None` (said on
-/// stderr) when not root. Keep the guard bound until the test ends: it takes the lab
-/// down however the test ends.
-pub fn lab_up(args: &[&str]) -> Option<(Down, State, LabNodes)> {
-    if !is_root() {
-        eprintln!("not root: the lab cannot run here");
-        return None;
-    }
+/// Fails the test, saying why, unless it runs as root. The tests that need root are
+/// `#[ignore]`d, so a run as another user shows them as ignored; `scripts/test` runs
+/// them as root (`--include-ignored`).
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this test needs root (the lab: network namespaces, a bridge, iptables): \
+         run it as root, as scripts/test does"
+    );
+}
+
+/// Brings the lab up with `coherence lab up ARGS`, as a user would (as root). Keep the
+/// guard bound until the test ends: it takes the lab down however the test ends.
+pub fn lab_up(args: &[&str]) -> (Down, State, LabNodes) {
+    require_root();
     let mut argv = vec!["lab", "up"];
     argv.extend(args);
     let o = coherence(&argv);
@@ -45,7 +52,7 @@ pub fn lab_up(args: &[&str]) -> Option<(Down, State, LabNodes)> {
     let down = Down;
     let state = State::load().unwrap().expect("the lab is up");
     let nodes = LabNodes::new(&state);
-    Some((down, state, nodes))
+    (down, state, nodes)
 }
 
 /// Takes the lab down however a test ends, so a failure leaves nothing running.

@@ -11,10 +11,16 @@ use coherence_nemeses::remote::{shell_words, Remote};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-/// Whether the tests run as root (namespaces and sshd need it).
-pub fn is_root() -> bool {
+/// Fails the test, saying why, unless it runs as root: `what` needs it. The tests that
+/// call this are `#[ignore]`d, so a run as another user shows them as ignored;
+/// `scripts/test` runs them as root (`--include-ignored`).
+pub fn require_root(what: &str) {
     // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    let root = unsafe { libc::geteuid() == 0 };
+    assert!(
+        root,
+        "this test needs root ({what}): run it as root, as scripts/test does"
+    );
 }
 
 /// One check of the suite.
