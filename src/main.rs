@@ -127,7 +127,7 @@ enum Format {
 
 #[derive(clap::Args)]
 struct CheckArgs {
-    /// A history file (.jsonl or .jsonl.gz) or a run directory.
+    /// A history file (.jsonl or .jsonl.gz, or a pipe), a run directory, or - for stdin.
     path: PathBuf,
     /// The staleness bound Δ a read may lag behind acknowledged writes, e.g. 0, 250ms, 2s.
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]

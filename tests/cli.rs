@@ -991,3 +991,26 @@ fn pipes_check_dash_out_writes_a_report_with_the_hash_of_what_came_in() {
     );
     assert!(html.contains("&lt;stdin&gt;"), "standard input is named");
 }
+
+#[test]
+fn gzip_bomb_exits_2_saying_once_what_was_seen() {
+    // 100 MiB of zeros from some 100 KiB: one gzip member of 1 MiB of zeros, repeated.
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = write(dir.path(), "zeros", &"\0".repeat(1 << 20));
+    let member = Command::new("gzip").arg("-c").arg(&zeros).output().unwrap();
+    assert!(member.status.success());
+    let bomb = dir.path().join("bomb.jsonl.gz");
+    std::fs::write(&bomb, member.stdout.repeat(100)).unwrap();
+    let o = coherence(&["check", bomb.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot read {}: the gzip stream expanded to 64 MiB from ",
+            bomb.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("gzip bomb").count(), 1, "said once: {err}");
+    assert!(err.len() < 600, "{err}");
+}

@@ -282,8 +282,9 @@ pub struct ReadSummary {
 /// Why a history could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The file could not be opened or read.
-    #[error("cannot read {}: {source}", path.display())]
+    /// The file could not be opened or read. The cause is the error's source (not
+    /// repeated in its message, so that a cause chain reads once).
+    #[error("cannot read {}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -568,8 +569,8 @@ pub fn read_from_chunked(
             summary.bytes = BOM.len() as u64;
             summary.warnings.push(Warning {
                 line: 1,
-                message: "the file starts with a UTF-8 byte order mark (bytes EF BB BF, as \
-                          some editors write), which a history needs not; it was skipped"
+                message: "the file starts with a UTF-8 byte order mark (bytes EF BB BF, \
+                          which some editors add); it was skipped, as a history needs none"
                     .to_string(),
             });
         }

@@ -184,6 +184,18 @@ fn after_head(lines: &[&str]) -> String {
     s
 }
 
+/// An error and its causes, as `{:#}` of anyhow shows them: "a: b: c".
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut shown = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        shown.push_str(": ");
+        shown.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    shown
+}
+
 /// A scratch directory.
 fn tmp() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
@@ -1525,11 +1537,14 @@ fn missing_file_is_an_io_error() {
         "{err:?}"
     );
     assert_eq!(err.line(), None);
-    let shown = err.to_string();
+    // The cause is the source, said once in the chain as the binary prints it.
+    assert_eq!(err.to_string(), format!("cannot read {}", path.display()));
+    let shown = chain(&err);
     assert!(
         shown.starts_with(&format!("cannot read {}: ", path.display())),
         "{shown}"
     );
+    assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
 }
 
 #[test]
@@ -1716,7 +1731,8 @@ fn gzip_bomb_of_one_endless_line_is_refused_naming_the_file() {
     fs::write(&path, &bomb).unwrap();
     let err = read_file(&path).expect_err("a gzip bomb is refused");
     assert!(matches!(err, ReadError::Io { .. }), "{err:?}");
-    let shown = err.to_string();
+    let shown = chain(&err);
+    assert_eq!(shown.matches("gzip bomb").count(), 1, "said once: {shown}");
     for needle in [
         &format!("cannot read {}: ", path.display()),
         "the gzip stream expanded to 64 MiB from ",
@@ -1752,7 +1768,7 @@ fn gzip_bomb_of_valid_padded_lines_is_refused_by_its_ratio() {
         Ok(())
     };
     let err = read_history(&path, &mut count, &NoProgress).expect_err("refused");
-    let shown = err.to_string();
+    let shown = chain(&err);
     assert!(shown.contains("gzip bomb"), "{shown}");
     assert!(shown.contains(&path.display().to_string()), "{shown}");
     assert!(visited > 0, "the lines before were read");
@@ -2479,7 +2495,7 @@ fn a_run_directory_history_that_is_a_link_is_refused_not_followed() {
     // The reader refuses it too, whoever hands it the path.
     let e = read_file(&run.join(HISTORY)).unwrap_err();
     assert!(matches!(e, ReadError::Io { .. }), "{e}");
-    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(chain(&e).contains("symbolic link"), "{e}");
     // A history outside a run directory is the user's choice: a link to it is read.
     let link = dir.path().join("link.jsonl");
     std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
