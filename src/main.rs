@@ -127,7 +127,7 @@ enum Format {
 
 #[derive(clap::Args)]
 struct CheckArgs {
-    /// A history file (.jsonl or .jsonl.gz) or a run directory.
+    /// A history file (.jsonl or .jsonl.gz, or a pipe), a run directory, or - for stdin.
     path: PathBuf,
     /// The staleness bound Δ a read may lag behind acknowledged writes, e.g. 0, 250ms, 2s.
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
@@ -384,12 +384,12 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
         ..Options::default()
     };
     let progress = progress::Bar::for_file(&path);
-    let (history, results) = check_file_keeping(&path, &options, &progress)?;
+    let (history, results, summary) = check_file_keeping(&path, &options, &progress)?;
     drop(progress);
     let mut report_path = None;
     if let Some(dir) = &args.out {
         // The run directory's files first: one that is refused leaves no output behind.
-        let context = report::RunContext::gather(&path)
+        let context = report::RunContext::gather(&path, Some(summary.sha256))
             .with_context(|| format!("cannot read {} for the report", path.display()))?;
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the output directory {}", dir.display()))?;

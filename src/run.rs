@@ -551,7 +551,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     };
     let history_file = dir.join(HISTORY);
     let inputs = [history_file.as_path(), args.campaign.as_path()];
-    let (history, results) =
+    let (history, results, summary) =
         check_file_keeping(&history_file, &options, &coherence_store::NoProgress)?;
     write_output(
         &dir.join(RESULTS),
@@ -559,7 +559,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         &inputs,
     )?;
     let report_file = dir.join(report::REPORT);
-    let context = report::RunContext::gather(&history_file)
+    let context = report::RunContext::gather(&history_file, Some(summary.sha256))
         .context("cannot read the run directory for the report")?;
     report::write(&report_file, &history, &results, &context, &inputs)?;
     drop(history);

@@ -931,3 +931,97 @@ fn run_takes_the_password_from_the_environment() {
         .unwrap()
         .contains("hunter2"));
 }
+
+/// Runs the binary with `input` on its standard input.
+fn coherence_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args(args)
+        .env_remove("CI")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run coherence");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_vec();
+    // From a thread, so that a child that stops reading early cannot block us.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("wait for coherence");
+    let _ = writer.join();
+    out
+}
+
+#[test]
+fn pipes_check_reads_a_history_from_stdin_as_dash_or_dev_stdin() {
+    let file = example("fill-race.jsonl");
+    let bytes = std::fs::read(&file).unwrap();
+    let expected = coherence(&["check", &file]);
+    assert_eq!(expected.status.code(), Some(1));
+    let gz = Command::new("gzip").arg("-c").arg(&file).output().unwrap();
+    assert!(gz.status.success());
+    let gz = gz.stdout;
+    for (arg, name) in [("-", "<stdin>"), ("/dev/stdin", "/dev/stdin")] {
+        for input in [&bytes, &gz] {
+            let o = coherence_with_stdin(&["check", arg], input);
+            assert_eq!(o.status.code(), Some(1), "{arg}: {}", stderr(&o));
+            assert_eq!(
+                stdout(&o),
+                stdout(&expected).replace(&file, name),
+                "{arg}: the same verdict as the file's"
+            );
+        }
+    }
+    // Errors name standard input and the line.
+    let o = coherence_with_stdin(&["check", "-"], b"{\"index\":0}\nnot json\n");
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("<stdin>:1: missing field `time`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn pipes_check_dash_out_writes_a_report_with_the_hash_of_what_came_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = example("fill-race.jsonl");
+    let bytes = std::fs::read(&file).unwrap();
+    let out = dir.path().join("out");
+    let o = coherence_with_stdin(&["check", "-", "--out", out.to_str().unwrap()], &bytes);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    let sums = Command::new("sha256sum").arg(&file).output().unwrap();
+    let sum = String::from_utf8(sums.stdout).unwrap();
+    let sum = sum.split_whitespace().next().unwrap();
+    assert_eq!(sum.len(), 64);
+    assert!(
+        html.contains(sum),
+        "the report carries the sha256 of the bytes read"
+    );
+    assert!(html.contains("&lt;stdin&gt;"), "standard input is named");
+}
+
+#[test]
+fn gzip_bomb_exits_2_saying_once_what_was_seen() {
+    // 100 MiB of zeros from some 100 KiB: one gzip member of 1 MiB of zeros, repeated.
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = write(dir.path(), "zeros", &"\0".repeat(1 << 20));
+    let member = Command::new("gzip").arg("-c").arg(&zeros).output().unwrap();
+    assert!(member.status.success());
+    let bomb = dir.path().join("bomb.jsonl.gz");
+    std::fs::write(&bomb, member.stdout.repeat(100)).unwrap();
+    let o = coherence(&["check", bomb.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!(
+            "error: cannot read {}: the gzip stream expanded to 64 MiB from ",
+            bomb.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("gzip bomb").count(), 1, "said once: {err}");
+    assert!(err.len() < 600, "{err}");
+}

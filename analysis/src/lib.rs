@@ -26,7 +26,8 @@ pub mod topology;
 pub use check::{AnomalyKind, CauseKind};
 pub use results::{Options, Results, Status, Verdict};
 
-use coherence_store::{read_history, Progress, ReadError};
+use coherence_store::reader::{STDIN, STDIN_NAME};
+use coherence_store::{read_history, Progress, ReadError, ReadSummary};
 use std::path::Path;
 
 /// Reads, checks and explains the history at `path`.
@@ -35,29 +36,29 @@ pub fn check_file(
     options: &Options,
     progress: &dyn Progress,
 ) -> Result<Results, ReadError> {
-    check_file_keeping(path, options, progress).map(|(_, results)| results)
+    check_file_keeping(path, options, progress).map(|(_, results, _)| results)
 }
 
 /// As [`check_file`], and hands back the history too (the report draws its timelines
-/// from it).
+/// from it) and what the read saw (the history's sha256 for the report among it: `path`
+/// may be a pipe or `-`, which cannot be read again).
 pub fn check_file_keeping(
     path: &Path,
     options: &Options,
     progress: &dyn Progress,
-) -> Result<(model::History, Results), ReadError> {
+) -> Result<(model::History, Results, ReadSummary), ReadError> {
     let mut builder = model::Builder::new();
     let summary = read_history(path, &mut builder, progress)?;
     progress.phase("checking");
     let history = builder.finish();
     let warnings = summary.warnings.iter().map(|w| w.to_string()).collect();
-    let results = check_history(
-        &history,
-        options,
-        &path.display().to_string(),
-        warnings,
-        summary.unfinished,
-    );
-    Ok((history, results))
+    let name = if path == Path::new(STDIN) {
+        STDIN_NAME.to_string()
+    } else {
+        path.display().to_string()
+    };
+    let results = check_history(&history, options, &name, warnings, summary.unfinished);
+    Ok((history, results, summary))
 }
 
 /// Checks a history already in memory.

@@ -57,17 +57,22 @@ pub struct RunContext {
 }
 
 impl RunContext {
-    /// Hashes the history at `history` and, when it is a run directory's history, reads
-    /// the run's `campaign.toml` (redacted) and `run.json` beside it. Both must be
-    /// regular files, not links ([`coherence_store::files::open_regular`]); a file that
-    /// is not is an error naming it.
-    pub fn gather(history: &Path) -> std::io::Result<RunContext> {
-        let name = history.file_name().map_or_else(
-            || history.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
+    /// Takes the history's sha256 from the caller (the reader computes it as it reads:
+    /// [`coherence_store::ReadSummary::sha256`]) and, when `history` is a run directory's
+    /// history, reads the run's `campaign.toml` (redacted) and `run.json` beside it. Both
+    /// must be regular files, not links ([`coherence_store::files::open_regular`]); a file
+    /// that is not is an error naming it. Standard input (`-`) is shown as `<stdin>`.
+    pub fn gather(history: &Path, history_sha256: Option<String>) -> std::io::Result<RunContext> {
+        let name = if history == Path::new(coherence_store::reader::STDIN) {
+            coherence_store::reader::STDIN_NAME.to_string()
+        } else {
+            history.file_name().map_or_else(
+                || history.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        };
         let mut ctx = RunContext {
-            history_sha256: Some(sha256_file(history)?),
+            history_sha256,
             history_name: name.clone(),
             ..RunContext::default()
         };

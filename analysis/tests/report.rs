@@ -14,13 +14,21 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn checked(path: &Path) -> (History, Results) {
-    check_file_keeping(path, &Options::default(), &NoProgress).expect("the history reads")
+    let (h, r, _) =
+        check_file_keeping(path, &Options::default(), &NoProgress).expect("the history reads");
+    (h, r)
+}
+
+/// The report's context as `coherence check --out` gathers it: the hash from the read.
+fn context(path: &Path) -> RunContext {
+    let (_, _, summary) =
+        check_file_keeping(path, &Options::default(), &NoProgress).expect("the history reads");
+    RunContext::gather(path, Some(summary.sha256)).expect("the run context")
 }
 
 fn render(path: &Path) -> String {
     let (h, r) = checked(path);
-    let ctx = RunContext::gather(path).expect("the history hashes");
-    report::render(&h, &r, &ctx)
+    report::render(&h, &r, &context(path))
 }
 
 /// The document's outline: section ids and headings, in order, tags stripped.
@@ -160,7 +168,7 @@ fn everything_a_history_shows_is_escaped() {
     std::fs::write(&path, text).unwrap();
     let (h, r) = checked(&path);
     assert_eq!(r.anomaly_counts["stale-read"], 1, "the read is stale");
-    let html = report::render(&h, &r, &RunContext::gather(&path).unwrap());
+    let html = report::render(&h, &r, &context(&path));
     // Shown, as text.
     assert!(
         html.contains("&lt;img src=x onerror=alert(1)&gt;&lt;/script&gt;"),
@@ -239,7 +247,7 @@ fn report_size_does_not_grow_with_the_history() {
         "enough anomalies to hit the cap"
     );
     assert!(r.stats.nemesis_events > 0, "faults to shade");
-    let large = report::render(&h, &r, &RunContext::gather(&large_path).unwrap());
+    let large = report::render(&h, &r, &context(&large_path));
     assert_self_contained(&large);
     // Every anomaly kind the history has is explained, up to the cap.
     assert_eq!(

@@ -22,6 +22,7 @@ pub mod writer;
 pub use event::{Event, EventType, OpKind, Process, Versioned};
 pub use progress::{NoProgress, Progress};
 pub use reader::{
-    read_history, EventRef, ProcessRef, ReadError, ReadSummary, ValueRef, Visitor, Warning,
+    quote, read_history, EventRef, ProcessRef, ReadError, ReadSummary, ValueRef, Visitor, Warning,
+    MAX_LINE,
 };
 pub use writer::HistoryWriter;

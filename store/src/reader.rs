@@ -3,11 +3,16 @@
 //! The file is read in large chunks; the lines of a chunk are parsed in parallel into
 //! borrowed [`EventRef`]s (no allocation per line), then checked in order — index
 //! sequence, clock, pairing — and handed one by one to a [`Visitor`]. Memory stays
-//! bounded by the chunk size whatever the file size.
+//! bounded by the chunk size and the longest line allowed ([`MAX_LINE`]) whatever the
+//! file size; a gzip stream that expands absurdly ([`MAX_GZIP_RATIO`]) is refused.
+//! The input is read once, front to back, so a pipe or standard input (`-`) does as well
+//! as a file; the file's sha256 is computed on the way ([`ReadSummary::sha256`]).
 //!
 //! Malformed input is rejected with the file, the line and the reason, phrased so the
-//! user knows what to fix. A last line cut short (no newline and not a whole event) is
-//! what a crashed writer leaves behind: it becomes a [`Warning`], not an error.
+//! user knows what to fix; every string of the input that a message quotes goes through
+//! [`quote`], so a message stays short and never carries control characters to a
+//! terminal. A last line cut short (no newline and not a whole event) is what a crashed
+//! writer leaves behind: it becomes a [`Warning`], not an error.
 
 use crate::event::{EventType, OpKind};
 use crate::progress::Progress;
@@ -16,14 +21,100 @@ use rustc_hash::FxHashMap;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 use std::borrow::Cow;
-use std::fmt;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::fmt::{self, Write as _};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender};
 
 /// How many bytes are parsed at a time.
 const CHUNK: usize = 4 << 20;
+
+/// The longest line the reader takes, in bytes (its line end not counted): 64 MiB.
+///
+/// An ordinary event is about 140 bytes. The longest real one is the `ok` of a
+/// `db-final-read`, which carries the key's whole version log at about 25 bytes a
+/// version (`[123456,"w12-34567"],`): 2.5 MB for a hot key with 100,000 versions. 64 MiB
+/// holds the log of over 2.5 million versions of one key, 25 times that hot key, while
+/// bounding what one line costs: a line is parsed whole, so the reader holds at most
+/// this plus a chunk of it (and the parsed log, about twice as much again). A longer
+/// line is refused with its number as soon as it is seen, instead of being gathered for
+/// minutes: it comes from a file without line ends (not a history) or from a gzip stream
+/// that expands to one endless line.
+pub const MAX_LINE: usize = 64 << 20;
+
+/// A gzip stream that expands to more than this many times the compressed bytes read so
+/// far is refused (once past [`GZIP_RATIO_AFTER`]), as a gzip bomb.
+///
+/// Real histories expand far less: what our writer produces (`coherence gen --mode buggy
+/// --ops 200000`, gzip level 1) expands 5.4 times (18,826,554 bytes to 101,599,224); the
+/// most repetitive simulated history (one key, one client) recompressed with `gzip -9`
+/// expands 12.8 times. Deflate itself tops out near 1032 times, and a bomb (zeros, or
+/// valid events padded with spaces) comes close to that. 100 leaves eight times the
+/// headroom over the most compressible history measured and stays ten times below a
+/// bomb. A real history that compresses better (huge constant payloads, say) can be
+/// decompressed first: a plain file has no such limit.
+pub const MAX_GZIP_RATIO: u64 = 100;
+
+/// How many decompressed bytes a gzip stream may produce before [`MAX_GZIP_RATIO`]
+/// applies (64 MiB): below it, the ratio of a short stream says little, and the whole of
+/// it costs a fraction of a second to read.
+pub const GZIP_RATIO_AFTER: u64 = 64 << 20;
+
+/// The path that names standard input, for [`read_history`] and
+/// [`crate::run::resolve_history`].
+pub const STDIN: &str = "-";
+
+/// How standard input is named in errors and results.
+pub const STDIN_NAME: &str = "<stdin>";
+
+/// How many bytes of a string (after escaping) a message quotes at most.
+const QUOTE_LIMIT: usize = 120;
+
+/// Quotes a string of the input for a message: in double quotes, escaped as Rust's
+/// `{:?}` escapes it (control characters such as ESC, NUL or CR, and invisible ones
+/// such as bidirectional overrides, become `\u{1b}`, `\0`, `\r`, ...), and cut on a
+/// character boundary after 120 bytes of escaped text, with its full size appended:
+/// `"aaaa"… (1048576 bytes)`. A message quoting it stays short and safe to print.
+pub fn quote(s: &str) -> String {
+    bounded(s, true)
+}
+
+/// [`quote`] without the quotes, for text that is already readable as it is (the JSON of
+/// a value, a parser's message): cut, and escaped but for `"` and `\`.
+fn excerpt(s: &str) -> String {
+    bounded(s, false)
+}
+
+fn bounded(s: &str, quoted: bool) -> String {
+    let mut out = String::with_capacity(s.len().min(QUOTE_LIMIT) + 24);
+    if quoted {
+        out.push('"');
+    }
+    let body = out.len();
+    let mut cut = false;
+    for c in s.chars() {
+        let before = out.len();
+        match c {
+            '"' | '\\' if !quoted => out.push(c),
+            '\'' => out.push(c),
+            _ => out.extend(c.escape_debug()),
+        }
+        if out.len() - body > QUOTE_LIMIT {
+            out.truncate(before);
+            cut = true;
+            break;
+        }
+    }
+    if quoted {
+        out.push('"');
+    }
+    if cut {
+        let _ = write!(out, "… ({} bytes)", s.len());
+    }
+    out
+}
 
 /// Who logged an event, borrowed from the line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,7 +129,7 @@ impl fmt::Display for ProcessRef<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ProcessRef::Client(n) => write!(f, "{n}"),
-            ProcessRef::Actor(s) => write!(f, "{s:?}"),
+            ProcessRef::Actor(s) => f.write_str(&quote(s)),
         }
     }
 }
@@ -182,13 +273,18 @@ pub struct ReadSummary {
     pub unfinished: u64,
     /// Things that did not stop reading, such as a cut-short last line.
     pub warnings: Vec<Warning>,
+    /// The sha256 of the bytes read, hex: of the file as it is on disk (for gzip, the
+    /// compressed bytes), so `sha256sum FILE` agrees. Computed while reading, so that a
+    /// pipe, which cannot be read twice, gets one too. [`read_from`] leaves it empty.
+    pub sha256: String,
 }
 
 /// Why a history could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The file could not be opened or read.
-    #[error("cannot read {}: {source}", path.display())]
+    /// The file could not be opened or read. The cause is the error's source (not
+    /// repeated in its message, so that a cause chain reads once).
+    #[error("cannot read {}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
@@ -220,82 +316,148 @@ impl ReadError {
 
 /// Reads the history at `path` (plain or gzip, told by its first bytes), handing every
 /// event to `visitor` in order. A run directory's history must be a regular file and is
-/// not read through a link ([`crate::run::open_history`]).
+/// not read through a link ([`crate::run::open_history`]). Any other `path` may be a
+/// pipe, or [`STDIN`] (`-`) for standard input: the input is read once, front to back,
+/// and never seeked.
 pub fn read_history(
     path: &Path,
     visitor: &mut dyn Visitor,
     progress: &dyn Progress,
 ) -> Result<ReadSummary, ReadError> {
+    if path == Path::new(STDIN) {
+        return read_source(io::stdin(), None, Path::new(STDIN_NAME), visitor, progress);
+    }
     let io_err = |source| ReadError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = crate::run::open_history(path).map_err(io_err)?;
-    let total = file.metadata().map_err(io_err)?.len();
-    let mut magic = [0u8; 2];
-    let n = read_full(&mut file, &mut magic).map_err(io_err)?;
-    file.seek(SeekFrom::Start(0)).map_err(io_err)?;
-    let counted = Counting {
-        inner: file,
-        progress,
-    };
-    progress.start(Some(total));
-    let result = if n == 2 && magic == [0x1f, 0x8b] {
-        let mut gzip = GzipEnd {
-            inner: flate2::read::MultiGzDecoder::new(counted),
-            cut: false,
-        };
-        read_from(&mut gzip, path, visitor).map(|mut summary| {
-            if gzip.cut {
-                summary.warnings.push(Warning {
-                    line: summary.events + 1,
-                    message: "the gzip stream ends early (its writer did not finish it, as \
-                              after a crash); the events before were read and nothing \
-                              after them was"
-                        .to_string(),
-                });
-            }
-            summary
-        })
-    } else {
-        read_from(counted, path, visitor)
-    };
-    progress.finish();
-    result
+    let file = crate::run::open_history(path).map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    // A pipe or a device has no size to show progress against.
+    let total = meta.is_file().then_some(meta.len());
+    read_source(file, total, path, visitor, progress)
 }
 
-/// A gzip stream that ends early, as an unfinished writer leaves it (flushed blocks but
-/// no trailer), ends the input instead of failing, so that the prefix is read; `cut` says
-/// that it happened. Corrupt data stays an error.
-struct GzipEnd<R> {
+/// Reads a history from `inner`, telling gzip by its first two bytes without seeking
+/// back (they are handed on ahead of the rest).
+fn read_source<R: Read + Send>(
     inner: R,
+    total: Option<u64>,
+    path: &Path,
+    visitor: &mut dyn Visitor,
+    progress: &dyn Progress,
+) -> Result<ReadSummary, ReadError> {
+    let mut source = Source {
+        inner,
+        progress,
+        hasher: Sha256::new(),
+        bytes: 0,
+    };
+    progress.start(total);
+    let mut magic = [0u8; 2];
+    let result = read_full(&mut source, &mut magic)
+        .map_err(|source| ReadError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+        .and_then(|n| {
+            let head = &magic[..n];
+            if head == [0x1f, 0x8b] {
+                let mut gzip = Gunzip {
+                    inner: flate2::read::MultiGzDecoder::new(head.chain(&mut source)),
+                    out: 0,
+                    cut: false,
+                };
+                let mut summary = read_from(&mut gzip, path, visitor)?;
+                if gzip.cut {
+                    summary.warnings.push(Warning {
+                        line: summary.events + 1,
+                        message: "the gzip stream ends early (its writer did not finish it, \
+                                  as after a crash); the events before were read and nothing \
+                                  after them was"
+                            .to_string(),
+                    });
+                }
+                Ok(summary)
+            } else {
+                read_from(head.chain(&mut source), path, visitor)
+            }
+        });
+    progress.finish();
+    let mut summary = result?;
+    summary.sha256 = hex(&source.hasher.finalize());
+    Ok(summary)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// The input's bytes as they come: counted for the progress and the gzip ratio, and
+/// hashed.
+struct Source<'p, R> {
+    inner: R,
+    progress: &'p dyn Progress,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for Source<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        self.progress.advance(n as u64);
+        Ok(n)
+    }
+}
+
+/// The decompressed stream of a gzip file.
+///
+/// A stream that ends early, as an unfinished writer leaves it (flushed blocks but no
+/// trailer), ends the input instead of failing, so that the prefix is read; `cut` says
+/// that it happened. Corrupt data stays an error, and so does a stream that expands
+/// more than [`MAX_GZIP_RATIO`] times.
+struct Gunzip<'a, 'p, R> {
+    inner: flate2::read::MultiGzDecoder<io::Chain<&'a [u8], &'a mut Source<'p, R>>>,
+    /// Decompressed bytes handed on so far.
+    out: u64,
     cut: bool,
 }
 
-impl<R: Read> Read for GzipEnd<R> {
+impl<R: Read> Read for Gunzip<'_, '_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cut {
             return Ok(0);
         }
-        match self.inner.read(buf) {
+        let n = match self.inner.read(buf) {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
                 self.cut = true;
-                Ok(0)
+                return Ok(0);
             }
-            other => other,
+            other => other?,
+        };
+        self.out += n as u64;
+        // What the decoder has taken in; some of it may still wait in its buffer, which
+        // only makes the ratio look smaller.
+        let compressed = self.inner.get_ref().get_ref().1.bytes.max(1);
+        if self.out > GZIP_RATIO_AFTER && self.out > MAX_GZIP_RATIO * compressed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the gzip stream expanded to {} MiB from {} KiB, over {MAX_GZIP_RATIO} \
+                     times its size (real histories expand 5 to 13 times), as a gzip bomb \
+                     does, so reading stopped; if this is a real history, decompress it \
+                     (gunzip -k) and check the plain file",
+                    self.out >> 20,
+                    compressed.div_ceil(1024),
+                ),
+            ));
         }
-    }
-}
-
-struct Counting<'p, R> {
-    inner: R,
-    progress: &'p dyn Progress,
-}
-
-impl<R: Read> Read for Counting<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.progress.advance(n as u64);
         Ok(n)
     }
 }
@@ -360,6 +522,9 @@ fn parse_chunk(chunk: &[u8]) -> Parsed<'_> {
         .par_iter()
         .with_min_len(256)
         .map(|&(s, e)| {
+            if e - s > MAX_LINE {
+                return Err(too_long());
+            }
             let line = match text {
                 Some(t) => Line::Text(trim_cr_str(&t[s..e])),
                 None => Line::Bytes(trim_cr(&chunk[s..e])),
@@ -379,72 +544,135 @@ fn parse_chunk(chunk: &[u8]) -> Parsed<'_> {
 ///
 /// A producer thread reads chunks of whole lines and parses each in parallel while the
 /// calling thread checks the sequence and visits the events of the chunk before, so
-/// parsing, checking and the visitor's work overlap.
+/// parsing, checking and the visitor's work overlap. A UTF-8 byte order mark at the very
+/// start is skipped with a [`Warning`].
 #[doc(hidden)]
 pub fn read_from_chunked(
-    input: impl Read + Send,
+    mut input: impl Read + Send,
     path: &Path,
     visitor: &mut dyn Visitor,
     chunk_bytes: usize,
 ) -> Result<ReadSummary, ReadError> {
     let chunk_bytes = chunk_bytes.max(1);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Batch>>(2);
+    let mut head = [0u8; BOM.len()];
+    let n = read_full(&mut input, &mut head).map_err(|source| ReadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let bom = head[..n] == BOM;
+    let input = (if bom { &[][..] } else { &head[..n] }).chain(input);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Sent>(2);
     std::thread::scope(|scope| {
         scope.spawn(move || produce(input, chunk_bytes, tx));
-        consume(rx, path, visitor)
+        let mut summary = ReadSummary::default();
+        if bom {
+            summary.bytes = BOM.len() as u64;
+            summary.warnings.push(Warning {
+                line: 1,
+                message: "the file starts with a UTF-8 byte order mark (bytes EF BB BF, \
+                          which some editors add); it was skipped, as a history needs none"
+                    .to_string(),
+            });
+        }
+        consume(rx, path, visitor, summary)
         // Returning drops the receiver, which stops the producer at its next send.
     })
 }
 
+/// The UTF-8 byte order mark.
+const BOM: [u8; 3] = [0xef, 0xbb, 0xbf];
+
+/// What the producer hands the consumer.
+enum Sent {
+    /// The next chunk of whole lines, parsed.
+    Batch(Batch),
+    /// Reading failed.
+    Failed(io::Error),
+    /// The line after the last batch is longer than [`MAX_LINE`].
+    LineTooLong,
+}
+
+/// Why a line longer than [`MAX_LINE`] is refused, and what to do.
+fn too_long() -> String {
+    format!(
+        "the line is longer than {} MiB, the most the reader takes (the longest real \
+         event, a db-final-read with its version log, is far shorter): every event is one \
+         JSON object on its own line, ending in a newline, so check that this file is a \
+         history (a file without line ends, or a gzip stream that expands to one endless \
+         line, gives this)",
+        MAX_LINE >> 20
+    )
+}
+
 /// Reads chunks that end at a line end, parses them, and sends them in order.
-fn produce(mut input: impl Read, chunk_bytes: usize, tx: SyncSender<io::Result<Batch>>) {
+///
+/// A line longer than a chunk is gathered in one buffer that grows (amortized doubling)
+/// and only its new bytes are searched for a line end, so it costs time linear in its
+/// length; it stops at [`MAX_LINE`].
+fn produce(mut input: impl Read, chunk_bytes: usize, tx: SyncSender<Sent>) {
     let mut carry: Vec<u8> = Vec::new();
     loop {
         let mut buf = Vec::with_capacity(carry.len() + chunk_bytes);
         buf.append(&mut carry);
-        // `read_to_end` writes into the spare capacity without zero-filling it.
-        let got = match (&mut input).take(chunk_bytes as u64).read_to_end(&mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                let _ = tx.send(Err(e));
+        // The carry is the start of a line: it holds no line end.
+        let mut searched = buf.len();
+        let (end, eof) = loop {
+            // `read_to_end` writes into the spare capacity without zero-filling it.
+            let got = match (&mut input).take(chunk_bytes as u64).read_to_end(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.send(Sent::Failed(e));
+                    return;
+                }
+            };
+            if got < chunk_bytes {
+                break (buf.len(), true);
+            }
+            if let Some(p) = memchr::memrchr(b'\n', &buf[searched..]) {
+                break (searched + p + 1, false);
+            }
+            // One line, longer than a chunk so far: read more of it, unless too long.
+            if buf.len() > MAX_LINE {
+                let _ = tx.send(Sent::LineTooLong);
                 return;
             }
-        };
-        let eof = got < chunk_bytes;
-        let end = if eof {
-            buf.len()
-        } else {
-            match memchr::memrchr(b'\n', &buf) {
-                Some(p) => p + 1,
-                None => {
-                    carry = buf; // one very long line: read more
-                    continue;
-                }
-            }
+            searched = buf.len();
         };
         carry.extend_from_slice(&buf[end..]);
         buf.truncate(end);
         let batch = Batch::new(buf, |chunk| parse_chunk(chunk));
-        if tx.send(Ok(batch)).is_err() || eof {
+        if tx.send(Sent::Batch(batch)).is_err() || eof {
             return; // the consumer stopped (an error), or all is sent
         }
     }
 }
 
-/// Checks and visits the batches in order.
+/// Checks and visits the batches in order, adding to `summary`.
 fn consume(
-    rx: Receiver<io::Result<Batch>>,
+    rx: Receiver<Sent>,
     path: &Path,
     visitor: &mut dyn Visitor,
+    mut summary: ReadSummary,
 ) -> Result<ReadSummary, ReadError> {
-    let mut summary = ReadSummary::default();
     let mut checker = Sequence::default();
     let mut first_line = 1u64;
-    for batch in rx {
-        let mut batch = batch.map_err(|source| ReadError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    for sent in rx {
+        let mut batch = match sent {
+            Sent::Batch(batch) => batch,
+            Sent::Failed(source) => {
+                return Err(ReadError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+            Sent::LineTooLong => {
+                return Err(ReadError::Invalid {
+                    path: path.to_path_buf(),
+                    line: first_line,
+                    reason: too_long(),
+                })
+            }
+        };
         let bytes = batch.borrow_owner().len() as u64;
         let count = batch.with_dependent_mut(|chunk, parsed| -> Result<u64, ReadError> {
             let count = parsed.events.len();
@@ -491,6 +719,9 @@ fn consume(
 /// value (the JSON ends early). A line that is whole JSON, or that breaks JSON before its
 /// end, cannot be a cut-short event and stays an error.
 fn is_cut_short(chunk: &[u8], (start, end): (usize, usize)) -> bool {
+    if end - start > MAX_LINE {
+        return false;
+    }
     match serde_json::from_slice::<de::IgnoredAny>(trim_cr(&chunk[start..end])) {
         Ok(_) => false,
         Err(e) => e.is_eof(),
@@ -609,7 +840,10 @@ impl<'a, V> RawLine<'a, V> {
         let kind_str =
             cow(self.kind.take()).ok_or_else(|| missing("type", "invoke, ok, fail or info"))?;
         let kind = EventType::parse(&kind_str).ok_or_else(|| {
-            format!("unknown type {kind_str:?}: the type must be invoke, ok, fail or info")
+            format!(
+                "unknown type {}: the type must be invoke, ok, fail or info",
+                quote(&kind_str)
+            )
         })?;
         let f = cow(self.f.take())
             .ok_or_else(|| missing("f", "the operation, such as \"read\" or \"write\""))?;
@@ -617,15 +851,17 @@ impl<'a, V> RawLine<'a, V> {
         if let ProcessRef::Actor(name) = &process {
             if kind != EventType::Info {
                 return Err(format!(
-                    "process {name:?} is a string, so its events must have type \"info\" (found {kind:?}); \
+                    "process {} is a string, so its events must have type \"info\" (found {:?}); \
                      operations that are invoked and completed need an integer process",
-                    kind = kind.as_str()
+                    quote(name),
+                    kind.as_str()
                 ));
             }
         }
         if op.is_data() && self.key.is_none() {
             return Err(format!(
-                "missing field `key`: a {f:?} event must name the item it touches"
+                "missing field `key`: a {} event must name the item it touches",
+                quote(&f)
             ));
         }
         Ok(Head {
@@ -756,7 +992,7 @@ fn parse_fast(line: Line<'_>) -> Option<EventRef<'_>> {
                 write: Some(write),
                 ..
             }),
-        ) => ValueRef::Versioned(VersionedRef {
+        ) if version >= 0 => ValueRef::Versioned(VersionedRef {
             version,
             write: write.0,
         }),
@@ -767,14 +1003,14 @@ fn parse_fast(line: Line<'_>) -> Option<EventRef<'_>> {
                 write: Some(write),
                 log,
             }),
-        ) => ValueRef::Final {
+        ) if version >= 0 && first_negative(log.as_deref()).is_none() => ValueRef::Final {
             value: VersionedRef {
                 version,
                 write: write.0,
             },
             log,
         },
-        // anything else, and values kept raw, take the slow path
+        // anything else (a negative version too), and values kept raw, take the slow path
         _ => return None,
     };
     Some(raw.event(head, value))
@@ -832,12 +1068,7 @@ fn typed_value<'a>(
     // serde would also take a JSON array as a struct, field by field in order.
     let is_object = text.is_some_and(|t| t.starts_with('{'));
     let what = || format!("the value of `{}` {}", op.as_str(), kind.as_str());
-    let found = || {
-        text.unwrap_or("nothing")
-            .chars()
-            .take(80)
-            .collect::<String>()
-    };
+    let found = || excerpt(text.unwrap_or("nothing"));
     match need {
         Shape::Anything => Ok(raw
             .filter(|_| !is_null)
@@ -885,6 +1116,21 @@ fn typed_value<'a>(
             let (Some(version), Some(write)) = (parsed.version, cow(parsed.write)) else {
                 return Err(format!("{} must be {VERSIONED}, found {}", what(), found()));
             };
+            if version < 0 {
+                return Err(format!(
+                    "{} has `version` {version}, but versions start at 0 (the key's initial \
+                     state) and each committed write adds 1: fix the client that logged it",
+                    what()
+                ));
+            }
+            if let Some((entry, v)) = first_negative(parsed.log.as_deref()) {
+                return Err(format!(
+                    "{} has version {v} in its `log` (entry {entry}, from 0), but versions \
+                     start at 0 (the key's initial state) and each committed write adds 1: \
+                     fix the client that logged it",
+                    what()
+                ));
+            }
             let value = VersionedRef { version, write };
             if need == Shape::Final {
                 Ok(ValueRef::Final {
@@ -908,12 +1154,22 @@ enum Shape {
     Final,
 }
 
+/// The first negative version of a `db-final-read` log, with its place in the log.
+fn first_negative(log: Option<&[(i64, String)]>) -> Option<(usize, i64)> {
+    log?.iter()
+        .enumerate()
+        .find(|(_, (v, _))| *v < 0)
+        .map(|(i, (v, _))| (i, *v))
+}
+
+/// serde's message without its position (ours gives the line), cut and escaped: serde
+/// quotes the value it refused, which may be long.
 fn strip_position(e: &serde_json::Error) -> String {
     let s = e.to_string();
-    match s.find(" at line ") {
-        Some(p) => s[..p].to_string(),
-        None => s,
-    }
+    excerpt(match s.find(" at line ") {
+        Some(p) => &s[..p],
+        None => &s,
+    })
 }
 
 /// A field, a test of its value, and what the value must be.
@@ -924,11 +1180,20 @@ fn diagnose(bytes: &[u8], err: Option<&serde_json::Error>) -> String {
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => {
+            let at = e.column().saturating_sub(1);
+            if bytes.get(at..).is_some_and(|rest| rest.starts_with(&BOM)) {
+                return format!(
+                    "a UTF-8 byte order mark (bytes EF BB BF) at column {}: only the very \
+                     start of a file may carry one (it is skipped there); remove it (joining \
+                     files that each start with one leaves them inside)",
+                    e.column()
+                );
+            }
             return format!(
                 "not valid JSON ({} at column {}): every line must be one JSON object",
                 strip_position(&e),
                 e.column()
-            )
+            );
         }
     };
     let Some(obj) = value.as_object() else {
@@ -964,10 +1229,10 @@ fn diagnose(bytes: &[u8], err: Option<&serde_json::Error>) -> String {
     for (field, ok, what) in rules {
         if let Some(v) = obj.get(field) {
             if !ok(v) {
-                let shown: String = v.to_string().chars().take(60).collect();
                 return format!(
-                    "field `{field}` must be {what}, found {} {shown}",
-                    kind_of(v)
+                    "field `{field}` must be {what}, found {} {}",
+                    kind_of(v),
+                    excerpt(&v.to_string())
                 );
             }
         }
@@ -1041,10 +1306,11 @@ impl Sequence {
         if event.kind == EventType::Invoke {
             if slot.active {
                 return Err(format!(
-                    "process {process} invokes {:?} while its invoke on line {} is still \
+                    "process {process} invokes {} while its invoke on line {} is still \
                      outstanding: a client has one operation at a time, so complete it \
                      (ok, fail or info) first",
-                    event.f, slot.line
+                    quote(&event.f),
+                    slot.line
                 ));
             }
             slot.active = true;
@@ -1058,21 +1324,22 @@ impl Sequence {
         }
         if !slot.active {
             return Err(format!(
-                "{} of {:?} by process {process} has no invoke: every completion must \
+                "{} of {} by process {process} has no invoke: every completion must \
                  follow an invoke of the same process",
                 event.kind.as_str(),
-                event.f
+                quote(&event.f)
             ));
         }
         if slot.f != event.f || slot.key != key {
             return Err(format!(
-                "{} of {:?} on key {key:?} by process {process} does not match its invoke on \
-                 line {} ({:?} on key {:?}): a completion repeats its invoke's f and key",
+                "{} of {} on key {} by process {process} does not match its invoke on \
+                 line {} ({} on key {}): a completion repeats its invoke's f and key",
                 event.kind.as_str(),
-                event.f,
+                quote(&event.f),
+                quote(key),
                 slot.line,
-                slot.f,
-                slot.key
+                quote(&slot.f),
+                quote(&slot.key)
             ));
         }
         slot.active = false;

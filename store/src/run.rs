@@ -13,14 +13,18 @@ pub const HISTORY_GZ: &str = "history.jsonl.gz";
 /// The checker's results in a run directory.
 pub const RESULTS: &str = "results.json";
 
-/// Finds the history a user pointed at: a file as it is, or the history inside a run
-/// directory. The error says what was looked for.
+/// Finds the history a user pointed at: a file (or a pipe) as it is, the history inside a
+/// run directory, or `-` for standard input ([`crate::reader::STDIN`]). The error says
+/// what was looked for.
 ///
 /// A history found in a directory must be a regular file in it: a symbolic link (or a
 /// FIFO, a device) named `history.jsonl` is refused rather than followed, as every file
 /// of a run directory is ([`crate::files::open_regular`]). A directory by that name is
 /// not a history and is passed over.
 pub fn resolve_history(path: &Path) -> Result<PathBuf, String> {
+    if path == Path::new(crate::reader::STDIN) {
+        return Ok(path.to_path_buf());
+    }
     if path.is_dir() {
         for name in [HISTORY, HISTORY_GZ] {
             let candidate = path.join(name);
@@ -43,7 +47,8 @@ pub fn resolve_history(path: &Path) -> Result<PathBuf, String> {
         Ok(path.to_path_buf())
     } else {
         Err(format!(
-            "{} does not exist: point at a history file (.jsonl or .jsonl.gz) or a run directory",
+            "{} does not exist: point at a history file (.jsonl or .jsonl.gz), a run directory, \
+             or - for standard input",
             path.display()
         ))
     }

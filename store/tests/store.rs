@@ -4,14 +4,20 @@
 
 use coherence_store::event::{Event, EventType, Process};
 use coherence_store::progress::{NoProgress, Progress};
-use coherence_store::reader::{read_from, read_from_chunked, read_history};
+use coherence_store::reader::{
+    read_from, read_from_chunked, read_history, GZIP_RATIO_AFTER, STDIN,
+};
 use coherence_store::run::{resolve_history, HISTORY, HISTORY_GZ};
-use coherence_store::{EventRef, HistoryWriter, ProcessRef, ReadError, ReadSummary, ValueRef};
+use coherence_store::{
+    quote, EventRef, HistoryWriter, ProcessRef, ReadError, ReadSummary, ValueRef, MAX_LINE,
+};
 use serde_json::json;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -176,6 +182,18 @@ fn after_head(lines: &[&str]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// An error and its causes, as `{:#}` of anyhow shows them: "a: b: c".
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut shown = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        shown.push_str(": ");
+        shown.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    shown
 }
 
 /// A scratch directory.
@@ -1519,11 +1537,14 @@ fn missing_file_is_an_io_error() {
         "{err:?}"
     );
     assert_eq!(err.line(), None);
-    let shown = err.to_string();
+    // The cause is the source, said once in the chain as the binary prints it.
+    assert_eq!(err.to_string(), format!("cannot read {}", path.display()));
+    let shown = chain(&err);
     assert!(
         shown.starts_with(&format!("cannot read {}: ", path.display())),
         "{shown}"
     );
+    assert_eq!(shown.matches("No such file").count(), 1, "{shown}");
 }
 
 #[test]
@@ -1556,6 +1577,564 @@ fn progress_sees_every_byte() {
     assert_eq!(progress.total.load(Ordering::SeqCst), text.len() as u64);
     assert_eq!(progress.done.load(Ordering::SeqCst), text.len() as u64);
     assert_eq!(progress.finished.load(Ordering::SeqCst), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hostile input: long lines, gzip bombs, pipes, byte order marks, negative versions,
+// long and control-character strings in errors (issue 10, found by fuzzing)
+// ---------------------------------------------------------------------------------------
+
+/// A reader that counts what was taken from it, to show that reading stopped early.
+struct Taken<R> {
+    inner: R,
+    bytes: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Taken<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Reads `input` with the normal chunk size; returns the result and how much was taken.
+fn read_counting(input: impl Read + Send) -> (Result<ReadSummary, ReadError>, u64) {
+    let bytes = Arc::new(AtomicU64::new(0));
+    let taken = Taken {
+        inner: input,
+        bytes: Arc::clone(&bytes),
+    };
+    let mut visitor = |_: &EventRef<'_>| Ok(());
+    let result = read_from(taken, Path::new(MEM), &mut visitor);
+    (result, bytes.load(Ordering::Relaxed))
+}
+
+/// `text` as one gzip member.
+fn gzip(text: &[u8]) -> Vec<u8> {
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text).unwrap();
+    enc.finish().unwrap()
+}
+
+/// What `sha256sum` says of a file.
+fn sha256sum(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success(), "sha256sum {}", path.display());
+    let out = String::from_utf8(out.stdout).unwrap();
+    out.split_whitespace().next().unwrap().to_string()
+}
+
+/// A named pipe at `path` (mkfifo).
+fn mkfifo(path: &Path) {
+    let status = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(status.success(), "mkfifo {}", path.display());
+}
+
+/// The error of reading `text` as a string, for size and character checks.
+fn error_of(text: &str) -> String {
+    rejected(text).1
+}
+
+#[test]
+fn quadratic_long_line_an_endless_line_is_refused_with_its_number_and_reading_stops() {
+    // An endless line after two good ones: the reader refuses it once it passes the cap,
+    // having read no more than the cap and a few chunks (so it held no more either).
+    let endless = HEAD
+        .as_bytes()
+        .chain(&b"{\"index\":2,\"time\":"[..])
+        .chain(std::io::repeat(b'7').take(16 * MAX_LINE as u64));
+    let (result, taken) = read_counting(endless);
+    let err = result.expect_err("an endless line is refused");
+    let ReadError::Invalid { path, line, reason } = &err else {
+        panic!("expected Invalid, got {err:?}");
+    };
+    assert_eq!(path, Path::new(MEM));
+    assert_eq!(*line, 3);
+    for needle in ["longer than 64 MiB", "check that this file is a history"] {
+        assert!(reason.contains(needle), "{reason:?} lacks {needle:?}");
+    }
+    assert!(
+        taken <= (MAX_LINE + (16 << 20)) as u64,
+        "read {taken} bytes of an endless line"
+    );
+}
+
+#[test]
+fn quadratic_long_line_a_too_long_last_line_is_an_error_not_a_cut_short_warning() {
+    // A last line without a newline that looks like a cut-short event but is over the cap:
+    // it must not pass as what a crashed writer leaves.
+    let mut text = HEAD.as_bytes().to_vec();
+    text.extend_from_slice(b"{\"index\":2,\"time\":");
+    text.resize(HEAD.len() + MAX_LINE + 1, b' ');
+    for chunk in [4 << 20, MAX_LINE + (8 << 20)] {
+        let err = read_chunked(&text, chunk).expect_err("a line over the cap");
+        assert_eq!(err.line(), Some(3), "chunk {chunk}: {err}");
+        assert!(err.to_string().contains("longer than 64 MiB"), "{err}");
+    }
+    // Whatever the chunk, a line over the cap in the middle is refused at its number.
+    text.push(b'\n');
+    text.extend_from_slice(TAIL.as_bytes());
+    let err = read_chunked(&text, MAX_LINE + (8 << 20)).expect_err("a line over the cap");
+    assert_eq!(err.line(), Some(3), "{err}");
+}
+
+#[test]
+fn quadratic_long_line_a_hot_keys_final_log_over_many_chunks_is_read() {
+    // 100,000 versions (about 2 MB on one line), read 64 bytes at a time: the line spans
+    // some 30,000 chunks, which re-copying the line per chunk made take minutes.
+    let versions = 100_000;
+    let log: Vec<String> = (0..versions)
+        .map(|v| {
+            if v == 0 {
+                "[0,\"init\"]".to_string()
+            } else {
+                format!("[{v},\"w3-{v}\"]")
+            }
+        })
+        .collect();
+    let last = versions - 1;
+    let text = after_head(&[
+        r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"db-final-read","key":"k","node":"db"}"#,
+        &format!(
+            r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"db-final-read","key":"k","node":"db","value":{{"version":{last},"write":"w3-{last}","log":[{}]}}}}"#,
+            log.join(",")
+        ),
+    ]);
+    assert!(text.len() > 1_500_000);
+    let mut got = None;
+    let mut visitor = |e: &EventRef<'_>| {
+        if let ValueRef::Final { log, .. } = &e.value {
+            got = log.clone();
+        }
+        Ok(())
+    };
+    read_from_chunked(text.as_bytes(), Path::new(MEM), &mut visitor, 64).unwrap();
+    let got = got.expect("the final read's log");
+    assert_eq!(got.len(), versions as usize);
+    assert_eq!(got[0], (0, "init".to_string()));
+    assert_eq!(got[last as usize], (last, format!("w3-{last}")));
+}
+
+#[test]
+fn gzip_bomb_of_one_endless_line_is_refused_naming_the_file() {
+    // A valid start, then 100 MiB of zeros: one member of zeros, repeated (a gzip file may
+    // hold many members), some 100 KiB on disk.
+    let dir = tmp();
+    let path = dir.path().join("bomb.jsonl.gz");
+    let zeros = gzip(&vec![0u8; 1 << 20]);
+    let mut bomb = gzip(format!("{HEAD}{{\"index\":2,\"time\":").as_bytes());
+    for _ in 0..100 {
+        bomb.extend_from_slice(&zeros);
+    }
+    assert!(bomb.len() < 200 << 10, "{} bytes", bomb.len());
+    fs::write(&path, &bomb).unwrap();
+    let err = read_file(&path).expect_err("a gzip bomb is refused");
+    assert!(matches!(err, ReadError::Io { .. }), "{err:?}");
+    let shown = chain(&err);
+    assert_eq!(shown.matches("gzip bomb").count(), 1, "said once: {shown}");
+    for needle in [
+        &format!("cannot read {}: ", path.display()),
+        "the gzip stream expanded to 64 MiB from ",
+        "over 100 times its size",
+        "gzip bomb",
+        "decompress it (gunzip -k) and check the plain file",
+    ] {
+        assert!(shown.contains(needle), "{shown:?} lacks {needle:?}");
+    }
+}
+
+#[test]
+fn gzip_bomb_of_valid_padded_lines_is_refused_by_its_ratio() {
+    // Valid events, each padded with 1 MiB of spaces: every line is under the line cap,
+    // so only the ratio stops it.
+    let dir = tmp();
+    let path = dir.path().join("padded.jsonl.gz");
+    let spaces = gzip(&vec![b' '; 1 << 20]);
+    let lines = 2 * (GZIP_RATIO_AFTER >> 20);
+    let mut bomb = Vec::new();
+    for i in 0..lines {
+        bomb.extend(gzip(
+            format!(r#"{{"index":{i},"time":{i},"process":"nemesis","type":"info","f":"x","#)
+                .as_bytes(),
+        ));
+        bomb.extend_from_slice(&spaces);
+        bomb.extend(gzip(b"\"key\":\"k\"}\n"));
+    }
+    fs::write(&path, &bomb).unwrap();
+    let mut visited = 0u64;
+    let mut count = |_: &EventRef<'_>| {
+        visited += 1;
+        Ok(())
+    };
+    let err = read_history(&path, &mut count, &NoProgress).expect_err("refused");
+    let shown = chain(&err);
+    assert!(shown.contains("gzip bomb"), "{shown}");
+    assert!(shown.contains(&path.display().to_string()), "{shown}");
+    assert!(visited > 0, "the lines before were read");
+    assert!(
+        visited < lines,
+        "reading stopped early ({visited} of {lines})"
+    );
+}
+
+#[test]
+fn pipes_a_fifo_is_read_like_the_file_it_carries_plain_and_gzip() {
+    #[derive(Default)]
+    struct Total(std::sync::Mutex<Option<Option<u64>>>);
+    impl Progress for Total {
+        fn start(&self, total: Option<u64>) {
+            *self.0.lock().unwrap() = Some(total);
+        }
+    }
+    let dir = tmp();
+    let text = joined(&generated_history(200), "\n");
+    let plain = dir.path().join("history.jsonl");
+    fs::write(&plain, &text).unwrap();
+    let gz = dir.path().join("history.jsonl.gz");
+    fs::write(&gz, gzip(text.as_bytes())).unwrap();
+    let (expected, _) = read_ok(&text);
+    for (i, file) in [&plain, &gz].into_iter().enumerate() {
+        let fifo = dir.path().join(format!("fifo-{i}"));
+        mkfifo(&fifo);
+        let bytes = fs::read(file).unwrap();
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || fs::write(fifo, bytes))
+        };
+        let mut seen = Vec::new();
+        let mut visitor = |e: &EventRef<'_>| {
+            seen.push(Seen::of(e));
+            Ok(())
+        };
+        let progress = Total::default();
+        let summary = read_history(&fifo, &mut visitor, &progress)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        writer.join().unwrap().unwrap();
+        assert_eq!(seen, expected, "{}", file.display());
+        assert!(summary.warnings.is_empty(), "{:?}", summary.warnings);
+        assert_eq!(
+            *progress.0.lock().unwrap(),
+            Some(None),
+            "a pipe has no size to show progress against"
+        );
+        // The hash of the bytes that came through the pipe: the file's, as sha256sum says.
+        assert_eq!(summary.sha256, sha256sum(file), "{}", file.display());
+    }
+}
+
+#[test]
+fn the_sha256_of_a_read_is_what_sha256sum_says_of_the_file() {
+    let dir = tmp();
+    let text = joined(&generated_history(100), "\n");
+    let plain = dir.path().join("history.jsonl");
+    fs::write(&plain, &text).unwrap();
+    let gz = dir.path().join("history.jsonl.gz");
+    fs::write(&gz, gzip(text.as_bytes())).unwrap();
+    let empty = dir.path().join("empty.jsonl");
+    fs::write(&empty, "").unwrap();
+    for file in [&plain, &gz, &empty] {
+        let (_, summary) = read_file(file).unwrap();
+        assert_eq!(summary.sha256.len(), 64);
+        assert_eq!(summary.sha256, sha256sum(file), "{}", file.display());
+    }
+    let (_, plain_summary) = read_file(&plain).unwrap();
+    let (_, gz_summary) = read_file(&gz).unwrap();
+    assert_ne!(
+        plain_summary.sha256, gz_summary.sha256,
+        "gzip hashes the compressed bytes, as they are on disk"
+    );
+}
+
+#[test]
+fn pipes_resolve_history_takes_dash_for_stdin() {
+    assert_eq!(resolve_history(Path::new("-")).unwrap(), Path::new("-"));
+    assert_eq!(STDIN, "-");
+}
+
+#[test]
+fn byte_order_mark_at_the_start_is_skipped_with_a_warning() {
+    let text = joined(&generated_history(50), "\n");
+    let (expected, _) = read_ok(&text);
+    let with_bom = format!("\u{feff}{text}");
+    for chunk in [1, 2, 3, 5, 4096, 4 << 20] {
+        let (seen, summary) = read_chunked(with_bom.as_bytes(), chunk).unwrap();
+        assert_eq!(seen, expected, "chunk {chunk}");
+        assert_eq!(summary.bytes, with_bom.len() as u64, "chunk {chunk}");
+        assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
+        let warning = &summary.warnings[0];
+        assert_eq!(warning.line, 1);
+        assert!(
+            warning.message.contains("byte order mark") && warning.message.contains("skipped"),
+            "{warning}"
+        );
+    }
+    // In a gzip file too: the mark is in the decompressed text.
+    let dir = tmp();
+    let gz = dir.path().join("history.jsonl.gz");
+    fs::write(&gz, gzip(with_bom.as_bytes())).unwrap();
+    let (seen, summary) = read_file(&gz).unwrap();
+    assert_eq!(seen, expected);
+    assert_eq!(summary.warnings.len(), 1, "{:?}", summary.warnings);
+    // A file that is only the mark is an empty history.
+    let (seen, summary) = read("\u{feff}").unwrap();
+    assert!(seen.is_empty());
+    assert_eq!(summary.warnings.len(), 1);
+}
+
+#[test]
+fn byte_order_mark_anywhere_else_is_an_error_that_says_what_it_is() {
+    const BOM: char = '\u{feff}';
+    let line = r#"{"index":2,"time":20,"process":"nemesis","type":"info","f":"start"}"#;
+    // At the start of a later line, as joining two files that each have one leaves it.
+    assert_rejected(
+        &middle(&format!("\u{feff}{line}")),
+        3,
+        &["byte order mark (bytes EF BB BF) at column 1", "remove it"],
+    );
+    // Twice at the start: the second is an error on line 1.
+    assert_rejected(
+        &format!("\u{feff}\u{feff}{line}\n"),
+        1,
+        &["byte order mark"],
+    );
+    // Inside the line, between fields.
+    assert_rejected(
+        &middle(&format!(
+            r#"{{"index":2,"time":20,"process":"nemesis",{BOM}"type":"info","f":"start"}}"#
+        )),
+        3,
+        &["byte order mark (bytes EF BB BF) at column 42"],
+    );
+    // Inside a string it is just a character.
+    let (seen, _) = read_ok(&after_head(&[&format!(
+        r#"{{"index":2,"time":20,"process":"nemesis","type":"info","f":"start","node":"{BOM}n1"}}"#
+    )]));
+    assert_eq!(seen[2].node.as_deref(), Some("\u{feff}n1"));
+}
+
+#[test]
+fn negative_versions_are_rejected_on_the_fast_and_the_slow_path() {
+    let v = |version: &str| format!(r#"{{"version":{version},"write":"a"}}"#);
+    // Each case: the lines after HEAD, with `VALUE` where the versioned value goes, and
+    // what the error names.
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &[
+                r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"write","key":"j","value":{"write":"a"}}"#,
+                r#"{"index":3,"time":30,"process":1,"type":"ok","f":"write","key":"j","value":VALUE}"#,
+            ],
+            "the value of `write` ok has `version` -1",
+        ),
+        (
+            &[
+                r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
+                r#"{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":VALUE}"#,
+            ],
+            "the value of `read` ok has `version` -1",
+        ),
+        (
+            &[
+                r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"fill","key":"k","value":VALUE}"#,
+            ],
+            "the value of `fill` invoke has `version` -1",
+        ),
+        (
+            &[
+                r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"db-final-read","key":"k"}"#,
+                r#"{"index":3,"time":30,"process":1,"type":"ok","f":"db-final-read","key":"k","value":VALUE}"#,
+            ],
+            "the value of `db-final-read` ok has `version` -1",
+        ),
+    ];
+    for (lines, needle) in cases {
+        let bad_line = lines.len() as u64 + 2;
+        let with = |value: &str, slow: bool| {
+            let mut lines: Vec<String> = lines.iter().map(|l| l.replace("VALUE", value)).collect();
+            if slow {
+                // A leading space is valid JSON that only the slow path takes.
+                let last = lines.last_mut().unwrap();
+                last.insert(0, ' ');
+            }
+            after_head(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        // Version 0 is the first there is.
+        read_ok(&with(&v("0"), false));
+        read_ok(&with(&v("0"), true));
+        let fast = assert_rejected(
+            &with(&v("-1"), false),
+            bad_line,
+            &[needle, "versions start at 0"],
+        );
+        let slow = assert_rejected(&with(&v("-1"), true), bad_line, &[needle]);
+        assert_eq!(fast, slow, "both paths say the same");
+    }
+    // A negative version in a db-final-read log, on both paths.
+    for slow in ["", " "] {
+        let text = after_head(&[
+            r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"db-final-read","key":"k"}"#,
+            &format!(
+                r#"{slow}{{"index":3,"time":30,"process":1,"type":"ok","f":"db-final-read","key":"k","value":{{"version":1,"write":"a","log":[[0,"init"],[-7,"x"],[1,"a"]]}}}}"#
+            ),
+        ]);
+        assert_rejected(
+            &text,
+            4,
+            &[
+                "the value of `db-final-read` ok has version -7 in its `log` (entry 1, from 0)",
+                "versions start at 0",
+            ],
+        );
+    }
+}
+
+#[test]
+fn quote_cuts_on_a_char_boundary_and_escapes_control_characters() {
+    assert_eq!(quote("k1"), "\"k1\"");
+    assert_eq!(quote("a\"b\\c'd"), r#""a\"b\\c'd""#);
+    assert_eq!(
+        quote("\u{1b}[31m\0\r\n\u{202e}"),
+        r#""\u{1b}[31m\0\r\n\u{202e}""#
+    );
+    let long = "é".repeat(1000); // two bytes each
+    let quoted = quote(&long);
+    assert!(quoted.starts_with("\"éé"), "{quoted}");
+    assert!(quoted.ends_with("\"… (2000 bytes)"), "{quoted}");
+    assert!(quoted.len() < 160, "{} bytes: {quoted}", quoted.len());
+    // Escapes count towards the bound, so a string of escapes is cut as soon.
+    let quoted = quote(&"\u{1b}".repeat(100_000));
+    assert!(quoted.len() < 160, "{} bytes: {quoted}", quoted.len());
+    assert!(quoted.ends_with("… (100000 bytes)"), "{quoted}");
+}
+
+#[test]
+fn errors_echo_user_strings_a_megabyte_process_name_gives_a_short_error() {
+    let name = "n".repeat(1 << 20);
+    let reason = assert_rejected(
+        &middle(&format!(
+            r#"{{"index":2,"time":20,"process":"{name}","type":"invoke","f":"start"}}"#
+        )),
+        3,
+        &[
+            "is a string, so its events must have type \"info\"",
+            "… (1048576 bytes)",
+        ],
+    );
+    assert!(reason.len() < 400, "{} bytes: {reason}", reason.len());
+}
+
+#[test]
+fn errors_echo_user_strings_every_message_stays_short() {
+    let big = "x".repeat(1 << 20);
+    let texts = [
+        // unknown type
+        middle(&format!(
+            r#"{{"index":2,"time":20,"process":1,"type":"{big}","f":"read","key":"k"}}"#
+        )),
+        // completion without invoke
+        middle(&format!(
+            r#"{{"index":2,"time":20,"process":1,"type":"ok","f":"{big}","key":"k"}}"#
+        )),
+        // second invoke
+        after_head(&[
+            r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
+            &format!(
+                r#"{{"index":3,"time":30,"process":1,"type":"invoke","f":"{big}","key":"k"}}"#
+            ),
+        ]),
+        // completion that does not match: four strings quoted
+        after_head(&[
+            &format!(
+                r#"{{"index":2,"time":20,"process":1,"type":"invoke","f":"{big}","key":"{big}"}}"#
+            ),
+            &format!(
+                r#"{{"index":3,"time":30,"process":1,"type":"fail","f":"{big}y","key":"{big}z"}}"#
+            ),
+        ]),
+        // a field of the wrong type, as diagnose shows it
+        middle(&format!(
+            r#"{{"index":"{big}","time":20,"process":1,"type":"invoke","f":"read","key":"k"}}"#
+        )),
+        // a value of the wrong shape, as found
+        after_head(&[
+            r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
+            &format!(
+                r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{{"write":"{big}"}}}}"#
+            ),
+        ]),
+        // serde's own message, which quotes the value it refused
+        after_head(&[
+            r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
+            &format!(
+                r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{{"version":"{big}","write":"a"}}}}"#
+            ),
+        ]),
+    ];
+    for text in &texts {
+        let reason = error_of(text);
+        assert!(
+            reason.len() < 1000,
+            "{} bytes: {}",
+            reason.len(),
+            &reason[..300]
+        );
+        assert!(
+            reason.contains("(1048576 bytes)") || reason.contains("bytes)"),
+            "{reason}"
+        );
+    }
+}
+
+#[test]
+fn errors_echo_user_strings_control_characters_never_reach_an_error_raw() {
+    // ESC, NUL, CR, BEL, DEL and a right-to-left override, written as JSON escapes (the
+    // reader decodes them) or raw where JSON allows it (the override).
+    let evil = concat!(r"\u001b[2J\u0000\r\u0007\u007f", "\u{202e}");
+    let texts = [
+        middle(&format!(
+            r#"{{"index":2,"time":20,"process":"{evil}","type":"ok","f":"start"}}"#
+        )),
+        middle(&format!(
+            r#"{{"index":2,"time":20,"process":1,"type":"{evil}","f":"read","key":"k"}}"#
+        )),
+        after_head(&[
+            r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
+            &format!(r#"{{"index":3,"time":30,"process":1,"type":"invoke","f":"{evil}","key":"k"}}"#),
+        ]),
+        after_head(&[
+            &format!(r#"{{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"{evil}"}}"#),
+            &format!(r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read{evil}","key":"k{evil}"}}"#),
+        ]),
+        middle(&format!(
+            r#"{{"index":2,"time":20,"process":1,"type":"ok","f":"{evil}","key":"k"}}"#
+        )),
+        after_head(&[
+            r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
+            &format!(r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{{"version":"{evil}","write":"a"}}}}"#),
+        ]),
+        after_head(&[
+            r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
+            &format!(r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{{"write":"{evil}"}}}}"#),
+        ]),
+        // A raw CR inside a value (JSON whitespace) and a raw override in a found value.
+        after_head(&[
+            r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
+            "{\"index\":3,\"time\":30,\"process\":1,\"type\":\"ok\",\"f\":\"read\",\"key\":\"k\",\"value\":{\"write\":\"\u{202e}a\",\r\"x\":1}}",
+        ]),
+    ];
+    for text in &texts {
+        let reason = error_of(text);
+        assert!(
+            !reason.chars().any(|c| c.is_control() || c == '\u{202e}'),
+            "a raw control character in {reason:?}"
+        );
+        assert!(
+            reason.contains(r"\u{1b}")
+                || reason.contains(r"\u{202e}")
+                || reason.contains(r"\u001b"),
+            "the characters are shown escaped: {reason:?}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1881,7 +2460,9 @@ fn resolve_history_on_a_missing_path_says_what_to_do() {
     assert!(err.contains(&missing.display().to_string()), "{err}");
     assert!(err.contains("does not exist"), "{err}");
     assert!(
-        err.contains("point at a history file (.jsonl or .jsonl.gz) or a run directory"),
+        err.contains(
+            "point at a history file (.jsonl or .jsonl.gz), a run directory, or - for standard input"
+        ),
         "{err}"
     );
 }
@@ -1914,7 +2495,7 @@ fn a_run_directory_history_that_is_a_link_is_refused_not_followed() {
     // The reader refuses it too, whoever hands it the path.
     let e = read_file(&run.join(HISTORY)).unwrap_err();
     assert!(matches!(e, ReadError::Io { .. }), "{e}");
-    assert!(e.to_string().contains("symbolic link"), "{e}");
+    assert!(chain(&e).contains("symbolic link"), "{e}");
     // A history outside a run directory is the user's choice: a link to it is read.
     let link = dir.path().join("link.jsonl");
     std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
