@@ -96,6 +96,9 @@ enum LabCommand {
         sync_replication: bool,
     },
     /// Show every host, its address, role and ports, and whether it answers.
+    ///
+    /// Exit status (as `systemctl status`): 0 every server answers, 1 some server does
+    /// not (they are named), 3 the lab is not up.
     Status,
     /// Stop every lab process and remove every namespace, the bridge and the lab's files.
     Down,
@@ -288,15 +291,12 @@ fn lab(cmd: LabCommand) -> anyhow::Result<u8> {
                         took.as_secs_f64(),
                         if sync_replication { ", synchronous replication" } else { "" }
                     );
-                    print_status()?;
+                    return print_status();
                 }
             }
             Ok(EXIT_VALID)
         }
-        LabCommand::Status => {
-            print_status()?;
-            Ok(EXIT_VALID)
-        }
+        LabCommand::Status => print_status(),
         LabCommand::Down => {
             let r = cluster::down()?;
             println!(
@@ -329,15 +329,18 @@ fn lab(cmd: LabCommand) -> anyhow::Result<u8> {
     }
 }
 
-fn print_status() -> anyhow::Result<()> {
+/// `lab status`: what every server is; exit 0 when all answer, 1 when some do not
+/// (named on the last line), 3 when the lab is not up.
+fn print_status() -> anyhow::Result<u8> {
     let Some((state, hosts)) = coherence_lab::cluster::status()? else {
         println!("the lab is down; start it with `coherence lab up`");
-        return Ok(());
+        return Ok(EXIT_UNKNOWN);
     };
     println!(
         "{:<5} {:<12} {:<26} {:<12} {:>6}  {:<8} now",
         "host", "address", "role at start", "server", "port", "answers"
     );
+    let mut down = Vec::new();
     for h in hosts {
         for s in &h.servers {
             println!(
@@ -354,6 +357,9 @@ fn print_status() -> anyhow::Result<()> {
                 if s.answers { "yes" } else { "NO" },
                 s.role
             );
+            if !s.answers {
+                down.push(format!("{} on {}", s.kind, h.host.name));
+            }
         }
     }
     println!(
@@ -361,7 +367,14 @@ fn print_status() -> anyhow::Result<()> {
         state.design,
         coherence_lab::lab_dir().display()
     );
-    Ok(())
+    if down.is_empty() {
+        return Ok(EXIT_VALID);
+    }
+    println!(
+        "down: {} (the next `coherence run --lab` restarts what it can; `coherence lab down` and `lab up` start afresh)",
+        down.join(", ")
+    );
+    Ok(EXIT_ANOMALIES)
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<u8> {

@@ -119,33 +119,51 @@ impl Target {
         }
     }
 
-    /// The target a run directory's faults were applied to: staging when its campaign
-    /// names nodes, the lab otherwise.
+    /// The target a run directory's faults were applied to, as its campaign says:
+    /// staging when the campaign's cluster is staging, the lab otherwise. A campaign
+    /// that is missing or cannot be read is an error, not a guess (healing the lab when
+    /// the faults were on staging would leave them in place).
     pub fn of_run(run_dir: &Path) -> anyhow::Result<Target> {
+        use coherence_workloads::campaign::{Campaign, Cluster};
         // A regular file in the run directory, not a link to somebody else's nodes.
         let file = run_dir.join(coherence_store::run::CAMPAIGN);
-        let text = coherence_store::files::read_regular(&file)
-            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
-            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
-            .unwrap_or_default();
-        if let Ok(campaign) = coherence_workloads::campaign::Campaign::parse(&text) {
-            if let coherence_workloads::campaign::Cluster::Staging { nodes, regions, .. } =
-                campaign.cluster
-            {
-                if !nodes.is_empty() {
-                    return Ok(Target::Staging {
-                        nodes,
-                        regions: regions.into_iter().map(|r| r.name).collect(),
-                    });
+        let unknown = |why: String| {
+            anyhow::anyhow!(
+                "cannot tell where the faults of {} were applied: {why}; restore the run's \
+                 campaign.toml (as the run stored it), or heal the faults its faults.jsonl \
+                 lists by hand",
+                run_dir.display()
+            )
+        };
+        let bytes = coherence_store::files::read_regular(&file)
+            .map_err(|e| unknown(format!("cannot read {}: {e}", file.display())))?
+            .ok_or_else(|| unknown(format!("{} is missing", file.display())))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| unknown(format!("{} is not UTF-8", file.display())))?;
+        let campaign =
+            Campaign::parse(&text).map_err(|e| unknown(format!("{}: {e}", file.display())))?;
+        match campaign.cluster {
+            Cluster::Staging { nodes, regions, .. } => {
+                if nodes.is_empty() {
+                    return Err(unknown(format!(
+                        "{} is a staging campaign without [[cluster.nodes]], which can have had no faults",
+                        file.display()
+                    )));
                 }
+                Ok(Target::Staging {
+                    nodes,
+                    regions: regions.into_iter().map(|r| r.name).collect(),
+                })
+            }
+            Cluster::Lab { .. } => {
+                let state = State::load()?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the faults were applied to the lab, which is down: nothing of them remains"
+                    )
+                })?;
+                Ok(Target::Lab(state))
             }
         }
-        let state = State::load()?.ok_or_else(|| {
-            anyhow::anyhow!(
-                "the faults were applied to the lab, which is down: nothing of them remains"
-            )
-        })?;
-        Ok(Target::Lab(state))
     }
 }
 

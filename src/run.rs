@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use coherence_analysis::{check_file_keeping, report, text, Options};
+use coherence_nemeses::fault::{Journal, JOURNAL};
 use coherence_store::files::{refuse_input, write_output};
 use coherence_store::redact::redact_toml;
 use coherence_store::run::{create_run_dir, point_latest, CAMPAIGN, HISTORY, RESULTS, RUN_JSON};
@@ -13,8 +14,8 @@ use coherence_workloads::recorder::Recorder;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -168,6 +169,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     let work = campaign.workload.clone();
     let keys: Vec<String> = (0..work.keys).map(key_name).collect();
+    // From here on Ctrl-C and SIGTERM stop the run gracefully (whatever it is doing, it
+    // restores what it stopped and heals what it applied); a second one ends it at once
+    // (`coherence heal RUN_DIR` then finishes the job).
+    let signals = Signals::install()?;
 
     // The cluster: prepare the lab, or take the staging endpoints as given.
     let lab = args.lab || matches!(campaign.cluster, Cluster::Lab { .. });
@@ -176,7 +181,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             bail!("faults ([nemesis]) on staging need the nodes to reach: add [[cluster.nodes]] with their ssh settings (see campaigns/staging-example.toml)");
         }
     }
-    let (endpoints, design) = if lab {
+    let (endpoints, design, dir, rec) = if lab {
         let design: coherence_lab::Design = match &campaign.cluster {
             Cluster::Lab { invalidator } => invalidator.parse().map_err(anyhow::Error::msg)?,
             Cluster::Staging { .. } => bail!(
@@ -186,7 +191,38 @@ pub fn run(args: RunArgs) -> Result<u8> {
         if design == coherence_lab::Design::None && work.invalidation == Invalidation::Pipeline {
             bail!("invalidation = \"pipeline\" needs an invalidator in the lab: set [cluster] invalidator = \"notify\" or \"outbox\"");
         }
-        let state = coherence_lab::cluster::prepare(&keys, design)?;
+        let (dir, rec) = open_run(&args.store, &campaign.name, &stored_campaign)?;
+        let mut journal = Journal::open(&dir.join(JOURNAL))
+            .with_context(|| format!("cannot open the heal journal in {}", dir.display()))?;
+        let say = |m: &str| eprintln!("preparing the lab: {m}");
+        let prepared = coherence_lab::cluster::prepare(
+            &keys,
+            design,
+            coherence_lab::cluster::Preparing {
+                journal: &mut journal,
+                stop: &signals.interrupted,
+                say: &say,
+            },
+        );
+        let state = match prepared {
+            Ok(state) => state,
+            Err(e) if e.is::<coherence_lab::cluster::Interrupted>() => {
+                eprintln!("interrupted while preparing the lab; the invalidator runs again");
+                signals.log(&rec);
+                return Conclude {
+                    dir,
+                    rec,
+                    checks,
+                    bound: campaign.checker.staleness_bound,
+                    junit: args.junit.as_deref(),
+                    store: &args.store,
+                    campaign_file: &args.campaign,
+                }
+                .conclude(Ok(()));
+            }
+            Err(e) => return Err(e),
+        };
+        drop(journal);
         let lab = coherence_lab::cluster::endpoints(&state)?;
         let node = |e: &coherence_lab::cluster::Endpoint| Node {
             name: e.name.clone(),
@@ -214,6 +250,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     .collect(),
             },
             Some(design),
+            dir,
+            rec,
         )
     } else {
         let Cluster::Staging {
@@ -233,35 +271,29 @@ pub fn run(args: RunArgs) -> Result<u8> {
             name: name.unwrap_or(addr).to_string(),
             addr: addr.to_string(),
         };
-        (
-            Endpoints {
-                db_writers: vec![node(&postgres.writer, Some("db"))],
-                db_readers: vec![node(
-                    postgres.reader.as_deref().unwrap_or(&postgres.writer),
-                    Some("db-reader"),
-                )],
-                db_params: params,
-                regions: regions
-                    .iter()
-                    .map(|r| RegionNodes {
-                        name: r.name.clone(),
-                        primary: node(&r.primary, r.names.as_ref().map(|n| n[0].as_str())),
-                        replica: r
-                            .replica
-                            .as_deref()
-                            .map(|a| node(a, r.names.as_ref().map(|n| n[1].as_str()))),
-                        sentinels: r.sentinels.clone(),
-                        master_name: r.master_name.clone().unwrap_or_else(|| r.name.clone()),
-                        nodes: Vec::new(),
-                    })
-                    .collect(),
-            },
-            None,
-        )
-    };
-
-    // Staging: refuse endpoints and nodes that do not answer, before anything runs.
-    if !lab {
+        let endpoints = Endpoints {
+            db_writers: vec![node(&postgres.writer, Some("db"))],
+            db_readers: vec![node(
+                postgres.reader.as_deref().unwrap_or(&postgres.writer),
+                Some("db-reader"),
+            )],
+            db_params: params,
+            regions: regions
+                .iter()
+                .map(|r| RegionNodes {
+                    name: r.name.clone(),
+                    primary: node(&r.primary, r.names.as_ref().map(|n| n[0].as_str())),
+                    replica: r
+                        .replica
+                        .as_deref()
+                        .map(|a| node(a, r.names.as_ref().map(|n| n[1].as_str()))),
+                    sentinels: r.sentinels.clone(),
+                    master_name: r.master_name.clone().unwrap_or_else(|| r.name.clone()),
+                    nodes: Vec::new(),
+                })
+                .collect(),
+        };
+        // Refuse endpoints and nodes that do not answer, before anything runs.
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -276,12 +308,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     )
                 })?;
         }
-    }
+        let (dir, rec) = open_run(&args.store, &campaign.name, &stored_campaign)?;
+        (endpoints, None, dir, rec)
+    };
 
-    // The run directory: campaign (redacted), run.json, then the history as it goes.
-    let dir = create_run_dir(&args.store, &campaign.name)
-        .with_context(|| format!("cannot create a run directory in {}", args.store.display()))?;
-    write_output(&dir.join(CAMPAIGN), stored_campaign.as_bytes(), &[])?;
+    // run.json, now that the nodes are known.
     let started = SystemTime::now();
     let mut nodes: Vec<serde_json::Value> = Vec::new();
     for n in endpoints
@@ -315,8 +346,6 @@ pub fn run(args: RunArgs) -> Result<u8> {
         &serde_json::to_vec_pretty(&run_json)?,
         &[],
     )?;
-    let writer = HistoryWriter::create(&dir.join(HISTORY))?;
-    let rec = Arc::new(Recorder::new(writer));
     // Who replicates whom, for the checker's causes (failovers change it later).
     rec.log(
         Event::new(
@@ -327,7 +356,6 @@ pub fn run(args: RunArgs) -> Result<u8> {
         )
         .value(topology(&endpoints)),
     );
-    eprintln!("run directory: {}", dir.display());
 
     // Faults: a thread of their own, journaled in the run directory, healed on every
     // way out (the guard covers a panic).
@@ -410,36 +438,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .context("cannot start the async runtime")?;
     let result = rt.block_on(async {
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let stop_on_signal = stop_faults.clone();
-        let rec_on_signal = rec.clone();
-        tokio::spawn(async move {
+        {
             // Ctrl-C or SIGTERM: the workload stops, faults heal, the final phase runs.
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            let terminated = async {
-                match term.as_mut() {
-                    Some(t) => {
-                        t.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
+            let (stop_faults, rec, signals) = (stop_faults.clone(), rec.clone(), signals.clone());
+            tokio::spawn(async move {
+                while !signals.interrupted.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
-            };
-            let signal = tokio::select! {
-                _ = tokio::signal::ctrl_c() => "SIGINT",
-                _ = terminated => "SIGTERM",
-            };
-            rec_on_signal.log(
-                Event::new(
-                    0,
-                    Process::Actor("control".into()),
-                    EventType::Info,
-                    "interrupted",
-                )
-                .value(json!({"signal": signal})),
-            );
-            stop_on_signal.store(true, Ordering::Relaxed);
-            let _ = stop_tx.send(true);
-        });
+                eprintln!("stopping: healing the faults, then the final phase (press Ctrl-C again to quit at once, then `coherence heal`)");
+                signals.log(&rec);
+                stop_faults.store(true, Ordering::Relaxed);
+                let _ = stop_tx.send(true);
+            });
+        }
         // The lab's invalidator logs its deletions; record them as they happen.
         let pipeline = lab && work.invalidation == Invalidation::Pipeline;
         let tail = pipeline.then(|| {
@@ -539,46 +550,137 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     // The last holder of the recorder besides us.
     drop(nemesis_after);
-    let rec = Arc::into_inner(rec).expect("every task has ended");
-    let events = rec.finish().context("cannot finish the history")?;
-    result?;
-
-    // Check, store the results, point runs/latest here.
-    let options = Options {
-        staleness_bound: campaign.checker.staleness_bound.as_nanos() as u64,
-        checks: checks.clone(),
-        ..Options::default()
-    };
-    let history_file = dir.join(HISTORY);
-    let inputs = [history_file.as_path(), args.campaign.as_path()];
-    let (history, results, summary) =
-        check_file_keeping(&history_file, &options, &coherence_store::NoProgress)?;
-    write_output(
-        &dir.join(RESULTS),
-        &serde_json::to_vec_pretty(&results)?,
-        &inputs,
-    )?;
-    let report_file = dir.join(report::REPORT);
-    let context = report::RunContext::gather(&history_file, Some(summary.sha256))
-        .context("cannot read the run directory for the report")?;
-    report::write(&report_file, &history, &results, &context, &inputs)?;
-    drop(history);
-    let junit = coherence_analysis::junit::render(&results);
-    write_output(&dir.join("junit.xml"), junit.as_bytes(), &inputs)?;
-    if let Some(file) = &args.junit {
-        write_output(file, junit.as_bytes(), &inputs)?;
+    Conclude {
+        dir,
+        rec,
+        checks,
+        bound: campaign.checker.staleness_bound,
+        junit: args.junit.as_deref(),
+        store: &args.store,
+        campaign_file: &args.campaign,
     }
-    point_latest(&args.store, &dir).context("cannot point runs/latest at the run")?;
-    let index = coherence_analysis::index::write(&args.store)
-        .with_context(|| format!("cannot write the run index in {}", args.store.display()))?;
-    print!("{}", text::render(&results, 3));
-    println!(
-        "\n{events} events recorded; run directory: {}",
-        dir.display()
-    );
-    println!("report: {}", report_file.display());
-    println!("all runs: {}", index.display());
-    Ok(crate::exit_status(results.verdict))
+    .conclude(result)
+}
+
+/// The end of every run: the history finished, checked, results, report and JUnit
+/// written, runs/latest and the index refreshed, the verdict printed.
+struct Conclude<'a> {
+    dir: PathBuf,
+    rec: Arc<Recorder>,
+    checks: Option<Vec<coherence_analysis::AnomalyKind>>,
+    bound: Duration,
+    junit: Option<&'a Path>,
+    store: &'a Path,
+    campaign_file: &'a Path,
+}
+
+impl Conclude<'_> {
+    /// Finishes the history, then fails with the workload's error if it had one, else
+    /// checks and stores; returns the exit status.
+    fn conclude(self, workload: Result<()>) -> Result<u8> {
+        let Conclude {
+            dir,
+            rec,
+            checks,
+            bound,
+            junit,
+            store,
+            campaign_file,
+        } = self;
+        let rec = Arc::into_inner(rec).expect("every task has ended");
+        let events = rec.finish().context("cannot finish the history")?;
+        workload?;
+        let options = Options {
+            staleness_bound: bound.as_nanos() as u64,
+            checks,
+            ..Options::default()
+        };
+        let history_file = dir.join(HISTORY);
+        let inputs = [history_file.as_path(), campaign_file];
+        let (history, results, summary) =
+            check_file_keeping(&history_file, &options, &coherence_store::NoProgress)?;
+        write_output(
+            &dir.join(RESULTS),
+            &serde_json::to_vec_pretty(&results)?,
+            &inputs,
+        )?;
+        let report_file = dir.join(report::REPORT);
+        let context = report::RunContext::gather(&history_file, Some(summary.sha256))
+            .context("cannot read the run directory for the report")?;
+        report::write(&report_file, &history, &results, &context, &inputs)?;
+        drop(history);
+        let junit_xml = coherence_analysis::junit::render(&results);
+        write_output(&dir.join("junit.xml"), junit_xml.as_bytes(), &inputs)?;
+        if let Some(file) = junit {
+            write_output(file, junit_xml.as_bytes(), &inputs)?;
+        }
+        point_latest(store, &dir).context("cannot point runs/latest at the run")?;
+        let index = coherence_analysis::index::write(store)
+            .with_context(|| format!("cannot write the run index in {}", store.display()))?;
+        print!("{}", text::render(&results, 3));
+        println!(
+            "\n{events} events recorded; run directory: {}",
+            dir.display()
+        );
+        println!("report: {}", report_file.display());
+        println!("all runs: {}", index.display());
+        Ok(crate::exit_status(results.verdict))
+    }
+}
+
+/// Creates the run directory with the campaign (redacted) and starts its history: from
+/// here on, whatever happens, the run leaves a directory that `check` and `heal` read.
+fn open_run(store: &Path, name: &str, campaign: &str) -> Result<(PathBuf, Arc<Recorder>)> {
+    let dir = create_run_dir(store, name)
+        .with_context(|| format!("cannot create a run directory in {}", store.display()))?;
+    write_output(&dir.join(CAMPAIGN), campaign.as_bytes(), &[])?;
+    let writer = HistoryWriter::create(&dir.join(HISTORY))?;
+    eprintln!("run directory: {}", dir.display());
+    Ok((dir, Arc::new(Recorder::new(writer))))
+}
+
+/// Ctrl-C and SIGTERM, caught for the whole run: the first sets `interrupted` (and says
+/// which it was), the second ends the process at once.
+#[derive(Clone)]
+struct Signals {
+    interrupted: Arc<AtomicBool>,
+    which: Arc<AtomicUsize>,
+}
+
+impl Signals {
+    fn install() -> Result<Signals> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let s = Signals {
+            interrupted: Arc::new(AtomicBool::new(false)),
+            which: Arc::new(AtomicUsize::new(0)),
+        };
+        for sig in [SIGINT, SIGTERM] {
+            // The shutdown goes first: armed by the first signal, it acts on the second.
+            signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, s.interrupted.clone())
+                .and_then(|_| signal_hook::flag::register_usize(sig, s.which.clone(), sig as usize))
+                .and_then(|_| signal_hook::flag::register(sig, s.interrupted.clone()))
+                .context("cannot catch Ctrl-C and SIGTERM")?;
+        }
+        Ok(s)
+    }
+
+    /// Logs in the history that the run was interrupted, and by which signal.
+    fn log(&self, rec: &Recorder) {
+        let signal = match self.which.load(Ordering::Relaxed) as i32 {
+            signal_hook::consts::SIGINT => "SIGINT",
+            signal_hook::consts::SIGTERM => "SIGTERM",
+            _ => "a signal",
+        };
+        rec.log(
+            Event::new(
+                0,
+                Process::Actor("control".into()),
+                EventType::Info,
+                "interrupted",
+            )
+            .value(json!({"signal": signal})),
+        );
+    }
 }
 
 /// Waits for the nemesis thread; tells `after` whether it panicked (and with what).

@@ -1025,3 +1025,72 @@ fn gzip_bomb_exits_2_saying_once_what_was_seen() {
     assert_eq!(err.matches("gzip bomb").count(), 1, "said once: {err}");
     assert!(err.len() < 600, "{err}");
 }
+
+/// `heal` refuses a journal with an unreadable line that is not a cut-short last line,
+/// naming it, instead of skipping it (its fault would never be healed); with only a
+/// cut-short last line (what a crash leaves) there is nothing to heal.
+#[test]
+fn heal_refuses_a_damaged_journal_and_reads_a_crashed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    let entry = r#"{"seq":0,"time_unix_ns":1,"state":"applying","fault":{"kind":"kill","node":"inv","service":"invalidator","pids":[1]}}"#;
+    std::fs::write(
+        run.join("faults.jsonl"),
+        format!(
+            "{entry}\n{{\"seq\":1,\"state\":\"applying\",\"fault\":{{\"kind\":\"new-kind\"}}}}\n"
+        ),
+    )
+    .unwrap();
+    let o = coherence(&["heal", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("faults.jsonl:2: not a heal journal entry"),
+        "{err}"
+    );
+    assert!(err.contains("repair or remove it"), "{err}");
+    // Only a cut-short last line: the fault it was about was never applied.
+    std::fs::write(
+        run.join("faults.jsonl"),
+        format!(
+            "{entry}\n{{\"seq\":0,\"time_unix_ns\":2,\"state\":\"healed\"}}\n{{\"seq\":1,\"time_un"
+        ),
+    )
+    .unwrap();
+    let o = coherence(&["heal", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(stdout(&o).contains("nothing to heal"), "{}", stdout(&o));
+}
+
+/// `heal` of a run whose campaign is missing or unreadable says it cannot tell where the
+/// faults were, instead of taking them for the lab's.
+#[test]
+fn heal_does_not_guess_where_the_faults_were() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path();
+    std::fs::write(
+        run.join("faults.jsonl"),
+        "{\"seq\":0,\"time_unix_ns\":1,\"state\":\"applying\",\"fault\":{\"kind\":\"kill\",\"node\":\"db1\",\"service\":\"postgres\",\"pids\":[1]}}\n",
+    )
+    .unwrap();
+    let o = coherence(&["heal", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("cannot tell where the faults of"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("campaign.toml is missing"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::write(run.join("campaign.toml"), "name = \"x\"\n[cluster\n").unwrap();
+    let o = coherence(&["heal", run.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("cannot tell where the faults of"),
+        "{}",
+        stderr(&o)
+    );
+}

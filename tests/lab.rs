@@ -128,7 +128,7 @@ fn the_lab_end_to_end() {
     // status: every server answers, with its role
     let o = coherence(&["lab", "status"]);
     let status = text(&o);
-    assert!(o.status.success(), "{status}");
+    assert_eq!(o.status.code(), Some(0), "{status}");
     assert!(!status.contains(" NO "), "{status}");
     for line in [
         "db2   10.77.0.12",
@@ -265,6 +265,14 @@ fn the_lab_end_to_end() {
     let state = State::load().unwrap().unwrap();
     assert_eq!(state.design, Design::Outbox);
     cluster::stop_invalidator(&state).unwrap();
+    // status says what is down, with exit status 1 (as systemctl status)
+    let o = coherence(&["lab", "status"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("down: invalidator on inv"),
+        "{}",
+        text(&o)
+    );
     for h in [R1A, R2A] {
         redis(h, &["SET", "k5", "old"]);
     }
@@ -297,4 +305,5 @@ fn the_lab_end_to_end() {
     });
     let o = coherence(&["lab", "status"]);
     assert!(text(&o).contains("the lab is down"), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(3), "not up: 3, as systemctl status");
 }

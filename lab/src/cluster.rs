@@ -12,10 +12,12 @@ use crate::layout::{
 use crate::{clock, lab_dir, schema, Design};
 use anyhow::{anyhow, bail, Context, Result};
 use coherence_nemeses::clock::Skew;
+use coherence_nemeses::fault::{Fault, Journal, Nodes as _};
 use coherence_nemeses::remote::{shell_words, Netns, Remote, RemoteError};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// How to bring the lab up.
@@ -1025,21 +1027,158 @@ pub fn endpoints(state: &State) -> Result<Endpoints> {
     })
 }
 
-/// Prepares the running lab for a campaign, as Jepsen prepares its database: fresh data
-/// (`keys` rows at version 0 written by "init", with their version log), every cache
-/// flushed, and the invalidator restarted in `design`.
-pub fn prepare(keys: &[String], design: Design) -> Result<State> {
+/// What preparing the lab is told and tells: the run's heal journal, where whatever it
+/// stops is journaled like a fault (so that every way out, and `coherence heal`, brings
+/// it back); a flag that asks it to stop early (Ctrl-C, SIGTERM); and a sink for what it
+/// is doing or waiting for.
+pub struct Preparing<'a> {
+    /// The run's heal journal.
+    pub journal: &'a mut Journal,
+    /// Set to stop: preparing restores what it stopped and returns [`Interrupted`].
+    pub stop: &'a AtomicBool,
+    /// Told each step, e.g. "waiting for r1b to empty".
+    pub say: &'a dyn Fn(&str),
+}
+
+/// Preparing was stopped early (the flag was set); what it had stopped runs again.
+#[derive(Debug, thiserror::Error)]
+#[error("preparing the lab was interrupted")]
+pub struct Interrupted;
+
+/// Restarts every server of the lab that does not answer, in the role it has now, and
+/// waits until they answer; returns what it restarted. An error says what is still down.
+pub fn repair(state: &State, say: &dyn Fn(&str)) -> Result<Vec<String>> {
+    let Some((_, hosts)) = status()? else {
+        bail!("the lab is not up: start it with `coherence lab up`");
+    };
+    let nodes = LabNodes::new(state);
+    let mut restarted = Vec::new();
+    for h in &hosts {
+        for srv in h.servers.iter().filter(|s| !s.answers) {
+            let what = format!("{} on {}", srv.kind, h.host.name);
+            say(&format!("restarting {what}, which does not answer"));
+            if nodes.pids(&h.host.name, srv.kind)?.is_empty() {
+                nodes
+                    .restart(&h.host.name, srv.kind)
+                    .map_err(|e| anyhow!("cannot restart {what}: {e}"))?;
+            } else if srv.kind != "invalidator" {
+                // Running but not answering (stopped, or stuck): resume it, else kill and
+                // start it again.
+                for pid in nodes.pids(&h.host.name, srv.kind)? {
+                    // SAFETY: no memory preconditions; a pid that is gone is fine.
+                    unsafe { libc::kill(pid, libc::SIGCONT) };
+                }
+            }
+            restarted.push(what);
+        }
+    }
+    if !restarted.is_empty() {
+        say("waiting for the restarted servers to answer");
+        let ok = wait_until("the lab answering", Duration::from_secs(30), || {
+            answers(state)
+        });
+        if ok.is_err() {
+            let down: Vec<String> = status()?
+                .map(|(_, hosts)| {
+                    hosts
+                        .iter()
+                        .flat_map(|h| {
+                            h.servers
+                                .iter()
+                                .filter(|s| !s.answers)
+                                .map(move |s| format!("{} on {}", s.kind, h.host.name))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            bail!(
+                "the lab does not answer after restarting {}: still down: {} (see `coherence lab status`); \
+                 restart it with `coherence lab down` and `coherence lab up`",
+                restarted.join(", "),
+                down.join(", ")
+            );
+        }
+    }
+    Ok(restarted)
+}
+
+/// Prepares the running lab for a campaign, as Jepsen prepares its database: servers
+/// that do not answer restarted ([`repair`]), fresh data (`keys` rows at version 0
+/// written by "init", with their version log), every cache flushed, and the invalidator
+/// restarted in `design`. Stopping the invalidator is journaled in `prep.journal` before
+/// it happens and marked healed once it runs again; when `prep.stop` is set, preparing
+/// restarts it and returns [`Interrupted`].
+pub fn prepare(keys: &[String], design: Design, prep: Preparing<'_>) -> Result<State> {
     require_root()?;
     let state = State::load()?
         .ok_or_else(|| anyhow!("the lab is not up: start it with `coherence lab up`"))?;
+    let say = prep.say;
     if !answers(&state) {
-        bail!(
-            "the lab does not answer (see `coherence lab status`); \
-             restart it with `coherence lab down` and `coherence lab up`"
-        );
+        let restarted = repair(&state, say)?;
+        if !restarted.is_empty() {
+            say(&format!("restarted {}", restarted.join(", ")));
+        }
     }
+    let interrupted = || prep.stop.load(Ordering::Relaxed);
+    if interrupted() {
+        return Err(Interrupted.into());
+    }
+    // Stopping the invalidator is a fault of ours: journaled, and undone on every way out.
+    let inv = state.host(Role::Invalidator);
+    let nodes = LabNodes::new(&state);
+    let pids = nodes.pids(&inv.name, "invalidator")?;
+    // (When the campaign wants no invalidator, stopping it is the point: nothing to
+    // restore then, and a way out before the new design is saved restarts the old one
+    // below, or the next run's repair does.)
+    let stopped = if design != Design::None && !pids.is_empty() {
+        let fault = Fault::Kill {
+            node: inv.name.clone(),
+            service: "invalidator".into(),
+            pids,
+        };
+        let seq = prep
+            .journal
+            .applying(&fault)
+            .context("cannot write the heal journal; the lab was not touched")?;
+        Some((seq, fault))
+    } else {
+        None
+    };
+    say("stopping the invalidator");
     stop_invalidator(&state)?;
-    let (primary, _) = db_roles(&state)?;
+    let result = reset(&state, keys, design, say, &interrupted);
+    // Whatever happened, the invalidator runs again (the new design when the reset got
+    // that far, else the one before).
+    let state = State::load()?.unwrap_or(state);
+    say(&format!("starting the invalidator ({})", state.design));
+    start_invalidator(&state)?;
+    if let Some((seq, fault)) = stopped {
+        fault
+            .heal(&nodes)
+            .map_err(|e| anyhow!("the invalidator did not come back: {e}"))?;
+        prep.journal.healed(seq)?;
+    }
+    result?;
+    if interrupted() {
+        return Err(Interrupted.into());
+    }
+    Ok(state)
+}
+
+/// The part of preparing that the invalidator must not see: data, triggers, caches.
+fn reset(
+    state: &State,
+    keys: &[String],
+    design: Design,
+    say: &dyn Fn(&str),
+    interrupted: &dyn Fn() -> bool,
+) -> Result<()> {
+    let (primary, _) = db_roles(state)?;
+    say(&format!(
+        "resetting the data on {} ({} keys)",
+        primary.name,
+        keys.len()
+    ));
     runtime()?
         .block_on(async {
             let mut client = pg_connect(primary.addr).await?;
@@ -1065,7 +1204,11 @@ pub fn prepare(keys: &[String], design: Design) -> Result<State> {
             anyhow::Ok(())
         })
         .context("cannot prepare the database")?;
-    let regions = endpoints(&state)?.regions;
+    if interrupted() {
+        return Err(Interrupted.into());
+    }
+    let regions = endpoints(state)?.regions;
+    say("flushing every cache");
     for r in &regions {
         let (addr, _) = r.primary.addr.split_once(':').expect("host:port");
         let mut con = redis_connect(addr.parse()?, REDIS_PORT)?;
@@ -1077,22 +1220,30 @@ pub fn prepare(keys: &[String], design: Design) -> Result<State> {
         if let Some(rep) = &r.replica {
             let (addr, _) = rep.addr.split_once(':').expect("host:port");
             let addr: std::net::Ipv4Addr = addr.parse()?;
+            let empty = || {
+                redis_connect(addr, REDIS_PORT)
+                    .and_then(|mut c| Ok(redis::cmd("DBSIZE").query::<i64>(&mut c)?))
+                    .is_ok_and(|n| n == 0)
+            };
+            if !empty() {
+                say(&format!(
+                    "waiting for {} to empty (a replica follows its primary's flush; after a failover it resyncs first)",
+                    rep.name
+                ));
+            }
             wait_until(
                 &format!("{} emptying", rep.name),
                 Duration::from_secs(30),
-                || {
-                    redis_connect(addr, REDIS_PORT)
-                        .and_then(|mut c| Ok(redis::cmd("DBSIZE").query::<i64>(&mut c)?))
-                        .is_ok_and(|n| n == 0)
-                },
+                || empty() || interrupted(),
             )?;
+            if interrupted() {
+                return Err(Interrupted.into());
+            }
         }
     }
-    let mut state = state;
+    let mut state = state.clone();
     state.design = design;
-    state.save()?;
-    start_invalidator(&state)?;
-    Ok(state)
+    state.save()
 }
 
 /// One deletion the invalidator logged.

@@ -10,7 +10,7 @@ use crate::partition::{Grudge, Shape};
 use crate::remote::{shell_words, Remote, RemoteError};
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -833,10 +833,13 @@ struct Entry {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 enum State {
     Applying,
     Healed,
+    /// Written when the journal is reopened after a crash cut its last line short: the
+    /// line before was never a whole entry, so its fault was never applied.
+    CutBefore,
 }
 
 /// The heal journal of a run: `faults.jsonl`.
@@ -857,20 +860,31 @@ fn now_ns() -> u64 {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal at `path`, appending after what it holds.
+    /// Opens (or creates) the journal at `path`, appending after what it holds. A journal
+    /// that cannot be read (see [`pending`]) is refused.
     pub fn open(path: &Path) -> std::io::Result<Journal> {
-        let next = read(path)?.iter().map(|e| e.seq + 1).max().unwrap_or(0);
-        let mut file = File::options().create(true).append(true).open(path)?;
-        // After a crash mid-line, start the next entry on a line of its own.
-        let text = std::fs::read(path)?;
-        if text.last().is_some_and(|&b| b != b'\n') {
-            file.write_all(b"\n")?;
-        }
-        Ok(Journal {
+        let entries = read(path)?;
+        let next = entries.iter().map(|e| e.seq + 1).max().unwrap_or(0);
+        let file = File::options().create(true).append(true).open(path)?;
+        let mut journal = Journal {
             file,
             path: path.to_path_buf(),
             next,
-        })
+        };
+        // After a crash mid-line, start the next entry on a line of its own, and say that
+        // the line before was cut short (so that it reads as such once it is no longer
+        // the last line).
+        let text = std::fs::read(path)?;
+        if text.last().is_some_and(|&b| b != b'\n') {
+            journal.file.write_all(b"\n")?;
+            journal.write(&Entry {
+                seq: next,
+                time_unix_ns: now_ns(),
+                state: State::CutBefore,
+                fault: None,
+            })?;
+        }
+        Ok(journal)
     }
 
     /// The journal's file.
@@ -914,18 +928,57 @@ impl Journal {
     }
 }
 
+/// The journal's entries. A line that is no entry is refused, naming it, unless it is
+/// what a crash leaves: a line cut short (a proper prefix of JSON) that is the last line,
+/// or that the next line says was cut (`cut-before`, written when the journal was
+/// reopened). Anything else means the journal is damaged, and healing from it could
+/// leave a fault in place.
 fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    // A file ending with a newline yields an empty last piece: no line.
+    let count = if bytes.ends_with(b"\n") {
+        lines.len() - 1
+    } else {
+        lines.len()
+    };
     let mut entries = Vec::new();
-    for line in std::io::BufReader::new(file).lines() {
-        // A cut-short last line (a crash while writing) was never applied.
-        if let Ok(entry) = serde_json::from_str::<Entry>(&line?) {
-            entries.push(entry);
+    for (i, line) in lines[..count].iter().enumerate() {
+        let error = match serde_json::from_slice::<Entry>(line) {
+            Ok(entry) => {
+                if entry.state != State::CutBefore {
+                    entries.push(entry);
+                }
+                continue;
+            }
+            Err(e) => e,
+        };
+        let cut = error.is_eof() && !line.is_empty();
+        let last = i + 1 == count;
+        let marked = lines[..count]
+            .get(i + 1)
+            .and_then(|next| serde_json::from_slice::<Entry>(next).ok())
+            .is_some_and(|e| e.state == State::CutBefore);
+        if cut && (last || marked) {
+            continue; // a crash cut it short while it was written: never applied
         }
+        let shown: String = String::from_utf8_lossy(line).chars().take(120).collect();
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "{}:{}: not a heal journal entry ({error}): {shown:?}; only a cut-short last \
+                 line is what a crash leaves. Healing from a damaged journal could leave a \
+                 fault in place: look at that line, repair or remove it, and run \
+                 `coherence heal` again (iptables rules of a run carry the comment \
+                 coherence:<run>-<seq>)",
+                path.display(),
+                i + 1
+            ),
+        ));
     }
     Ok(entries)
 }
@@ -1036,6 +1089,47 @@ mod tests {
     }
 
     #[test]
+    fn an_unreadable_middle_line_is_refused_not_skipped() {
+        // Regression: every unreadable line was skipped, so an entry that could not be
+        // parsed was never healed.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL);
+        let f = Fault::partition(Shape::Halves, &nodes(), &NoNodes, "t").unwrap();
+        let mut j = Journal::open(&path).unwrap();
+        j.applying(&f).unwrap();
+        drop(j);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.insert_str(
+            0,
+            "{\"seq\":7,\"state\":\"applying\",\"fault\":{\"kind\":\"mystery\"}}\n",
+        );
+        std::fs::write(&path, &text).unwrap();
+        let e = pending(&path).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        let m = e.to_string();
+        assert!(
+            m.contains("faults.jsonl:1: not a heal journal entry"),
+            "{m}"
+        );
+        assert!(m.contains("repair or remove it"), "{m}");
+        assert!(Journal::open(&path).is_err(), "nor is it appended to");
+        // A broken line in the middle that is cut short JSON, but not marked as cut, is
+        // refused too: a crash only cuts the last line.
+        std::fs::write(
+            &path,
+            format!(
+                "{{\"seq\":0,\"time_unix_ns\":1,\"sta\n{}",
+                &text[text.find('\n').unwrap() + 1..]
+            ),
+        )
+        .unwrap();
+        assert!(pending(&path)
+            .unwrap_err()
+            .to_string()
+            .contains(":1: not a heal journal entry"));
+    }
+
+    #[test]
     fn a_cut_short_last_entry_was_never_applied() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(JOURNAL);
@@ -1047,8 +1141,18 @@ mod tests {
         let seq = j.applying(&f).unwrap();
         assert_eq!(
             pending(&path).unwrap(),
-            vec![(seq, f)],
+            vec![(seq, f.clone())],
             "the next entry is whole"
+        );
+        // Reopened once more (`coherence heal` after another crash), the cut line is in
+        // the middle now, marked as cut: still read, not refused.
+        let mut j = Journal::open(&path).unwrap();
+        j.healed(seq).unwrap();
+        assert!(pending(&path).unwrap().is_empty());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.lines().nth(1).unwrap().contains("\"cut-before\""),
+            "{text}"
         );
     }
 }
