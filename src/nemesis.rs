@@ -401,13 +401,16 @@ pub fn run(n: Nemesis) {
                "interval_ms": config.interval.as_millis() as u64,
                "duration_ms": config.duration.as_millis() as u64}),
     );
-    let Ok(mut journal) = Journal::open(&journal_path) else {
-        log(
-            &rec,
-            "nemesis-error",
-            json!({"error": format!("cannot open the heal journal {}; no fault applied", journal_path.display())}),
-        );
-        return;
+    let mut journal = match Journal::open(&journal_path) {
+        Ok(j) => j,
+        Err(e) => {
+            log(
+                &rec,
+                "nemesis-error",
+                json!({"error": format!("cannot open the heal journal {}: {e}; no fault applied", journal_path.display())}),
+            );
+            return;
+        }
     };
     let start = Instant::now();
     for (i, planned) in schedule.iter().enumerate() {

@@ -54,6 +54,9 @@ pub struct RunArgs {
     /// Override how long each fault lasts.
     #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
     nemesis_duration: Option<Duration>,
+    /// Override the checks that count ([checker] checks), e.g. non-convergence,lost-write.
+    #[arg(long, value_delimiter = ',', value_name = "CHECKS")]
+    checks: Option<Vec<coherence_analysis::AnomalyKind>>,
 }
 
 /// Whether a progress bar may be drawn.
@@ -68,7 +71,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let mut campaign =
         Campaign::parse(&text).map_err(|m| anyhow::anyhow!("{}: {m}", args.campaign.display()))?;
     // The checks that count, refused before anything runs when one is unknown.
-    let checks: Option<Vec<coherence_analysis::AnomalyKind>> = campaign
+    let from_campaign: Option<Vec<coherence_analysis::AnomalyKind>> = campaign
         .checker
         .checks
         .as_ref()
@@ -88,6 +91,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     .unwrap_or_default()
             )
         })?;
+    let checks = args.checks.clone().or(from_campaign);
     // What the run directory stores: secrets redacted, at any depth.
     let stored_campaign = redact_toml(&text)
         .map_err(|e| {

@@ -79,6 +79,49 @@ fn campaigns_against_the_lab() {
         "{}",
         r["causes"]
     );
+
+    // A requested fault that cannot happen (this campaign runs no invalidator to kill):
+    // the run is unknown, exit 3, and says why in its output, results and report (with
+    // the anomaly checks left out; with them it would be invalid, exit 1).
+    let o = coherence(&[
+        "run",
+        "campaigns/lab-writer.toml",
+        "--time-limit",
+        "4s",
+        "--nemesis",
+        "kill-invalidator",
+        "--nemesis-interval",
+        "1500ms",
+        "--nemesis-duration",
+        "500ms",
+        "--checks",
+        "lost-write,version-fork,phantom-read",
+        "--store",
+        store_s,
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(text(&o).contains("UNKNOWN"), "{}", text(&o));
+    assert!(
+        text(&o).contains("no invalidator process runs on inv"),
+        "{}",
+        text(&o)
+    );
+    let dir = run_dir(&o);
+    let r = results(&dir);
+    assert_eq!(r["verdict"], "unknown");
+    assert!(
+        r["unknown_reasons"].as_array().unwrap().iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("a requested kill-invalidator fault did not happen")),
+        "{}",
+        r["unknown_reasons"]
+    );
+    let report = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(report.contains("verdict unknown"), "the report's banner");
+    assert!(report.contains("no invalidator process runs on inv"));
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(junit.contains("<error message=\"unknown: "), "{junit}");
     // the run directory holds what DESIGN.md says, and runs/latest points at it
     for f in [
         "history.jsonl",

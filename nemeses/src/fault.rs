@@ -209,6 +209,18 @@ impl Fault {
         net: &dyn Nodes,
     ) -> Result<Fault, RemoteError> {
         let pids = net.pids(node, service)?;
+        if pids.is_empty() {
+            // Killing nothing is no fault: say so, rather than "apply" it.
+            return Err(RemoteError {
+                node: node.to_string(),
+                command: format!("find the {service} processes"),
+                status: None,
+                stdout: String::new(),
+                stderr: format!(
+                    "no {service} process runs on {node}, so there is nothing to kill or pause"
+                ),
+            });
+        }
         let (node, service) = (node.to_string(), service.to_string());
         Ok(if pause {
             Fault::Pause {
@@ -940,8 +952,8 @@ fn read(path: &Path) -> std::io::Result<Vec<Entry>> {
         Err(e) => return Err(e),
     };
     let lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
-    // A file ending with a newline yields an empty last piece: no line.
-    let count = if bytes.ends_with(b"\n") {
+    // A file ending with a newline (or an empty file) yields an empty last piece: no line.
+    let count = if bytes.is_empty() || bytes.ends_with(b"\n") {
         lines.len() - 1
     } else {
         lines.len()
@@ -1086,6 +1098,15 @@ mod tests {
         // Nodes that cannot move clocks say so instead of pretending.
         let e = f.apply(&NoNodes).unwrap_err();
         assert!(e.stderr.contains("cannot have their clocks skewed"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_journal_is_an_empty_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL);
+        std::fs::write(&path, "").unwrap();
+        assert!(pending(&path).unwrap().is_empty());
+        assert_eq!(Journal::open(&path).unwrap().next_seq(), 0);
     }
 
     #[test]
