@@ -52,6 +52,20 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
     journal.applying(&fault).unwrap();
     fault.apply(&nodes).unwrap();
     drop(journal);
+    // The crash came while the next entry was being written: a cut-short last line.
+    let mut cut = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&journal_path)
+        .unwrap();
+    std::io::Write::write_all(&mut cut, b"{\"seq\":1,\"time_unix_ns\":17,\"state\":\"appl")
+        .unwrap();
+    drop(cut);
+    // `heal` learns from the run's campaign that the faults were the lab's.
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("campaigns/lab-writer.toml"),
+        run.path().join("campaign.toml"),
+    )
+    .unwrap();
 
     // A partitioned region cannot reach the database; another region still can.
     assert!(
