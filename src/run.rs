@@ -213,16 +213,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             Err(e) if e.is::<coherence_lab::cluster::Interrupted>() => {
                 eprintln!("interrupted while preparing the lab; the invalidator runs again");
                 signals.log(&rec);
-                return Conclude {
-                    dir,
-                    rec,
-                    checks,
-                    bound: campaign.checker.staleness_bound,
-                    junit: args.junit.as_deref(),
-                    store: &args.store,
-                    campaign_file: &args.campaign,
-                }
-                .conclude(Ok(()));
+                return Conclude::of(&args, &campaign, checks, dir, rec).conclude(Ok(()));
             }
             Err(e) => return Err(e),
         };
@@ -554,16 +545,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     // The last holder of the recorder besides us.
     drop(nemesis_after);
-    Conclude {
-        dir,
-        rec,
-        checks,
-        bound: campaign.checker.staleness_bound,
-        junit: args.junit.as_deref(),
-        store: &args.store,
-        campaign_file: &args.campaign,
-    }
-    .conclude(result)
+    Conclude::of(&args, &campaign, checks, dir, rec).conclude(result)
 }
 
 /// The end of every run: the history finished, checked, results, report and JUnit
@@ -578,7 +560,26 @@ struct Conclude<'a> {
     campaign_file: &'a Path,
 }
 
-impl Conclude<'_> {
+impl<'a> Conclude<'a> {
+    /// The end of this run.
+    fn of(
+        args: &'a RunArgs,
+        campaign: &Campaign,
+        checks: Option<Vec<coherence_analysis::AnomalyKind>>,
+        dir: PathBuf,
+        rec: Arc<Recorder>,
+    ) -> Conclude<'a> {
+        Conclude {
+            dir,
+            rec,
+            checks,
+            bound: campaign.checker.staleness_bound,
+            junit: args.junit.as_deref(),
+            store: &args.store,
+            campaign_file: &args.campaign,
+        }
+    }
+
     /// Finishes the history, then fails with the workload's error if it had one, else
     /// checks and stores; returns the exit status.
     fn conclude(self, workload: Result<()>) -> Result<u8> {
