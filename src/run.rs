@@ -770,3 +770,32 @@ fn server_versions(ends: &Endpoints) -> serde_json::Value {
     );
     serde_json::Value::Object(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_nemesis_is_reported_not_dropped() {
+        // Regression: the nemesis thread's join result was dropped, so a panic in it
+        // went unreported and the run could say VALID.
+        let seen = Arc::new(Mutex::new(None));
+        let after: Arc<dyn Fn(Option<String>) + Send + Sync> = {
+            let seen = seen.clone();
+            Arc::new(move |p| *seen.lock().unwrap() = Some(p))
+        };
+        let t = std::thread::spawn(|| panic!("the schedule broke"));
+        joined(t, &after);
+        assert_eq!(
+            seen.lock().unwrap().clone(),
+            Some(Some("the schedule broke".to_string()))
+        );
+        let t = std::thread::spawn(|| {});
+        joined(t, &after);
+        assert_eq!(
+            seen.lock().unwrap().clone(),
+            Some(None),
+            "a clean end is no failure"
+        );
+    }
+}
