@@ -8,7 +8,7 @@ mod serve;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use coherence_analysis::{check_file_keeping, report, text, Options};
+use coherence_analysis::{bound, check_file_keeping, report, text, Options};
 use coherence_store::files::{refuse_input, write_output};
 use coherence_store::run::{inputs_of, resolve_history, RESULTS};
 use std::io::Write as _;
@@ -201,7 +201,12 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // The chain can quote the input (a path, a name): no control character of it
+            // reaches the terminal.
+            eprintln!(
+                "error: {}",
+                bound::lines(&format!("{err:#}"), bound::TEXT_LIMIT)
+            );
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -427,9 +432,10 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
     }
     if let Some(file) = report_path {
         // On stderr with --format json, so stdout stays only JSON.
+        let file = bound::shown(&file.display().to_string());
         match args.format {
-            Format::Text => writeln!(stdout, "report: {}", file.display())?,
-            Format::Json => eprintln!("report: {}", file.display()),
+            Format::Text => writeln!(stdout, "report: {file}")?,
+            Format::Json => eprintln!("report: {file}"),
         }
     }
     Ok(exit_status(results.verdict))

@@ -1,10 +1,13 @@
 //! Explanations: each finding as data (the operations with their lines, the cycle,
 //! the cause) and then as sentences. The report and the text output reuse the data.
+//! Names from the history are cut in the data and quoted or escaped in the sentences
+//! ([`crate::bound`]), so neither grows with a huge key nor carries control characters.
 
+use crate::bound::{self, prose};
 use crate::check::{AnomalyKind, Cause, CauseKind, Context, Finding, PhantomWhy};
 use crate::graph::{self, EdgeKind, Step};
 use crate::model::{History, Op, Val, INIT, NONE};
-use coherence_store::OpKind;
+use coherence_store::{quote, OpKind};
 use serde::Serialize;
 
 /// An operation as shown to people.
@@ -140,7 +143,7 @@ fn name(h: &History, id: u32) -> String {
 }
 
 fn version_of(h: &History, v: Val) -> String {
-    format!("version {} ({:?})", v.version, h.writes.name(v.write))
+    format!("version {} ({})", v.version, quote(h.writes.name(v.write)))
 }
 
 /// Builds the view of an operation.
@@ -160,9 +163,9 @@ pub fn op_view(h: &History, id: u32) -> OpView {
         }
         .to_string(),
         process: h.process_name(op.process),
-        node: (op.node != NONE).then(|| h.nodes.name(op.node).to_string()),
+        node: (op.node != NONE).then(|| bound::name(h.nodes.name(op.node))),
         version: op.value.map(|v| v.version).filter(|v| *v >= 0),
-        write: op.value.map(|v| h.writes.name(v.write).to_string()),
+        write: op.value.map(|v| bound::name(h.writes.name(v.write))),
         invoke_ns: op.invoke_time,
         complete_ns: done.then_some(op.complete_time),
     }
@@ -172,7 +175,7 @@ pub fn op_view(h: &History, id: u32) -> OpView {
 pub fn explain(ctx: &Context<'_>, index: &graph::KeyIndex, f: &Finding) -> Anomaly {
     let h = ctx.history;
     let op = &h.ops[f.op as usize];
-    let key = h.keys.name(f.key).to_string();
+    let key = bound::name(h.keys.name(f.key));
     let steps = graph::cycle(h, index, ctx.bound, f);
     let mut op_ids: Vec<u32> = vec![f.op, f.other, f.extra];
     if let Some(steps) = &steps {
@@ -214,7 +217,7 @@ pub fn explain(ctx: &Context<'_>, index: &graph::KeyIndex, f: &Finding) -> Anoma
     Anomaly {
         name: f.kind,
         key,
-        node: (op.node != NONE).then(|| h.nodes.name(op.node).to_string()),
+        node: (op.node != NONE).then(|| bound::name(h.nodes.name(op.node))),
         process: Some(h.process_name(op.process)),
         indices,
         ops,
@@ -230,14 +233,14 @@ fn on_node(h: &History, op: &Op) -> String {
     if op.node == NONE {
         String::new()
     } else {
-        format!(" on {}", h.nodes.name(op.node))
+        format!(" on {}", prose(h.nodes.name(op.node)))
     }
 }
 
 fn summary(ctx: &Context<'_>, f: &Finding) -> String {
     let h = ctx.history;
     let op = &h.ops[f.op as usize];
-    let key = h.keys.name(f.key);
+    let key = quote(h.keys.name(f.key));
     let other = h.ops.get(f.other as usize);
     let seen = op.value.map(|v| version_of(h, v)).unwrap_or_default();
     match f.kind {
@@ -245,7 +248,7 @@ fn summary(ctx: &Context<'_>, f: &Finding) -> String {
             let w = other.expect("a stale read has a newer write");
             let u = w.value.map_or(0, |v| v.version);
             format!(
-                "{} of key {key:?}{} returned {seen} at {}, but version {u} had been acknowledged at {} ({}), {} earlier; the bound allows {}.",
+                "{} of key {key}{} returned {seen} at {}, but version {u} had been acknowledged at {} ({}), {} earlier; the bound allows {}.",
                 name(h, f.op),
                 on_node(h, op),
                 at(op.invoke_time),
@@ -270,10 +273,10 @@ fn summary(ctx: &Context<'_>, f: &Finding) -> String {
                     name(h, f.other),
                     other.and_then(|o| o.value).map_or(0, |v| v.version)
                 ),
-                _ => format!("no write of key {key:?} in the history has that id"),
+                _ => format!("no write of key {key} in the history has that id"),
             };
             format!(
-                "{} of key {key:?}{} returned {seen}, but {why}.",
+                "{} of key {key}{} returned {seen}, but {why}.",
                 name(h, f.op),
                 on_node(h, op)
             )
@@ -285,9 +288,10 @@ fn summary(ctx: &Context<'_>, f: &Finding) -> String {
                 } else {
                     let o = &h.ops[id as usize];
                     format!(
-                        "{} ({:?}, {})",
+                        "{} ({}, {})",
                         name(h, id),
-                        o.value.map_or("?", |v| h.writes.name(v.write)),
+                        o.value
+                            .map_or("?".to_string(), |v| quote(h.writes.name(v.write))),
                         if o.outcome == crate::model::Outcome::Ok {
                             "acknowledged"
                         } else {
@@ -302,7 +306,7 @@ fn summary(ctx: &Context<'_>, f: &Finding) -> String {
                 String::new()
             };
             format!(
-                "{} and {} are both version {} of key {key:?}{shown}: the database handed that version out twice, as a failover that loses committed data does.",
+                "{} and {} are both version {} of key {key}{shown}: the database handed that version out twice, as a failover that loses committed data does.",
                 who(f.op),
                 who(f.other),
                 f.version
@@ -318,7 +322,7 @@ fn summary(ctx: &Context<'_>, f: &Finding) -> String {
                 None => String::new(),
             };
             format!(
-                "{} of key {key:?} was acknowledged as {seen} at {}, but the database's final state ({}) has lost it: {how}.",
+                "{} of key {key} was acknowledged as {seen} at {}, but the database's final state ({}) has lost it: {how}.",
                 name(h, f.op),
                 at(op.complete_time),
                 name(h, f.other)
@@ -327,7 +331,7 @@ fn summary(ctx: &Context<'_>, f: &Finding) -> String {
         AnomalyKind::MonotonicRead => {
             let earlier = other.expect("an earlier read");
             format!(
-                "process {} read version {} of key {key:?} ({}) and later version {} ({}{}).",
+                "process {} read version {} of key {key} ({}) and later version {} ({}{}).",
                 h.process_name(op.process),
                 earlier.value.map_or(0, |v| v.version),
                 name(h, f.other),
@@ -339,7 +343,7 @@ fn summary(ctx: &Context<'_>, f: &Finding) -> String {
         AnomalyKind::ReadYourWrites => {
             let w = other.expect("the process's write");
             format!(
-                "process {} wrote version {} of key {key:?} ({}, acknowledged at {}) and later read version {} ({}{}).",
+                "process {} wrote version {} of key {key} ({}, acknowledged at {}) and later read version {} ({}{}).",
                 h.process_name(op.process),
                 w.value.map_or(0, |v| v.version),
                 name(h, f.other),
@@ -352,7 +356,7 @@ fn summary(ctx: &Context<'_>, f: &Finding) -> String {
         AnomalyKind::NonConvergence => {
             let fin = h.finals[f.key as usize].as_ref();
             format!(
-                "after the final phase, {} of key {key:?}{} returned {seen}, but the database's final value is {} ({}).",
+                "after the final phase, {} of key {key}{} returned {seen}, but the database's final value is {} ({}).",
                 name(h, f.op),
                 on_node(h, op),
                 fin.map(|fin| version_of(h, fin.value)).unwrap_or_default(),
@@ -413,7 +417,7 @@ fn step_view(ctx: &Context<'_>, s: &Step) -> StepView {
 fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
     let h = ctx.history;
     let read = &h.ops[f.op as usize];
-    let node = h.node_name(read.node);
+    let node = prose(h.node_name(read.node));
     let holder = if c.holder == NONE {
         read.node
     } else {
@@ -421,9 +425,12 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
     };
     // "r1a" for a primary read, "r1a (the primary r1b replicates)" for a replica's.
     let holder_name = if holder != read.node && holder != NONE {
-        format!("{} (the primary {node} replicates)", h.node_name(holder))
+        format!(
+            "{} (the primary {node} replicates)",
+            prose(h.node_name(holder))
+        )
     } else {
-        node.to_string()
+        node.clone()
     };
     let newer_id = if f.kind == AnomalyKind::NonConvergence {
         f.extra
@@ -440,7 +447,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
         h.standalone
             .iter()
             .find(|e| e.index == index)
-            .map(|e| e.f.clone())
+            .map(|e| prose(&e.f))
             .unwrap_or_else(|| "invalidate".to_string())
     };
     let inval_at = |index: u64| {
@@ -469,7 +476,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
             let after = match inval_at(c.event) {
                 Some(t) => format!(
                     "after {} was invalidated at {} (line {}), once {newer_name} had begun writing version {newer_version}",
-                    h.node_name(holder),
+                    prose(h.node_name(holder)),
                     at(t),
                     line(c.event)
                 ),
@@ -491,7 +498,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
             match h.ops.get(c.source as usize) {
                 Some(src) if c.kind == CauseKind::DatabaseReplicaFill => format!(
                     "a fill from a lagging database standby: {race}; it had read that version from {} ({} at {}), which had not yet applied a newer acknowledged write",
-                    h.node_name(src.node),
+                    prose(h.node_name(src.node)),
                     name(h, c.source),
                     at(src.invoke_time)
                 ),
@@ -501,7 +508,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
         CauseKind::ReplicaRead => match inval_at(c.event) {
             Some(t) if holder != read.node => format!(
                 "replica lag: {node} replicates {}, which was invalidated for version {newer_version} at {} (line {}), {} before the read began; the deletion had not reached {node} yet",
-                h.node_name(holder),
+                prose(h.node_name(holder)),
                 at(t),
                 line(c.event),
                 duration(read.invoke_time.saturating_sub(t))
@@ -523,7 +530,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
                 format!(
                     " ({} of {} ended {})",
                     name(h, c.op),
-                    h.node_name(o.node),
+                    prose(h.node_name(o.node)),
                     if o.outcome == crate::model::Outcome::Fail { "failed" } else { "with an unknown outcome" }
                 )
             });
@@ -535,7 +542,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
         CauseKind::DatabaseReplicaLag => format!(
             "database replica lag: the read was served by {node}{}, which had not yet applied what {newer_name} committed",
             if holder != read.node && holder != NONE {
-                format!(", a standby of {}", h.node_name(holder))
+                format!(", a standby of {}", prose(h.node_name(holder)))
             } else {
                 String::new()
             }

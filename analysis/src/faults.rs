@@ -11,6 +11,7 @@
 //! `bump-clock` or `strobe-clock`/`reset-clock`, and `heal` closes every open fault;
 //! other nemesis events (`failover`, ...) are instants.
 
+use crate::bound::{self, shown};
 use crate::model::History;
 use serde::Serialize;
 use serde_json::Value;
@@ -302,7 +303,8 @@ impl NemesisLog {
 
     /// Why the faults make the verdict unknown: requested faults that did not happen,
     /// faults that failed to apply or to heal, or that were never healed. Empty when
-    /// every requested fault happened and healed.
+    /// every requested fault happened and healed. What the history says is escaped but
+    /// not cut: results call this on their log, which is cut already ([`crate::bound`]).
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
         if let Some(plan) = &self.plan {
@@ -310,26 +312,30 @@ impl NemesisLog {
                 out.push(format!(
                     "faults were requested ({}) but the schedule held none within the time limit: \
                      make the time limit longer than the nemesis interval",
-                    plan.faults.join(", ")
+                    bound::list(&plan.faults)
                 ));
             }
         }
         for e in &self.errors {
+            let error = shown(&e.error);
             out.push(match &e.planned {
                 Some(p) => format!(
-                    "a requested {p} fault did not happen (line {}): {}",
+                    "a requested {} fault did not happen (line {}): {error}",
+                    shown(p),
                     e.index + 1,
-                    e.error
                 ),
-                None => format!("the nemesis failed (line {}): {}", e.index + 1, e.error),
+                None => format!("the nemesis failed (line {}): {error}", e.index + 1),
             });
         }
         for f in &self.faults {
             let name = match f.seq {
-                Some(s) => format!("fault {s} ({}, line {})", f.f, f.index + 1),
-                None => format!("{} (line {})", f.f, f.index + 1),
+                Some(s) => format!("fault {s} ({}, line {})", shown(&f.f), f.index + 1),
+                None => format!("{} (line {})", shown(&f.f), f.index + 1),
             };
-            let why = f.error.as_deref().unwrap_or("no reason given");
+            let why = f
+                .error
+                .as_deref()
+                .map_or_else(|| "no reason given".to_string(), shown);
             match f.status {
                 FaultStatus::ApplyFailed => out.push(format!("{name} failed to apply: {why}")),
                 FaultStatus::HealFailed => out.push(format!("{name} failed to heal: {why}")),

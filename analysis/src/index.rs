@@ -1,10 +1,13 @@
 //! `runs/index.html`: every run in the store, newest first, with its campaign, time,
 //! verdict and anomaly counts, linking to its report. One self-contained page, refreshed
-//! after each run; it escapes everything it shows.
+//! after each run; it escapes everything it shows (control characters too:
+//! [`crate::bound`]), and its links are percent-encoded.
 
+use crate::bound::{shown, shown_cut, NAME_LIMIT};
 use coherence_store::files::write_output;
 use coherence_store::run::{list_runs, RunEntry, INDEX, RESULTS};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use std::path::{Path, PathBuf};
 
 const CSS: &str = r#"
@@ -42,24 +45,46 @@ pub fn verdict(results: Option<&serde_json::Value>) -> &'static str {
     }
 }
 
+/// What a link's path keeps of a file name as it is: anything else is percent-encoded
+/// (control characters, spaces, `%`, `#`, `?`, quotes and brackets, and every byte of a
+/// character beyond ASCII).
+const PATH: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'\'')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'\\');
+
 fn counts(results: Option<&serde_json::Value>) -> String {
     let Some(map) = results.and_then(|r| r["anomaly-counts"].as_object()) else {
         return String::new();
     };
     map.iter()
-        .filter_map(|(k, v)| v.as_u64().filter(|n| *n > 0).map(|n| format!("{k} {n}")))
+        .filter_map(|(k, v)| {
+            v.as_u64()
+                .filter(|n| *n > 0)
+                .map(|n| format!("{} {n}", shown_cut(k, NAME_LIMIT)))
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 fn row(run: &RunEntry) -> Markup {
-    let link = |file: &str| run.dir.join(file).display().to_string();
+    let link =
+        |file: &str| utf8_percent_encode(&run.dir.join(file).to_string_lossy(), PATH).to_string();
     let verdict = verdict(run.results.as_ref());
     let counts = counts(run.results.as_ref());
     html! {
         tr {
-            td { (run.campaign) }
-            td { a href=(link("report.html")) { (run.name) } }
+            td { (shown(&run.campaign)) }
+            td { a href=(link("report.html")) { (shown(&run.name)) } }
             td class=(verdict) { (verdict) }
             td { @if counts.is_empty() { "—" } @else { (counts) } }
             td { a href=(link(RESULTS)) { "results.json" } }

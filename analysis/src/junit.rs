@@ -1,7 +1,13 @@
 //! JUnit XML for CI: one test case per checker. An invalid check is a failure carrying
 //! its count and its first explanations; a check the history cannot decide is skipped
 //! with the reason; a valid one passes.
+//!
+//! quick-xml escapes `<`, `>`, `&`, `'` and `"`, nothing else: a control character
+//! would reach the document as it is, and XML 1.0 forbids most of them (NUL, ESC,
+//! U+0001, U+FFFE, ...), so a parser refuses the file. Every string of the results is
+//! therefore escaped first ([`shown`]); what remains is printable.
 
+use crate::bound::shown;
 use crate::results::{Results, Status, Verdict};
 use quick_xml::events::{BytesDecl, BytesEnd, BytesStart, BytesText, Event};
 use quick_xml::Writer;
@@ -36,7 +42,7 @@ pub fn render(results: &Results) -> String {
         skipped.to_string(),
         errors.to_string(),
     );
-    let suite_name = format!("coherence: {}", results.history);
+    let suite_name = format!("coherence: {}", shown(&results.history));
     // Writing into a Vec cannot fail.
     let mut put = |e: Event| w.write_event(e).expect("writing to memory");
     put(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)));
@@ -79,10 +85,12 @@ pub fn render(results: &Results) -> String {
             Status::Unknown | Status::NotRun => {
                 put(Event::Start(case));
                 let mut s = BytesStart::new("skipped");
-                let message = check
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "the history cannot decide".into());
+                let message = shown(
+                    check
+                        .reason
+                        .as_deref()
+                        .unwrap_or("the history cannot decide"),
+                );
                 s.push_attribute(("message", message.as_str()));
                 put(Event::Empty(s));
                 put(Event::End(BytesEnd::new("testcase")));
@@ -110,12 +118,12 @@ pub fn render(results: &Results) -> String {
                         a.indices.iter().map(|i| (i + 1).to_string()).collect();
                     body.push_str(&format!(
                         "{}\n  history lines {}\n  cycle: {}\n",
-                        a.summary,
+                        shown(&a.summary),
                         lines.join(", "),
-                        a.cycle_text
+                        shown(&a.cycle_text)
                     ));
                     if let Some(cause) = &a.cause {
-                        body.push_str(&format!("  likely cause: {}\n", cause.text));
+                        body.push_str(&format!("  likely cause: {}\n", shown(&cause.text)));
                     }
                     body.push('\n');
                 }
@@ -150,7 +158,7 @@ pub fn render(results: &Results) -> String {
             put(Event::Start(case));
             let message = format!(
                 "unknown: {}",
-                results.unknown_reasons.first().map_or("", String::as_str)
+                shown(results.unknown_reasons.first().map_or("", String::as_str))
             );
             let mut e = BytesStart::new("error");
             e.push_attribute(("message", message.as_str()));
@@ -159,7 +167,7 @@ pub fn render(results: &Results) -> String {
             let body: String = results
                 .unknown_reasons
                 .iter()
-                .map(|r| format!("{r}\n"))
+                .map(|r| format!("{}\n", shown(r)))
                 .collect();
             put(Event::Text(BytesText::new(&body)));
             put(Event::End(BytesEnd::new("error")));

@@ -5,11 +5,13 @@
 //! parallel ([`check`]), proves each anomaly as a cycle of the dependency graph
 //! ([`graph`]), explains it in sentences with its likely cause ([`explain`]), and
 //! gathers the verdict, counts and distributions into versioned [`results`], which
-//! [`text`] and the HTML [`report`] render. It never
+//! [`text`] and the HTML [`report`] render. Every string of the history is cut where
+//! results keep it and escaped wherever it is shown ([`bound`]). It never
 //! touches a network; all it needs is the history.
 
 #![deny(missing_docs)]
 
+pub mod bound;
 pub mod causes;
 pub mod check;
 pub mod explain;

@@ -6,8 +6,11 @@
 //! CSS, a print stylesheet and inline SVG: plotters' SVG backend draws the charts, the
 //! template draws each anomaly's cycle. It loads nothing: no URL, font or script. Its
 //! size does not grow with the history: timelines are binned, explained anomalies and
-//! listed events are capped, and each cap is stated on the page.
+//! listed events are capped, and each cap is stated on the page; every string of the
+//! history is cut (by the results, or here when the page reads the history itself) and
+//! shown with its control characters escaped, `\u{1b}` for ESC ([`crate::bound`]).
 
+use crate::bound::{self, shown, shown_cut, NAME_LIMIT, TEXT_LIMIT};
 use crate::explain::{at, duration, Anomaly};
 use crate::model::{History, Outcome};
 use crate::results::{NodeCounts, Results, Status, Verdict};
@@ -32,6 +35,8 @@ pub const ANOMALY_LIMIT: usize = 50;
 pub const EVENT_LIMIT: usize = 200;
 /// How many time bins the timelines have, whatever the length of the run.
 pub const BINS: usize = 120;
+/// How many bytes of the campaign file the report shows at most (256 KiB).
+pub const CAMPAIGN_LIMIT: usize = 256 << 10;
 
 /// What the report knows of the run beyond the history.
 #[derive(Debug, Clone, Default)]
@@ -189,7 +194,8 @@ pub fn render(history: &History, results: &Results, ctx: &RunContext) -> String 
         }
         Verdict::Valid => "VALID: no anomaly found".into(),
     };
-    let title = format!("coherence report: {}", ctx.history_name);
+    let history_name = shown_cut(&ctx.history_name, TEXT_LIMIT);
+    let title = format!("coherence report: {history_name}");
     let doc = html! {
         (DOCTYPE)
         html lang="en" {
@@ -201,7 +207,7 @@ pub fn render(history: &History, results: &Results, ctx: &RunContext) -> String 
             }
             body {
                 h1 { "coherence report" }
-                p.note { "History " code { (ctx.history_name) } ", checked by coherence "
+                p.note { "History " code { (history_name) } ", checked by coherence "
                     (results.tool_version) " with staleness bound " (results.staleness_bound) "." }
                 nav {
                     a href="#checks" { "Checks" } a href="#context" { "Campaign" }
@@ -212,7 +218,7 @@ pub fn render(history: &History, results: &Results, ctx: &RunContext) -> String 
                 div id="verdict" class={ "verdict " (verdict.name()) } { (banner) }
                 @if !results.unknown_reasons.is_empty() {
                     ul id="unknown-reasons" {
-                        @for why in &results.unknown_reasons { li.status-unknown { (why) } }
+                        @for why in &results.unknown_reasons { li.status-unknown { (shown(why)) } }
                     }
                 }
                 (checks(results))
@@ -237,7 +243,7 @@ fn checks(r: &Results) -> Markup {
                 (s.processes) " client processes over " (duration(s.duration_ns)) "; "
                 (s.nemesis_events) " nemesis events; final phase "
                 (if s.final_phase { "logged" } else { "not logged" }) "." }
-            @for w in &r.warnings { p.status-unknown { "warning: " (w) } }
+            @for w in &r.warnings { p.status-unknown { "warning: " (shown(w)) } }
             table {
                 thead { tr { th { "check" } th { "status" } th.n { "count" } th { "note" } } }
                 tbody {
@@ -246,7 +252,7 @@ fn checks(r: &Results) -> Markup {
                             td { (c.name.name()) }
                             td class={ "status-" (status_name(c.status)) } { (status_name(c.status)) }
                             td.n { (c.count) }
-                            td { @if let Some(reason) = &c.reason { (reason) } }
+                            td { @if let Some(reason) = &c.reason { (shown(reason)) } }
                         }
                     }
                 }
@@ -277,10 +283,12 @@ fn checks(r: &Results) -> Markup {
     }
 }
 
-fn json_text(v: &serde_json::Value) -> String {
+/// A JSON value as the page shows it: a string as it is, anything else as JSON; escaped
+/// and cut after `limit` bytes.
+fn json_text(v: &serde_json::Value, limit: usize) -> String {
     match v {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+        serde_json::Value::String(s) => shown_cut(s, limit),
+        other => shown_cut(&other.to_string(), limit),
     }
 }
 
@@ -295,7 +303,7 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
                     tr { th { "staleness bound (Δ)" } td { (r.staleness_bound) } }
                     @if let Some(run) = run {
                         @for (k, v) in run.iter().filter(|(_, v)| !v.is_object() && !v.is_array() && !v.is_null()) {
-                            tr { th { (k) } td { (json_text(v)) } }
+                            tr { th { (shown_cut(k, NAME_LIMIT)) } td { (json_text(v, TEXT_LIMIT)) } }
                         }
                     }
                 }
@@ -305,7 +313,7 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
                     h3 { "Server versions" }
                     table {
                         thead { tr { th { "server" } th { "version" } } }
-                        tbody { @for (k, v) in versions { tr { td { (k) } td { (json_text(v)) } } } }
+                        tbody { @for (k, v) in versions { tr { td { (shown_cut(k, NAME_LIMIT)) } td { (json_text(v, TEXT_LIMIT)) } } } }
                     }
                 }
                 @if let Some(nodes) = run.get("nodes").and_then(|v| v.as_array()) {
@@ -315,8 +323,8 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
                         tbody {
                             @for n in nodes {
                                 tr {
-                                    td { (n.get("name").map(json_text).unwrap_or_default()) }
-                                    td { (n.get("addr").map(json_text).unwrap_or_default()) }
+                                    td { (n.get("name").map(|v| json_text(v, NAME_LIMIT)).unwrap_or_default()) }
+                                    td { (n.get("addr").map(|v| json_text(v, NAME_LIMIT)).unwrap_or_default()) }
                                 }
                             }
                         }
@@ -331,11 +339,14 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
                         " secret value(s), redacted here. Its sha256 is not shown: it would let anyone test guesses of them."
                     }
                 }
-                pre id="campaign" { (campaign) }
+                @if campaign.len() > CAMPAIGN_LIMIT {
+                    p.note { "The file is " (campaign.len()) " bytes; the first " (CAMPAIGN_LIMIT >> 10) " KiB are shown." }
+                }
+                pre id="campaign" { (bound::lines(&coherence_store::cut(campaign, CAMPAIGN_LIMIT), TEXT_LIMIT)) }
             } @else if let Some(why) = &ctx.campaign_withheld {
                 h3 { "Campaign file" }
                 p.note {
-                    (CAMPAIGN) " is in the run directory but not shown: " (why)
+                    (CAMPAIGN) " is in the run directory but not shown: " (shown_cut(why, TEXT_LIMIT))
                     ", so secrets in it could not be found and redacted."
                 }
             } @else {
@@ -355,8 +366,8 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
                     tbody {
                         @for e in r.events.iter().take(EVENT_LIMIT) {
                             tr {
-                                td.n { (e.index + 1) } td.n { (at(e.time_ns)) } td { (e.process) } td { (e.f) }
-                                td { code { (e.value.as_ref().map(|v| v.to_string()).unwrap_or_default()) } }
+                                td.n { (e.index + 1) } td.n { (at(e.time_ns)) } td { (shown(&e.process)) } td { (shown(&e.f)) }
+                                td { code { (e.value.as_ref().map(|v| json_text(v, usize::MAX)).unwrap_or_default()) } }
                             }
                         }
                     }
@@ -376,8 +387,8 @@ fn faults(r: &Results) -> Markup {
             p id="fault-summary" { (crate::text::fault_summary(r)) "." }
             @if !n.errors.is_empty() {
                 ul { @for e in &n.errors {
-                    li.status-unknown { (e.planned.as_deref().unwrap_or("the nemesis")) " did not happen (line "
-                        (e.index + 1) "): " (e.error) }
+                    li.status-unknown { (shown(e.planned.as_deref().unwrap_or("the nemesis"))) " did not happen (line "
+                        (e.index + 1) "): " (shown(&e.error)) }
                 } }
             }
             @if !n.faults.is_empty() {
@@ -391,11 +402,11 @@ fn faults(r: &Results) -> Markup {
                             tr {
                                 td.n { @if let Some(s) = f.seq { (s) } }
                                 td.n { (f.index + 1) }
-                                td { (f.f) }
+                                td { (shown(&f.f)) }
                                 td.n { (at(f.start_ns)) }
                                 td.n { @if f.interval { @if let Some(e) = f.end_ns { (at(e)) } @else { "never" } } }
                                 td class={ @if f.status.is_good() { "status-valid" } @else { "status-unknown" } } { (f.status.name()) }
-                                td { @if let Some(e) = &f.error { (e) } }
+                                td { @if let Some(e) = &f.error { (shown(e)) } }
                             }
                         }
                     }
@@ -453,10 +464,10 @@ fn anomaly(i: usize, a: &Anomaly) -> Markup {
     let lines: Vec<String> = a.indices.iter().map(|i| (i + 1).to_string()).collect();
     html! {
         div.anomaly id={ "anomaly-" (i + 1) } {
-            h3 { (a.name.name()) " of key " code { (a.key) }
-                @if let Some(n) = &a.node { " on " code { (n) } } }
+            h3 { (a.name.name()) " of key " code { (shown(&a.key)) }
+                @if let Some(n) = &a.node { " on " code { (shown(n)) } } }
             p.note { "history lines " (lines.join(", ")) }
-            p { (a.summary) }
+            p { (shown(&a.summary)) }
             @if a.cycle.is_empty() {
                 p.note { @if a.name == AnomalyKind::PhantomRead {
                     "A phantom read is no cycle: no committed write produced the value it saw."
@@ -465,11 +476,11 @@ fn anomaly(i: usize, a: &Anomaly) -> Markup {
                 } }
             } @else {
                 div.cycle { (cycle_svg(a)) }
-                p { "cycle: " code { (a.cycle_text) } }
-                ol { @for s in &a.cycle { li { b { (s.kind.name()) } ": " (s.why) } } }
+                p { "cycle: " code { (shown(&a.cycle_text)) } }
+                ol { @for s in &a.cycle { li { b { (s.kind.name()) } ": " (shown(&s.why)) } } }
             }
             @if let Some(c) = &a.cause {
-                p.cause { b { "likely cause (" (c.kind.name()) "): " } (c.text) }
+                p.cause { b { "likely cause (" (c.kind.name()) "): " } (shown(&c.text)) }
             }
             table {
                 thead { tr { th { "operation" } th.n { "line" } th.n { "completed line" } th { "outcome" }
@@ -480,9 +491,9 @@ fn anomaly(i: usize, a: &Anomaly) -> Markup {
                             td { (o.f) " " (o.index) } td.n { (o.line) }
                             td.n { @if let Some(l) = o.complete_line { (l) } }
                             td { (o.outcome) } td.n { (o.process) }
-                            td { @if let Some(n) = &o.node { (n) } }
+                            td { @if let Some(n) = &o.node { (shown(n)) } }
                             td.n { @if let Some(v) = o.version { (v) } }
-                            td { @if let Some(w) = &o.write { (w) } }
+                            td { @if let Some(w) = &o.write { (shown(w)) } }
                             td.n { (at(o.invoke_ns)) }
                             td.n { @if let Some(t) = o.complete_ns { (at(t)) } }
                         }
@@ -586,8 +597,8 @@ fn cycle_svg(a: &Anomaly) -> Markup {
         .collect();
     html! {
         svg width=(w) height=(h) viewBox={ "0 0 " (w) " " (h) } role="img"
-            aria-label={ "cycle: " (a.cycle_text) } {
-            title { "cycle: " (a.cycle_text) }
+            aria-label={ "cycle: " (shown(&a.cycle_text)) } {
+            title { "cycle: " (shown(&a.cycle_text)) }
             @for e in &edges {
                 path d=(e.path) fill="none" stroke="#444" stroke-width="1.5" {}
                 polygon points=(e.head) fill="#444" {}
@@ -734,7 +745,7 @@ fn staleness(r: &Results) -> Markup {
 /// A nemesis fault as an interval of the run, or an instant (`end == start`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultSpan {
-    /// The event that opened it.
+    /// The event that opened it (cut as results cut names: [`crate::bound::name`]).
     pub f: String,
     /// When, ns.
     pub start_ns: u64,
@@ -757,7 +768,7 @@ pub fn fault_spans(h: &History) -> Vec<FaultSpan> {
             start_ns: f.start_ns,
             end_ns: f.end_ns.unwrap_or(h.end_time).max(f.start_ns),
             interval: f.interval,
-            f: f.f,
+            f: bound::name(&f.f),
         })
         .collect()
 }
@@ -1016,14 +1027,17 @@ fn node_timeline(h: &History, r: &Results, spans: &[FaultSpan]) -> Markup {
     let end = h.end_time.max(1);
     let bin_ns = end.div_ceil(NODE_BINS as u64).max(1);
     let col = |t: u64| ((t / bin_ns) as usize).min(NODE_BINS - 1);
-    let mut per_node: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    // Rows by node name as results keep it (cut), so the anomalies' nodes match.
+    let mut names: Vec<Option<String>> = vec![None; h.nodes.len()];
+    let mut per_node: BTreeMap<String, Vec<u32>> = BTreeMap::new();
     for op in &h.ops {
         if op.node == crate::model::NONE {
             continue;
         }
-        let cells = per_node
-            .entry(h.node_name(op.node))
-            .or_insert_with(|| vec![0; NODE_BINS]);
+        let name = names[op.node as usize]
+            .get_or_insert_with(|| bound::name(h.node_name(op.node)))
+            .clone();
+        let cells = per_node.entry(name).or_insert_with(|| vec![0; NODE_BINS]);
         cells[col(op.invoke_time)] += 1;
     }
     let mut marks: BTreeMap<(&str, usize), Vec<&Anomaly>> = BTreeMap::new();
@@ -1035,7 +1049,7 @@ fn node_timeline(h: &History, r: &Results, spans: &[FaultSpan]) -> Markup {
         marks.entry((node, col(t))).or_default().push(a);
     }
     let total_nodes = per_node.len();
-    let rows: Vec<(&str, Vec<u32>)> = per_node.into_iter().take(NODE_ROWS).collect();
+    let rows: Vec<(String, Vec<u32>)> = per_node.into_iter().take(NODE_ROWS).collect();
     let busiest = rows
         .iter()
         .flat_map(|(_, c)| c.iter().copied())
@@ -1057,11 +1071,11 @@ fn node_timeline(h: &History, r: &Results, spans: &[FaultSpan]) -> Markup {
                     rect x=(format!("{:.1}", x_of(span.start_ns))) y="0"
                         width=(format!("{:.1}", (x_of(span.end_ns) - x_of(span.start_ns)).max(1.0)))
                         height=(format!("{:.0}", row_h * rows.len() as f64)) fill="#f4c7c3" {
-                        title { (span.f) }
+                        title { (shown(&span.f)) }
                     }
                 }
                 @for (i, (node, cells)) in rows.iter().enumerate() {
-                    text x="2" y=(format!("{:.0}", row_h * i as f64 + 12.0)) font-size="11" font-family="monospace" { (node) }
+                    text x="2" y=(format!("{:.0}", row_h * i as f64 + 12.0)) font-size="11" font-family="monospace" { (shown(node)) }
                     @for (j, &n) in cells.iter().enumerate() {
                         @if n > 0 {
                             rect x=(format!("{:.1}", label_w + cell_w * j as f64)) y=(format!("{:.0}", row_h * i as f64 + 2.0))
@@ -1070,11 +1084,11 @@ fn node_timeline(h: &History, r: &Results, spans: &[FaultSpan]) -> Markup {
                         }
                     }
                     @for j in 0..NODE_BINS {
-                        @if let Some(list) = marks.get(&(*node, j)) {
+                        @if let Some(list) = marks.get(&(node.as_str(), j)) {
                             path d=(format!("M{:.1} {:.0} l5 9 l-10 0 z", label_w + cell_w * j as f64 + cell_w / 2.0, row_h * i as f64 + 3.0))
                                 fill="#b3261e" {
                                 title { (list.len()) " anomal" (if list.len() == 1 { "y" } else { "ies" }) ": "
-                                    (list.iter().take(5).map(|a| format!("{} of {}", a.name.name(), a.key)).collect::<Vec<_>>().join(", ")) }
+                                    (list.iter().take(5).map(|a| format!("{} of {}", a.name.name(), shown(&a.key))).collect::<Vec<_>>().join(", ")) }
                             }
                         }
                     }
@@ -1099,7 +1113,7 @@ fn counts_table(title: &str, rows: &BTreeMap<String, NodeCounts>) -> Markup {
             tbody {
                 @for (name, c) in rows {
                     tr {
-                        td { (name) } td.n { (c.reads) } td.n { (c.misses) }
+                        td { (shown(name)) } td.n { (c.reads) } td.n { (c.misses) }
                         td.n { (if c.reads > 0 { format!("{:.1} %", 100.0 * c.misses as f64 / c.reads as f64) } else { "-".into() }) }
                         @for k in &kinds { td.n { (c.anomalies.get(k).copied().unwrap_or(0)) } }
                     }
@@ -1128,7 +1142,7 @@ fn breakdown(h: &History, r: &Results) -> Markup {
                 table {
                     thead { tr { th { "key" } th.n { "anomalies" } th { "by kind" } } }
                     tbody { @for k in r.per_key.iter().take(20) {
-                        tr { td { code { (k.key) } } td.n { (k.total) }
+                        tr { td { code { (shown(&k.key)) } } td.n { (k.total) }
                             td { (k.anomalies.iter().map(|(n, c)| format!("{n} {c}")).collect::<Vec<_>>().join(", ")) } }
                     } }
                 }
@@ -1138,7 +1152,7 @@ fn breakdown(h: &History, r: &Results) -> Markup {
             @else {
                 table {
                     thead { tr { th { "error" } th.n { "count" } } }
-                    tbody { @for (e, n) in errors.iter().take(20) { tr { td { code { (e) } } td.n { (n) } } } }
+                    tbody { @for (e, n) in errors.iter().take(20) { tr { td { code { (shown_cut(e, TEXT_LIMIT)) } } td.n { (n) } } } }
                 }
                 @if errors.len() > 20 || h.errors_uncounted > 0 {
                     p.note { (errors.len()) " distinct messages; the 20 most frequent are shown." }
@@ -1149,15 +1163,16 @@ fn breakdown(h: &History, r: &Results) -> Markup {
 }
 
 fn integrity(ctx: &RunContext) -> Markup {
+    let history_name = shown_cut(&ctx.history_name, TEXT_LIMIT);
     html! {
         section id="integrity" {
             h2 { "Integrity" }
             p { "These hashes identify exactly what was checked. Recompute them in the run directory with:" }
-            pre { "sha256sum " (ctx.history_name) @if ctx.campaign_sha256.is_some() { " " (CAMPAIGN) } }
+            pre { "sha256sum " (history_name) @if ctx.campaign_sha256.is_some() { " " (CAMPAIGN) } }
             table {
                 thead { tr { th { "file" } th { "sha256" } } }
                 tbody {
-                    tr { td { code { (ctx.history_name) } } td { code { (ctx.history_sha256.as_deref().unwrap_or("(not computed)")) } } }
+                    tr { td { code { (history_name) } } td { code { (ctx.history_sha256.as_deref().unwrap_or("(not computed)")) } } }
                     @if let Some(c) = &ctx.campaign_sha256 { tr { td { code { (CAMPAIGN) } } td { code { (c) } } } }
                 }
             }

@@ -2,6 +2,7 @@
 //! distribution, breakdowns per node and key, and the explained anomalies. Written as
 //! `results.json` (versioned) and rendered as text.
 
+use crate::bound;
 use crate::check::{AnomalyKind, Context, Finding, Findings};
 use crate::explain::{self, Anomaly};
 use crate::graph;
@@ -368,7 +369,7 @@ pub fn build(
             .get(process as usize)
             .copied()
             .filter(|&r| r != NONE)
-            .map(|r| h.regions.name(r))
+            .map(|r| bound::name(h.regions.name(r)))
     };
     let mut per_key: Vec<BTreeMap<&'static str, u64>> = vec![BTreeMap::new(); h.keys.len()];
     let mut to_explain: Vec<&Finding> = Vec::new();
@@ -379,7 +380,7 @@ pub fn build(
         let op = &h.ops[f.op as usize];
         if op.node != NONE {
             *per_node
-                .entry(h.nodes.name(op.node).to_string())
+                .entry(bound::name(h.nodes.name(op.node)))
                 .or_default()
                 .anomalies
                 .entry(f.kind.name())
@@ -387,7 +388,7 @@ pub fn build(
         }
         if let Some(region) = region_of(op.process) {
             *per_region
-                .entry(region.to_string())
+                .entry(region)
                 .or_default()
                 .anomalies
                 .entry(f.kind.name())
@@ -460,7 +461,7 @@ pub fn build(
     for (region, &(reads, misses)) in region_reads.iter().enumerate() {
         if reads > 0 {
             let n = per_region
-                .entry(h.regions.name(region as u32).to_string())
+                .entry(bound::name(h.regions.name(region as u32)))
                 .or_default();
             n.reads = reads;
             n.misses = misses;
@@ -469,7 +470,7 @@ pub fn build(
     for (node, &(reads, misses)) in node_reads.iter().enumerate() {
         if reads > 0 {
             let n = per_node
-                .entry(h.nodes.name(node as u32).to_string())
+                .entry(bound::name(h.nodes.name(node as u32)))
                 .or_default();
             n.reads = reads;
             n.misses = misses;
@@ -481,7 +482,7 @@ pub fn build(
         .enumerate()
         .filter(|(_, m)| !m.is_empty())
         .map(|(k, anomalies)| KeyCounts {
-            key: h.keys.name(k as u32).to_string(),
+            key: bound::name(h.keys.name(k as u32)),
             total: anomalies.values().sum(),
             anomalies,
         })
@@ -518,7 +519,7 @@ pub fn build(
             }
         })
         .collect();
-    let nemesis = ctx.nemesis.clone();
+    let nemesis = bound_nemesis(&ctx.nemesis);
     let mut unknown_reasons: Vec<String> = Vec::new();
     let client_ok = h.ops.iter().any(|op| op.outcome == Outcome::Ok);
     if !client_ok {
@@ -549,7 +550,7 @@ pub fn build(
             .as_deref()
             .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
             .and_then(|v| v.get("signal").and_then(|s| s.as_str()).map(String::from))
-            .map(|s| format!(" by {s}"))
+            .map(|s| format!(" by {}", bound::prose(&s)))
             .unwrap_or_default();
         unknown_reasons.push(format!(
             "the run was interrupted{why} (line {}) before its time limit: it did not run as requested",
@@ -564,12 +565,13 @@ pub fn build(
         .map(|e| ActorEvent {
             index: e.index,
             time_ns: e.time,
-            process: e.actor.clone(),
-            f: e.f.clone(),
+            process: bound::name(&e.actor),
+            f: bound::name(&e.f),
             value: e
                 .value
                 .as_deref()
-                .and_then(|v| serde_json::from_str(v).ok()),
+                .and_then(|v| serde_json::from_str(v).ok())
+                .map(bound::value),
         })
         .collect::<Vec<_>>();
     let stats = HistoryStats {
@@ -594,7 +596,7 @@ pub fn build(
         format: FORMAT,
         format_version: FORMAT_VERSION,
         tool_version: env!("CARGO_PKG_VERSION"),
-        history: history_path.to_string(),
+        history: bound::text(history_path),
         staleness_bound_ns: ctx.bound,
         staleness_bound: explain::duration(ctx.bound),
         verdict,
@@ -613,7 +615,44 @@ pub fn build(
         anomaly_limit: options.anomaly_limit,
         events,
         faults: nemesis,
-        warnings,
+        warnings: warnings.iter().map(|w| bound::text(w)).collect(),
+    }
+}
+
+/// The nemesis log as results keep it: names, errors and values cut ([`crate::bound`]).
+fn bound_nemesis(log: &crate::faults::NemesisLog) -> crate::faults::NemesisLog {
+    use crate::faults::{FaultRecord, NemesisError, NemesisLog, Plan};
+    NemesisLog {
+        plan: log.plan.as_ref().map(|p| Plan {
+            faults: p.faults.iter().map(|f| bound::name(f)).collect(),
+            scheduled: p.scheduled,
+        }),
+        faults: log
+            .faults
+            .iter()
+            .map(|f| FaultRecord {
+                seq: f.seq,
+                f: bound::name(&f.f),
+                index: f.index,
+                start_ns: f.start_ns,
+                end_index: f.end_index,
+                end_ns: f.end_ns,
+                interval: f.interval,
+                status: f.status,
+                error: f.error.as_deref().map(bound::text),
+                value: f.value.clone().map(bound::value),
+                outcome: f.outcome.clone().map(bound::value),
+            })
+            .collect(),
+        errors: log
+            .errors
+            .iter()
+            .map(|e| NemesisError {
+                index: e.index,
+                planned: e.planned.as_deref().map(bound::name),
+                error: bound::text(&e.error),
+            })
+            .collect(),
     }
 }
 

@@ -1,5 +1,8 @@
-//! The text form of results, for terminals and CI logs.
+//! The text form of results, for terminals and CI logs. Every string of the results is
+//! shown escaped ([`crate::bound::shown`]): nothing of the history reaches a terminal
+//! as a control character.
 
+use crate::bound::{self, shown};
 use crate::explain::duration;
 use crate::results::{Results, Status, Verdict};
 use std::fmt::Write;
@@ -24,16 +27,20 @@ pub fn render(r: &Results, explain: usize) -> String {
     let _ = writeln!(s, "{verdict}");
     if r.verdict == Verdict::Unknown {
         for why in &r.unknown_reasons {
-            let _ = writeln!(s, "  unknown: {why}");
+            let _ = writeln!(s, "  unknown: {}", shown(why));
         }
     }
     let _ = writeln!(
         s,
         "history {}: {} events, {} operations, {} keys, staleness bound {}",
-        r.history, r.stats.events, r.stats.operations, r.stats.keys, r.staleness_bound
+        shown(&r.history),
+        r.stats.events,
+        r.stats.operations,
+        r.stats.keys,
+        r.staleness_bound
     );
     for w in &r.warnings {
-        let _ = writeln!(s, "warning: {w}");
+        let _ = writeln!(s, "warning: {}", shown(w));
     }
     let _ = writeln!(s);
     for c in &r.checks {
@@ -42,7 +49,7 @@ pub fn render(r: &Results, explain: usize) -> String {
             Status::Invalid => "INVALID".to_string(),
             Status::Unknown => format!(
                 "unknown: {}",
-                c.reason.as_deref().unwrap_or("the history cannot decide")
+                shown(c.reason.as_deref().unwrap_or("the history cannot decide"))
             ),
             Status::NotRun => "not run (not among the chosen checks)".to_string(),
         };
@@ -56,19 +63,19 @@ pub fn render(r: &Results, explain: usize) -> String {
             let _ = writeln!(
                 s,
                 "  {} {} (line {}): {}",
-                f.f,
+                shown(&f.f),
                 f.status.name(),
                 f.index + 1,
-                f.error.as_deref().unwrap_or("no reason given")
+                shown(f.error.as_deref().unwrap_or("no reason given"))
             );
         }
         for e in &r.faults.errors {
             let _ = writeln!(
                 s,
                 "  {} did not happen (line {}): {}",
-                e.planned.as_deref().unwrap_or("nemesis"),
+                shown(e.planned.as_deref().unwrap_or("nemesis")),
                 e.index + 1,
-                e.error
+                shown(&e.error)
             );
         }
     }
@@ -96,8 +103,10 @@ pub fn render(r: &Results, explain: usize) -> String {
             .map(|(node, c)| {
                 let anomalies: u64 = c.anomalies.values().sum();
                 format!(
-                    "{node} {} reads ({} misses), {anomalies} anomalies",
-                    c.reads, c.misses
+                    "{} {} reads ({} misses), {anomalies} anomalies",
+                    shown(node),
+                    c.reads,
+                    c.misses
                 )
             })
             .collect();
@@ -135,11 +144,11 @@ pub fn render(r: &Results, explain: usize) -> String {
                 a.key,
                 a.node
                     .as_deref()
-                    .map(|n| format!(" on {n}"))
+                    .map(|n| format!(" on {}", shown(n)))
                     .unwrap_or_default(),
                 lines.join(", ")
             );
-            let _ = writeln!(s, "  {}", a.summary);
+            let _ = writeln!(s, "  {}", shown(&a.summary));
             if a.cycle.is_empty() {
                 let why = if a.name == crate::AnomalyKind::PhantomRead {
                     "a phantom read is no cycle: no committed write produced the value it saw"
@@ -148,13 +157,13 @@ pub fn render(r: &Results, explain: usize) -> String {
                 };
                 let _ = writeln!(s, "  ({why})");
             } else {
-                let _ = writeln!(s, "  cycle: {}", a.cycle_text);
+                let _ = writeln!(s, "  cycle: {}", shown(&a.cycle_text));
                 for step in &a.cycle {
-                    let _ = writeln!(s, "    {}: {}", step.kind.name(), step.why);
+                    let _ = writeln!(s, "    {}: {}", step.kind.name(), shown(&step.why));
                 }
             }
             if let Some(c) = &a.cause {
-                let _ = writeln!(s, "  likely cause: {}", c.text);
+                let _ = writeln!(s, "  likely cause: {}", shown(&c.text));
             }
         }
     }
@@ -182,7 +191,7 @@ pub fn fault_summary(r: &Results) -> String {
         .map(|p| {
             format!(
                 " (requested {}; {} scheduled)",
-                p.faults.join(", "),
+                bound::list(&p.faults),
                 p.scheduled
             )
         })

@@ -22,7 +22,7 @@ pub mod writer;
 pub use event::{Event, EventType, OpKind, Process, Versioned};
 pub use progress::{NoProgress, Progress};
 pub use reader::{
-    quote, read_history, EventRef, ProcessRef, ReadError, ReadSummary, ValueRef, Visitor, Warning,
-    MAX_LINE,
+    cut, escape, quote, read_history, EventRef, ProcessRef, ReadError, ReadSummary, ValueRef,
+    Visitor, Warning, MAX_LINE,
 };
 pub use writer::HistoryWriter;

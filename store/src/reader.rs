@@ -70,7 +70,7 @@ pub const STDIN: &str = "-";
 pub const STDIN_NAME: &str = "<stdin>";
 
 /// How many bytes of a string (after escaping) a message quotes at most.
-const QUOTE_LIMIT: usize = 120;
+pub const QUOTE_LIMIT: usize = 120;
 
 /// Quotes a string of the input for a message: in double quotes, escaped as Rust's
 /// `{:?}` escapes it (control characters such as ESC, NUL or CR, and invisible ones
@@ -78,17 +78,48 @@ const QUOTE_LIMIT: usize = 120;
 /// character boundary after 120 bytes of escaped text, with its full size appended:
 /// `"aaaa"… (1048576 bytes)`. A message quoting it stays short and safe to print.
 pub fn quote(s: &str) -> String {
-    bounded(s, true)
+    bounded(s, true, QUOTE_LIMIT)
 }
 
-/// [`quote`] without the quotes, for text that is already readable as it is (the JSON of
-/// a value, a parser's message): cut, and escaped but for `"` and `\`.
+/// [`quote`] without the quotes and with a limit of the caller's (`usize::MAX`: none):
+/// control and invisible characters escaped as `quote` escapes them, `"` and `\` kept
+/// as they are, cut after `limit` bytes of escaped text with the full size appended
+/// (`aaaa… (1048576 bytes)`). For names shown as they are (a node, a file) and for
+/// text that may hold them: text that went through `quote` or `escape` already comes
+/// out of it unchanged (short of the limit), so escaping twice does no harm.
+pub fn escape(s: &str, limit: usize) -> String {
+    bounded(s, false, limit)
+}
+
+/// `s` cut on a character boundary after at most `limit` bytes, with its full size
+/// appended as [`quote`] appends it (`aaaa… (1048576 bytes)`), and nothing escaped: for
+/// data kept in a format that escapes on its own (JSON). `s` itself when it is short.
+pub fn cut(s: &str, limit: usize) -> Cow<'_, str> {
+    if s.len() <= limit {
+        return Cow::Borrowed(s);
+    }
+    let mut end = limit;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::with_capacity(end + 24);
+    out.push_str(&s[..end]);
+    mark_cut(&mut out, s.len());
+    Cow::Owned(out)
+}
+
+/// [`escape`] with the limit of [`quote`], for text that is already readable as it is
+/// (the JSON of a value, a parser's message).
 fn excerpt(s: &str) -> String {
-    bounded(s, false)
+    escape(s, QUOTE_LIMIT)
 }
 
-fn bounded(s: &str, quoted: bool) -> String {
-    let mut out = String::with_capacity(s.len().min(QUOTE_LIMIT) + 24);
+fn mark_cut(out: &mut String, len: usize) {
+    let _ = write!(out, "… ({len} bytes)");
+}
+
+fn bounded(s: &str, quoted: bool, limit: usize) -> String {
+    let mut out = String::with_capacity(s.len().min(limit) + 24);
     if quoted {
         out.push('"');
     }
@@ -101,7 +132,7 @@ fn bounded(s: &str, quoted: bool) -> String {
             '\'' => out.push(c),
             _ => out.extend(c.escape_debug()),
         }
-        if out.len() - body > QUOTE_LIMIT {
+        if out.len() - body > limit {
             out.truncate(before);
             cut = true;
             break;
@@ -111,7 +142,7 @@ fn bounded(s: &str, quoted: bool) -> String {
         out.push('"');
     }
     if cut {
-        let _ = write!(out, "… ({} bytes)", s.len());
+        mark_cut(&mut out, s.len());
     }
     out
 }

@@ -2008,6 +2008,34 @@ fn quote_cuts_on_a_char_boundary_and_escapes_control_characters() {
 }
 
 #[test]
+fn escape_is_quote_without_quotes_and_leaves_escaped_text_alone() {
+    use coherence_store::escape;
+    assert_eq!(
+        escape("r1\u{1b}[2J\0\u{1}\u{fffe}", usize::MAX),
+        r"r1\u{1b}[2J\0\u{1}\u{fffe}"
+    );
+    assert_eq!(escape("a\"b\\c'd", usize::MAX), "a\"b\\c'd");
+    // Escaping what is escaped already changes nothing: a sentence quoting a key can be
+    // escaped whole.
+    let once = format!(
+        "read of key {} on {}",
+        quote("k\u{1b}"),
+        escape("n\u{7f}", 120)
+    );
+    assert_eq!(escape(&once, usize::MAX), once);
+    let cut = escape(&"é".repeat(1000), 10);
+    assert_eq!(cut, "ééééé… (2000 bytes)");
+}
+
+#[test]
+fn cut_keeps_short_strings_and_cuts_long_ones_on_a_char_boundary() {
+    use coherence_store::cut;
+    assert!(matches!(cut("k1", 2), std::borrow::Cow::Borrowed("k1")));
+    assert_eq!(cut("é\u{1b}é", 3), "é\u{1b}… (5 bytes)", "nothing escaped");
+    assert_eq!(cut(&"é".repeat(10), 5), "éé… (20 bytes)");
+}
+
+#[test]
 fn errors_echo_user_strings_a_megabyte_process_name_gives_a_short_error() {
     let name = "n".repeat(1 << 20);
     let reason = assert_rejected(
