@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "../analysis/tests/hostile/mod.rs"]
+mod hostile;
+
 fn coherence(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coherence"))
         .args(args)
@@ -1093,4 +1096,135 @@ fn heal_does_not_guess_where_the_faults_were() {
         "{}",
         stderr(&o)
     );
+}
+
+/// The bytes of `out` a terminal would act on: below 0x20 but for a newline, and DEL.
+fn terminal_controls(out: &[u8]) -> Vec<u8> {
+    out.iter()
+        .copied()
+        .filter(|&b| (b < 0x20 && b != b'\n') || b == 0x7f)
+        .collect()
+}
+
+/// Regression: node names and the history's file name reached the terminal raw in
+/// `check`'s text output (`ESC[2J` cleared the screen), and junit.xml was ill-formed.
+/// Nothing of them reaches stdout, stderr or a file raw; results.json stays JSON.
+#[test]
+fn check_of_names_with_control_characters_prints_none_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = hostile::control_characters(dir.path());
+    let out = dir.path().join("out\u{1b}[2J");
+    let junit = dir.path().join("junit\u{1b}[2J.xml");
+    let o = coherence(&[
+        "check",
+        history.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(terminal_controls(&o.stdout), b"", "{}", stdout(&o));
+    assert_eq!(terminal_controls(&o.stderr), b"", "{}", stderr(&o));
+    let text = stdout(&o);
+    for shown in [
+        format!("\"k{}\"", hostile::CTRL_SHOWN),
+        format!("on r1{}", hostile::CTRL_SHOWN),
+        format!("\"ghost{}\"", hostile::CTRL_SHOWN),
+        format!("start-part{} heal-failed", hostile::CTRL_SHOWN),
+        r"h\u{1b}[2J\u{1}.jsonl".to_string(),
+        r"report: ".to_string()
+            + &out
+                .join("report.html")
+                .display()
+                .to_string()
+                .replace('\u{1b}', r"\u{1b}"),
+    ] {
+        assert!(text.contains(&shown), "{shown} not in:\n{text}");
+    }
+    for file in [out.join("report.html"), junit.clone()] {
+        let page = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(hostile::raw_controls(&page), None, "{}", file.display());
+    }
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(
+        results["per_key"][0]["key"].as_str(),
+        Some(format!("k{}", hostile::CTRL).as_str()),
+        "results keep the key as it is: JSON escapes it"
+    );
+
+    // JSON on stdout: the report's path on stderr, escaped.
+    let o = coherence(&[
+        "check",
+        history.to_str().unwrap(),
+        "--format",
+        "json",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert_eq!(terminal_controls(&o.stderr), b"", "{}", stderr(&o));
+    assert!(o.stdout.iter().all(|&b| b >= 0x20 || b == b'\n'));
+    serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap();
+
+    // Errors quote what they name escaped: a file that is not there, a line that is bad.
+    let missing = dir.path().join("missing\u{1b}[2J.jsonl");
+    let bad = write(
+        dir.path(),
+        "bad\u{1b}[2J.jsonl",
+        &format!("{{\"index\":0,\"f\":{:?}}}\n", hostile::CTRL),
+    );
+    for path in [missing, bad] {
+        let o = coherence(&["check", path.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let err = stderr(&o);
+        assert_eq!(terminal_controls(&o.stderr), b"", "{err}");
+        assert!(err.contains(r"\u{1b}[2J.jsonl"), "{err}");
+    }
+}
+
+/// Regression: one key of 1 MB made report.html 123 MB and results.json 289 MB. Every
+/// output now cuts it, saying where and how long it was.
+#[test]
+fn a_one_megabyte_key_is_cut_in_every_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let history = hostile::huge_key(dir.path(), 8);
+    let out = dir.path().join("out");
+    let junit = dir.path().join("junit.xml");
+    let o = coherence(&[
+        "check",
+        history.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let cut = hostile::huge_cut();
+    let sizes: Vec<(String, usize, usize)> = [
+        (
+            "report.html",
+            std::fs::read(out.join("report.html")).unwrap(),
+            1_000_000,
+        ),
+        (
+            "results.json",
+            std::fs::read(out.join("results.json")).unwrap(),
+            2_000_000,
+        ),
+        ("junit.xml", std::fs::read(&junit).unwrap(), 100_000),
+        ("stdout", o.stdout.clone(), 100_000),
+    ]
+    .into_iter()
+    .map(|(name, bytes, limit)| {
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.contains(&cut), "{name} says where the key is cut");
+        (name.to_string(), text.len(), limit)
+    })
+    .collect();
+    eprintln!("a {} byte key: {sizes:?}", hostile::HUGE);
+    for (name, size, limit) in sizes {
+        assert!(size < limit, "{name}: {size} bytes");
+    }
 }

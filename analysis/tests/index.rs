@@ -5,6 +5,8 @@ use coherence_analysis::{check_file, index, Options};
 use coherence_store::NoProgress;
 use std::path::{Path, PathBuf};
 
+mod hostile;
+
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/spec/examples")
@@ -89,4 +91,35 @@ fn the_index_lists_every_run_newest_first_with_its_verdict() {
         "{html}"
     );
     assert!(!html.contains("http") && !html.contains("<script"));
+}
+
+/// Regression: a run directory's name (and anything a results.json says) reached the
+/// index raw: control characters are shown escaped, and links are percent-encoded.
+#[test]
+fn the_index_shows_control_characters_in_names_escaped_and_links_encoded() {
+    let store = tempfile::tempdir().unwrap();
+    let campaign = format!("camp{}", hostile::CTRL.replace('\0', ""));
+    let dir = store.path().join(&campaign).join("2026-11-23T100000Z");
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = hostile::control_characters(&dir);
+    std::fs::rename(&history, dir.join("history.jsonl")).unwrap();
+    let r = check_file(&dir.join("history.jsonl"), &Options::default(), &NoProgress).unwrap();
+    let mut results = serde_json::to_value(&r).unwrap();
+    results["anomaly-counts"][format!("evil{}", hostile::CTRL)] = 3.into();
+    std::fs::write(dir.join("results.json"), results.to_string()).unwrap();
+    let html = std::fs::read_to_string(index::write(store.path()).unwrap()).unwrap();
+    assert_eq!(hostile::raw_controls(&html), None);
+    assert!(!html.chars().any(|c| c < ' ' && c != '\n'), "{html:?}");
+    let shown = hostile::CTRL_SHOWN.replace(r"\0", "");
+    assert!(html.contains(&format!("<td>camp{shown}</td>")), "{html}");
+    assert!(
+        html.contains(&format!("evil{} 3", hostile::CTRL_SHOWN)),
+        "{html}"
+    );
+    assert!(
+        html.contains(
+            r#"href="camp%1B%01%EF%BF%BE%7F%0A%0D%1B[2J/2026-11-23T100000Z/report.html""#
+        ),
+        "{html}"
+    );
 }

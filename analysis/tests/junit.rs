@@ -7,6 +7,8 @@ use quick_xml::events::Event;
 use quick_xml::Reader;
 use std::path::{Path, PathBuf};
 
+mod hostile;
+
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/spec/examples")
@@ -151,4 +153,73 @@ fn everything_from_the_history_is_escaped() {
         "the key reads back as text: {}",
         failure.1
     );
+}
+
+/// Regression: quick-xml escapes `<>&'"` only, so a node name holding NUL or ESC made
+/// junit.xml ill-formed (XML 1.0 forbids them). Every string is shown escaped.
+#[test]
+fn junit_of_names_with_control_characters_is_well_formed_xml() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = checked(&hostile::control_characters(dir.path()));
+    assert_eq!(r.anomaly_counts["stale-read"], 1, "{:?}", r.anomaly_counts);
+    assert_eq!(
+        r.anomaly_counts["phantom-read"], 1,
+        "{:?}",
+        r.anomaly_counts
+    );
+    let xml = junit::render(&r);
+    assert_eq!(hostile::raw_controls(&xml), None);
+    // No character XML 1.0 forbids (it allows tab, newline, carriage return below 0x20).
+    assert!(
+        !xml.chars()
+            .any(|c| (c < ' ' && !"\t\n\r".contains(c)) || c == '\u{fffe}' || c == '\u{ffff}'),
+        "{xml}"
+    );
+    let elements = parse(&xml);
+    let failures: String = elements
+        .iter()
+        .filter(|(n, _)| n == "failure")
+        .map(|(_, t)| t.as_str())
+        .collect();
+    assert!(
+        failures.contains(&format!("\"k{}\"", hostile::CTRL_SHOWN)),
+        "the key reads back, escaped: {failures}"
+    );
+    assert!(
+        failures.contains(&format!("on r1{}", hostile::CTRL_SHOWN)),
+        "the node: {failures}"
+    );
+    assert!(
+        failures.contains(&format!("\"ghost{}\"", hostile::CTRL_SHOWN)),
+        "the write id: {failures}"
+    );
+    assert!(
+        xml.contains(r"h\u{1b}[2J\u{1}.jsonl"),
+        "the file name: {xml}"
+    );
+
+    // Unknown when the anomalies' checks are left out: the reasons (the faults' errors,
+    // the signal) are the error's text.
+    let options = Options {
+        checks: Some(vec![coherence_analysis::AnomalyKind::NonConvergence]),
+        ..Options::default()
+    };
+    let r = check_file(
+        &hostile::control_characters(dir.path()),
+        &options,
+        &NoProgress,
+    )
+    .unwrap();
+    assert_eq!(r.verdict, coherence_analysis::Verdict::Unknown);
+    let xml = junit::render(&r);
+    assert_eq!(hostile::raw_controls(&xml), None);
+    let elements = parse(&xml);
+    let error = &elements.iter().find(|(n, _)| n == "error").unwrap().1;
+    for reason in [
+        format!("failed to heal: {}", hostile::CTRL_SHOWN),
+        format!("a requested {} fault did not happen", hostile::CTRL_SHOWN),
+        format!("interrupted by {}", hostile::CTRL_SHOWN),
+    ] {
+        assert!(error.contains(&reason), "{reason} in {error}");
+    }
 }

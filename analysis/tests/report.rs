@@ -7,6 +7,8 @@ use coherence_analysis::{check_file_keeping, AnomalyKind, Options, Results};
 use coherence_store::NoProgress;
 use std::path::{Path, PathBuf};
 
+mod hostile;
+
 fn example(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/spec/examples")
@@ -367,4 +369,82 @@ fn latency_is_shown_by_outcome_too() {
             "no {label} series in the outcome chart"
         );
     }
+}
+
+/// Regression: maud escapes `<>&"` only, so NUL, ESC and `ESC[2J` from node names, keys
+/// and write ids reached the page raw. They are shown as escapes, one rule everywhere.
+#[test]
+fn report_of_names_with_control_characters_shows_them_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = hostile::control_characters(dir.path());
+    let (h, r) = checked(&path);
+    assert_eq!(r.anomaly_counts["stale-read"], 1, "{:?}", r.anomaly_counts);
+    let mut ctx = context(&path);
+    // A run directory's campaign and run.json can hold them too. TOML refuses them, so
+    // such a campaign is withheld, with the parser's reason (escaped too)...
+    let campaign = format!("name = \"c{}\"\n\t# tab\r\n", "\u{1b}[2J");
+    ctx.set_campaign(campaign.as_bytes());
+    assert!(ctx.campaign_withheld.is_some());
+    let html = report::render(&h, &r, &ctx);
+    assert_eq!(hostile::raw_controls(&html), None);
+    // ... and one shown would be escaped but for its tabs and line ends.
+    ctx.campaign = Some(campaign);
+    ctx.run = Some(
+        serde_json::json!({"seed": hostile::CTRL, "nodes": [{"name": hostile::CTRL, "addr": "a"}]}),
+    );
+    let html = report::render(&h, &r, &ctx);
+    assert_eq!(hostile::raw_controls(&html), None);
+    assert!(!html.chars().any(|c| c < ' ' && c != '\n' && c != '\t'));
+    assert!(html.contains("\n\t# tab\n"), "tabs and line ends kept");
+    let shown = hostile::CTRL_SHOWN;
+    for (what, text) in [
+        ("the key", format!("k{shown}")),
+        ("the node", format!("r1{shown}")),
+        ("the region", format!("reg{shown}")),
+        ("the write id", format!("ghost{shown}")),
+        ("the fault", format!("start-part{shown}")),
+        ("the fault's error", format!("failed to heal: {shown}")),
+        ("the client's error", format!("<code>{shown}</code>")),
+        ("the file name", r"h\u{1b}[2J\u{1}.jsonl".to_string()),
+        ("the campaign", r"name = &quot;c\u{1b}[2J&quot;".to_string()),
+    ] {
+        assert!(html.contains(&text), "{what}: {text} not in the page");
+    }
+}
+
+/// Regression: one key of 1 MB made report.html 123 MB and results.json 289 MB (every
+/// anomaly, sentence and table quoted it whole). Results cut it; the cut shows its size.
+#[test]
+fn a_one_megabyte_key_is_cut_in_the_report_and_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = hostile::huge_key(dir.path(), 8);
+    let (h, r) = checked(&path);
+    assert_eq!(r.anomaly_counts["stale-read"], 8);
+    let html = report::render(&h, &r, &context(&path));
+    let json = serde_json::to_vec_pretty(&r).unwrap();
+    eprintln!(
+        "a {} byte key: report.html {} bytes, results.json {} bytes",
+        hostile::HUGE,
+        html.len(),
+        json.len()
+    );
+    assert!(html.len() < 1_000_000, "report.html: {} bytes", html.len());
+    assert!(json.len() < 2_000_000, "results.json: {} bytes", json.len());
+    let cut = hostile::huge_cut();
+    assert!(html.contains(&cut), "the page says where the key is cut");
+    assert_eq!(hostile::raw_controls(&html), None, "its end is escaped");
+    // results.json stays JSON, its keys the same; the cut key is a string that says so.
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let key = v["per_key"][0]["key"].as_str().unwrap();
+    assert!(
+        key.starts_with("kkkk") && key.ends_with(&cut),
+        "{}",
+        &key[key.len() - 40..]
+    );
+    assert!(key.len() < 300, "{} bytes", key.len());
+    let anomaly = &v["anomalies"][0];
+    assert_eq!(anomaly["key"], key);
+    let summary = anomaly["summary"].as_str().unwrap();
+    assert!(summary.contains(&format!("\"{cut}")), "{summary}");
+    assert!(summary.len() < 600, "{summary}");
 }
