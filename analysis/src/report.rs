@@ -160,6 +160,7 @@ table { border-collapse: collapse; margin: 6px 0 12px; }
 th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
 td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 pre, code { font: 13px/1.35 ui-monospace, monospace; }
+td, h3 code, .anomaly p { overflow-wrap: anywhere; }
 pre { background: #f6f6f6; padding: 8px; overflow-x: auto; white-space: pre-wrap; word-break: break-all; }
 .anomaly { border: 1px solid var(--line); border-radius: 6px; padding: 4px 14px 10px; margin: 12px 0; }
 .cause { background: #fff6e0; padding: 4px 8px; }

@@ -1,6 +1,11 @@
 //! The checker's results: the verdict, counts, per-check status, the staleness
 //! distribution, breakdowns per node and key, and the explained anomalies. Written as
 //! `results.json` (versioned) and rendered as text.
+//!
+//! Strings of the history are kept cut ([`crate::bound`]): a name (key, node, region,
+//! write id, `f`) after 256 bytes, a message or an event value's JSON after 4 KiB, each
+//! ending then with its full size, `kkkk… (1048576 bytes)`; an event value cut so is
+//! the string of its JSON. Nothing else is changed: JSON escapes control characters.
 
 use crate::bound;
 use crate::check::{AnomalyKind, Context, Finding, Findings};
@@ -16,7 +21,9 @@ use std::collections::BTreeMap;
 pub const FORMAT: &str = "coherence-results";
 /// The version of the results format; bump it when a field changes meaning.
 /// Version 2: `verdict` and `unknown_reasons`; `valid` is true only when the verdict is
-/// valid (it used to mean "no anomaly"); checks may be `not-run`; `faults`.
+/// valid (it used to mean "no anomaly"); checks may be `not-run`; `faults`. Cutting
+/// long strings ([`crate::bound`]) changed no field's meaning or type and did not bump
+/// it (an event value cut is a string, which `value` could always be).
 pub const FORMAT_VERSION: u32 = 2;
 
 /// A check's verdict: three-valued, or not run at all.

@@ -447,4 +447,15 @@ fn a_one_megabyte_key_is_cut_in_the_report_and_the_results() {
     let summary = anomaly["summary"].as_str().unwrap();
     assert!(summary.contains(&format!("\"{cut}")), "{summary}");
     assert!(summary.len() < 600, "{summary}");
+
+    // A campaign file of 1 MiB is shown up to 256 KiB, saying so.
+    let mut ctx = context(&path);
+    ctx.campaign = Some("# a comment of a campaign\n".repeat(hostile::HUGE / 26 + 1));
+    let size = ctx.campaign.as_ref().unwrap().len();
+    let with_campaign = report::render(&h, &r, &ctx);
+    assert!(with_campaign.contains(&format!(
+        "The file is {size} bytes; the first 256 KiB are shown."
+    )));
+    assert!(with_campaign.contains(&format!("… ({size} bytes)</pre>")));
+    assert!(with_campaign.len() < html.len() + report::CAMPAIGN_LIMIT + 1000);
 }
