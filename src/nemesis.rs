@@ -5,7 +5,9 @@
 
 use coherence_lab::cluster::{LabNodes, State};
 use coherence_nemeses::fault::Nodes;
-use coherence_nemeses::fault::{pending, postgres_roles, sentinel_primary, Fault, Journal};
+use coherence_nemeses::fault::{
+    pending, postgres_roles, sentinel_primary, ClockSkew, Fault, Journal, Latency,
+};
 use coherence_nemeses::partition::Shape;
 use coherence_nemeses::schedule::{plan, FaultKind, NemesisConfig, Planned, Targets};
 use coherence_nemeses::staging::{NodeConfig, StagingNodes};
@@ -274,10 +276,10 @@ impl Cluster {
                 Fault::signal(&invalidator()?, "invalidator", pause, net).map_err(e)
             }
             FaultKind::PacketLoss => Ok(Fault::packet_loss(&self.members_of(&region), 0.3, tag)),
-            FaultKind::Latency => Ok(Fault::Latency {
+            FaultKind::Latency => Ok(Fault::Latency(Latency {
                 nodes: self.members_of(&region),
                 delay_ms: 100,
-            }),
+            })),
             FaultKind::RedisFailover => Fault::redis_failover(
                 &region,
                 &self.sentinel_of(&region)?,
@@ -316,10 +318,10 @@ impl Cluster {
                 let fence = p.kind == FaultKind::PostgresFailover;
                 Fault::postgres_failover(&self.databases, fence, net).map_err(e)
             }
-            FaultKind::ClockBump | FaultKind::ClockStrobe => Ok(Fault::ClockSkew {
+            FaultKind::ClockBump | FaultKind::ClockStrobe => Ok(Fault::ClockSkew(ClockSkew {
                 node: p.target.clone().unwrap_or_default(),
                 skew: p.skew.ok_or("the schedule planned no skew")?,
-            }),
+            })),
         }
     }
 }

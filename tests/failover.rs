@@ -9,7 +9,9 @@ mod common;
 use common::{lab_up, run_dir, text};
 
 use coherence_lab::cluster::LabNodes;
-use coherence_nemeses::fault::{sentinel_primary, Fault, Nodes, JOURNAL};
+use coherence_nemeses::fault::{
+    sentinel_primary, Fault, Nodes, PostgresFailover, RedisPromote, JOURNAL,
+};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -145,7 +147,7 @@ fn kills_and_failovers_have_their_effect_and_heal() {
     // REPLICAOF NO ONE on r2's replica: it stops following; healed, it follows again.
     let r2 = vec!["r2a".to_string(), "r2b".to_string()];
     let promote = Fault::redis_promote("r2", "r2s", &r2, &nodes).unwrap();
-    let Fault::RedisPromote { node, .. } = &promote else {
+    let Fault::RedisPromote(RedisPromote { node, .. }) = &promote else {
         unreachable!()
     };
     let (replica, primary) = (
@@ -178,11 +180,11 @@ fn kills_and_failovers_have_their_effect_and_heal() {
     let failover = Fault::postgres_failover(&nodes.databases(), true, &nodes).unwrap();
     assert_eq!(
         failover,
-        Fault::PostgresFailover {
+        Fault::PostgresFailover(PostgresFailover {
             from: "db1".into(),
             to: "db2".into(),
             fence: true
-        }
+        })
     );
     failover.apply(&nodes).unwrap();
     assert!(nodes.pids("db1", "postgres").unwrap().is_empty(), "fenced");

@@ -9,7 +9,9 @@ use common::{coherence, lab_up, our_rules, run_dir, text};
 
 use coherence_lab::cluster::LabNodes;
 use coherence_nemeses::clock::Skew;
-use coherence_nemeses::fault::{pending, Fault, Journal, Nodes, JOURNAL};
+use coherence_nemeses::fault::{
+    pending, ClockSkew, Fault, Journal, Latency, Nodes, RedisFailover, JOURNAL,
+};
 use coherence_nemeses::partition::Shape;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -135,10 +137,10 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
     assert!(reaches("r2a", "10.77.0.12", 5432));
 
     // Latency needs netem: where the kernel has none, the message says so.
-    let latency = Fault::Latency {
+    let latency = Fault::Latency(Latency {
         nodes: vec!["r1a".to_string()],
         delay_ms: 50,
-    };
+    });
     match latency.apply(&nodes) {
         Err(e) => assert!(e.to_string().contains("netem"), "{e}"),
         Ok(()) => latency.heal(&nodes).unwrap(),
@@ -164,7 +166,7 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
     // A Redis failover through Sentinel changes roles, and says whom it promoted.
     let members = vec!["r2a".to_string(), "r2b".to_string()];
     let failover = Fault::redis_failover("r2", "r2s", &members, &nodes).unwrap();
-    let Fault::RedisFailover { from, .. } = &failover else {
+    let Fault::RedisFailover(RedisFailover { from, .. }) = &failover else {
         unreachable!()
     };
     let from = from.clone();
@@ -410,14 +412,14 @@ fn clock_skews_show_in_the_servers_time_and_heal(nodes: &LabNodes) {
     assert_shifted("db1", pg_now("10.77.0.11"), 0);
 
     // A bump forward on a Redis replica and one back on the database primary.
-    let bump_r1b = Fault::ClockSkew {
+    let bump_r1b = Fault::ClockSkew(ClockSkew {
         node: "r1b".into(),
         skew: Skew::Bump { offset_ms: 4200 },
-    };
-    let bump_db1 = Fault::ClockSkew {
+    });
+    let bump_db1 = Fault::ClockSkew(ClockSkew {
         node: "db1".into(),
         skew: Skew::Bump { offset_ms: -3100 },
-    };
+    });
     for f in [&bump_r1b, &bump_db1] {
         f.apply(nodes).unwrap();
         assert_eq!(
@@ -456,10 +458,10 @@ fn clock_skews_show_in_the_servers_time_and_heal(nodes: &LabNodes) {
         offset_ms: 8000,
         period_ms: 200,
     };
-    let strobe = Fault::ClockSkew {
+    let strobe = Fault::ClockSkew(ClockSkew {
         node: "r2b".into(),
         skew,
-    };
+    });
     strobe.apply(nodes).unwrap();
     let (mut moved, mut true_time) = (0, 0);
     for _ in 0..40 {
@@ -507,7 +509,7 @@ fn clock_skews_show_in_the_servers_time_and_heal(nodes: &LabNodes) {
             .and_then(|e| e.ok())
             .map(|e| e.path().join(JOURNAL))
             .and_then(|j| Some((pending(&j).ok()?.into_iter().next()?.1, j)));
-        if let Some((Fault::ClockSkew { node, skew }, j)) = found {
+        if let Some((Fault::ClockSkew(ClockSkew { node, skew }), j)) = found {
             if nodes.clock_skew(&node).unwrap() == Some(skew) {
                 break (j, node, skew.offset_ms());
             }

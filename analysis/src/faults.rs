@@ -7,12 +7,13 @@
 //! Faults of coherence's own nemesis carry a sequence number (`"seq"`) on every event
 //! about them (`start-*`, `nemesis-error`, the instant outcome `failover`, `stop-*`), so
 //! they pair exactly. Events without one (a user's own nemesis, the spec's examples)
-//! pair by name: `start-X`/`stop-X`, `kill`/`restart`, `pause`/`resume`,
-//! `bump-clock` or `strobe-clock`/`reset-clock`, and `heal` closes every open fault;
-//! other nemesis events (`failover`, ...) are instants.
+//! pair by name, as the vocabulary of faults says ([`coherence_store::faults`]: e.g.
+//! `kill`/`restart`, `bump-clock` or `strobe-clock`/`reset-clock`), else `start-X`/`stop-X`;
+//! `heal` closes every open fault; other nemesis events (`failover`, ...) are instants.
 
 use crate::bound::{self, shown};
 use crate::model::History;
+use coherence_store::faults::{self, Family};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -58,6 +59,9 @@ pub struct FaultRecord {
     pub seq: Option<u64>,
     /// The `f` that opened it (`start-partition`, `kill`, `failover`, ...).
     pub f: String,
+    /// Its family, when the `f` is one of the vocabulary's ([`Family::of_start`]).
+    #[serde(skip)]
+    pub family: Option<Family>,
     /// Index of the opening event.
     pub index: u64,
     /// When it began, ns.
@@ -141,22 +145,27 @@ fn text_of(v: &Value) -> String {
     }
 }
 
-/// For a closing nemesis `f`, the opening `f`s it closes; an empty list closes all.
+/// For a closing nemesis `f`, the opening `f`s it closes; an empty list closes all. The
+/// families of [`coherence_store::faults`] say which event closes which; events no
+/// family names pair by the generic `stop-X` closes `start-X`.
 fn openers_of(closer: &str) -> Option<Vec<String>> {
+    let families = Family::closed_by(closer);
+    if !families.is_empty() {
+        return Some(
+            families
+                .iter()
+                .map(|f| f.spec().start.to_string())
+                .collect(),
+        );
+    }
     if let Some(rest) = closer.strip_prefix("stop-") {
         return Some(vec![format!("start-{rest}")]);
     }
-    match closer {
-        "restart" => Some(vec!["kill".into()]),
-        "resume" => Some(vec!["pause".into()]),
-        "reset-clock" => Some(vec!["bump-clock".into(), "strobe-clock".into()]),
-        "heal" => Some(vec![]),
-        _ => None,
-    }
+    (closer == faults::HEAL_ALL).then(Vec::new)
 }
 
 fn is_opener(f: &str) -> bool {
-    f.starts_with("start-") || matches!(f, "kill" | "pause" | "bump-clock" | "strobe-clock")
+    Family::of_start(f).is_some() || f.starts_with("start-")
 }
 
 impl NemesisLog {
@@ -278,6 +287,7 @@ impl NemesisLog {
             log.faults.push(FaultRecord {
                 seq,
                 f: ev.f.clone(),
+                family: Family::of_start(&ev.f),
                 index: ev.index,
                 start_ns: ev.time,
                 end_index: (!interval).then_some(ev.index),

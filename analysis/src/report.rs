@@ -12,9 +12,11 @@
 
 use crate::bound::{self, shown, shown_cut, NAME_LIMIT, TEXT_LIMIT};
 use crate::explain::{at, duration, Anomaly};
+use crate::faults::{FaultRecord, FaultStatus};
 use crate::model::{History, Outcome};
 use crate::results::{NodeCounts, Results, Status, Verdict};
 use crate::AnomalyKind;
+use coherence_store::faults::{self, Family};
 use coherence_store::files::{read_regular, write_output, OutputError};
 use coherence_store::redact::redact_toml;
 use coherence_store::run::{run_dir_of, CAMPAIGN, RUN_JSON};
@@ -368,7 +370,12 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
                         @for e in r.events.iter().take(EVENT_LIMIT) {
                             tr {
                                 td.n { (e.index + 1) } td.n { (at(e.time_ns)) } td { (shown(&e.process)) } td { (shown(&e.f)) }
-                                td { code { (e.value.as_ref().map(|v| json_text(v, usize::MAX)).unwrap_or_default()) } }
+                                td { @if let Some(words) = event_words(e) {
+                                        (shown_cut(&words, TEXT_LIMIT))
+                                        @if let Some(v) = &e.value { details { summary { "as logged" } code { (json_text(v, usize::MAX)) } } }
+                                    } @else {
+                                        code { (e.value.as_ref().map(|v| json_text(v, usize::MAX)).unwrap_or_default()) }
+                                    } }
                             }
                         }
                     }
@@ -397,13 +404,14 @@ fn faults(r: &Results) -> Markup {
                     p.note { "The first " (EVENT_LIMIT) " of " (n.faults.len()) " faults." }
                 }
                 table id="faults" {
-                    thead { tr { th.n { "seq" } th.n { "line" } th { "fault" } th.n { "from" } th.n { "to" } th { "outcome" } th { "why" } } }
+                    thead { tr { th.n { "seq" } th.n { "line" } th { "fault" } th { "kind" } th.n { "from" } th.n { "to" } th { "outcome" } th { "why" } } }
                     tbody {
                         @for f in n.faults.iter().take(EVENT_LIMIT) {
                             tr {
                                 td.n { @if let Some(s) = f.seq { (s) } }
                                 td.n { (f.index + 1) }
-                                td { (shown(&f.f)) }
+                                td { (shown_cut(&fault_words(f), TEXT_LIMIT)) }
+                                td { code { (shown(&f.f)) } }
                                 td.n { (at(f.start_ns)) }
                                 td.n { @if f.interval { @if let Some(e) = f.end_ns { (at(e)) } @else { "never" } } }
                                 td class={ @if f.status.is_good() { "status-valid" } @else { "status-unknown" } } { (f.status.name()) }
@@ -754,6 +762,12 @@ pub struct FaultSpan {
     pub end_ns: u64,
     /// False for an instant event (a failover).
     pub interval: bool,
+    /// The lane the report draws it in: its family's ([`Family::spec`]), else its name.
+    pub lane: String,
+    /// Its colour there (`#rrggbb`).
+    pub colour: String,
+    /// The fault in words, with how it ended.
+    pub words: String,
 }
 
 /// The nemesis faults of a history as spans to draw (see [`crate::faults`] for how
@@ -765,13 +779,169 @@ pub fn fault_spans(h: &History) -> Vec<FaultSpan> {
         .faults
         .into_iter()
         .filter(|f| f.status != crate::faults::FaultStatus::ApplyFailed)
-        .map(|f| FaultSpan {
-            start_ns: f.start_ns,
-            end_ns: f.end_ns.unwrap_or(h.end_time).max(f.start_ns),
-            interval: f.interval,
-            f: bound::name(&f.f),
+        .map(|f| {
+            let (lane, colour) = lane_of(&f);
+            FaultSpan {
+                start_ns: f.start_ns,
+                end_ns: f.end_ns.unwrap_or(h.end_time).max(f.start_ns),
+                interval: f.interval,
+                f: bound::name(&f.f),
+                lane,
+                colour,
+                words: fault_words(&f),
+            }
         })
         .collect()
+}
+
+/// The lane and colour of a fault: its family's, else (another nemesis's events) a
+/// lane of its own name, in grey.
+fn lane_of(f: &FaultRecord) -> (String, String) {
+    match f.family {
+        Some(family) => {
+            let spec = family.spec();
+            (spec.lane.to_string(), spec.colour.to_string())
+        }
+        None if f.f == coherence_store::faults::FAILOVER => {
+            ("failovers".to_string(), "#b3261e".to_string())
+        }
+        None => (
+            bound::name(f.f.strip_prefix("start-").unwrap_or(&f.f)),
+            "#c8c8c8".to_string(),
+        ),
+    }
+}
+
+/// A fault in words, as an auditor reads it: what was done ("partition into halves {db1,
+/// r1b} | {db2, r1a}", "kill redis on r1b"), whom it promoted, and how it ended
+/// ("healed after 3.98 s", "restarted after 1.7 s", "never healed").
+pub fn fault_words(f: &FaultRecord) -> String {
+    let mut words = match f.family {
+        Some(family) => family.describe(f.value.as_ref()),
+        None => match &f.value {
+            Some(v) => format!("{} {}", f.f, json_text(v, TEXT_LIMIT)),
+            None => f.f.clone(),
+        },
+    };
+    let promoted = f
+        .outcome
+        .as_ref()
+        .and_then(|o| o.get("promoted"))
+        .and_then(|p| p.as_str());
+    if let Some(p) = promoted {
+        words.push_str(&format!(", promoted {p}"));
+    }
+    if !f.interval {
+        return words;
+    }
+    let ended = f.family.map_or("ended", |x| x.spec().ended);
+    match (f.status, f.end_ns) {
+        (FaultStatus::ApplyFailed, _) => words.push_str("; failed to apply"),
+        (_, None) => words.push_str(", never healed"),
+        (FaultStatus::HealFailed, Some(end)) => words.push_str(&format!(
+            ", heal failed after {}",
+            faults::span(end.saturating_sub(f.start_ns))
+        )),
+        (_, Some(end)) => words.push_str(&format!(
+            ", {ended} after {}",
+            faults::span(end.saturating_sub(f.start_ns))
+        )),
+    }
+    words
+}
+
+/// The nemesis event `e` in words, for the events table: a family's opening event as
+/// the fault, its closing event as how healing went; `None` for other events (shown as
+/// their JSON).
+fn event_words(e: &crate::results::ActorEvent) -> Option<String> {
+    if e.process != "nemesis" {
+        return None;
+    }
+    if let Some(family) = Family::of_start(&e.f) {
+        return Some(family.describe(e.value.as_ref()));
+    }
+    if Family::closed_by(&e.f).is_empty() && !e.f.starts_with("stop-") {
+        return None;
+    }
+    let v = e.value.as_ref()?;
+    let healed = v.get("healed")?.as_bool()?;
+    if healed {
+        return Some("healed, and nothing of it left in place".to_string());
+    }
+    let mut why: Vec<String> = Vec::new();
+    if let Some(err) = v.get("error").and_then(|x| x.as_str()) {
+        why.push(err.to_string());
+    }
+    if let Some(t) = v.get("traces").and_then(|x| x.as_array()) {
+        why.extend(
+            t.iter()
+                .filter_map(|x| x.as_str())
+                .map(|x| format!("still in place: {x}")),
+        );
+    }
+    Some(format!("NOT healed: {}", why.join("; ")))
+}
+
+/// The colour `#rrggbb` as plotters takes it.
+fn rgb(colour: &str) -> RGBColor {
+    let hex = |i: usize| {
+        colour
+            .get(i..i + 2)
+            .and_then(|x| u8::from_str_radix(x, 16).ok())
+            .unwrap_or(200)
+    };
+    RGBColor(hex(1), hex(3), hex(5))
+}
+
+/// Height of one fault lane.
+const LANE_H: f64 = 18.0;
+
+/// The faults of the run, one labelled lane per kind: intervals as bars from the fault
+/// to its heal, instants as ticks; each with its words on hover.
+fn fault_lanes(spans: &[FaultSpan], end_ns: u64) -> Markup {
+    let mut lanes: Vec<(&str, &str)> = Vec::new();
+    for s in spans {
+        if !lanes.iter().any(|l| l.0 == s.lane) {
+            lanes.push((&s.lane, &s.colour));
+        }
+    }
+    let (label_w, plot_w) = (150.0, 740.0);
+    let width = label_w + plot_w + 10.0;
+    let height = LANE_H * lanes.len() as f64 + 22.0;
+    let end = end_ns.max(1) as f64;
+    let x_of = |t: u64| label_w + (t as f64 / end).min(1.0) * plot_w;
+    html! {
+        @if lanes.is_empty() {
+            p.note { "No fault happened in this run." }
+        } @else {
+            div.chart {
+                svg id="fault-lanes" width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } {
+                    @for (i, (lane, _)) in lanes.iter().enumerate() {
+                        text x="2" y=(format!("{:.0}", LANE_H * i as f64 + 13.0)) font-size="11" { (shown(lane)) }
+                        line x1=(label_w) x2=(label_w + plot_w) y1=(format!("{:.1}", LANE_H * (i as f64 + 1.0) - 0.5))
+                            y2=(format!("{:.1}", LANE_H * (i as f64 + 1.0) - 0.5)) stroke="#eee" {}
+                    }
+                    @for s in spans {
+                        @let row = lanes.iter().position(|l| l.0 == s.lane).unwrap_or(0) as f64;
+                        @if s.interval {
+                            rect class="fault" x=(format!("{:.1}", x_of(s.start_ns))) y=(format!("{:.0}", LANE_H * row + 2.0))
+                                width=(format!("{:.1}", (x_of(s.end_ns) - x_of(s.start_ns)).max(2.0)))
+                                height=(format!("{:.0}", LANE_H - 5.0)) fill=(s.colour) stroke="#555" stroke-width="0.5" {
+                                title { (shown(&s.words)) }
+                            }
+                        } @else {
+                            path class="fault" d=(format!("M{:.1} {:.0} l0 {:.0}", x_of(s.start_ns), LANE_H * row + 1.0, LANE_H - 3.0))
+                                stroke="#b3261e" stroke-width="2" {
+                                title { (shown(&s.words)) }
+                            }
+                        }
+                    }
+                    text x=(label_w) y=(format!("{:.0}", height - 6.0)) font-size="11" { "0 s" }
+                    text x=(format!("{:.0}", width - 60.0)) y=(format!("{:.0}", height - 6.0)) font-size="11" { (duration(end_ns)) }
+                }
+            }
+        }
+    }
 }
 
 const LAT_BUCKETS: usize = 128;
@@ -884,7 +1054,7 @@ where
         let end = (s.end_ns as f64).max(s.start_ns as f64 + min_ns) / 1e9;
         Rectangle::new(
             [(s.start_ns as f64 / 1e9, y.0), (end, y.1)],
-            RGBColor(244, 199, 195).mix(0.6).filled(),
+            rgb(&s.colour).mix(0.35).filled(),
         )
     }))
     .map_err(|e| e.to_string())?;
@@ -1000,9 +1170,11 @@ fn timeline(h: &History, r: &Results) -> Markup {
         section id="timeline" {
             h2 { "Timeline" }
             p.note { "Completions per second, and latency by operation (ok operations) and by outcome, in " (BINS) " bins of "
-                (duration(b.bin_ns)) " each. " span.key { "Shaded" } ": the " (intervals)
-                " nemesis fault intervals; red vertical lines: " (spans.len() - intervals)
-                " instant nemesis events (failovers). " (r.stats.nemesis_events) " nemesis events in all." }
+                (duration(b.bin_ns)) " each. Faults are drawn in the colour of their kind: each kind in its own lane below, and shaded in the charts; the "
+                (intervals) " fault intervals as bars from the fault to its heal, the " (spans.len() - intervals)
+                " instant nemesis events (failovers) as red lines. " (r.stats.nemesis_events) " nemesis events in all." }
+            h3 { "Faults by kind" }
+            (fault_lanes(&spans, b.bin_ns * BINS as u64))
             h3 { "Throughput" }
             (throughput)
             h3 { "Latency, median by operation" }
@@ -1064,15 +1236,15 @@ fn node_timeline(h: &History, r: &Results, spans: &[FaultSpan]) -> Markup {
     html! {
         p.note { "Each row a node, each cell " (duration(bin_ns)) "; the darker, the more operations it served. "
             span style="color:#b3261e" { "▲" } " an explained anomaly observed there (results keep up to "
-            (r.anomaly_limit) " per kind); shaded: nemesis fault intervals."
+            (r.anomaly_limit) " per kind); shaded: fault intervals, in the colour of their kind."
             @if total_nodes > rows.len() { " The first " (rows.len()) " of " (total_nodes) " nodes are shown." } }
         div.chart {
             svg width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } {
                 @for span in spans.iter().filter(|s| s.interval) {
                     rect x=(format!("{:.1}", x_of(span.start_ns))) y="0"
                         width=(format!("{:.1}", (x_of(span.end_ns) - x_of(span.start_ns)).max(1.0)))
-                        height=(format!("{:.0}", row_h * rows.len() as f64)) fill="#f4c7c3" {
-                        title { (shown(&span.f)) }
+                        height=(format!("{:.0}", row_h * rows.len() as f64)) fill=(span.colour) fill-opacity="0.45" {
+                        title { (shown(&span.words)) }
                     }
                 }
                 @for (i, (node, cells)) in rows.iter().enumerate() {

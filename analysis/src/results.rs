@@ -640,6 +640,7 @@ fn bound_nemesis(log: &crate::faults::NemesisLog) -> crate::faults::NemesisLog {
             .map(|f| FaultRecord {
                 seq: f.seq,
                 f: bound::name(&f.f),
+                family: f.family,
                 index: f.index,
                 start_ns: f.start_ns,
                 end_index: f.end_index,

@@ -111,7 +111,7 @@ impl Topology {
             };
         }
         for f in &nemesis.faults {
-            let said = if f.f == "failover" {
+            let said = if f.f == coherence_store::faults::FAILOVER {
                 f.value.as_ref()
             } else {
                 f.outcome.as_ref()

@@ -459,3 +459,87 @@ fn a_one_megabyte_key_is_cut_in_the_report_and_the_results() {
     assert!(with_campaign.contains(&format!("… ({size} bytes)</pre>")));
     assert!(with_campaign.len() < html.len() + report::CAMPAIGN_LIMIT + 1000);
 }
+
+/// The report speaks of faults in words, from the one vocabulary of faults, and draws
+/// each kind in its own labelled lane, in its own colour.
+#[test]
+fn faults_read_in_words_and_each_kind_has_its_lane() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("history.jsonl");
+    let nem = |i: u64, t: u64, f: &str, v: serde_json::Value| {
+        serde_json::json!({"index":i,"time":t,"process":"nemesis","type":"info","f":f,"value":v})
+            .to_string()
+    };
+    let halves = serde_json::json!({"kind": "partition", "shape": {"shape": "halves"},
+        "grudge": {"db1": ["db2", "r1a"], "r1b": ["db2", "r1a"], "db2": ["db1", "r1b"], "r1a": ["db1", "r1b"]},
+        "rules": [{"node": "db1", "args": ["INPUT", "-s", "10.77.0.12", "-j", "DROP", "-m", "comment", "--comment", "coherence:t-0"]}]});
+    let kill =
+        serde_json::json!({"kind": "kill", "node": "r1b", "service": "redis", "pids": [4242]});
+    let ms = 1_000_000u64;
+    let text = [
+        nem(
+            0,
+            0,
+            "nemesis-plan",
+            serde_json::json!({"faults": ["partition-halves", "kill-redis"], "scheduled": 2}),
+        ),
+        nem(
+            1,
+            100 * ms,
+            "start-partition",
+            serde_json::json!({"seq": 0, "fault": halves}),
+        ),
+        nem(
+            2,
+            4080 * ms,
+            "stop-partition",
+            serde_json::json!({"seq": 0, "healed": true, "error": null, "traces": []}),
+        ),
+        nem(
+            3,
+            5000 * ms,
+            "kill",
+            serde_json::json!({"seq": 1, "fault": kill}),
+        ),
+        nem(
+            4,
+            6700 * ms,
+            "restart",
+            serde_json::json!({"seq": 1, "healed": true, "error": null, "traces": []}),
+        ),
+    ]
+    .join("\n");
+    std::fs::write(&path, text + "\n").unwrap();
+    let html = render(&path);
+    let table = &html[html.find("id=\"faults\"").expect("a faults table")..];
+    let table = &table[..table.find("</table>").unwrap()];
+    assert!(
+        table.contains("partition into halves {db1, r1b} | {db2, r1a}, healed after 3.98 s"),
+        "{table}"
+    );
+    assert!(
+        table.contains("kill redis on r1b (pid 4242), restarted after 1.7 s"),
+        "{table}"
+    );
+    assert!(
+        !table.contains("-j"),
+        "no iptables arguments in the schedule: {table}"
+    );
+    // One lane per kind, labelled, each bar in its kind's colour with its words.
+    let lanes = &html[html.find("id=\"fault-lanes\"").expect("fault lanes")..];
+    let lanes = &lanes[..lanes.find("</svg>").unwrap()];
+    for (label, colour) in [("partitions", "#e9dca0"), ("kills", "#e9a4a0")] {
+        assert!(
+            lanes.contains(&format!(">{label}</text>")),
+            "no lane {label}: {lanes}"
+        );
+        assert!(
+            lanes.contains(&format!("fill=\"{colour}\"")),
+            "no {colour} bar: {lanes}"
+        );
+    }
+    assert_eq!(lanes.matches("class=\"fault\"").count(), 2, "{lanes}");
+    // The events table says the same in words; the JSON as logged is one click away.
+    assert!(html.contains("healed, and nothing of it left in place"));
+    assert!(html.contains("<summary>as logged</summary>"));
+}

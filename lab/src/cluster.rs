@@ -1131,11 +1131,11 @@ pub fn prepare(keys: &[String], design: Design, prep: Preparing<'_>) -> Result<S
     // restore then, and a way out before the new design is saved restarts the old one
     // below, or the next run's repair does.)
     let stopped = if design != Design::None && !pids.is_empty() {
-        let fault = Fault::Kill {
+        let fault = Fault::Kill(coherence_nemeses::fault::Kill {
             node: inv.name.clone(),
             service: "invalidator".into(),
             pids,
-        };
+        });
         let seq = prep
             .journal
             .applying(&fault)

@@ -8,8 +8,9 @@ use serde::Deserialize;
 use std::time::Duration;
 
 /// The faults a campaign can ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, strum::VariantNames)]
 #[serde(rename_all = "kebab-case")]
+#[strum(serialize_all = "kebab-case")]
 pub enum FaultKind {
     /// Cut one region (all its hosts) off from the rest.
     PartitionRegion,
@@ -58,28 +59,7 @@ pub enum FaultKind {
 
 impl FaultKind {
     /// Every kind, by its campaign name.
-    pub const NAMES: &'static [&'static str] = &[
-        "partition-region",
-        "partition-node",
-        "partition-halves",
-        "partition-ring",
-        "partition-bridge",
-        "kill-invalidator",
-        "pause-invalidator",
-        "pause-redis",
-        "packet-loss",
-        "latency",
-        "redis-failover",
-        "redis-promote-replica",
-        "kill-redis",
-        "kill-sentinel",
-        "kill-postgres",
-        "pause-postgres",
-        "postgres-failover",
-        "postgres-failover-unfenced",
-        "clock-bump",
-        "clock-strobe",
-    ];
+    pub const NAMES: &'static [&'static str] = <FaultKind as strum::VariantNames>::VARIANTS;
 
     /// Whether the fault is aimed at one region.
     pub fn targets_region(self) -> bool {

@@ -5,13 +5,15 @@
 //! line and hands each event to a [`reader::Visitor`] ([`reader`]), a buffered,
 //! append-only writer for recorders ([`writer`]), the layout of run directories
 //! ([`run`]), how a run directory's files are read and outputs written without following
-//! links ([`files`]), and the redaction of secrets in campaign files ([`redact`]). It assumes
+//! links ([`files`]), the redaction of secrets in campaign files ([`redact`]), and the vocabulary of faults
+//! as histories tell them ([`faults`]). It assumes
 //! nothing about where a history came from: our own workloads and a user's client in
 //! another language write the same format.
 
 #![deny(missing_docs)]
 
 pub mod event;
+pub mod faults;
 pub mod files;
 pub mod progress;
 pub mod reader;
