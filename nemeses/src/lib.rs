@@ -4,7 +4,8 @@
 //! lab starts and inspects its servers through it, and [`ssh`] reaches staging nodes
 //! ([`staging`] names them). [`partition`] holds partitions as pure values (grudges)
 //! with their named shapes; [`clock`] holds clock skews as values; [`fault`] applies
-//! and heals faults on nodes and keeps the heal journal.
+//! and heals faults on nodes and keeps the heal journal; [`schedule`] plans a campaign's
+//! faults from its seed and [`runner`] runs that plan on a cluster, healing as it goes.
 
 #![deny(missing_docs)]
 
@@ -12,6 +13,7 @@ pub mod clock;
 pub mod fault;
 pub mod partition;
 pub mod remote;
+pub mod runner;
 pub mod schedule;
 pub mod ssh;
 pub mod staging;
