@@ -5,9 +5,8 @@
 //! (`coherence_nemeses::faults`), the checker pairs a history's nemesis events by it, and
 //! the report describes and draws them from it, so the three cannot disagree.
 //!
-//! Adding a family is one variant here, one arm in [`Family::spec`] and one in
-//! [`Family::describe`] (the compiler finds both: there is no catch-all arm), and its
-//! module in `nemeses`. Events of other nemeses (a user's own, the spec's examples) that
+//! Adding a family is one variant here and its arm in [`Family::spec`] (the compiler
+//! asks for it: there is no catch-all arm), and its module in `nemeses`. Events of other nemeses (a user's own, the spec's examples) that
 //! no family names still pair by the generic rule `start-X`/`stop-X`.
 
 use serde_json::Value;
@@ -105,6 +104,9 @@ pub struct Spec {
     pub colour: &'static str,
     /// How its end reads after the words of the fault: `"healed"`, `"restarted"`, ...
     pub ended: &'static str,
+    /// The fault in words, from the fault as journaled (`{"kind", ...}`); `None` when
+    /// the value is not of that shape.
+    pub words: fn(&Value) -> Option<String>,
 }
 
 impl Family {
@@ -120,106 +122,119 @@ impl Family {
 
     /// How the family reads.
     pub fn spec(self) -> Spec {
-        let spec = |start, stop, aims, promotes, lane, colour, ended| Spec {
-            name: self.name(),
-            start,
-            stop,
-            aims,
-            promotes,
-            lane,
-            colour,
-            ended,
-        };
+        #[allow(clippy::too_many_arguments)]
+        fn spec(
+            name: &'static str,
+            (start, stop): (&'static str, &'static str),
+            aims: Aim,
+            promotes: Option<Service>,
+            (lane, colour): (&'static str, &'static str),
+            ended: &'static str,
+            words: fn(&Value) -> Option<String>,
+        ) -> Spec {
+            Spec {
+                name,
+                start,
+                stop,
+                aims,
+                promotes,
+                lane,
+                colour,
+                ended,
+                words,
+            }
+        }
+        let name = self.name();
         match self {
             Family::Partition => spec(
-                "start-partition",
-                "stop-partition",
+                name,
+                ("start-partition", "stop-partition"),
                 Aim::Network,
                 None,
-                "partitions",
-                "#e9dca0",
+                ("partitions", "#e9dca0"),
                 "healed",
+                partition_words,
             ),
             Family::PacketLoss => spec(
-                "start-packet-loss",
-                "stop-packet-loss",
+                name,
+                ("start-packet-loss", "stop-packet-loss"),
                 Aim::Nodes,
                 None,
-                "packet loss",
-                "#e9c3a0",
+                ("packet loss", "#e9c3a0"),
                 "healed",
+                packet_loss_words,
             ),
             Family::Latency => spec(
-                "start-latency",
-                "stop-latency",
+                name,
+                ("start-latency", "stop-latency"),
                 Aim::Nodes,
                 None,
-                "latency",
-                "#d6b38a",
+                ("latency", "#d6b38a"),
                 "healed",
+                latency_words,
             ),
             Family::RedisFailover => spec(
-                "start-failover",
-                "stop-failover",
+                name,
+                ("start-failover", "stop-failover"),
                 Aim::Roles,
                 Some(Service::Redis),
-                "Redis failovers",
-                "#a0c8e9",
+                ("Redis failovers", "#a0c8e9"),
                 "ended",
+                redis_failover_words,
             ),
             Family::ReplicaofNoOne => spec(
-                "start-replicaof-no-one",
-                "stop-replicaof-no-one",
+                name,
+                ("start-replicaof-no-one", "stop-replicaof-no-one"),
                 Aim::Roles,
                 Some(Service::Redis),
-                "Redis promotions",
-                "#8fb0e0",
+                ("Redis promotions", "#8fb0e0"),
                 "made a replica again",
+                replicaof_words,
             ),
             Family::PostgresFailover => spec(
-                "start-postgres-failover",
-                "stop-postgres-failover",
+                name,
+                ("start-postgres-failover", "stop-postgres-failover"),
                 Aim::Roles,
                 Some(Service::Postgres),
-                "PostgreSQL failovers",
-                "#a0a8e9",
+                ("PostgreSQL failovers", "#a0a8e9"),
                 "old primary rebuilt as a standby",
+                postgres_failover_words,
             ),
             Family::Kill => spec(
-                "kill",
-                "restart",
+                name,
+                ("kill", "restart"),
                 Aim::Process,
                 None,
-                "kills",
-                "#e9a4a0",
+                ("kills", "#e9a4a0"),
                 "restarted",
+                kill_words,
             ),
             Family::Pause => spec(
-                "pause",
-                "resume",
+                name,
+                ("pause", "resume"),
                 Aim::Process,
                 None,
-                "pauses",
-                "#c5a0e9",
+                ("pauses", "#c5a0e9"),
                 "resumed",
+                pause_words,
             ),
             Family::ClockBump => spec(
-                "bump-clock",
-                "reset-clock",
+                name,
+                ("bump-clock", "reset-clock"),
                 Aim::Clock,
                 None,
-                "clocks",
-                "#a0e9db",
+                ("clocks", "#a0e9db"),
                 "set right",
+                clock_bump_words,
             ),
             Family::ClockStrobe => spec(
-                "strobe-clock",
-                "reset-clock",
+                name,
+                ("strobe-clock", "reset-clock"),
                 Aim::Clock,
                 None,
-                "clocks",
-                "#a0e9db",
+                ("clocks", "#a0e9db"),
                 "set right",
+                clock_strobe_words,
             ),
         }
     }
@@ -240,85 +255,92 @@ impl Family {
     /// another shape reads as the family's name and the value itself.
     pub fn describe(self, value: Option<&Value>) -> String {
         let fault = value.and_then(|v| v.get("fault")).unwrap_or(&Value::Null);
-        let s = |name: &str| fault.get(name).and_then(Value::as_str).map(str::to_string);
-        let list = |name: &str| strings(fault.get(name));
-        let words = match self {
-            Family::Partition => partition_words(fault),
-            Family::PacketLoss => fault.get("probability").and_then(Value::as_f64).map(|p| {
-                format!(
-                    "packet loss: {} drop {} % of the packets they receive",
-                    names(&list("nodes")),
-                    trim_float(p * 100.0)
-                )
-            }),
-            Family::Latency => fault.get("delay_ms").and_then(Value::as_u64).map(|d| {
-                format!(
-                    "latency: {} delay what they send by {d} ms",
-                    names(&list("nodes"))
-                )
-            }),
-            Family::RedisFailover => match (s("region"), s("from")) {
-                (Some(region), Some(from)) => Some(format!(
-                    "Redis failover of region {region} through Sentinel{} (primary was {from})",
-                    s("sentinel").map_or(String::new(), |x| format!(" on {x}"))
-                )),
-                _ => None,
-            },
-            Family::ReplicaofNoOne => s("node").map(|node| {
-                format!(
-                    "REPLICAOF NO ONE on {node}{}: a replica made a primary behind Sentinel's back",
-                    s("region").map_or(String::new(), |r| format!(" (region {r})"))
-                )
-            }),
-            Family::PostgresFailover => {
-                match (s("from"), s("to")) {
-                    (Some(from), Some(to)) => {
-                        let fenced = fault.get("fence").and_then(Value::as_bool).unwrap_or(true);
-                        Some(if fenced {
-                            format!("PostgreSQL failover from {from} to {to}, fenced ({from} killed first)")
-                        } else {
-                            format!(
-                            "PostgreSQL failover from {from} to {to}, unfenced ({from} keeps accepting writes: a split brain)"
-                        )
-                        })
-                    }
-                    _ => None,
-                }
-            }
-            Family::Kill | Family::Pause => match (s("service"), s("node")) {
-                (Some(service), Some(node)) => Some(format!(
-                    "{} {service} on {node}{}",
-                    if self == Family::Kill {
-                        "kill"
-                    } else {
-                        "pause"
-                    },
-                    pids(fault.get("pids"))
-                )),
-                _ => None,
-            },
-            Family::ClockBump => {
-                match (s("node"), fault.get("offset_ms").and_then(Value::as_i64)) {
-                    (Some(node), Some(ms)) => Some(format!("clock of {node} bumped {ms:+} ms")),
-                    _ => None,
-                }
-            }
-            Family::ClockStrobe => match (
-                s("node"),
-                fault.get("offset_ms").and_then(Value::as_i64),
-                fault.get("period_ms").and_then(Value::as_u64),
-            ) {
-                (Some(node), Some(ms), Some(period)) => Some(format!(
-                    "clock of {node} strobed {ms:+} ms every {period} ms"
-                )),
-                _ => None,
-            },
-        };
-        words.unwrap_or_else(|| match value {
+        (self.spec().words)(fault).unwrap_or_else(|| match value {
             Some(v) if !v.is_null() => format!("{} {}", self.name(), v),
             _ => self.name().to_string(),
         })
     }
+}
+
+/// A string field of a journaled fault.
+fn text(fault: &Value, name: &str) -> Option<String> {
+    fault.get(name).and_then(Value::as_str).map(str::to_string)
+}
+
+fn packet_loss_words(fault: &Value) -> Option<String> {
+    let p = fault.get("probability").and_then(Value::as_f64)?;
+    Some(format!(
+        "packet loss: {} drop {} % of the packets they receive",
+        names(&strings(fault.get("nodes"))),
+        trim_float(p * 100.0)
+    ))
+}
+
+fn latency_words(fault: &Value) -> Option<String> {
+    let d = fault.get("delay_ms").and_then(Value::as_u64)?;
+    Some(format!(
+        "latency: {} delay what they send by {d} ms",
+        names(&strings(fault.get("nodes")))
+    ))
+}
+
+fn redis_failover_words(fault: &Value) -> Option<String> {
+    let (region, from) = (text(fault, "region")?, text(fault, "from")?);
+    Some(format!(
+        "Redis failover of region {region} through Sentinel{} (primary was {from})",
+        text(fault, "sentinel").map_or(String::new(), |x| format!(" on {x}"))
+    ))
+}
+
+fn replicaof_words(fault: &Value) -> Option<String> {
+    let node = text(fault, "node")?;
+    Some(format!(
+        "REPLICAOF NO ONE on {node}{}: a replica made a primary behind Sentinel's back",
+        text(fault, "region").map_or(String::new(), |r| format!(" (region {r})"))
+    ))
+}
+
+fn postgres_failover_words(fault: &Value) -> Option<String> {
+    let (from, to) = (text(fault, "from")?, text(fault, "to")?);
+    let fenced = fault.get("fence").and_then(Value::as_bool).unwrap_or(true);
+    Some(if fenced {
+        format!("PostgreSQL failover from {from} to {to}, fenced ({from} killed first)")
+    } else {
+        format!(
+            "PostgreSQL failover from {from} to {to}, unfenced ({from} keeps accepting writes: a split brain)"
+        )
+    })
+}
+
+fn signal_words(verb: &str, fault: &Value) -> Option<String> {
+    let (service, node) = (text(fault, "service")?, text(fault, "node")?);
+    Some(format!(
+        "{verb} {service} on {node}{}",
+        pids(fault.get("pids"))
+    ))
+}
+
+fn kill_words(fault: &Value) -> Option<String> {
+    signal_words("kill", fault)
+}
+
+fn pause_words(fault: &Value) -> Option<String> {
+    signal_words("pause", fault)
+}
+
+fn clock_bump_words(fault: &Value) -> Option<String> {
+    let node = text(fault, "node")?;
+    let ms = fault.get("offset_ms").and_then(Value::as_i64)?;
+    Some(format!("clock of {node} bumped {ms:+} ms"))
+}
+
+fn clock_strobe_words(fault: &Value) -> Option<String> {
+    let node = text(fault, "node")?;
+    let ms = fault.get("offset_ms").and_then(Value::as_i64)?;
+    let period = fault.get("period_ms").and_then(Value::as_u64)?;
+    Some(format!(
+        "clock of {node} strobed {ms:+} ms every {period} ms"
+    ))
 }
 
 fn strings(v: Option<&Value>) -> Vec<String> {

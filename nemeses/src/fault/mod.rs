@@ -6,8 +6,8 @@
 //! [`FaultFamily`], which applies it, heals it, says what of it is still in place, and
 //! names its family in the history's vocabulary ([`coherence_store::faults`]): the
 //! events that open and close it, how it reads in words and how the report draws it.
-//! [`Fault`] is the one enum of them all, as journaled; adding a family is its module,
-//! a variant here and a line in [`dispatch!`].
+//! [`Fault`] is the one enum of them all, as journaled; adding a family is its module
+//! and one line in `families!` here.
 //!
 //! Every fault is written to the journal ([`journal`], `faults.jsonl` in the run
 //! directory, synced to disk) *before* it is applied, and marked healed after. Whatever a
@@ -114,11 +114,31 @@ pub trait FaultFamily {
     }
 }
 
-/// A fault, as journaled: what was done, to which nodes (`{"kind": ..., fields of the
-/// family's value}`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
-pub enum Fault {
+/// Declares [`Fault`], one variant per family, and `dispatch!`, which runs an
+/// expression on the family's value whatever the variant: one line per family is its
+/// whole registration (beside its module).
+macro_rules! families {
+    ($($(#[$doc:meta])* $variant:ident($value:ty),)*) => {
+        /// A fault, as journaled: what was done, to which nodes (`{"kind": ..., fields of
+        /// the family's value}`).
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "kind", rename_all = "kebab-case")]
+        pub enum Fault {
+            $($(#[$doc])* $variant($value),)*
+        }
+
+        /// `dispatch!(fault, f => expr)`: `expr` with `f` bound to the family's value.
+        macro_rules! dispatch {
+            ($fault:expr, $f:ident => $body:expr) => {
+                match $fault {
+                    $(Fault::$variant($f) => $body,)*
+                }
+            };
+        }
+    };
+}
+
+families! {
     /// Nodes drop each other's traffic.
     Partition(Partition),
     /// Nodes drop a share of the packets they receive.
@@ -137,24 +157,6 @@ pub enum Fault {
     Pause(Pause),
     /// A node's wall clock is bumped or strobed; healing sets it right.
     ClockSkew(ClockSkew),
-}
-
-/// `dispatch!(fault, f => expr)`: `expr` with `f` bound to the family's value, for every
-/// variant of [`Fault`]: the one list of families the compiler holds to the enum.
-macro_rules! dispatch {
-    ($fault:expr, $f:ident => $body:expr) => {
-        match $fault {
-            Fault::Partition($f) => $body,
-            Fault::PacketLoss($f) => $body,
-            Fault::Latency($f) => $body,
-            Fault::RedisFailover($f) => $body,
-            Fault::RedisPromote($f) => $body,
-            Fault::PostgresFailover($f) => $body,
-            Fault::Kill($f) => $body,
-            Fault::Pause($f) => $body,
-            Fault::ClockSkew($f) => $body,
-        }
-    };
 }
 
 impl Fault {
