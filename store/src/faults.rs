@@ -553,6 +553,18 @@ mod tests {
     }
 
     #[test]
+    fn the_history_contract_lists_every_family() {
+        // docs/history.md is the public contract: a family its table lacks would be
+        // events that users' own tools cannot pair.
+        let doc = include_str!("../../docs/history.md");
+        for f in Family::all() {
+            let spec = f.spec();
+            let row = format!("| {} | `{}` | `{}` |", spec.name, spec.start, spec.stop);
+            assert!(doc.contains(&row), "docs/history.md lacks the row {row}");
+        }
+    }
+
+    #[test]
     fn long_sets_are_cut() {
         let many: Vec<String> = (1..=9).map(|i| format!("n{i}")).collect();
         assert_eq!(braces(&many), "{n1, n2, n3, n4, n5, n6, … (9 in all)}");
