@@ -893,51 +893,53 @@ fn rgb(colour: &str) -> RGBColor {
     RGBColor(hex(1), hex(3), hex(5))
 }
 
-/// Height of one fault lane.
-const LANE_H: f64 = 18.0;
+/// Height of one fault lane: its label above, its bars below.
+const LANE_H: f64 = 24.0;
+/// Where the charts' plotting area begins and ends (`margin` + `y_label_area_size` of
+/// [`timeline`]'s charts, 900 wide): the lanes share their time axis.
+const PLOT_X: (f64, f64) = (74.0, 890.0);
 
-/// The faults of the run, one labelled lane per kind: intervals as bars from the fault
-/// to its heal, instants as ticks; each with its words on hover.
+/// The faults of the run, one labelled lane per kind on the charts' time axis: intervals
+/// as bars from the fault to its heal, instants as ticks; each with its words on hover.
 fn fault_lanes(spans: &[FaultSpan], end_ns: u64) -> Markup {
-    let mut lanes: Vec<(&str, &str)> = Vec::new();
+    let mut lanes: Vec<&str> = Vec::new();
     for s in spans {
-        if !lanes.iter().any(|l| l.0 == s.lane) {
-            lanes.push((&s.lane, &s.colour));
+        if !lanes.contains(&s.lane.as_str()) {
+            lanes.push(&s.lane);
         }
     }
-    let (label_w, plot_w) = (150.0, 740.0);
-    let width = label_w + plot_w + 10.0;
-    let height = LANE_H * lanes.len() as f64 + 22.0;
+    let width = 900.0;
+    let height = LANE_H * lanes.len() as f64 + 16.0;
     let end = end_ns.max(1) as f64;
-    let x_of = |t: u64| label_w + (t as f64 / end).min(1.0) * plot_w;
+    let x_of = |t: u64| PLOT_X.0 + (t as f64 / end).min(1.0) * (PLOT_X.1 - PLOT_X.0);
     html! {
         @if lanes.is_empty() {
             p.note { "No fault happened in this run." }
         } @else {
             div.chart {
                 svg id="fault-lanes" width=(width) height=(height) viewBox={ "0 0 " (width) " " (height) } {
-                    @for (i, (lane, _)) in lanes.iter().enumerate() {
-                        text x="2" y=(format!("{:.0}", LANE_H * i as f64 + 13.0)) font-size="11" { (shown(lane)) }
-                        line x1=(label_w) x2=(label_w + plot_w) y1=(format!("{:.1}", LANE_H * (i as f64 + 1.0) - 0.5))
-                            y2=(format!("{:.1}", LANE_H * (i as f64 + 1.0) - 0.5)) stroke="#eee" {}
+                    @for (i, lane) in lanes.iter().enumerate() {
+                        rect x=(PLOT_X.0) y=(format!("{:.0}", LANE_H * i as f64 + 11.0)) width=(PLOT_X.1 - PLOT_X.0)
+                            height=(format!("{:.0}", LANE_H - 12.0)) fill="#f6f6f6" {}
+                        text x=(PLOT_X.0) y=(format!("{:.0}", LANE_H * i as f64 + 9.0)) font-size="10" fill="#444" { (shown(lane)) }
                     }
                     @for s in spans {
-                        @let row = lanes.iter().position(|l| l.0 == s.lane).unwrap_or(0) as f64;
+                        @let row = lanes.iter().position(|l| *l == s.lane).unwrap_or(0) as f64;
                         @if s.interval {
-                            rect class="fault" x=(format!("{:.1}", x_of(s.start_ns))) y=(format!("{:.0}", LANE_H * row + 2.0))
+                            rect class="fault" x=(format!("{:.1}", x_of(s.start_ns))) y=(format!("{:.0}", LANE_H * row + 11.0))
                                 width=(format!("{:.1}", (x_of(s.end_ns) - x_of(s.start_ns)).max(2.0)))
-                                height=(format!("{:.0}", LANE_H - 5.0)) fill=(s.colour) stroke="#555" stroke-width="0.5" {
+                                height=(format!("{:.0}", LANE_H - 12.0)) fill=(s.colour) stroke="#555" stroke-width="0.5" {
                                 title { (shown(&s.words)) }
                             }
                         } @else {
-                            path class="fault" d=(format!("M{:.1} {:.0} l0 {:.0}", x_of(s.start_ns), LANE_H * row + 1.0, LANE_H - 3.0))
+                            path class="fault" d=(format!("M{:.1} {:.0} l0 {:.0}", x_of(s.start_ns), LANE_H * row + 10.0, LANE_H - 10.0))
                                 stroke="#b3261e" stroke-width="2" {
                                 title { (shown(&s.words)) }
                             }
                         }
                     }
-                    text x=(label_w) y=(format!("{:.0}", height - 6.0)) font-size="11" { "0 s" }
-                    text x=(format!("{:.0}", width - 60.0)) y=(format!("{:.0}", height - 6.0)) font-size="11" { (duration(end_ns)) }
+                    text x=(PLOT_X.0) y=(format!("{:.0}", height - 3.0)) font-size="10" { "0 s" }
+                    text x=(PLOT_X.1) y=(format!("{:.0}", height - 3.0)) font-size="10" text-anchor="end" { (duration(end_ns)) }
                 }
             }
         }
@@ -1054,7 +1056,7 @@ where
         let end = (s.end_ns as f64).max(s.start_ns as f64 + min_ns) / 1e9;
         Rectangle::new(
             [(s.start_ns as f64 / 1e9, y.0), (end, y.1)],
-            rgb(&s.colour).mix(0.35).filled(),
+            rgb(&s.colour).mix(0.55).filled(),
         )
     }))
     .map_err(|e| e.to_string())?;
