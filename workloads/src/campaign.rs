@@ -330,10 +330,13 @@ fn one() -> f64 {
     1.0
 }
 
-/// The cache-aside workload.
+/// The workload: which one, and how it runs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
+    /// Which workload ([`crate::registry`]); `cache-aside` when absent.
+    #[serde(default)]
+    pub kind: crate::registry::Kind,
     /// Who invalidates.
     pub invalidation: Invalidation,
     /// How misses are filled.

@@ -1,5 +1,6 @@
 //! Workloads of coherence: the clients, operation generators and cache-aside logic that
-//! drive a system under test, and a seedable simulator of cache-aside systems ([`sim`])
+//! drive a system under test (each a [`workload::Workload`] run by the shared harness,
+//! chosen through the [`registry`]), and a seedable simulator of cache-aside systems ([`sim`])
 //! that writes realistic history files without any servers, for testing and
 //! benchmarking the checker.
 
@@ -9,6 +10,8 @@ pub mod cache_aside;
 pub mod campaign;
 pub mod pgpass;
 pub mod recorder;
+pub mod registry;
 pub mod sim;
+pub mod workload;
 
 pub use sim::{generate, Mode, SimConfig, SimSummary};
