@@ -83,3 +83,72 @@ pub async fn connect(addr: String) -> redis::RedisResult<MultiplexedConnection> 
 pub fn open(region: &RegionNodes, ask: Duration) -> Arc<dyn Backend> {
     Arc::new(sentinel::Sentinel::new(region.clone(), ask))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, addr: &str) -> Node {
+        Node {
+            name: name.into(),
+            addr: addr.into(),
+        }
+    }
+
+    fn region(sentinels: Vec<String>) -> RegionNodes {
+        RegionNodes {
+            name: "r1".into(),
+            primary: node("r1a", "127.0.0.1:1"),
+            replica: Some(node("r1b", "127.0.0.1:2")),
+            sentinels,
+            master_name: "r1".into(),
+            nodes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_sentinel_region_is_one_shard_serving_every_key() {
+        let backend = open(&region(Vec::new()), Duration::from_millis(100));
+        assert_eq!(
+            backend.nodes(),
+            [node("r1a", "127.0.0.1:1"), node("r1b", "127.0.0.1:2")]
+        );
+        assert_eq!(backend.route("k0"), 0);
+        assert_eq!(backend.route("k99"), 0);
+        assert_eq!(
+            backend.shards(),
+            [Shard {
+                primary: node("r1a", "127.0.0.1:1"),
+                replica: Some(node("r1b", "127.0.0.1:2")),
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn without_an_answering_sentinel_the_primary_is_unknown() {
+        // No Sentinels: the primary is fixed.
+        let backend = open(&region(Vec::new()), Duration::from_millis(100));
+        assert_eq!(backend.primary(0).await, None);
+        // Sentinels that refuse connections, or never answer: none within the bound.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let backend = open(
+            &region(vec![
+                "127.0.0.1:1".into(),
+                silent.local_addr().unwrap().to_string(),
+            ]),
+            Duration::from_millis(100),
+        );
+        let started = std::time::Instant::now();
+        assert_eq!(backend.primary(0).await, None);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn tombstones_are_where_the_invalidators_and_the_workload_look() {
+        assert_eq!(
+            versioned::tombstone("k7"),
+            "coherence:invalidated:k7".to_string()
+        );
+        assert_eq!(versioned::TOMBSTONE_TTL, Duration::from_secs(60));
+    }
+}

@@ -615,6 +615,28 @@ time_limit = "5s"
         assert!(e.starts_with("line 6: field `cluster.invalidator`"), "{e}");
     }
 
+    #[test]
+    fn the_workload_kind_defaults_to_cache_aside_and_an_unknown_one_names_its_line() {
+        use crate::registry::Kind;
+        assert_eq!(
+            Campaign::parse(LAB).unwrap().workload.kind,
+            Kind::CacheAside
+        );
+        let named = LAB.replace("[workload]\n", "[workload]\nkind = \"cache-aside\"\n");
+        assert_eq!(
+            Campaign::parse(&named).unwrap().workload.kind,
+            Kind::CacheAside
+        );
+        let bad = LAB.replace("[workload]\n", "[workload]\nkind = \"http-ish\"\n");
+        let e = Campaign::parse(&bad).unwrap_err();
+        assert!(
+            e.starts_with("line 9 (field `kind`)")
+                && e.contains("http-ish")
+                && e.contains("cache-aside"),
+            "{e}"
+        );
+    }
+
     const STAGING: &str = r#"
 name = "staging"
 

@@ -345,3 +345,269 @@ pub async fn run(
     rec.flush();
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coherence_store::HistoryWriter;
+    use std::sync::Mutex;
+
+    /// A client whose operations do what the test says.
+    struct Fake {
+        rec: Recording,
+        resets: Arc<Mutex<u32>>,
+    }
+
+    impl Fake {
+        async fn run(&mut self, f: &str, outcome: Result<Value, OpError>, delay: Duration) {
+            let value = (f == "write").then(|| json!({"write": "w1"}));
+            let op = Op {
+                f,
+                key: "k0",
+                node: "db1",
+                value,
+                region: Some("r1"),
+            };
+            super::op(self, op, async move |c: &mut Fake| {
+                tokio::time::sleep(delay).await;
+                if f == "db-read" {
+                    c.recording().served = Some("db2".into());
+                }
+                outcome
+            })
+            .await;
+        }
+    }
+
+    impl Client for Fake {
+        fn recording(&mut self) -> &mut Recording {
+            &mut self.rec
+        }
+        fn reset(&mut self) {
+            *self.resets.lock().unwrap() += 1;
+        }
+        fn invoke<'a>(&'a mut self, _rng: &'a mut ChaCha8Rng) -> BoxFuture<'a, ()> {
+            Box::pin(self.run("read", Ok(Value::Null), Duration::ZERO))
+        }
+        fn final_phase(&mut self) -> BoxFuture<'_, Result<()>> {
+            Box::pin(async {
+                self.run("final-read", Ok(Value::Null), Duration::ZERO)
+                    .await;
+                Ok(())
+            })
+        }
+    }
+
+    struct FakeWorkload {
+        resets: Arc<Mutex<u32>>,
+        opened: Mutex<Vec<Who>>,
+    }
+
+    impl Workload for FakeWorkload {
+        fn open(&self, who: Who, rec: Recording) -> Box<dyn Client> {
+            self.opened.lock().unwrap().push(who);
+            Box::new(Fake {
+                rec,
+                resets: self.resets.clone(),
+            })
+        }
+    }
+
+    fn recorder(dir: &tempfile::TempDir) -> Arc<Recorder> {
+        let writer = HistoryWriter::create(&dir.path().join("history.jsonl")).unwrap();
+        Arc::new(Recorder::new(writer))
+    }
+
+    fn events(dir: &tempfile::TempDir, rec: Arc<Recorder>) -> Vec<Value> {
+        Arc::into_inner(rec).unwrap().finish().unwrap();
+        std::fs::read_to_string(dir.path().join("history.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// What the history says of each event: type, process, f, node, value, error.
+    fn brief(e: &Value) -> (String, Value, String, String, Value, Value) {
+        (
+            e["type"].as_str().unwrap().to_string(),
+            e["process"].clone(),
+            e["f"].as_str().unwrap().to_string(),
+            e["node"].as_str().unwrap_or_default().to_string(),
+            e["value"].clone(),
+            e["error"].clone(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_operation_is_an_invoke_then_ok_fail_or_info_and_info_moves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = recorder(&dir);
+        let resets = Arc::new(Mutex::new(0));
+        let mut client = Fake {
+            rec: Recording::new(rec.clone(), Duration::from_millis(50)),
+            resets: resets.clone(),
+        };
+        let v = json!({"version": 1, "write": "w1"});
+        client.run("write", Ok(v.clone()), Duration::ZERO).await;
+        client
+            .run("write", Err(OpError::certain("refused")), Duration::ZERO)
+            .await;
+        client.run("db-read", Ok(v.clone()), Duration::ZERO).await;
+        assert_eq!(*resets.lock().unwrap(), 0, "no info yet");
+        client
+            .run(
+                "write",
+                Err(OpError::unknown("connection lost")),
+                Duration::ZERO,
+            )
+            .await;
+        assert_eq!(*resets.lock().unwrap(), 1, "an info resets the client");
+        client
+            .run("read", Ok(Value::Null), Duration::from_secs(5))
+            .await;
+        assert_eq!(*resets.lock().unwrap(), 2);
+        drop(client);
+        let events = events(&dir, rec);
+        let s = |x: &str| x.to_string();
+        let w = json!({"write": "w1"});
+        let expected = vec![
+            (
+                s("invoke"),
+                json!(0),
+                s("write"),
+                s("db1"),
+                w.clone(),
+                Value::Null,
+            ),
+            (
+                s("ok"),
+                json!(0),
+                s("write"),
+                s("db1"),
+                v.clone(),
+                Value::Null,
+            ),
+            (
+                s("invoke"),
+                json!(0),
+                s("write"),
+                s("db1"),
+                w.clone(),
+                Value::Null,
+            ),
+            (
+                s("fail"),
+                json!(0),
+                s("write"),
+                s("db1"),
+                w.clone(),
+                json!("refused"),
+            ),
+            (
+                s("invoke"),
+                json!(0),
+                s("db-read"),
+                s("db1"),
+                Value::Null,
+                Value::Null,
+            ),
+            // The server that served it, not the one named at the invocation.
+            (
+                s("ok"),
+                json!(0),
+                s("db-read"),
+                s("db2"),
+                v.clone(),
+                Value::Null,
+            ),
+            (
+                s("invoke"),
+                json!(0),
+                s("write"),
+                s("db1"),
+                w.clone(),
+                Value::Null,
+            ),
+            (
+                s("info"),
+                json!(0),
+                s("write"),
+                s("db1"),
+                w.clone(),
+                json!("connection lost"),
+            ),
+            // A fresh process after an info; past the timeout, the outcome is unknown.
+            (
+                s("invoke"),
+                json!(1),
+                s("read"),
+                s("db1"),
+                Value::Null,
+                Value::Null,
+            ),
+            (
+                s("info"),
+                json!(1),
+                s("read"),
+                s("db1"),
+                Value::Null,
+                json!("timed out after 50ms"),
+            ),
+        ];
+        assert_eq!(events.iter().map(brief).collect::<Vec<_>>(), expected);
+        assert!(events
+            .iter()
+            .all(|e| e["key"] == "k0" && e["region"] == "r1"));
+    }
+
+    #[tokio::test]
+    async fn a_run_opens_its_clients_in_order_then_runs_the_final_phase() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = recorder(&dir);
+        let work: campaign::Workload = toml::from_str(
+            "invalidation = \"writer\"\nfill = \"plain\"\nkeys = 1\nconcurrency = 2\n\
+             rate = 100\ntime_limit = \"50ms\"\nquiesce = \"0\"\n",
+        )
+        .unwrap();
+        assert_eq!(work.kind, crate::registry::Kind::CacheAside);
+        let workload = FakeWorkload {
+            resets: Arc::new(Mutex::new(0)),
+            opened: Mutex::new(Vec::new()),
+        };
+        let phases = Mutex::new(Vec::new());
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        run(
+            &workload,
+            &work,
+            rec.clone(),
+            |p| phases.lock().unwrap().push(p),
+            stop_rx,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            *workload.opened.lock().unwrap(),
+            [Who::Worker(0), Who::Worker(1), Who::Final]
+        );
+        assert_eq!(
+            *phases.lock().unwrap(),
+            [Phase::Workload, Phase::Quiesce, Phase::Final]
+        );
+        let events = events(&dir, rec);
+        let final_phase = events
+            .iter()
+            .position(|e| e["f"] == "final-phase")
+            .expect("a final-phase event");
+        assert_eq!(events[final_phase]["value"], json!({"quiesce_ms": 0}));
+        assert!(events[..final_phase]
+            .iter()
+            .all(|e| e["f"] == "read" && (e["process"] == 0 || e["process"] == 1)));
+        assert!(events[..final_phase].len() >= 4, "both clients ran");
+        let after: Vec<_> = events[final_phase + 1..].iter().map(brief).collect();
+        assert_eq!(after.len(), 2);
+        assert!(after
+            .iter()
+            .all(|(_, p, f, ..)| *p == json!(2) && f == "final-read"));
+    }
+}
