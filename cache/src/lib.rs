@@ -79,7 +79,7 @@ pub async fn connect(addr: String) -> redis::RedisResult<MultiplexedConnection> 
 
 /// The backend a region is: today always Sentinel-managed (a region without Sentinels
 /// keeps the primary it was given). `ask` bounds each question to an authority. A new
-/// kind of backend is one module implementing [`Backend`] and one arm here.
+/// kind of backend is one module implementing [`Backend`], chosen here.
 pub fn open(region: &RegionNodes, ask: Duration) -> Arc<dyn Backend> {
     Arc::new(sentinel::Sentinel::new(region.clone(), ask))
 }

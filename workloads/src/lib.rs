@@ -1,8 +1,8 @@
 //! Workloads of coherence: the clients, operation generators and cache-aside logic that
-//! drive a system under test (each a [`workload::Workload`] run by the shared harness,
-//! chosen through the [`registry`]), and a seedable simulator of cache-aside systems ([`sim`])
-//! that writes realistic history files without any servers, for testing and
-//! benchmarking the checker.
+//! drive a system under test (each a [`workload::Workload`] that the shared harness
+//! runs and records, chosen by `[workload] kind` through the [`registry`]), and a
+//! seedable simulator of cache-aside systems ([`sim`]) that writes realistic history
+//! files without any servers, for testing and benchmarking the checker.
 
 #![deny(missing_docs)]
 
