@@ -8,9 +8,9 @@ use coherence_store::files::{refuse_input, write_output};
 use coherence_store::redact::redact_toml;
 use coherence_store::run::{create_run_dir, point_latest, CAMPAIGN, HISTORY, RESULTS, RUN_JSON};
 use coherence_store::{Event, EventType, HistoryWriter, Process};
-use coherence_workloads::cache_aside::{self, key_name, Endpoints, Node, Phase, RegionNodes};
 use coherence_workloads::campaign::{Campaign, Cluster, Invalidation};
 use coherence_workloads::recorder::Recorder;
+use coherence_workloads::workload::{self, key_name, Endpoints, Node, Phase, RegionNodes};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;
@@ -293,7 +293,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             .enable_all()
             .build()
             .context("cannot start the async runtime")?
-            .block_on(coherence_workloads::cache_aside::preflight(&endpoints))?;
+            .block_on(work.kind.open(&work, &endpoints).preflight())?;
         if let (Some(_), Cluster::Staging { nodes, .. }) = (&campaign.nemesis, &campaign.cluster) {
             coherence_nemeses::staging::StagingNodes::new(nodes)
                 .check()
@@ -516,7 +516,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 }
             }
         };
-        let r = cache_aside::run(work.clone(), endpoints, rec.clone(), phase_cb, stop_rx).await;
+        let workload = work.kind.open(&work, &endpoints);
+        let r = workload::run(&*workload, &work, rec.clone(), phase_cb, stop_rx).await;
         if let Some(t) = tail {
             t.abort();
         }

@@ -481,6 +481,35 @@ time_limit = "1s"
     assert!(stderr(&o).contains("[[cluster.nodes]]"), "{}", stderr(&o));
 }
 
+/// A campaign whose `[workload] kind` is unknown is refused before anything runs: exit
+/// 2, the file, the line and the kinds there are named.
+#[test]
+fn an_unknown_workload_kind_is_refused_naming_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = write(
+        dir.path(),
+        "kind.toml",
+        "name = \"kind\"\n[cluster]\nkind = \"lab\"\n[workload]\nkind = \"telnet\"\n\
+         invalidation = \"writer\"\nfill = \"plain\"\nkeys = 1\nconcurrency = 1\ntime_limit = \"1s\"\n",
+    );
+    let store = dir.path().join("runs");
+    let o = coherence(&[
+        "run",
+        campaign.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("kind.toml: line 5 (field `kind`)")
+            && e.contains("telnet")
+            && e.contains("cache-aside"),
+        "{e}"
+    );
+    assert!(!store.exists(), "a run directory was made");
+}
+
 /// `check --junit FILE` writes one test case per checker; the failures are the invalid
 /// checks.
 #[test]

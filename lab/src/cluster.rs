@@ -388,14 +388,13 @@ fn build(state: &State) -> Result<()> {
             &format!("the Sentinel on {} to know {region}'s replica", h.name),
             Duration::from_secs(20),
             || {
-                redis_connect(h.addr, SENTINEL_PORT)
-                    .and_then(|mut c| {
-                        Ok(redis::cmd("SENTINEL")
-                            .arg("REPLICAS")
-                            .arg(layout::master_name(&region))
-                            .query::<Vec<redis::Value>>(&mut c)?)
-                    })
-                    .is_ok_and(|replicas| !replicas.is_empty())
+                let sentinel = format!("{}:{SENTINEL_PORT}", h.addr);
+                let master = layout::master_name(&region);
+                blocking(
+                    SENTINEL_WAIT,
+                    coherence_cache::sentinel::replicas(&sentinel, master),
+                )
+                .is_ok_and(|replicas| replicas > 0)
             },
         )?;
     }
@@ -860,12 +859,35 @@ pub fn redis_role(addr: std::net::Ipv4Addr) -> Result<String> {
 
 /// The address of the region's primary, as the Sentinel at `addr` sees it.
 pub fn sentinel_master(addr: std::net::Ipv4Addr, region: &str) -> Result<String> {
-    let mut con = redis_connect(addr, SENTINEL_PORT)?;
-    let (ip, port): (String, String) = redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg(region)
-        .query(&mut con)?;
-    Ok(format!("{ip}:{port}"))
+    let sentinel = format!("{addr}:{SENTINEL_PORT}");
+    blocking(
+        SENTINEL_WAIT,
+        coherence_cache::sentinel::primary(&sentinel, region),
+    )
+}
+
+/// How long the lab waits for a Sentinel's answer (connecting, then asking).
+const SENTINEL_WAIT: Duration = Duration::from_secs(4);
+
+/// Waits up to `within` for a Redis question, from synchronous code: on a thread and
+/// runtime of its own, so that it may be asked inside an async runtime as well (a heal
+/// during a run restarts a Redis in the role its Sentinels say).
+fn blocking<T: Send>(
+    within: Duration,
+    question: impl std::future::Future<Output = redis::RedisResult<T>> + Send,
+) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            runtime()?.block_on(async {
+                tokio::time::timeout(within, question)
+                    .await
+                    .map_err(|_| anyhow!("no answer within {within:?}"))?
+                    .map_err(anyhow::Error::from)
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("a Redis question panicked"))?
+    })
 }
 
 /// True when every server of the lab answers.

@@ -1,7 +1,8 @@
 //! The invalidation pipelines that ship with the lab as systems under test. Each runs
 //! as its own process in its own lab host (`coherence lab invalidator`), finds each
-//! region's current Redis primary through Sentinel, and logs every deletion with a
-//! timestamp (one JSON object per line).
+//! region's current Redis primary through the region's cache backend (Sentinel), and
+//! logs every deletion with a timestamp (one JSON object per line). It invalidates with
+//! the workload's versioned protocol (`coherence_cache::versioned`).
 //!
 //! - `notify`: LISTENs on the channel a trigger NOTIFYs, and deletes the key in every
 //!   region. While it is disconnected from PostgreSQL, notifications are lost: it does
@@ -14,11 +15,13 @@ use crate::cluster::pg_connect;
 use crate::layout::{self, Host, Role, REDIS_PORT, SENTINEL_PORT};
 use crate::{schema, Design};
 use anyhow::{anyhow, Context, Result};
+use coherence_cache::{versioned, Backend, Node, RegionNodes};
 use redis::aio::MultiplexedConnection;
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_postgres::AsyncMessage;
 
@@ -37,21 +40,8 @@ pub struct Options {
     pub db: Vec<Ipv4Addr>,
 }
 
-/// Deletes a key and remembers the version it was invalidated for, so that a versioned
-/// fill of an older version is refused: the protocol of the workload's versioned fills
-/// (`coherence_workloads::cache_aside`). KEYS: key, tombstone. ARGV: version, ttl ms.
-const INVALIDATE: &str = r#"
-redis.call('DEL', KEYS[1])
-local tomb = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if tonumber(ARGV[1]) > tomb then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
-return 1
-"#;
-
-/// Where a key's invalidated version is kept (as the workload expects it).
-const TOMBSTONE_PREFIX: &str = "coherence:invalidated:";
-
-/// How long a tombstone is kept.
-const TOMBSTONE_TTL_MS: u64 = 60_000;
+/// How long one Sentinel, a connection or a deletion may take.
+const PATIENCE: Duration = Duration::from_secs(1);
 
 /// Runs the invalidator until the process is killed.
 pub fn run(opts: Options) -> Result<()> {
@@ -71,13 +61,48 @@ pub fn run(opts: Options) -> Result<()> {
 /// Deletes keys in every region's current primary, and logs each deletion.
 struct Deleter {
     design: Design,
-    /// Per region: its name and the addresses of its Sentinels.
-    regions: Vec<(String, Vec<Ipv4Addr>)>,
-    /// The current primary of each region, as last learned from Sentinel.
-    primaries: HashMap<String, Ipv4Addr>,
-    connections: HashMap<Ipv4Addr, MultiplexedConnection>,
-    names: HashMap<Ipv4Addr, String>,
+    /// Per region: its name and its caches.
+    regions: Vec<(String, Arc<dyn Backend>)>,
+    /// The current primary of each region's shards, as last learned from its backend.
+    primaries: HashMap<(String, usize), Node>,
+    /// Connections, by address.
+    connections: HashMap<String, MultiplexedConnection>,
     log: std::fs::File,
+}
+
+/// A lab region's caches as its backend sees them: the hosts of its Redis servers and
+/// Sentinels, by their lab names.
+fn region_nodes(hosts: &[Host], region: &str) -> RegionNodes {
+    let in_region = |h: &&Host| h.region.as_deref() == Some(region);
+    let node = |h: &Host| Node {
+        name: h.name.clone(),
+        addr: format!("{}:{REDIS_PORT}", h.addr),
+    };
+    let nodes: Vec<Node> = hosts
+        .iter()
+        .filter(in_region)
+        .filter(|h| h.ports().contains(&REDIS_PORT))
+        .map(node)
+        .collect();
+    let primary = hosts
+        .iter()
+        .filter(in_region)
+        .find(|h| h.role == Role::RedisPrimary)
+        .map(node)
+        .unwrap_or_else(|| nodes[0].clone());
+    RegionNodes {
+        name: region.to_string(),
+        replica: nodes.iter().find(|n| n.addr != primary.addr).cloned(),
+        primary,
+        sentinels: hosts
+            .iter()
+            .filter(in_region)
+            .filter(|h| h.ports().contains(&SENTINEL_PORT))
+            .map(|h| format!("{}:{SENTINEL_PORT}", h.addr))
+            .collect(),
+        master_name: layout::master_name(region).to_string(),
+        nodes,
+    }
 }
 
 impl Deleter {
@@ -86,19 +111,9 @@ impl Deleter {
         let regions = (1..=opts.regions)
             .map(|n| {
                 let region = layout::region(n);
-                let sentinels = hosts
-                    .iter()
-                    .filter(|h| {
-                        h.region.as_deref() == Some(&region) && h.ports().contains(&SENTINEL_PORT)
-                    })
-                    .map(|h| h.addr)
-                    .collect();
-                (region, sentinels)
+                let backend = coherence_cache::open(&region_nodes(&hosts, &region), PATIENCE);
+                (region, backend)
             })
-            .collect();
-        let names = hosts
-            .iter()
-            .map(|h: &Host| (h.addr, h.name.clone()))
             .collect();
         let log = std::fs::File::options()
             .create(true)
@@ -110,76 +125,70 @@ impl Deleter {
             regions,
             primaries: HashMap::new(),
             connections: HashMap::new(),
-            names,
             log,
         })
     }
 
-    /// Asks the region's Sentinels, in turn, for its primary.
-    async fn resolve(&mut self, region: &str) -> Result<Ipv4Addr> {
-        let sentinels = self
-            .regions
+    fn backend(&self, region: &str) -> Result<Arc<dyn Backend>> {
+        self.regions
             .iter()
             .find(|(r, _)| r == region)
-            .map(|(_, s)| s.clone())
-            .unwrap_or_default();
-        for s in sentinels {
-            let answer = async {
-                let mut con = connect(s, SENTINEL_PORT).await?;
-                let (ip, _port): (String, String) = redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(layout::master_name(region))
-                    .query_async(&mut con)
-                    .await?;
-                anyhow::Ok(ip.parse::<Ipv4Addr>()?)
-            };
-            if let Ok(Ok(addr)) = tokio::time::timeout(Duration::from_secs(1), answer).await {
-                self.primaries.insert(region.to_string(), addr);
-                return Ok(addr);
-            }
-        }
-        Err(anyhow!("no Sentinel of {region} answered"))
+            .map(|(_, b)| b.clone())
+            .ok_or_else(|| anyhow!("no region {region}"))
     }
 
-    /// Deletes `key` on the region's primary once, remembering the version it was
-    /// invalidated for; an error forgets what was cached.
-    async fn delete_once(&mut self, region: &str, key: &str, version: i64) -> Result<Ipv4Addr> {
-        let addr = match self.primaries.get(region) {
-            Some(a) => *a,
-            None => self.resolve(region).await?,
+    /// Asks the region's backend (its Sentinels, in turn) for the primary of `shard`.
+    async fn resolve(&mut self, region: &str, shard: usize) -> Result<Node> {
+        match self.backend(region)?.primary(shard).await {
+            Some(found) => {
+                self.primaries
+                    .insert((region.to_string(), shard), found.primary.clone());
+                Ok(found.primary)
+            }
+            None => Err(anyhow!("no Sentinel of {region} answered")),
+        }
+    }
+
+    /// Deletes `key` on the primary that serves it in `region` once, remembering the
+    /// version it was invalidated for; an error forgets what was cached.
+    async fn delete_once(&mut self, region: &str, key: &str, version: i64) -> Result<Node> {
+        let backend = self.backend(region)?;
+        let shard = backend.route(key);
+        let node = match self.primaries.get(&(region.to_string(), shard)) {
+            Some(n) => n.clone(),
+            None => self.resolve(region, shard).await?,
         };
         let attempt = async {
-            let con = match self.connections.entry(addr) {
+            let con = match self.connections.entry(node.addr.clone()) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(connect(addr, REDIS_PORT).await?)
+                    let con = tokio::time::timeout(PATIENCE, backend.connect(&node))
+                        .await
+                        .map_err(|_| anyhow!("connecting to {} timed out", node.addr))??;
+                    e.insert(con)
                 }
             };
-            let _: i64 = redis::Script::new(INVALIDATE)
-                .key(key)
-                .key(format!("{TOMBSTONE_PREFIX}{key}"))
-                .arg(version)
-                .arg(TOMBSTONE_TTL_MS)
-                .invoke_async(con)
-                .await?;
+            let ttl = versioned::TOMBSTONE_TTL.as_millis() as u64;
+            versioned::invalidate(con, key, version, ttl).await?;
             anyhow::Ok(())
         };
-        match tokio::time::timeout(Duration::from_secs(1), attempt).await {
-            Ok(Ok(())) => Ok(addr),
+        match tokio::time::timeout(PATIENCE, attempt).await {
+            Ok(Ok(())) => Ok(node),
             Ok(Err(e)) => {
-                self.forget(region, addr);
+                self.forget(region, shard, &node);
                 Err(e)
             }
             Err(_) => {
-                self.forget(region, addr);
-                Err(anyhow!("DEL on {addr} timed out"))
+                self.forget(region, shard, &node);
+                let host = node.addr.rsplit_once(':').map_or(&*node.addr, |(h, _)| h);
+                Err(anyhow!("DEL on {host} timed out"))
             }
         }
     }
 
-    fn forget(&mut self, region: &str, addr: Ipv4Addr) {
-        self.primaries.remove(region);
-        self.connections.remove(&addr);
+    fn forget(&mut self, region: &str, shard: usize, node: &Node) {
+        self.primaries.remove(&(region.to_string(), shard));
+        self.connections.remove(&node.addr);
     }
 
     /// Deletes `key` in every region. `patience`: how long to retry a region before
@@ -196,18 +205,12 @@ impl Deleter {
             let started = tokio::time::Instant::now();
             loop {
                 match self.delete_once(&region, key, version).await {
-                    Ok(addr) => {
-                        self.record(key, version, &region, addr, None);
+                    Ok(node) => {
+                        self.record(key, version, &region, Ok(&node));
                         break;
                     }
                     Err(e) if patience.is_some_and(|p| started.elapsed() > p) => {
-                        self.record(
-                            key,
-                            version,
-                            &region,
-                            Ipv4Addr::UNSPECIFIED,
-                            Some(&format!("{e:#}")),
-                        );
+                        self.record(key, version, &region, Err(&format!("{e:#}")));
                         all = false;
                         break;
                     }
@@ -218,14 +221,8 @@ impl Deleter {
         all
     }
 
-    fn record(
-        &mut self,
-        key: &str,
-        version: i64,
-        region: &str,
-        addr: Ipv4Addr,
-        error: Option<&str>,
-    ) {
+    /// Logs a deletion: on the node that acknowledged it, or why it failed.
+    fn record(&mut self, key: &str, version: i64, region: &str, done: Result<&Node, &str>) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -236,34 +233,18 @@ impl Deleter {
             "version": version,
             "region": region,
         });
-        match error {
-            None => {
-                line["node"] = self
-                    .names
-                    .get(&addr)
-                    .cloned()
-                    .unwrap_or_else(|| addr.to_string())
-                    .into();
+        match done {
+            Ok(node) => {
+                line["node"] = node.name.clone().into();
                 line["deleted"] = true.into();
             }
-            Some(e) => {
+            Err(e) => {
                 line["deleted"] = false.into();
                 line["error"] = e.into();
             }
         }
         let _ = writeln!(self.log, "{line}");
     }
-}
-
-async fn connect(addr: Ipv4Addr, port: u16) -> Result<MultiplexedConnection> {
-    let client = redis::Client::open(format!("redis://{addr}:{port}/"))?;
-    let con = tokio::time::timeout(
-        Duration::from_secs(1),
-        client.get_multiplexed_async_connection(),
-    )
-    .await
-    .map_err(|_| anyhow!("connecting to {addr}:{port} timed out"))??;
-    Ok(con)
 }
 
 /// The `notify` design: listen, delete; reconnect after a lost connection, having lost

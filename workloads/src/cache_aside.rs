@@ -9,12 +9,17 @@
 //! only a certain failure is `fail`. After the time limit comes the final phase:
 //! quiesce, then `final-read` every key on every cache node and `db-final-read` every
 //! key with its version log.
+//!
+//! It is a [`workload::Workload`]: the harness records its operations, runs its clients
+//! and its final phase. Its caches are reached through their [`Backend`], which says
+//! where a region's primary went after a failover.
 
-use crate::campaign::{CacheReads, DbReads, Distribution, Fill, Invalidation, Workload};
-use crate::recorder::Recorder;
+use crate::campaign::{CacheReads, DbReads, Fill, Invalidation, Workload};
+use crate::workload::{self, key_name, BoxFuture, Endpoints, Keys, Node, Op, OpError, Outcome};
+use crate::workload::{Recording, Who};
 use anyhow::{Context, Result};
-use coherence_store::{Event, EventType, Process};
-use rand::{Rng, SeedableRng};
+use coherence_cache::{versioned, Backend, Shard};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
@@ -22,77 +27,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A server the workload talks to, and the name the history gives it.
-#[derive(Debug, Clone)]
-pub struct Node {
-    /// The name in the history (`r1a`, `db1`, ...).
-    pub name: String,
-    /// `host:port`.
-    pub addr: String,
-}
+/// How long a client waits for one Sentinel's answer.
+const ASK: Duration = Duration::from_millis(500);
 
-/// One region's caches.
+/// A shard's primary and replica as the clients currently know them.
 #[derive(Debug, Clone)]
-pub struct RegionNodes {
-    /// The region's name.
-    pub name: String,
-    /// Its Redis primary at the start.
-    pub primary: Node,
-    /// Its replica, if any.
-    pub replica: Option<Node>,
-    /// Sentinels (`host:port`) that know the region's current primary, by
-    /// `master_name`. After an error on the primary, clients ask them again: a failover
-    /// may have moved it. Empty: the primary is fixed.
-    pub sentinels: Vec<String>,
-    /// The region's name at the Sentinels.
-    pub master_name: String,
-    /// Every Redis node of the region, to name the addresses Sentinel returns (the
-    /// primary and replica are among them; empty means just those two).
-    pub nodes: Vec<Node>,
-}
-
-impl RegionNodes {
-    /// Every cache node of the region: `nodes`, or the primary and the replica.
-    pub fn all(&self) -> Vec<Node> {
-        if self.nodes.is_empty() {
-            std::iter::once(self.primary.clone())
-                .chain(self.replica.clone())
-                .collect()
-        } else {
-            self.nodes.clone()
-        }
-    }
-}
-
-/// Where everything is.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    /// The PostgreSQL servers writes may go to. With more than one, a client connects to
-    /// the first, in an order of its own, that is not in recovery (a primary), as libpq
-    /// does with `target_session_attrs=read-write`; it looks again after its connection
-    /// is lost or a write is refused as read-only: so writers follow a failover.
-    pub db_writers: Vec<Node>,
-    /// The servers for database reads after a miss: a standby when one answers,
-    /// else a primary.
-    pub db_readers: Vec<Node>,
-    /// A libpq connection string without host and port (user, password, dbname).
-    pub db_params: String,
-    /// Cache regions.
-    pub regions: Vec<RegionNodes>,
-}
-
-/// A region's primary and replica as the clients currently know them.
-#[derive(Debug, Clone)]
-struct RegionNow {
-    primary: Node,
-    replica: Option<Node>,
-    /// When its Sentinels were last asked.
+struct ShardNow {
+    shard: Shard,
+    /// When its authority was last asked.
     asked: Option<Instant>,
 }
 
-/// What the clients currently know of where each region's primary is.
+/// One region: its backend and what the clients know of each of its shards.
+struct RegionNow {
+    backend: Arc<dyn Backend>,
+    shards: Vec<std::sync::Mutex<ShardNow>>,
+}
+
+/// What the clients currently know of where each region's primaries are.
 struct Topology {
-    regions: Vec<std::sync::Mutex<RegionNow>>,
+    regions: Vec<RegionNow>,
 }
 
 impl Topology {
@@ -102,33 +56,39 @@ impl Topology {
                 .regions
                 .iter()
                 .map(|r| {
-                    std::sync::Mutex::new(RegionNow {
-                        primary: r.primary.clone(),
-                        replica: r.replica.clone(),
-                        asked: None,
-                    })
+                    let backend = coherence_cache::open(r, ASK);
+                    let shards = backend
+                        .shards()
+                        .into_iter()
+                        .map(|shard| std::sync::Mutex::new(ShardNow { shard, asked: None }))
+                        .collect();
+                    RegionNow { backend, shards }
                 })
                 .collect(),
         }
     }
 
-    fn now(&self, region: usize) -> RegionNow {
-        self.regions[region]
+    fn backend(&self, region: usize) -> &Arc<dyn Backend> {
+        &self.regions[region].backend
+    }
+
+    /// The primary and replica of the shard that serves `key` in `region`.
+    fn now(&self, region: usize, key: &str) -> Shard {
+        let r = &self.regions[region];
+        r.shards[r.backend.route(key)]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .shard
             .clone()
     }
 
-    /// Asks the region's Sentinels for its primary, at most every 200 ms whoever asks.
-    async fn refresh(&self, ends: &Endpoints, region: usize) {
-        let r = &ends.regions[region];
-        if r.sentinels.is_empty() {
-            return;
-        }
+    /// Asks where the primary of the shard serving `key` in `region` is now, at most
+    /// every 200 ms whoever asks.
+    async fn refresh(&self, region: usize, key: &str) {
+        let r = &self.regions[region];
+        let shard = r.backend.route(key);
         {
-            let mut now = self.regions[region]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut now = r.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
             if now
                 .asked
                 .is_some_and(|t| t.elapsed() < Duration::from_millis(200))
@@ -137,101 +97,12 @@ impl Topology {
             }
             now.asked = Some(Instant::now());
         }
-        let nodes = r.all();
-        for sentinel in &r.sentinels {
-            let Ok(Ok(addr)) = tokio::time::timeout(
-                Duration::from_millis(500),
-                sentinel_primary(sentinel, &r.master_name),
-            )
-            .await
-            else {
-                continue;
-            };
-            let Some(primary) = nodes.iter().find(|n| n.addr == addr) else {
-                continue;
-            };
-            let mut now = self.regions[region]
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if now.primary.addr != primary.addr {
-                now.replica = nodes.iter().find(|n| n.addr != primary.addr).cloned();
-                now.primary = primary.clone();
-            }
+        let Some(found) = r.backend.primary(shard).await else {
             return;
-        }
-    }
-}
-
-/// The `host:port` a Sentinel names as `master`'s primary.
-async fn sentinel_primary(sentinel: &str, master: &str) -> Result<String, redis::RedisError> {
-    let client = redis::Client::open(format!("redis://{sentinel}/"))?;
-    let mut con = client.get_multiplexed_async_connection().await?;
-    let (ip, port): (String, String) = redis::cmd("SENTINEL")
-        .arg("get-master-addr-by-name")
-        .arg(master)
-        .query_async(&mut con)
-        .await?;
-    Ok(format!("{ip}:{port}"))
-}
-
-/// Where Redis keeps the version a key was last invalidated for (versioned fills).
-fn tombstone(key: &str) -> String {
-    format!("coherence:invalidated:{key}")
-}
-
-/// Installs a value unless the cache holds a newer one or the key was invalidated for a
-/// newer version. KEYS: key, tombstone. ARGV: value, version, ttl ms.
-const FILL_VERSIONED: &str = r#"
-local cur = redis.call('GET', KEYS[1])
-local new = tonumber(ARGV[2])
-if cur then
-  local ok, v = pcall(cjson.decode, cur)
-  if ok and v['version'] and v['version'] >= new then return 0 end
-end
-local tomb = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if tomb > new then return 0 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
-return 1
-"#;
-
-/// Deletes a key and remembers the version it was invalidated for.
-/// KEYS: key, tombstone. ARGV: version, ttl ms.
-pub const INVALIDATE_VERSIONED: &str = r#"
-redis.call('DEL', KEYS[1])
-local tomb = tonumber(redis.call('GET', KEYS[2]) or '-1')
-if tonumber(ARGV[1]) > tomb then redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[2]) end
-return 1
-"#;
-
-/// The name of key `i`.
-pub fn key_name(i: u32) -> String {
-    format!("k{i}")
-}
-
-/// How an operation ended, as the history says it.
-enum Outcome {
-    Ok(Value),
-    Fail(String),
-    Info(String),
-}
-
-/// A failure and whether it certainly had no effect.
-struct OpError {
-    message: String,
-    certain: bool,
-}
-
-impl OpError {
-    fn certain(e: impl std::fmt::Display) -> OpError {
-        OpError {
-            message: e.to_string(),
-            certain: true,
-        }
-    }
-    fn unknown(e: impl std::fmt::Display) -> OpError {
-        OpError {
-            message: e.to_string(),
-            certain: false,
+        };
+        let mut now = r.shards[shard].lock().unwrap_or_else(|e| e.into_inner());
+        if now.shard.primary.addr != found.primary.addr {
+            now.shard = found;
         }
     }
 }
@@ -256,30 +127,21 @@ struct Db {
     read: tokio_postgres::Statement,
 }
 
+/// One process of the workload.
 struct Client {
-    rec: Arc<Recorder>,
+    rec: Recording,
     ends: Arc<Endpoints>,
     topo: Arc<Topology>,
     work: Arc<Workload>,
-    process: i64,
+    keys: Arc<Keys>,
     region: usize,
     /// Where this client starts looking for a database primary among the writers.
     rotation: usize,
-    /// The server that served the operation under way, when it is not the one named
-    /// at its invocation (a client that followed a failover).
-    served: Option<String>,
     redis: HashMap<String, MultiplexedConnection>,
     writer: Option<Db>,
     reader: Option<Db>,
     writes: u64,
     id: u32,
-}
-
-fn event(process: i64, kind: EventType, f: &str, key: &str, node: &str, region: &str) -> Event {
-    Event::new(0, Process::Client(process), kind, f)
-        .key(key)
-        .node(node)
-        .extra("region", Value::String(region.to_string()))
 }
 
 async fn pg_connect(node: &Node, params: &str) -> Result<tokio_postgres::Client, OpError> {
@@ -312,18 +174,89 @@ fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-async fn redis_connect(node: &Node) -> Result<MultiplexedConnection, OpError> {
-    let client =
-        redis::Client::open(format!("redis://{}/", node.addr)).map_err(OpError::certain)?;
-    client
-        .get_multiplexed_async_connection()
-        .await
-        .map_err(OpError::certain)
+/// The cache-aside workload of a campaign, against its endpoints: the template its
+/// clients are opened from.
+pub struct CacheAside {
+    work: Arc<Workload>,
+    ends: Arc<Endpoints>,
+    topo: Arc<Topology>,
+    keys: Arc<Keys>,
+}
+
+impl CacheAside {
+    /// The workload `work` configures, against `ends`.
+    pub fn new(work: &Workload, ends: &Endpoints) -> CacheAside {
+        CacheAside {
+            work: Arc::new(work.clone()),
+            ends: Arc::new(ends.clone()),
+            topo: Arc::new(Topology::new(ends)),
+            keys: Arc::new(Keys::new(work)),
+        }
+    }
+}
+
+impl workload::Workload for CacheAside {
+    fn preflight(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(preflight(&self.ends))
+    }
+
+    fn open(&self, who: Who, rec: Recording) -> Box<dyn workload::Client> {
+        let (id, region, rotation, topo) = match who {
+            Who::Worker(id) => (
+                id,
+                id as usize % self.ends.regions.len(),
+                id as usize,
+                self.topo.clone(),
+            ),
+            // The final reads start from the topology as configured.
+            Who::Final => (u32::MAX, 0, 0, Arc::new(Topology::new(&self.ends))),
+        };
+        Box::new(Client {
+            rec,
+            ends: self.ends.clone(),
+            topo,
+            work: self.work.clone(),
+            keys: self.keys.clone(),
+            region,
+            rotation,
+            redis: HashMap::new(),
+            writer: None,
+            reader: None,
+            writes: 0,
+            id,
+        })
+    }
+}
+
+impl workload::Client for Client {
+    fn recording(&mut self) -> &mut Recording {
+        &mut self.rec
+    }
+
+    fn reset(&mut self) {
+        self.redis.clear();
+        self.writer = None;
+        self.reader = None;
+    }
+
+    fn invoke<'a>(&'a mut self, rng: &'a mut ChaCha8Rng) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let key = self.keys.pick(rng);
+            if rng.random_bool(self.work.read_fraction) {
+                self.read(&key).await;
+            } else {
+                self.write(&key).await;
+            }
+        })
+    }
+
+    fn final_phase(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.final_reads())
+    }
 }
 
 impl Client {
-    /// Runs one operation: logs the invoke, runs `body` under the timeout, logs the
-    /// completion. After an `info` the client continues under a fresh process.
+    /// Runs one operation through the harness, in this client's region.
     async fn op<F>(
         &mut self,
         f: &str,
@@ -336,65 +269,38 @@ impl Client {
         F: AsyncFnOnce(&mut Client) -> Result<Value, OpError>,
     {
         let region = self.ends.regions[self.region].name.clone();
-        let mut invoke = event(self.process, EventType::Invoke, f, key, node, &region);
-        if let Some(v) = value.clone() {
-            invoke = invoke.value(v);
-        }
-        self.rec.log(invoke);
-        self.served = None;
-        let timeout = self.work.op_timeout;
-        let result = match tokio::time::timeout(timeout, body(self)).await {
-            Ok(r) => r,
-            Err(_) => Err(OpError::unknown(format!("timed out after {timeout:?}"))),
-        };
-        let outcome = match result {
-            Ok(v) => Outcome::Ok(v),
-            Err(e) if e.certain => Outcome::Fail(e.message),
-            Err(e) => Outcome::Info(e.message),
-        };
-        let (kind, v, error) = match &outcome {
-            Outcome::Ok(v) => (EventType::Ok, Some(v.clone()), None),
-            Outcome::Fail(e) => (EventType::Fail, value, Some(e.clone())),
-            Outcome::Info(e) => (EventType::Info, value, Some(e.clone())),
-        };
-        let served = self.served.take();
-        let mut done = event(
-            self.process,
-            kind,
+        let op = Op {
             f,
             key,
-            served.as_deref().unwrap_or(node),
-            &region,
-        );
-        if let Some(v) = v {
-            done = done.value(v);
-        }
-        if let Some(e) = error {
-            done = done.error(e);
-        }
-        self.rec.log(done);
-        if matches!(outcome, Outcome::Info(_)) {
-            // The connections may be mid-request: start over with fresh ones.
-            self.process = self.rec.new_process();
-            self.redis.clear();
-            self.writer = None;
-            self.reader = None;
-        }
-        outcome
+            node,
+            value,
+            region: Some(&region),
+        };
+        workload::op(self, op, body).await
     }
 
-    async fn redis(&mut self, node: &Node) -> Result<MultiplexedConnection, OpError> {
+    /// The connection to `node` of `region`, opened through the region's backend.
+    async fn redis(
+        &mut self,
+        region: usize,
+        node: &Node,
+    ) -> Result<MultiplexedConnection, OpError> {
         if let Some(c) = self.redis.get(&node.addr) {
             return Ok(c.clone());
         }
-        let c = redis_connect(node).await?;
+        let c = self
+            .topo
+            .backend(region)
+            .connect(node)
+            .await
+            .map_err(OpError::certain)?;
         self.redis.insert(node.addr.clone(), c.clone());
         Ok(c)
     }
 
     /// GETs a key from a cache node: its versioned value, or null for a miss.
     async fn cache_get(&mut self, node: &Node, key: &str) -> Result<Value, OpError> {
-        let mut con = self.redis(node).await?;
+        let mut con = self.redis(self.region, node).await?;
         let got: Option<String> = redis::cmd("GET")
             .arg(key)
             .query_async(&mut con)
@@ -425,7 +331,7 @@ impl Client {
             self.writer.as_mut()
         }
         .expect("connected");
-        self.served = Some(db.node.clone());
+        self.rec.served = Some(db.node.clone());
         Ok(db)
     }
 
@@ -521,7 +427,7 @@ impl Client {
     }
 
     async fn invalidate(&mut self, key: &str, region: usize, version: i64) {
-        let node = self.topo.now(region).primary;
+        let node = self.topo.now(region, key).primary;
         let (k, n) = (key.to_string(), node.clone());
         let fill = self.work.fill;
         let ttl = self.work.ttl.as_millis() as u64;
@@ -531,7 +437,7 @@ impl Client {
             &node.name,
             None,
             async move |c: &mut Client| {
-                let mut con = c.redis(&n).await?;
+                let mut con = c.redis(region, &n).await?;
                 match fill {
                     Fill::Plain => {
                         let _: i64 = redis::cmd("DEL")
@@ -541,12 +447,7 @@ impl Client {
                             .map_err(redis_error)?;
                     }
                     Fill::Versioned => {
-                        let _: i64 = redis::Script::new(INVALIDATE_VERSIONED)
-                            .key(&k)
-                            .key(tombstone(&k))
-                            .arg(version)
-                            .arg(ttl)
-                            .invoke_async(&mut con)
+                        versioned::invalidate(&mut con, &k, version, ttl)
                             .await
                             .map_err(redis_error)?;
                     }
@@ -555,13 +456,13 @@ impl Client {
             },
         )
         .await
-        .failed_on(self, region)
+        .failed_on(self, region, key)
         .await;
     }
 
     async fn read(&mut self, key: &str) {
         let region_i = self.region;
-        let region = self.topo.now(region_i);
+        let region = self.topo.now(region_i, key);
         let node = match (self.work.cache_reads, &region.replica) {
             (CacheReads::Replica, Some(r)) => r.clone(),
             _ => region.primary.clone(),
@@ -576,7 +477,7 @@ impl Client {
                 async move |c: &mut Client| c.cache_get(&n, &k).await,
             )
             .await
-            .failed_on(self, region_i)
+            .failed_on(self, region_i, key)
             .await;
         if !matches!(outcome, Outcome::Ok(Value::Null)) {
             return;
@@ -615,7 +516,7 @@ impl Client {
             &primary_name,
             Some(value),
             async move |c: &mut Client| {
-                let mut con = c.redis(&primary).await?;
+                let mut con = c.redis(region_i, &primary).await?;
                 match fill {
                     Fill::Plain => {
                         let _: () = redis::cmd("SET")
@@ -628,16 +529,10 @@ impl Client {
                             .map_err(redis_error)?;
                     }
                     Fill::Versioned => {
-                        let installed: i64 = redis::Script::new(FILL_VERSIONED)
-                            .key(&k)
-                            .key(tombstone(&k))
-                            .arg(&text)
-                            .arg(version)
-                            .arg(ttl)
-                            .invoke_async(&mut con)
+                        let installed = versioned::fill(&mut con, &k, &text, version, ttl)
                             .await
                             .map_err(redis_error)?;
-                        if installed == 0 {
+                        if !installed {
                             return Err(OpError::certain(
                                 "refused: the cache holds or was invalidated for a newer version",
                             ));
@@ -648,7 +543,7 @@ impl Client {
             },
         )
         .await
-        .failed_on(self, region_i)
+        .failed_on(self, region_i, key)
         .await;
     }
 
@@ -671,9 +566,10 @@ impl Client {
 }
 
 impl Outcome {
-    /// After a failed cache operation in `region`, asks where its primary is now: a
-    /// failover may have moved it (a `READONLY` refusal, a refused or lost connection).
-    async fn failed_on(self, client: &mut Client, region: usize) -> Outcome {
+    /// After a failed cache operation on `key` in `region`, asks where the primary that
+    /// serves it is now: a failover may have moved it (a `READONLY` refusal, a refused
+    /// or lost connection).
+    async fn failed_on(self, client: &mut Client, region: usize, key: &str) -> Outcome {
         if !matches!(self, Outcome::Ok(_)) {
             if let Outcome::Fail(e) = &self {
                 if e.starts_with("refused:") {
@@ -681,7 +577,7 @@ impl Outcome {
                 }
             }
             client.redis.clear();
-            client.topo.refresh(&client.ends, region).await;
+            client.topo.refresh(region, key).await;
         }
         self
     }
@@ -728,33 +624,9 @@ fn redis_error(e: redis::RedisError) -> OpError {
     }
 }
 
-/// Picks keys by the campaign's distribution.
-struct Keys {
-    n: u32,
-    zipf: Option<rand_distr::Zipf<f64>>,
-}
-
-impl Keys {
-    fn new(w: &Workload) -> Keys {
-        let zipf = match w.distribution {
-            Distribution::Uniform => None,
-            Distribution::Zipf { exponent } => rand_distr::Zipf::new(w.keys as f64, exponent).ok(),
-        };
-        Keys { n: w.keys, zipf }
-    }
-
-    fn pick(&self, rng: &mut ChaCha8Rng) -> String {
-        let i = match &self.zipf {
-            Some(z) => (rng.sample(z) as u32).saturating_sub(1).min(self.n - 1),
-            None => rng.random_range(0..self.n),
-        };
-        key_name(i)
-    }
-}
-
 /// Checks, before a run, that the database writer and every region's primary answer:
 /// a campaign whose endpoints are wrong is refused, not run against nothing.
-pub async fn preflight(ends: &Endpoints) -> Result<()> {
+async fn preflight(ends: &Endpoints) -> Result<()> {
     let within = Duration::from_secs(5);
     for node in ends.db_writers.iter().take(1) {
         let connected = tokio::time::timeout(within, pg_connect(node, &ends.db_params)).await;
@@ -785,159 +657,50 @@ pub async fn preflight(ends: &Endpoints) -> Result<()> {
         }
     }
     for region in &ends.regions {
-        let node = &region.primary;
-        let ping = async {
-            let mut con = redis_connect(node).await.map_err(|e| e.message)?;
-            redis::cmd("PING")
-                .query_async::<String>(&mut con)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        match tokio::time::timeout(within, ping).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => anyhow::bail!(
-                "cannot reach region {}'s Redis primary {} ({}): {e}; check its [[cluster.regions]] entry",
-                region.name,
-                node.name,
-                node.addr
-            ),
-            Err(_) => anyhow::bail!(
-                "region {}'s Redis primary {} ({}) did not answer within {within:?}",
-                region.name,
-                node.name,
-                node.addr
-            ),
+        let backend = coherence_cache::open(region, ASK);
+        for node in backend.shards().into_iter().map(|s| s.primary) {
+            let ping = async {
+                let mut con = backend.connect(&node).await.map_err(|e| e.to_string())?;
+                redis::cmd("PING")
+                    .query_async::<String>(&mut con)
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            match tokio::time::timeout(within, ping).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => anyhow::bail!(
+                    "cannot reach region {}'s Redis primary {} ({}): {e}; check its [[cluster.regions]] entry",
+                    region.name,
+                    node.name,
+                    node.addr
+                ),
+                Err(_) => anyhow::bail!(
+                    "region {}'s Redis primary {} ({}) did not answer within {within:?}",
+                    region.name,
+                    node.name,
+                    node.addr
+                ),
+            }
         }
     }
     Ok(())
 }
 
-/// What the progress bar shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Clients are running.
-    Workload,
-    /// Waiting for the system to settle.
-    Quiesce,
-    /// Reading the final state.
-    Final,
-}
-
-/// Runs the workload until the time limit, then the final phase. `phase` is told when
-/// the run moves on; `stop` ends the workload early (Ctrl-C).
-pub async fn run(
-    work: Workload,
-    ends: Endpoints,
-    rec: Arc<Recorder>,
-    phase: impl Fn(Phase),
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<()> {
-    let work = Arc::new(work);
-    let ends = Arc::new(ends);
-    let topo = Arc::new(Topology::new(&ends));
-    let deadline = Instant::now() + work.time_limit;
-    let keys = Arc::new(Keys::new(&work));
-    let mut tasks = Vec::new();
-    phase(Phase::Workload);
-    for id in 0..work.concurrency {
-        let mut client = Client {
-            rec: rec.clone(),
-            ends: ends.clone(),
-            topo: topo.clone(),
-            work: work.clone(),
-            process: rec.new_process(),
-            region: id as usize % ends.regions.len(),
-            rotation: id as usize,
-            served: None,
-            redis: HashMap::new(),
-            writer: None,
-            reader: None,
-            writes: 0,
-            id,
-        };
-        let keys = keys.clone();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = ChaCha8Rng::seed_from_u64(
-                client
-                    .work
-                    .seed
-                    .wrapping_mul(1_000_003)
-                    .wrapping_add(id as u64),
-            );
-            let interval = (client.work.rate > 0).then(|| {
-                Duration::from_secs_f64(client.work.concurrency as f64 / client.work.rate as f64)
-            });
-            let mut next = tokio::time::Instant::now();
-            while Instant::now() < deadline && !*stop.borrow() {
-                if let Some(i) = interval {
-                    tokio::time::sleep_until(next).await;
-                    next += i;
-                }
-                let key = keys.pick(&mut rng);
-                if rng.random_bool(client.work.read_fraction) {
-                    client.read(&key).await;
-                } else {
-                    client.write(&key).await;
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.context("a client task panicked")?;
-    }
-    rec.flush();
-    phase(Phase::Quiesce);
-    tokio::time::sleep(work.quiesce).await;
-    final_phase(&work, &ends, &rec).await?;
-    phase(Phase::Final);
-    rec.flush();
-    Ok(())
-}
-
-/// Logs `final-phase`, then reads every key on every cache node and in the database.
-async fn final_phase(work: &Workload, ends: &Endpoints, rec: &Arc<Recorder>) -> Result<()> {
-    rec.log(
-        Event::new(
-            0,
-            Process::Actor("control".into()),
-            EventType::Info,
-            "final-phase",
-        )
-        .value(json!({"quiesce_ms": work.quiesce.as_millis() as u64})),
-    );
-    let mut client = Client {
-        rec: rec.clone(),
-        ends: Arc::new(ends.clone()),
-        topo: Arc::new(Topology::new(ends)),
-        rotation: 0,
-        served: None,
-        work: Arc::new(Workload {
-            // the final reads get more patience than the workload's calls
-            op_timeout: work.op_timeout.max(Duration::from_secs(5)),
-            ..work.clone()
-        }),
-        process: rec.new_process(),
-        region: 0,
-        redis: HashMap::new(),
-        writer: None,
-        reader: None,
-        writes: 0,
-        id: u32::MAX,
-    };
-    let nodes: Vec<(usize, Node)> = ends
-        .regions
-        .iter()
-        .enumerate()
-        .flat_map(|(i, r)| r.all().into_iter().map(move |n| (i, n)))
-        .collect();
-    for i in 0..work.keys {
-        let key = key_name(i);
-        for (region, node) in &nodes {
-            client.region = *region;
-            let (k, n) = (key.clone(), node.clone());
-            client
-                .op(
+impl Client {
+    /// The final phase: reads every key on every cache node and in the database.
+    async fn final_reads(&mut self) -> Result<()> {
+        let nodes: Vec<(usize, Node)> = (0..self.ends.regions.len())
+            .flat_map(|i| {
+                let nodes = self.topo.backend(i).nodes();
+                nodes.into_iter().map(move |n| (i, n))
+            })
+            .collect();
+        for i in 0..self.work.keys {
+            let key = key_name(i);
+            for (region, node) in &nodes {
+                self.region = *region;
+                let (k, n) = (key.clone(), node.clone());
+                self.op(
                     "final-read",
                     &key,
                     &node.name,
@@ -945,11 +708,10 @@ async fn final_phase(work: &Workload, ends: &Endpoints, rec: &Arc<Recorder>) -> 
                     async move |c: &mut Client| c.cache_get(&n, &k).await,
                 )
                 .await;
-        }
-        let k = key.clone();
-        let db = client.db_name(false);
-        client
-            .op("db-final-read", &key, &db, None, async move |c: &mut Client| {
+            }
+            let k = key.clone();
+            let db = self.db_name(false);
+            self.op("db-final-read", &key, &db, None, async move |c: &mut Client| {
                 let db = c.db(false).await?;
                 let row = db
                     .client
@@ -968,6 +730,7 @@ async fn final_phase(work: &Workload, ends: &Endpoints, rec: &Arc<Recorder>) -> 
                 Ok(json!({"version": row.get::<_, i64>(0), "write": row.get::<_, String>(1), "log": log}))
             })
             .await;
+        }
+        Ok(())
     }
-    Ok(())
 }

@@ -330,10 +330,13 @@ fn one() -> f64 {
     1.0
 }
 
-/// The cache-aside workload.
+/// The workload: which one, and how it runs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
+    /// Which workload ([`crate::registry`]); `cache-aside` when absent.
+    #[serde(default)]
+    pub kind: crate::registry::Kind,
     /// Who invalidates.
     pub invalidation: Invalidation,
     /// How misses are filled.
@@ -610,6 +613,28 @@ time_limit = "5s"
         let bad = LAB.replace("invalidator = \"none\"", "invalidator = \"gossip\"");
         let e = Campaign::parse(&bad).unwrap_err();
         assert!(e.starts_with("line 6: field `cluster.invalidator`"), "{e}");
+    }
+
+    #[test]
+    fn the_workload_kind_defaults_to_cache_aside_and_an_unknown_one_names_its_line() {
+        use crate::registry::Kind;
+        assert_eq!(
+            Campaign::parse(LAB).unwrap().workload.kind,
+            Kind::CacheAside
+        );
+        let named = LAB.replace("[workload]\n", "[workload]\nkind = \"cache-aside\"\n");
+        assert_eq!(
+            Campaign::parse(&named).unwrap().workload.kind,
+            Kind::CacheAside
+        );
+        let bad = LAB.replace("[workload]\n", "[workload]\nkind = \"http-ish\"\n");
+        let e = Campaign::parse(&bad).unwrap_err();
+        assert!(
+            e.starts_with("line 9 (field `kind`)")
+                && e.contains("http-ish")
+                && e.contains("cache-aside"),
+            "{e}"
+        );
     }
 
     const STAGING: &str = r#"
