@@ -450,8 +450,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
         let pipeline = lab && work.invalidation == Invalidation::Pipeline;
         let tail = pipeline.then(|| {
             let rec = rec.clone();
+            let mut offset = coherence_lab::cluster::deletions_end();
             tokio::spawn(async move {
-                let mut offset = 0;
                 loop {
                     if let Ok((deletions, next)) = coherence_lab::cluster::read_deletions(offset) {
                         offset = next;

@@ -195,6 +195,39 @@ fn campaigns_against_the_lab() {
     assert_eq!(r["checks"][6]["status"], "valid", "{}", r["checks"]);
     assert!(r["stats"]["by_f"]["fill"]["fail"].as_u64().is_some());
 
+    // Regression: a second run in the same lab recorded the invalidator's deletions of
+    // the run before as its own (the deletion log was read from its start). Without
+    // faults, the outbox relay deletes each write's key once per region: a run records
+    // no more invalidations than its writes times the regions.
+    let o = coherence(&[
+        "run",
+        "campaigns/lab-outbox.toml",
+        "--time-limit",
+        "4s",
+        "--store",
+        store_s,
+    ]);
+    assert!(matches!(o.status.code(), Some(0 | 1)), "{}", text(&o));
+    let history = std::fs::read_to_string(run_dir(&o).join("history.jsonl")).unwrap();
+    let (mut writes, mut invalidations) = (0u64, 0u64);
+    for line in history.lines() {
+        let e: serde_json::Value = serde_json::from_str(line).unwrap();
+        if e["f"] == "write" && e["type"] == "invoke" {
+            writes += 1;
+        }
+        if e["f"] == "invalidate" && e["process"] == "invalidator" {
+            invalidations += 1;
+        }
+    }
+    assert!(
+        writes > 0 && invalidations > 0,
+        "{writes} writes, {invalidations} invalidations"
+    );
+    assert!(
+        invalidations <= writes * 2,
+        "{invalidations} invalidations for {writes} writes in two regions: the run before's were recorded too"
+    );
+
     // SIGKILL of `coherence run` mid-way leaves a history that `check` reads.
     let child = Command::new(env!("CARGO_BIN_EXE_coherence"))
         .args([

@@ -1279,6 +1279,12 @@ pub struct Deletion {
     pub version: i64,
 }
 
+/// Where the invalidator's deletion log ends now: a run reads it from there on, so that
+/// the deletions of the runs before are not taken for its own.
+pub fn deletions_end() -> u64 {
+    std::fs::metadata(lab_dir().join("inv").join("deletions.jsonl")).map_or(0, |m| m.len())
+}
+
 /// The deletions the invalidator logged, from byte `offset` of its log, with the new
 /// offset. For recording them into a history as they happen.
 pub fn read_deletions(offset: u64) -> Result<(Vec<Deletion>, u64)> {
