@@ -170,7 +170,7 @@ struct GenArgs {
     /// `correct` produces a valid history; `buggy` injects fill races, lagging replicas,
     /// lost invalidations under partitions and failovers that lose writes.
     #[arg(long, default_value = "buggy")]
-    mode: coherence_workloads::sim::Mode,
+    mode: coherence_sim::Mode,
     /// Number of keys.
     #[arg(long, default_value_t = 1000)]
     keys: u32,
@@ -442,7 +442,7 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
 }
 
 fn gen(args: GenArgs) -> anyhow::Result<u8> {
-    use coherence_workloads::sim::{generate, SimConfig};
+    use coherence_sim::{generate, SimConfig};
     let config = SimConfig {
         seed: args.seed,
         ops: args.ops,

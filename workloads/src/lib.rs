@@ -1,7 +1,6 @@
 //! Workloads of coherence: the clients, operation generators and cache-aside logic that
-//! drive a system under test, and a seedable simulator of cache-aside systems ([`sim`])
-//! that writes realistic history files without any servers, for testing and
-//! benchmarking the checker.
+//! drive a system under test. The simulator of histories is its own crate,
+//! `coherence-sim`.
 
 #![deny(missing_docs)]
 
@@ -9,6 +8,3 @@ pub mod cache_aside;
 pub mod campaign;
 pub mod pgpass;
 pub mod recorder;
-pub mod sim;
-
-pub use sim::{generate, Mode, SimConfig, SimSummary};

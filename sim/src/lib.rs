@@ -64,6 +64,8 @@
 //! At the default settings a run averages about 3.7 events and 510 bytes of history per
 //! operation (about 137 bytes per line); a million operations take a few seconds.
 
+#![deny(missing_docs)]
+
 use coherence_store::HistoryWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
