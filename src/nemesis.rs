@@ -9,8 +9,8 @@ use coherence_nemeses::fault::{pending, postgres_roles, sentinel_primary, Fault,
 use coherence_nemeses::partition::Shape;
 use coherence_nemeses::schedule::{plan, FaultKind, NemesisConfig, Planned, Targets};
 use coherence_nemeses::staging::{NodeConfig, StagingNodes};
+use coherence_store::recorder::Recorder;
 use coherence_store::{Event, EventType, Process};
-use coherence_workloads::recorder::Recorder;
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -124,7 +124,7 @@ impl Target {
     /// that is missing or cannot be read is an error, not a guess (healing the lab when
     /// the faults were on staging would leave them in place).
     pub fn of_run(run_dir: &Path) -> anyhow::Result<Target> {
-        use coherence_workloads::campaign::{Campaign, Cluster};
+        use coherence_campaign::{Campaign, Cluster};
         // A regular file in the run directory, not a link to somebody else's nodes.
         let file = run_dir.join(coherence_store::run::CAMPAIGN);
         let unknown = |why: String| {

@@ -3,14 +3,15 @@
 
 use anyhow::{bail, Context, Result};
 use coherence_analysis::{check_file_keeping, report, text, Options};
+use coherence_campaign::{Campaign, Cluster};
 use coherence_nemeses::fault::{Journal, JOURNAL};
 use coherence_store::files::{refuse_input, write_output};
+use coherence_store::recorder::Recorder;
 use coherence_store::redact::redact_toml;
 use coherence_store::run::{create_run_dir, point_latest, CAMPAIGN, HISTORY, RESULTS, RUN_JSON};
 use coherence_store::{Event, EventType, HistoryWriter, Process};
 use coherence_workloads::cache_aside::{self, key_name, Endpoints, Node, Phase, RegionNodes};
-use coherence_workloads::campaign::{Campaign, Cluster, Invalidation};
-use coherence_workloads::recorder::Recorder;
+use coherence_workloads::campaign::Invalidation;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 use std::io::IsTerminal;

@@ -3,7 +3,8 @@
 //! This crate knows the history format of `shared/spec/history.md` and nothing about
 //! checking it: the event types ([`event`]), a streaming reader that validates every
 //! line and hands each event to a [`reader::Visitor`] ([`reader`]), a buffered,
-//! append-only writer for recorders ([`writer`]), the layout of run directories
+//! append-only writer ([`writer`]) and the thread-safe recorder that stamps events with
+//! the run's monotonic clock ([`recorder`]), the layout of run directories
 //! ([`run`]), how a run directory's files are read and outputs written without following
 //! links ([`files`]), and the redaction of secrets in campaign files ([`redact`]). It assumes
 //! nothing about where a history came from: our own workloads and a user's client in
@@ -15,6 +16,7 @@ pub mod event;
 pub mod files;
 pub mod progress;
 pub mod reader;
+pub mod recorder;
 pub mod redact;
 pub mod run;
 pub mod writer;

@@ -11,8 +11,8 @@
 //! key with its version log.
 
 use crate::campaign::{CacheReads, DbReads, Distribution, Fill, Invalidation, Workload};
-use crate::recorder::Recorder;
 use anyhow::{Context, Result};
+use coherence_store::recorder::Recorder;
 use coherence_store::{Event, EventType, Process};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

@@ -7,4 +7,3 @@
 pub mod cache_aside;
 pub mod campaign;
 pub mod pgpass;
-pub mod recorder;
