@@ -9,11 +9,13 @@ use coherence_store::files::{refuse_input, write_output};
 use coherence_store::recorder::Recorder;
 use coherence_store::redact::redact_toml;
 use coherence_store::run::{create_run_dir, point_latest, CAMPAIGN, HISTORY, RESULTS, RUN_JSON};
+use coherence_store::run_info::{NodeAddr, RunInfo};
 use coherence_store::{Event, EventType, HistoryWriter, Process};
 use coherence_workloads::cache_aside::{self, key_name, Endpoints, Node, Phase, RegionNodes};
 use coherence_workloads::campaign::Invalidation;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -310,7 +312,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
     // run.json, now that the nodes are known.
     let started = SystemTime::now();
-    let mut nodes: Vec<serde_json::Value> = Vec::new();
+    let mut nodes: Vec<NodeAddr> = Vec::new();
     for n in endpoints
         .db_writers
         .iter()
@@ -318,30 +320,32 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .cloned()
         .chain(endpoints.regions.iter().flat_map(|r| r.all()))
     {
-        let v = json!({"name": n.name, "addr": n.addr});
+        let v = NodeAddr {
+            name: n.name,
+            addr: n.addr,
+        };
         if !nodes.contains(&v) {
             nodes.push(v);
         }
     }
-    let run_json = json!({
-        "tool_version": env!("CARGO_PKG_VERSION"),
-        "campaign": campaign.name,
-        "seed": work.seed,
-        "started_at": humantime::format_rfc3339_millis(started).to_string(),
-        "started_unix_ns": started.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
-        "time_limit_ms": work.time_limit.as_millis() as u64,
-        "concurrency": work.concurrency,
-        "rate": work.rate,
-        "lab": lab,
-        "invalidator": design.map(|d| d.to_string()),
-        "nodes": nodes,
-        "server_versions": server_versions(&endpoints),
-    });
-    write_output(
-        &dir.join(RUN_JSON),
-        &serde_json::to_vec_pretty(&run_json)?,
-        &[],
-    )?;
+    let run_info = RunInfo {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        campaign: campaign.name.clone(),
+        seed: work.seed,
+        started_at: humantime::format_rfc3339_millis(started).to_string(),
+        started_unix_ns: started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+        time_limit_ms: work.time_limit.as_millis() as u64,
+        concurrency: work.concurrency,
+        rate: work.rate,
+        lab,
+        invalidator: design.map(|d| d.to_string()),
+        nodes,
+        server_versions: server_versions(&endpoints),
+    };
+    write_output(&dir.join(RUN_JSON), &run_info.to_json(), &[])?;
     // Who replicates whom, for the checker's causes (failovers change it later).
     rec.log(
         Event::new(
@@ -729,8 +733,8 @@ fn topology(ends: &Endpoints) -> serde_json::Value {
 }
 
 /// The version of every server, as each reports it.
-fn server_versions(ends: &Endpoints) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
+fn server_versions(ends: &Endpoints) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
     for r in &ends.regions {
         for n in &r.all() {
             let version = redis::Client::open(format!("redis://{}/", n.addr))
@@ -742,10 +746,7 @@ fn server_versions(ends: &Endpoints) -> serde_json::Value {
                         .find_map(|l| l.strip_prefix("redis_version:"))
                         .map(|v| format!("redis {}", v.trim()))
                 });
-            out.insert(
-                n.name.clone(),
-                version.map_or(serde_json::Value::Null, Into::into),
-            );
+            out.insert(n.name.clone(), version);
         }
     }
     let pg = std::process::Command::new("psql")
@@ -765,11 +766,8 @@ fn server_versions(ends: &Endpoints) -> serde_json::Value {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| format!("postgresql {}", String::from_utf8_lossy(&o.stdout).trim()));
-    out.insert(
-        ends.db_writers[0].name.clone(),
-        pg.map_or(serde_json::Value::Null, Into::into),
-    );
-    serde_json::Value::Object(out)
+    out.insert(ends.db_writers[0].name.clone(), pg);
+    out
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! line and hands each event to a [`reader::Visitor`] ([`reader`]), a buffered,
 //! append-only writer ([`writer`]) and the thread-safe recorder that stamps events with
 //! the run's monotonic clock ([`recorder`]), the layout of run directories
-//! ([`run`]), how a run directory's files are read and outputs written without following
+//! ([`run`]) and their versioned `run.json` ([`run_info`]), how a run directory's files are read and outputs written without following
 //! links ([`files`]), and the redaction of secrets in campaign files ([`redact`]). It assumes
 //! nothing about where a history came from: our own workloads and a user's client in
 //! another language write the same format.
@@ -19,6 +19,7 @@ pub mod reader;
 pub mod recorder;
 pub mod redact;
 pub mod run;
+pub mod run_info;
 pub mod writer;
 
 pub use event::{Event, EventType, OpKind, Process, Versioned};
