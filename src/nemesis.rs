@@ -126,7 +126,7 @@ impl Target {
     pub fn of_run(run_dir: &Path) -> anyhow::Result<Target> {
         use coherence_campaign::{Campaign, Cluster};
         // A regular file in the run directory, not a link to somebody else's nodes.
-        let file = run_dir.join(coherence_store::run::CAMPAIGN);
+        let file = coherence_store::run::RunDir::new(run_dir).campaign();
         let unknown = |why: String| {
             anyhow::anyhow!(
                 "cannot tell where the faults of {} were applied: {why}; restore the run's \

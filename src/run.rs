@@ -2,13 +2,14 @@
 //! progress bar and the checker.
 
 use anyhow::{bail, Context, Result};
-use coherence_analysis::{check_file_keeping, report, text, Options};
+use coherence_analysis::outputs::{check_and_write, Outputs, Written};
+use coherence_analysis::{text, Options};
 use coherence_campaign::{Campaign, Cluster};
-use coherence_nemeses::fault::{Journal, JOURNAL};
+use coherence_nemeses::fault::Journal;
 use coherence_store::files::{refuse_input, write_output};
 use coherence_store::recorder::Recorder;
 use coherence_store::redact::redact_toml;
-use coherence_store::run::{create_run_dir, point_latest, CAMPAIGN, HISTORY, RESULTS, RUN_JSON};
+use coherence_store::run::{point_latest, RunDir};
 use coherence_store::run_info::{NodeAddr, RunInfo};
 use coherence_store::{Event, EventType, HistoryWriter, Process};
 use coherence_workloads::cache_aside::{self, key_name, Endpoints, Node, Phase, RegionNodes};
@@ -199,8 +200,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
             bail!("invalidation = \"pipeline\" needs an invalidator in the lab: set [cluster] invalidator = \"notify\" or \"outbox\"");
         }
         let (dir, rec) = open_run(&args.store, &campaign.name, &stored_campaign)?;
-        let mut journal = Journal::open(&dir.join(JOURNAL))
-            .with_context(|| format!("cannot open the heal journal in {}", dir.display()))?;
+        let mut journal = Journal::open(&dir.journal())
+            .with_context(|| format!("cannot open the heal journal in {}", dir.path().display()))?;
         let say = |m: &str| eprintln!("preparing the lab: {m}");
         let prepared = coherence_lab::cluster::prepare(
             &keys,
@@ -345,7 +346,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         nodes,
         server_versions: server_versions(&endpoints),
     };
-    write_output(&dir.join(RUN_JSON), &run_info.to_json(), &[])?;
+    write_output(&dir.run_json(), &run_info.to_json(), &[])?;
     // Who replicates whom, for the checker's causes (failovers change it later).
     rec.log(
         Event::new(
@@ -360,7 +361,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // Faults: a thread of their own, journaled in the run directory, healed on every
     // way out (the guard covers a panic).
     let stop_faults = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let journal = dir.join(coherence_nemeses::fault::JOURNAL);
+    let journal = dir.journal();
     let mut heal_guard = None;
     let nemesis_thread = match &campaign.nemesis {
         Some(config) => {
@@ -382,6 +383,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             });
             let (config, rec, stop) = (config.clone(), rec.clone(), stop_faults.clone());
             let tag = dir
+                .path()
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
@@ -543,7 +545,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // The servers' logs, for whoever reads the run later.
     if lab {
         if let Ok(Some(state)) = coherence_lab::cluster::State::load() {
-            if let Err(e) = coherence_lab::cluster::fetch_logs(&state, &dir.join("logs")) {
+            if let Err(e) = coherence_lab::cluster::fetch_logs(&state, &dir.logs()) {
                 eprintln!("warning: could not fetch the lab's server logs: {e:#}");
             }
         }
@@ -556,7 +558,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
 /// The end of every run: the history finished, checked, results, report and JUnit
 /// written, runs/latest and the index refreshed, the verdict printed.
 struct Conclude<'a> {
-    dir: PathBuf,
+    dir: RunDir,
     rec: Arc<Recorder>,
     checks: Option<Vec<coherence_analysis::AnomalyKind>>,
     bound: Duration,
@@ -571,7 +573,7 @@ impl<'a> Conclude<'a> {
         args: &'a RunArgs,
         campaign: &Campaign,
         checks: Option<Vec<coherence_analysis::AnomalyKind>>,
-        dir: PathBuf,
+        dir: RunDir,
         rec: Arc<Recorder>,
     ) -> Conclude<'a> {
         Conclude {
@@ -605,32 +607,28 @@ impl<'a> Conclude<'a> {
             checks,
             ..Options::default()
         };
-        let history_file = dir.join(HISTORY);
+        let history_file = dir.history();
         let inputs = [history_file.as_path(), campaign_file];
-        let (history, results, summary) =
-            check_file_keeping(&history_file, &options, &coherence_store::NoProgress)?;
-        write_output(
-            &dir.join(RESULTS),
-            &serde_json::to_vec_pretty(&results)?,
-            &inputs,
+        let junit_file = dir.junit();
+        let junit: Vec<&Path> = std::iter::once(junit_file.as_path()).chain(junit).collect();
+        let Written { results, report } = check_and_write(
+            &history_file,
+            &options,
+            coherence_store::NoProgress,
+            &Outputs {
+                dir: Some(&dir),
+                junit: &junit,
+                inputs: &inputs,
+            },
         )?;
-        let report_file = dir.join(report::REPORT);
-        let context = report::RunContext::gather(&history_file, Some(summary.sha256))
-            .context("cannot read the run directory for the report")?;
-        report::write(&report_file, &history, &results, &context, &inputs)?;
-        drop(history);
-        let junit_xml = coherence_analysis::junit::render(&results);
-        write_output(&dir.join("junit.xml"), junit_xml.as_bytes(), &inputs)?;
-        if let Some(file) = junit {
-            write_output(file, junit_xml.as_bytes(), &inputs)?;
-        }
-        point_latest(store, &dir).context("cannot point runs/latest at the run")?;
+        let report_file = report.unwrap_or_else(|| dir.report());
+        point_latest(store, dir.path()).context("cannot point runs/latest at the run")?;
         let index = coherence_analysis::index::write(store)
             .with_context(|| format!("cannot write the run index in {}", store.display()))?;
         print!("{}", text::render(&results, 3));
         println!(
             "\n{events} events recorded; run directory: {}",
-            dir.display()
+            dir.path().display()
         );
         println!("report: {}", report_file.display());
         println!("all runs: {}", index.display());
@@ -640,12 +638,12 @@ impl<'a> Conclude<'a> {
 
 /// Creates the run directory with the campaign (redacted) and starts its history: from
 /// here on, whatever happens, the run leaves a directory that `check` and `heal` read.
-fn open_run(store: &Path, name: &str, campaign: &str) -> Result<(PathBuf, Arc<Recorder>)> {
-    let dir = create_run_dir(store, name)
+fn open_run(store: &Path, name: &str, campaign: &str) -> Result<(RunDir, Arc<Recorder>)> {
+    let dir = RunDir::create(store, name)
         .with_context(|| format!("cannot create a run directory in {}", store.display()))?;
-    write_output(&dir.join(CAMPAIGN), campaign.as_bytes(), &[])?;
-    let writer = HistoryWriter::create(&dir.join(HISTORY))?;
-    eprintln!("run directory: {}", dir.display());
+    write_output(&dir.campaign(), campaign.as_bytes(), &[])?;
+    let writer = HistoryWriter::create(&dir.history())?;
+    eprintln!("run directory: {}", dir.path().display());
     Ok((dir, Arc::new(Recorder::new(writer))))
 }
 

@@ -9,7 +9,8 @@ mod common;
 use common::{lab_up, run_dir, text};
 
 use coherence_lab::cluster::LabNodes;
-use coherence_nemeses::fault::{sentinel_primary, Fault, Nodes, JOURNAL};
+use coherence_nemeses::fault::{sentinel_primary, Fault, Nodes};
+use coherence_store::run::RunDir;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -245,7 +246,7 @@ fn kills_and_failovers_have_their_effect_and_heal() {
             serde_json::from_slice(&std::fs::read(Path::new(&dir).join("results.json")).unwrap())
                 .unwrap();
         assert!(
-            coherence_nemeses::fault::pending(&Path::new(&dir).join(JOURNAL))
+            coherence_nemeses::fault::pending(&RunDir::new(&dir).journal())
                 .unwrap()
                 .is_empty(),
             "{t}"
