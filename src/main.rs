@@ -133,7 +133,7 @@ struct CheckArgs {
     /// A history file (.jsonl or .jsonl.gz, or a pipe), a run directory, or - for stdin.
     path: PathBuf,
     /// The staleness bound Δ a read may lag behind acknowledged writes, e.g. 0, 250ms, 2s.
-    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = coherence_store::duration::parse)]
     staleness_bound: Duration,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -180,14 +180,6 @@ struct GenArgs {
     /// Regions (each with a cache primary and replica).
     #[arg(long, default_value_t = 2)]
     regions: u32,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{e}: write a duration such as 0, 250ms, 2s or 1m30s"))
 }
 
 fn main() -> ExitCode {

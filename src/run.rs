@@ -35,7 +35,7 @@ pub struct RunArgs {
     #[arg(long)]
     lab: bool,
     /// Override the campaign's time limit, e.g. 30s.
-    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = coherence_store::duration::parse, value_name = "DURATION")]
     time_limit: Option<Duration>,
     /// Override the number of concurrent clients.
     #[arg(long, value_name = "N")]
@@ -53,10 +53,10 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',', value_name = "FAULTS")]
     nemesis: Option<Vec<String>>,
     /// Override the time between faults.
-    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = coherence_store::duration::parse, value_name = "DURATION")]
     nemesis_interval: Option<Duration>,
     /// Override how long each fault lasts.
-    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = coherence_store::duration::parse, value_name = "DURATION")]
     nemesis_duration: Option<Duration>,
     /// Override the checks that count ([checker] checks), e.g. non-convergence,lost-write.
     #[arg(long, value_delimiter = ',', value_name = "CHECKS")]

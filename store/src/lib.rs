@@ -1,7 +1,8 @@
 //! The history store of coherence.
 //!
 //! This crate knows the history format of `shared/spec/history.md` and nothing about
-//! checking it: the event types ([`event`]), a streaming reader that validates every
+//! checking it: the event types ([`event`]), durations as people write them
+//! ([`duration`]), a streaming reader that validates every
 //! line and hands each event to a [`reader::Visitor`] ([`reader`]), a buffered,
 //! append-only writer ([`writer`]) and the thread-safe recorder that stamps events with
 //! the run's monotonic clock ([`recorder`]), the layout of run directories
@@ -12,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+pub mod duration;
 pub mod event;
 pub mod files;
 pub mod progress;

@@ -6,6 +6,7 @@
 //! Values are validated while they are read, so the TOML parser's own spans give every
 //! mistake its line and field.
 
+use coherence_store::duration::deserialize as duration;
 use serde::{Deserialize, Deserializer};
 use std::time::Duration;
 
@@ -367,18 +368,6 @@ pub struct Checker {
     /// are the checker's, which checks them before a run.
     #[serde(default)]
     pub checks: Option<Vec<String>>,
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{e}: write a duration such as \"250ms\", \"2s\" or \"1m\""
-        ))
-    })
 }
 
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
