@@ -20,7 +20,7 @@
 
 use crate::clock::Skew;
 use crate::fault::Nodes;
-use crate::remote::{shell_words, Remote, RemoteError};
+use crate::remote::{shell_word, shell_words, Remote, RemoteError};
 use crate::ssh::{Ssh, SshConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -78,8 +78,9 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub start: Option<String>,
     /// PostgreSQL only: a shell command that makes this node a fresh standby of
-    /// `{primary}` (replaced by the primary's address), e.g. a script around
-    /// `pg_basebackup -R`. Needed to heal a PostgreSQL failover.
+    /// `{primary}` (replaced by the primary's address, quoted for the shell when it
+    /// needs it), e.g. a script around `pg_basebackup -R`. Needed to heal a PostgreSQL
+    /// failover.
     #[serde(default)]
     pub rebuild_standby: Option<String>,
 }
@@ -359,7 +360,7 @@ impl Nodes for StagingNodes {
                         .into(),
                 )
             })?
-            .replace("{primary}", &addr);
+            .replace("{primary}", &shell_word(&addr));
         ssh.run(&["sh", "-c", &command])?;
         Ok(())
     }
