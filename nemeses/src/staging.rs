@@ -40,8 +40,18 @@ pub fn bump_script(delta_ms: i64) -> String {
     )
 }
 
+/// The services faults know; a campaign names them in lowercase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::VariantNames)]
+#[strum(serialize_all = "lowercase")]
+enum Service {
+    Redis,
+    Sentinel,
+    Postgres,
+    Invalidator,
+}
+
 /// The services faults know, by campaign name.
-pub const SERVICES: &[&str] = &["redis", "sentinel", "postgres", "invalidator"];
+pub const SERVICES: &[&str] = <Service as strum::VariantNames>::VARIANTS;
 
 /// One staging node, as a campaign describes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -189,21 +199,21 @@ impl StagingNodes {
 
 /// The process name a service runs under by default.
 fn default_process(service: &str) -> Option<&'static str> {
-    match service {
-        "redis" => Some("redis-server"),
-        "sentinel" => Some("redis-sentinel"),
-        "postgres" => Some("postgres"),
-        _ => None,
+    match service.parse().ok()? {
+        Service::Redis => Some("redis-server"),
+        Service::Sentinel => Some("redis-sentinel"),
+        Service::Postgres => Some("postgres"),
+        Service::Invalidator => None,
     }
 }
 
 /// The systemd unit a service runs as by default (Debian's names).
 fn default_unit(service: &str) -> Option<&'static str> {
-    match service {
-        "redis" => Some("redis-server"),
-        "sentinel" => Some("redis-sentinel"),
-        "postgres" => Some("postgresql"),
-        _ => None,
+    match service.parse().ok()? {
+        Service::Redis => Some("redis-server"),
+        Service::Sentinel => Some("redis-sentinel"),
+        Service::Postgres => Some("postgresql"),
+        Service::Invalidator => None,
     }
 }
 
