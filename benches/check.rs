@@ -7,8 +7,8 @@
 //! `COHERENCE_BENCH_RUNS=5`. Histories are generated once (seed 1, buggy mode) into
 //! `target/bench-data/`.
 
+use coherence_sim::{generate, Mode, SimConfig};
 use coherence_store::HistoryWriter;
-use coherence_workloads::sim::{generate, Mode, SimConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -8,9 +8,9 @@ mod serve;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
-use coherence_analysis::{bound, check_file_keeping, report, text, Options};
-use coherence_store::files::{refuse_input, write_output};
-use coherence_store::run::{inputs_of, resolve_history, RESULTS};
+use coherence_analysis::outputs::{check_and_write, Outputs, Written};
+use coherence_analysis::{bound, text, Options};
+use coherence_store::run::{inputs_of, resolve_history, RunDir};
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -133,7 +133,7 @@ struct CheckArgs {
     /// A history file (.jsonl or .jsonl.gz, or a pipe), a run directory, or - for stdin.
     path: PathBuf,
     /// The staleness bound Δ a read may lag behind acknowledged writes, e.g. 0, 250ms, 2s.
-    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = coherence_store::duration::parse)]
     staleness_bound: Duration,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
@@ -170,7 +170,7 @@ struct GenArgs {
     /// `correct` produces a valid history; `buggy` injects fill races, lagging replicas,
     /// lost invalidations under partitions and failovers that lose writes.
     #[arg(long, default_value = "buggy")]
-    mode: coherence_workloads::sim::Mode,
+    mode: coherence_sim::Mode,
     /// Number of keys.
     #[arg(long, default_value_t = 1000)]
     keys: u32,
@@ -180,14 +180,6 @@ struct GenArgs {
     /// Regions (each with a cache primary and replica).
     #[arg(long, default_value_t = 2)]
     regions: u32,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s.trim() == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{e}: write a duration such as 0, 250ms, 2s or 1m30s"))
 }
 
 fn main() -> ExitCode {
@@ -224,12 +216,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 fn heal(run_dir: &std::path::Path) -> anyhow::Result<u8> {
-    use coherence_nemeses::fault::{pending, Journal, JOURNAL};
-    let path = run_dir.join(JOURNAL);
+    use coherence_nemeses::fault::{pending, Journal};
+    let path = RunDir::new(run_dir).journal();
     anyhow::ensure!(
         path.exists(),
-        "{} has no {JOURNAL}: point at the run directory of a run with faults",
-        run_dir.display()
+        "{} has no {}: point at the run directory of a run with faults",
+        run_dir.display(),
+        RunDir::JOURNAL
     );
     let left = pending(&path).with_context(|| format!("cannot read {}", path.display()))?;
     if left.is_empty() {
@@ -384,44 +377,29 @@ fn print_status() -> anyhow::Result<u8> {
 
 fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let path = resolve_history(&args.path).map_err(anyhow::Error::msg)?;
-    // No output may overwrite what is checked; refused before the work, not after.
     let inputs = inputs_of(&path);
     let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
-    let outputs = args
-        .out
-        .iter()
-        .flat_map(|dir| [dir.join(RESULTS), dir.join(report::REPORT)])
-        .chain(args.junit.clone());
-    for output in outputs {
-        refuse_input(&output, &inputs)?;
-    }
+    let out = args.out.as_ref().map(RunDir::new);
+    let junit: Vec<&std::path::Path> = args.junit.iter().map(PathBuf::as_path).collect();
     let options = Options {
         staleness_bound: u64::try_from(args.staleness_bound.as_nanos()).unwrap_or(u64::MAX),
         anomaly_limit: args.anomaly_limit,
         checks: args.checks.clone(),
         ..Options::default()
     };
-    let progress = progress::Bar::for_file(&path);
-    let (history, results, summary) = check_file_keeping(&path, &options, &progress)?;
-    drop(progress);
-    let mut report_path = None;
-    if let Some(dir) = &args.out {
-        // The run directory's files first: one that is refused leaves no output behind.
-        let context = report::RunContext::gather(&path, Some(summary.sha256))
-            .with_context(|| format!("cannot read {} for the report", path.display()))?;
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
-        let json = serde_json::to_vec_pretty(&results)?;
-        write_output(&dir.join(RESULTS), &json, &inputs)?;
-        let file = dir.join(report::REPORT);
-        report::write(&file, &history, &results, &context, &inputs)?;
-        report_path = Some(file);
-    }
-    drop(history);
-    if let Some(file) = &args.junit {
-        let xml = coherence_analysis::junit::render(&results);
-        write_output(file, xml.as_bytes(), &inputs)?;
-    }
+    let Written {
+        results,
+        report: report_path,
+    } = check_and_write(
+        &path,
+        &options,
+        progress::Bar::for_file(&path),
+        &Outputs {
+            dir: out.as_ref(),
+            junit: &junit,
+            inputs: &inputs,
+        },
+    )?;
     let mut stdout = std::io::stdout().lock();
     match args.format {
         Format::Json => {
@@ -442,7 +420,7 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
 }
 
 fn gen(args: GenArgs) -> anyhow::Result<u8> {
-    use coherence_workloads::sim::{generate, SimConfig};
+    use coherence_sim::{generate, SimConfig};
     let config = SimConfig {
         seed: args.seed,
         ops: args.ops,

@@ -6,11 +6,10 @@
 
 use coherence_lab::cluster::{LabNodes, State};
 use coherence_nemeses::fault::{pending, Journal};
-use coherence_nemeses::runner::{self, Cluster, Log};
+use coherence_nemeses::runner::{self, Cluster};
 use coherence_nemeses::schedule::NemesisConfig;
 use coherence_nemeses::staging::{NodeConfig, StagingNodes};
-use coherence_store::{Event, EventType, Process};
-use coherence_workloads::recorder::Recorder;
+use coherence_store::recorder::Recorder;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -104,9 +103,9 @@ impl Target {
     /// that is missing or cannot be read is an error, not a guess (healing the lab when
     /// the faults were on staging would leave them in place).
     pub fn of_run(run_dir: &Path) -> anyhow::Result<Target> {
-        use coherence_workloads::campaign::{Campaign, Cluster};
+        use coherence_campaign::{Campaign, Cluster};
         // A regular file in the run directory, not a link to somebody else's nodes.
-        let file = run_dir.join(coherence_store::run::CAMPAIGN);
+        let file = coherence_store::run::RunDir::new(run_dir).campaign();
         let unknown = |why: String| {
             anyhow::anyhow!(
                 "cannot tell where the faults of {} were applied: {why}; restore the run's \
@@ -184,16 +183,6 @@ pub fn heal_pending(journal: &Path, target: &Target) {
     }
 }
 
-/// The run's history as the nemesis's log.
-struct History(Arc<Recorder>);
-
-impl Log for History {
-    fn nemesis(&self, f: &str, value: serde_json::Value) {
-        self.0
-            .log(Event::new(0, Process::Actor("nemesis".into()), EventType::Info, f).value(value));
-    }
-}
-
 /// A campaign's faults, ready to run.
 pub struct Nemesis {
     /// The `[nemesis]` section.
@@ -223,7 +212,7 @@ pub fn run(n: Nemesis) {
         cluster: n.target.cluster(),
         journal: n.journal,
         tag: n.tag,
-        rec: Arc::new(History(n.rec)),
+        rec: n.rec,
         stop: n.stop,
     })
 }
@@ -231,10 +220,10 @@ pub fn run(n: Nemesis) {
 /// After the nemesis thread ended without healing (a panic): heals what the journal
 /// still holds as applied, logging each heal in the history ([`runner::heal_left`]).
 pub fn heal_left(journal_path: &Path, target: &Target, rec: &Arc<Recorder>) {
-    runner::heal_left(journal_path, &target.cluster(), &History(rec.clone()));
+    runner::heal_left(journal_path, &target.cluster(), rec.as_ref());
 }
 
 /// Logs in the history that the nemesis failed outside any one fault (it panicked).
 pub fn log_failure(rec: &Arc<Recorder>, error: &str) {
-    runner::log_failure(&History(rec.clone()), error);
+    runner::log_failure(rec.as_ref(), error);
 }

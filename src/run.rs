@@ -2,17 +2,21 @@
 //! progress bar and the checker.
 
 use anyhow::{bail, Context, Result};
-use coherence_analysis::{check_file_keeping, report, text, Options};
-use coherence_nemeses::fault::{Journal, JOURNAL};
+use coherence_analysis::outputs::{check_and_write, Outputs, Written};
+use coherence_analysis::{text, Options};
+use coherence_campaign::{Campaign, Cluster};
+use coherence_nemeses::fault::Journal;
 use coherence_store::files::{refuse_input, write_output};
+use coherence_store::recorder::Recorder;
 use coherence_store::redact::redact_toml;
-use coherence_store::run::{create_run_dir, point_latest, CAMPAIGN, HISTORY, RESULTS, RUN_JSON};
+use coherence_store::run::{point_latest, RunDir};
+use coherence_store::run_info::{NodeAddr, RunInfo};
 use coherence_store::{Event, EventType, HistoryWriter, Process};
-use coherence_workloads::campaign::{Campaign, Cluster, Invalidation};
-use coherence_workloads::recorder::Recorder;
+use coherence_workloads::campaign::Invalidation;
 use coherence_workloads::workload::{self, key_name, Endpoints, Node, Phase, RegionNodes};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -31,7 +35,7 @@ pub struct RunArgs {
     #[arg(long)]
     lab: bool,
     /// Override the campaign's time limit, e.g. 30s.
-    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = coherence_store::duration::parse, value_name = "DURATION")]
     time_limit: Option<Duration>,
     /// Override the number of concurrent clients.
     #[arg(long, value_name = "N")]
@@ -49,10 +53,10 @@ pub struct RunArgs {
     #[arg(long, value_delimiter = ',', value_name = "FAULTS")]
     nemesis: Option<Vec<String>>,
     /// Override the time between faults.
-    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = coherence_store::duration::parse, value_name = "DURATION")]
     nemesis_interval: Option<Duration>,
     /// Override how long each fault lasts.
-    #[arg(long, value_parser = crate::parse_duration, value_name = "DURATION")]
+    #[arg(long, value_parser = coherence_store::duration::parse, value_name = "DURATION")]
     nemesis_duration: Option<Duration>,
     /// Override the checks that count ([checker] checks), e.g. non-convergence,lost-write.
     #[arg(long, value_delimiter = ',', value_name = "CHECKS")]
@@ -196,8 +200,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
             bail!("invalidation = \"pipeline\" needs an invalidator in the lab: set [cluster] invalidator = \"notify\" or \"outbox\"");
         }
         let (dir, rec) = open_run(&args.store, &campaign.name, &stored_campaign)?;
-        let mut journal = Journal::open(&dir.join(JOURNAL))
-            .with_context(|| format!("cannot open the heal journal in {}", dir.display()))?;
+        let mut journal = Journal::open(&dir.journal())
+            .with_context(|| format!("cannot open the heal journal in {}", dir.path().display()))?;
         let say = |m: &str| eprintln!("preparing the lab: {m}");
         let prepared = coherence_lab::cluster::prepare(
             &keys,
@@ -309,7 +313,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
 
     // run.json, now that the nodes are known.
     let started = SystemTime::now();
-    let mut nodes: Vec<serde_json::Value> = Vec::new();
+    let mut nodes: Vec<NodeAddr> = Vec::new();
     for n in endpoints
         .db_writers
         .iter()
@@ -317,30 +321,32 @@ pub fn run(args: RunArgs) -> Result<u8> {
         .cloned()
         .chain(endpoints.regions.iter().flat_map(|r| r.all()))
     {
-        let v = json!({"name": n.name, "addr": n.addr});
+        let v = NodeAddr {
+            name: n.name,
+            addr: n.addr,
+        };
         if !nodes.contains(&v) {
             nodes.push(v);
         }
     }
-    let run_json = json!({
-        "tool_version": env!("CARGO_PKG_VERSION"),
-        "campaign": campaign.name,
-        "seed": work.seed,
-        "started_at": humantime::format_rfc3339_millis(started).to_string(),
-        "started_unix_ns": started.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos() as u64,
-        "time_limit_ms": work.time_limit.as_millis() as u64,
-        "concurrency": work.concurrency,
-        "rate": work.rate,
-        "lab": lab,
-        "invalidator": design.map(|d| d.to_string()),
-        "nodes": nodes,
-        "server_versions": server_versions(&endpoints),
-    });
-    write_output(
-        &dir.join(RUN_JSON),
-        &serde_json::to_vec_pretty(&run_json)?,
-        &[],
-    )?;
+    let run_info = RunInfo {
+        tool_version: env!("CARGO_PKG_VERSION").to_string(),
+        campaign: campaign.name.clone(),
+        seed: work.seed,
+        started_at: humantime::format_rfc3339_millis(started).to_string(),
+        started_unix_ns: started
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos() as u64,
+        time_limit_ms: work.time_limit.as_millis() as u64,
+        concurrency: work.concurrency,
+        rate: work.rate,
+        lab,
+        invalidator: design.map(|d| d.to_string()),
+        nodes,
+        server_versions: server_versions(&endpoints),
+    };
+    write_output(&dir.run_json(), &run_info.to_json(), &[])?;
     // Who replicates whom, for the checker's causes (failovers change it later).
     rec.log(
         Event::new(
@@ -355,7 +361,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // Faults: a thread of their own, journaled in the run directory, healed on every
     // way out (the guard covers a panic).
     let stop_faults = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let journal = dir.join(coherence_nemeses::fault::JOURNAL);
+    let journal = dir.journal();
     let mut heal_guard = None;
     let nemesis_thread = match &campaign.nemesis {
         Some(config) => {
@@ -377,6 +383,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             });
             let (config, rec, stop) = (config.clone(), rec.clone(), stop_faults.clone());
             let tag = dir
+                .path()
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
@@ -539,7 +546,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     // The servers' logs, for whoever reads the run later.
     if lab {
         if let Ok(Some(state)) = coherence_lab::cluster::State::load() {
-            if let Err(e) = coherence_lab::cluster::fetch_logs(&state, &dir.join("logs")) {
+            if let Err(e) = coherence_lab::cluster::fetch_logs(&state, &dir.logs()) {
                 eprintln!("warning: could not fetch the lab's server logs: {e:#}");
             }
         }
@@ -552,7 +559,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
 /// The end of every run: the history finished, checked, results, report and JUnit
 /// written, runs/latest and the index refreshed, the verdict printed.
 struct Conclude<'a> {
-    dir: PathBuf,
+    dir: RunDir,
     rec: Arc<Recorder>,
     checks: Option<Vec<coherence_analysis::AnomalyKind>>,
     bound: Duration,
@@ -567,7 +574,7 @@ impl<'a> Conclude<'a> {
         args: &'a RunArgs,
         campaign: &Campaign,
         checks: Option<Vec<coherence_analysis::AnomalyKind>>,
-        dir: PathBuf,
+        dir: RunDir,
         rec: Arc<Recorder>,
     ) -> Conclude<'a> {
         Conclude {
@@ -601,32 +608,28 @@ impl<'a> Conclude<'a> {
             checks,
             ..Options::default()
         };
-        let history_file = dir.join(HISTORY);
+        let history_file = dir.history();
         let inputs = [history_file.as_path(), campaign_file];
-        let (history, results, summary) =
-            check_file_keeping(&history_file, &options, &coherence_store::NoProgress)?;
-        write_output(
-            &dir.join(RESULTS),
-            &serde_json::to_vec_pretty(&results)?,
-            &inputs,
+        let junit_file = dir.junit();
+        let junit: Vec<&Path> = std::iter::once(junit_file.as_path()).chain(junit).collect();
+        let Written { results, report } = check_and_write(
+            &history_file,
+            &options,
+            coherence_store::NoProgress,
+            &Outputs {
+                dir: Some(&dir),
+                junit: &junit,
+                inputs: &inputs,
+            },
         )?;
-        let report_file = dir.join(report::REPORT);
-        let context = report::RunContext::gather(&history_file, Some(summary.sha256))
-            .context("cannot read the run directory for the report")?;
-        report::write(&report_file, &history, &results, &context, &inputs)?;
-        drop(history);
-        let junit_xml = coherence_analysis::junit::render(&results);
-        write_output(&dir.join("junit.xml"), junit_xml.as_bytes(), &inputs)?;
-        if let Some(file) = junit {
-            write_output(file, junit_xml.as_bytes(), &inputs)?;
-        }
-        point_latest(store, &dir).context("cannot point runs/latest at the run")?;
+        let report_file = report.unwrap_or_else(|| dir.report());
+        point_latest(store, dir.path()).context("cannot point runs/latest at the run")?;
         let index = coherence_analysis::index::write(store)
             .with_context(|| format!("cannot write the run index in {}", store.display()))?;
         print!("{}", text::render(&results, 3));
         println!(
             "\n{events} events recorded; run directory: {}",
-            dir.display()
+            dir.path().display()
         );
         println!("report: {}", report_file.display());
         println!("all runs: {}", index.display());
@@ -636,12 +639,12 @@ impl<'a> Conclude<'a> {
 
 /// Creates the run directory with the campaign (redacted) and starts its history: from
 /// here on, whatever happens, the run leaves a directory that `check` and `heal` read.
-fn open_run(store: &Path, name: &str, campaign: &str) -> Result<(PathBuf, Arc<Recorder>)> {
-    let dir = create_run_dir(store, name)
+fn open_run(store: &Path, name: &str, campaign: &str) -> Result<(RunDir, Arc<Recorder>)> {
+    let dir = RunDir::create(store, name)
         .with_context(|| format!("cannot create a run directory in {}", store.display()))?;
-    write_output(&dir.join(CAMPAIGN), campaign.as_bytes(), &[])?;
-    let writer = HistoryWriter::create(&dir.join(HISTORY))?;
-    eprintln!("run directory: {}", dir.display());
+    write_output(&dir.campaign(), campaign.as_bytes(), &[])?;
+    let writer = HistoryWriter::create(&dir.history())?;
+    eprintln!("run directory: {}", dir.path().display());
     Ok((dir, Arc::new(Recorder::new(writer))))
 }
 
@@ -729,8 +732,8 @@ fn topology(ends: &Endpoints) -> serde_json::Value {
 }
 
 /// The version of every server, as each reports it.
-fn server_versions(ends: &Endpoints) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
+fn server_versions(ends: &Endpoints) -> BTreeMap<String, Option<String>> {
+    let mut out = BTreeMap::new();
     for r in &ends.regions {
         for n in &r.all() {
             let version = redis::Client::open(format!("redis://{}/", n.addr))
@@ -742,10 +745,7 @@ fn server_versions(ends: &Endpoints) -> serde_json::Value {
                         .find_map(|l| l.strip_prefix("redis_version:"))
                         .map(|v| format!("redis {}", v.trim()))
                 });
-            out.insert(
-                n.name.clone(),
-                version.map_or(serde_json::Value::Null, Into::into),
-            );
+            out.insert(n.name.clone(), version);
         }
     }
     let pg = std::process::Command::new("psql")
@@ -765,11 +765,8 @@ fn server_versions(ends: &Endpoints) -> serde_json::Value {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| format!("postgresql {}", String::from_utf8_lossy(&o.stdout).trim()));
-    out.insert(
-        ends.db_writers[0].name.clone(),
-        pg.map_or(serde_json::Value::Null, Into::into),
-    );
-    serde_json::Value::Object(out)
+    out.insert(ends.db_writers[0].name.clone(), pg);
+    out
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! one worker, not the server. The access log on stderr escapes what clients sent.
 
 use anyhow::{bail, Context};
+use coherence_store::run::{RunDir, INDEX};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{mpsc, Arc};
@@ -52,7 +53,7 @@ pub fn resolve(root: &Path, url: &str) -> Option<PathBuf> {
     }
     let mut file = root.join(relative).canonicalize().ok()?;
     if file.is_dir() {
-        let index = ["index.html", "report.html"]
+        let index = [INDEX, RunDir::REPORT]
             .iter()
             .map(|name| file.join(name))
             .find(|p| p.is_file())?;

@@ -10,7 +10,8 @@
 mod common;
 
 use coherence_lab::cluster::{self, LabNodes};
-use coherence_nemeses::fault::{pending, Nodes, JOURNAL};
+use coherence_nemeses::fault::{pending, Nodes};
+use coherence_store::run::RunDir;
 use common::{coherence, our_rules, text};
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
@@ -173,7 +174,7 @@ fn interrupted_runs_leave_the_lab_as_lab_up_left_it() {
                 dir.join("results.json").is_file(),
                 "run {i}: no results:\n{said}"
             );
-            let journal = dir.join(JOURNAL);
+            let journal = RunDir::new(&dir).journal();
             if journal.exists() {
                 let left = pending(&journal).unwrap();
                 assert!(left.is_empty(), "run {i}: left applied: {left:?}\n{said}");

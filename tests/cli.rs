@@ -417,7 +417,7 @@ fn every_shipped_campaign_is_valid() {
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
         let path = entry.path();
         let text = std::fs::read_to_string(&path).unwrap();
-        coherence_workloads::campaign::Campaign::parse(&text)
+        coherence_campaign::Campaign::parse(&text)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         names.push(entry.file_name().to_string_lossy().into_owned());
     }

@@ -9,9 +9,8 @@ mod common;
 use common::{lab_up, run_dir, text};
 
 use coherence_lab::cluster::LabNodes;
-use coherence_nemeses::fault::{
-    sentinel_primary, Fault, Nodes, PostgresFailover, RedisPromote, JOURNAL,
-};
+use coherence_nemeses::fault::{sentinel_primary, Fault, Nodes, PostgresFailover, RedisPromote};
+use coherence_store::run::RunDir;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -247,7 +246,7 @@ fn kills_and_failovers_have_their_effect_and_heal() {
             serde_json::from_slice(&std::fs::read(Path::new(&dir).join("results.json")).unwrap())
                 .unwrap();
         assert!(
-            coherence_nemeses::fault::pending(&Path::new(&dir).join(JOURNAL))
+            coherence_nemeses::fault::pending(&RunDir::new(&dir).journal())
                 .unwrap()
                 .is_empty(),
             "{t}"

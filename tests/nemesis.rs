@@ -9,10 +9,9 @@ use common::{coherence, lab_up, our_rules, run_dir, text};
 
 use coherence_lab::cluster::LabNodes;
 use coherence_nemeses::clock::Skew;
-use coherence_nemeses::fault::{
-    pending, ClockSkew, Fault, Journal, Latency, Nodes, RedisFailover, JOURNAL,
-};
+use coherence_nemeses::fault::{pending, ClockSkew, Fault, Journal, Latency, Nodes, RedisFailover};
 use coherence_nemeses::partition::Shape;
+use coherence_store::run::RunDir;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -38,7 +37,7 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
 
     // Isolate region r1, journaled first; then "crash" without healing.
     let run = tempfile::tempdir().unwrap();
-    let journal_path = run.path().join(JOURNAL);
+    let journal_path = RunDir::new(run.path()).journal();
     let mut journal = Journal::open(&journal_path).unwrap();
     let shape = Shape::IsolateGroup {
         name: "r1".into(),
@@ -209,7 +208,7 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
             .ok()
             .and_then(|mut d| d.next())
             .and_then(|e| e.ok())
-            .map(|e| e.path().join(JOURNAL))
+            .map(|e| RunDir::new(e.path()).journal())
             .filter(|j| pending(j).is_ok_and(|p| !p.is_empty()));
         // Journaled comes before applied: wait for the rules too.
         if let Some(j) = found.filter(|_| !our_rules(&nodes).is_empty()) {
@@ -288,7 +287,7 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
         history.contains(r#""f":"failover","value":{"demoted":"#),
         "no failover event:\n{t}"
     );
-    assert!(pending(&Path::new(&dir).join(JOURNAL)).unwrap().is_empty());
+    assert!(pending(&RunDir::new(&dir).journal()).unwrap().is_empty());
 
     let o = run("campaigns/lab-outbox-partitions.toml");
     let r = results(&o);
@@ -507,7 +506,7 @@ fn clock_skews_show_in_the_servers_time_and_heal(nodes: &LabNodes) {
             .ok()
             .and_then(|mut d| d.next())
             .and_then(|e| e.ok())
-            .map(|e| e.path().join(JOURNAL))
+            .map(|e| RunDir::new(e.path()).journal())
             .and_then(|j| Some((pending(&j).ok()?.into_iter().next()?.1, j)));
         if let Some((Fault::ClockSkew(ClockSkew { node, skew }), j)) = found {
             if nodes.clock_skew(&node).unwrap() == Some(skew) {
@@ -580,7 +579,7 @@ fn clock_skews_show_in_the_servers_time_and_heal(nodes: &LabNodes) {
     for e in &resets {
         assert_eq!(e["value"]["healed"], true, "{e}");
     }
-    assert!(pending(&Path::new(&dir).join(JOURNAL)).unwrap().is_empty());
+    assert!(pending(&RunDir::new(&dir).journal()).unwrap().is_empty());
     for node in nodes.names() {
         assert_eq!(nodes.clock_skew(&node).unwrap(), None, "{node}");
     }

@@ -160,6 +160,11 @@ fn campaigns_against_the_lab() {
             .starts_with("redis"),
         "{run_json}"
     );
+    // run.json reads back as the versioned struct it was written from.
+    let info = coherence_store::run_info::RunInfo::read(&dir.join("run.json"))
+        .unwrap()
+        .unwrap();
+    assert_eq!((info.seed, info.lab), (1, true));
     assert_eq!(
         std::fs::canonicalize(store.path().join("latest")).unwrap(),
         std::fs::canonicalize(&dir).unwrap()

@@ -11,7 +11,8 @@ mod sshd;
 
 use common::{coherence, lab_up, our_rules, run_dir, text};
 
-use coherence_nemeses::fault::{pending, Nodes, JOURNAL};
+use coherence_nemeses::fault::{pending, Nodes};
+use coherence_store::run::RunDir;
 use std::fmt::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -146,7 +147,7 @@ fn a_staging_campaign_reaches_its_nodes_over_ssh_and_heals() {
         !history.contains(r#""healed":false"#),
         "a fault was not healed"
     );
-    assert!(pending(&Path::new(&run).join(JOURNAL)).unwrap().is_empty());
+    assert!(pending(&RunDir::new(&run).journal()).unwrap().is_empty());
     assert!(our_rules(&lab).is_empty(), "{:?}", our_rules(&lab));
     for (name, _, _) in HOSTS {
         assert!(
@@ -181,7 +182,7 @@ fn a_staging_campaign_reaches_its_nodes_over_ssh_and_heals() {
         let found = std::fs::read_dir(store.join("staging-over-ssh"))
             .unwrap()
             .flatten()
-            .map(|e| e.path().join(JOURNAL))
+            .map(|e| RunDir::new(e.path()).journal())
             .find(|j| pending(j).is_ok_and(|p| !p.is_empty()));
         if let Some(j) = found {
             if !our_rules(&lab).is_empty() {

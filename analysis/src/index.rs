@@ -5,7 +5,7 @@
 
 use crate::bound::{shown, shown_cut, NAME_LIMIT};
 use coherence_store::files::write_output;
-use coherence_store::run::{list_runs, RunEntry, INDEX, RESULTS};
+use coherence_store::run::{list_runs, RunDir, RunEntry, INDEX};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use std::path::{Path, PathBuf};
@@ -84,10 +84,10 @@ fn row(run: &RunEntry) -> Markup {
     html! {
         tr {
             td { (shown(&run.campaign)) }
-            td { a href=(link("report.html")) { (shown(&run.name)) } }
+            td { a href=(link(RunDir::REPORT)) { (shown(&run.name)) } }
             td class=(verdict) { (verdict) }
             td { @if counts.is_empty() { "—" } @else { (counts) } }
-            td { a href=(link(RESULTS)) { "results.json" } }
+            td { a href=(link(RunDir::RESULTS)) { (RunDir::RESULTS) } }
         }
     }
 }

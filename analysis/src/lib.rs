@@ -5,7 +5,8 @@
 //! parallel ([`check`]), proves each anomaly as a cycle of the dependency graph
 //! ([`graph`]), explains it in sentences with its likely cause ([`explain`]), and
 //! gathers the verdict, counts and distributions into versioned [`results`], which
-//! [`text`] and the HTML [`report`] render. Every string of the history is cut where
+//! [`text`] and the HTML [`report`] render; [`outputs`] writes them in one order for
+//! `check` and `run`. Every string of the history is cut where
 //! results keep it and escaped wherever it is shown ([`bound`]). It never
 //! touches a network; all it needs is the history.
 
@@ -20,6 +21,7 @@ pub mod graph;
 pub mod index;
 pub mod junit;
 pub mod model;
+pub mod outputs;
 pub mod report;
 pub mod results;
 pub mod text;

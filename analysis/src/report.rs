@@ -19,7 +19,7 @@ use crate::AnomalyKind;
 use coherence_store::faults::{self, Family};
 use coherence_store::files::{read_regular, write_output, OutputError};
 use coherence_store::redact::redact_toml;
-use coherence_store::run::{run_dir_of, CAMPAIGN, RUN_JSON};
+use coherence_store::run::RunDir;
 use coherence_store::OpKind;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use plotters::coord::Shift;
@@ -29,8 +29,6 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::Path;
 
-/// The report's file name in a run directory or `--out` directory.
-pub const REPORT: &str = "report.html";
 /// How many anomalies the report explains at most.
 pub const ANOMALY_LIMIT: usize = 50;
 /// How many nemesis and control events the report lists at most.
@@ -83,11 +81,11 @@ impl RunContext {
             history_name: name.clone(),
             ..RunContext::default()
         };
-        if let Some(dir) = run_dir_of(history) {
-            if let Some(bytes) = read_regular(&dir.join(CAMPAIGN))? {
+        if let Some(dir) = RunDir::of_history(history) {
+            if let Some(bytes) = read_regular(&dir.campaign())? {
                 ctx.set_campaign(&bytes);
             }
-            if let Some(bytes) = read_regular(&dir.join(RUN_JSON))? {
+            if let Some(bytes) = read_regular(&dir.run_json())? {
                 ctx.run = serde_json::from_slice(&bytes).ok();
             }
         }
@@ -338,7 +336,7 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
                 h3 { "Campaign file (as stored in the run directory, secrets redacted)" }
                 @if ctx.campaign_redacted > 0 {
                     p.note {
-                        (CAMPAIGN) " in the run directory held " (ctx.campaign_redacted)
+                        (RunDir::CAMPAIGN) " in the run directory held " (ctx.campaign_redacted)
                         " secret value(s), redacted here. Its sha256 is not shown: it would let anyone test guesses of them."
                     }
                 }
@@ -349,7 +347,7 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
             } @else if let Some(why) = &ctx.campaign_withheld {
                 h3 { "Campaign file" }
                 p.note {
-                    (CAMPAIGN) " is in the run directory but not shown: " (shown_cut(why, TEXT_LIMIT))
+                    (RunDir::CAMPAIGN) " is in the run directory but not shown: " (shown_cut(why, TEXT_LIMIT))
                     ", so secrets in it could not be found and redacted."
                 }
             } @else {
@@ -1343,12 +1341,12 @@ fn integrity(ctx: &RunContext) -> Markup {
         section id="integrity" {
             h2 { "Integrity" }
             p { "These hashes identify exactly what was checked. Recompute them in the run directory with:" }
-            pre { "sha256sum " (history_name) @if ctx.campaign_sha256.is_some() { " " (CAMPAIGN) } }
+            pre { "sha256sum " (history_name) @if ctx.campaign_sha256.is_some() { " " (RunDir::CAMPAIGN) } }
             table {
                 thead { tr { th { "file" } th { "sha256" } } }
                 tbody {
                     tr { td { code { (history_name) } } td { code { (ctx.history_sha256.as_deref().unwrap_or("(not computed)")) } } }
-                    @if let Some(c) = &ctx.campaign_sha256 { tr { td { code { (CAMPAIGN) } } td { code { (c) } } } }
+                    @if let Some(c) = &ctx.campaign_sha256 { tr { td { code { (RunDir::CAMPAIGN) } } td { code { (c) } } } }
                 }
             }
         }

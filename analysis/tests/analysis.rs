@@ -270,7 +270,7 @@ mod simulated {
     use super::*;
     use coherence_analysis::check::{self, Context};
     use coherence_analysis::model::Builder;
-    use coherence_workloads::sim::{generate, FaultLevel, Mode, SimConfig};
+    use coherence_sim::{generate, FaultLevel, Mode, SimConfig};
 
     /// How the checker's causes compare with the simulator's truth.
     #[derive(Default, Debug)]

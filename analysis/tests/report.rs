@@ -223,7 +223,7 @@ fn reports_are_self_contained() {
 }
 
 fn simulated(dir: &Path, ops: u64) -> PathBuf {
-    use coherence_workloads::sim::{generate, Mode, SimConfig};
+    use coherence_sim::{generate, Mode, SimConfig};
     let path = dir.join(format!("sim-{ops}.jsonl"));
     let mut w = coherence_store::HistoryWriter::create(&path).unwrap();
     let config = SimConfig {

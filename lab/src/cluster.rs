@@ -201,7 +201,7 @@ fn require_tools() -> Result<()> {
         "setpriv",
     ] {
         if Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
+            .args(["-c", &shell_words(&["command", "-v", tool])])
             .output()
             .map(|o| !o.status.success())
             .unwrap_or(true)

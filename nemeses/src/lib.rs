@@ -18,13 +18,5 @@ pub mod schedule;
 pub mod ssh;
 pub mod staging;
 
-/// Reads a duration written for people: "500ms", "5s", "1m".
-pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<std::time::Duration, D::Error> {
-    use serde::Deserialize;
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!("{e}: write a duration such as \"500ms\" or \"5s\""))
-    })
-}
+/// Reads a duration written for people in a campaign file: `"0"`, `"500ms"`, `"5s"`.
+pub(crate) use coherence_store::duration::deserialize as duration;

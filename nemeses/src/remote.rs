@@ -123,19 +123,33 @@ impl<R: Remote + ?Sized> Remote for std::sync::Arc<R> {
     }
 }
 
-/// Quotes a command for messages.
+/// One word as a POSIX shell reads it back unchanged, whatever it holds: single-quoted,
+/// each `'` in it written `'\''`. The one quoting rule of the project: [`shell_word`]
+/// and [`shell_words`] use it, and so does the SSH remote for the command line a node's
+/// shell receives.
+pub fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
+}
+
+/// One word for a shell, quoted only when it needs it: a word of letters, digits and
+/// `-_./=:,@%+` stays as it is, which reads better in messages.
+pub fn shell_word(word: &str) -> std::borrow::Cow<'_, str> {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+    {
+        word.into()
+    } else {
+        shell_quote(word).into()
+    }
+}
+
+/// A command as a shell reads it back ([`shell_word`] for each word): for messages,
+/// and for commands built into scripts.
 pub fn shell_words(argv: &[&str]) -> String {
     argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-            {
-                a.to_string()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
+        .map(|a| shell_word(a))
         .collect::<Vec<_>>()
         .join(" ")
 }

@@ -43,6 +43,14 @@ pub trait Log: Send + Sync {
     fn nemesis(&self, f: &str, value: serde_json::Value);
 }
 
+/// A run's recorder logs the nemesis's events into its history.
+impl Log for coherence_store::recorder::Recorder {
+    fn nemesis(&self, f: &str, value: serde_json::Value) {
+        use coherence_store::{Event, EventType, Process};
+        self.log(Event::new(0, Process::Actor("nemesis".into()), EventType::Info, f).value(value));
+    }
+}
+
 fn log(rec: &dyn Log, f: &str, value: serde_json::Value) {
     rec.nemesis(f, value);
 }
@@ -374,7 +382,7 @@ mod tests {
     #[test]
     fn every_planned_fault_is_journaled_logged_and_its_failure_said() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = dir.path().join(crate::fault::JOURNAL);
+        let journal = coherence_store::run::RunDir::new(dir.path()).journal();
         let events = Arc::new(Events::default());
         let config = NemesisConfig {
             faults: vec![FaultKind::ClockBump, FaultKind::KillInvalidator],

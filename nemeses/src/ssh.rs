@@ -18,7 +18,7 @@
 //! and the call goes on; a connection that fails or times out in the middle of a call
 //! is dropped, and the next call opens a new one.
 
-use crate::remote::{shell_words, Output, Remote, RemoteError};
+use crate::remote::{shell_quote, shell_words, Output, Remote, RemoteError};
 use base64::Engine as _;
 use serde::Deserialize;
 use ssh2::{
@@ -879,7 +879,7 @@ fn command_line(argv: &[&str]) -> Result<String, String> {
     }
     Ok(argv
         .iter()
-        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .map(|a| shell_quote(a))
         .collect::<Vec<_>>()
         .join(" "))
 }

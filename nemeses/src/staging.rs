@@ -20,7 +20,7 @@
 
 use crate::clock::Skew;
 use crate::fault::Nodes;
-use crate::remote::{shell_words, Remote, RemoteError};
+use crate::remote::{shell_word, shell_words, Remote, RemoteError};
 use crate::ssh::{Ssh, SshConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -40,8 +40,18 @@ pub fn bump_script(delta_ms: i64) -> String {
     )
 }
 
+/// The services faults know; a campaign names them in lowercase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::EnumString, strum::VariantNames)]
+#[strum(serialize_all = "lowercase")]
+enum Service {
+    Redis,
+    Sentinel,
+    Postgres,
+    Invalidator,
+}
+
 /// The services faults know, by campaign name.
-pub const SERVICES: &[&str] = &["redis", "sentinel", "postgres", "invalidator"];
+pub const SERVICES: &[&str] = <Service as strum::VariantNames>::VARIANTS;
 
 /// One staging node, as a campaign describes it.
 #[derive(Debug, Clone, Deserialize)]
@@ -78,8 +88,9 @@ pub struct ServiceConfig {
     #[serde(default)]
     pub start: Option<String>,
     /// PostgreSQL only: a shell command that makes this node a fresh standby of
-    /// `{primary}` (replaced by the primary's address), e.g. a script around
-    /// `pg_basebackup -R`. Needed to heal a PostgreSQL failover.
+    /// `{primary}` (replaced by the primary's address, quoted for the shell when it
+    /// needs it), e.g. a script around `pg_basebackup -R`. Needed to heal a PostgreSQL
+    /// failover.
     #[serde(default)]
     pub rebuild_standby: Option<String>,
 }
@@ -188,21 +199,21 @@ impl StagingNodes {
 
 /// The process name a service runs under by default.
 fn default_process(service: &str) -> Option<&'static str> {
-    match service {
-        "redis" => Some("redis-server"),
-        "sentinel" => Some("redis-sentinel"),
-        "postgres" => Some("postgres"),
-        _ => None,
+    match service.parse().ok()? {
+        Service::Redis => Some("redis-server"),
+        Service::Sentinel => Some("redis-sentinel"),
+        Service::Postgres => Some("postgres"),
+        Service::Invalidator => None,
     }
 }
 
 /// The systemd unit a service runs as by default (Debian's names).
 fn default_unit(service: &str) -> Option<&'static str> {
-    match service {
-        "redis" => Some("redis-server"),
-        "sentinel" => Some("redis-sentinel"),
-        "postgres" => Some("postgresql"),
-        _ => None,
+    match service.parse().ok()? {
+        Service::Redis => Some("redis-server"),
+        Service::Sentinel => Some("redis-sentinel"),
+        Service::Postgres => Some("postgresql"),
+        Service::Invalidator => None,
     }
 }
 
@@ -359,7 +370,7 @@ impl Nodes for StagingNodes {
                         .into(),
                 )
             })?
-            .replace("{primary}", &addr);
+            .replace("{primary}", &shell_word(&addr));
         ssh.run(&["sh", "-c", &command])?;
         Ok(())
     }

@@ -8,9 +8,23 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
 
-/// The `type` of an event, as in Jepsen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The `type` of an event, as in Jepsen. Its spelling in the format is its name in
+/// lowercase, for serde and strings alike.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::EnumString,
+    strum::IntoStaticStr,
+    strum::Display,
+)]
 #[serde(rename_all = "lowercase")]
+#[strum(serialize_all = "lowercase")]
 pub enum EventType {
     /// An operation begins.
     Invoke,
@@ -25,34 +39,30 @@ pub enum EventType {
 impl EventType {
     /// Parses the spelling used in the format.
     pub fn parse(s: &str) -> Option<EventType> {
-        match s {
-            "invoke" => Some(EventType::Invoke),
-            "ok" => Some(EventType::Ok),
-            "fail" => Some(EventType::Fail),
-            "info" => Some(EventType::Info),
-            _ => None,
-        }
+        s.parse().ok()
     }
 
     /// The spelling used in the format.
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Invoke => "invoke",
-            EventType::Ok => "ok",
-            EventType::Fail => "fail",
-            EventType::Info => "info",
-        }
-    }
-}
-
-impl fmt::Display for EventType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
 /// The operations the format gives a meaning to (`f`). Anything else is [`OpKind::Other`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Its spelling in the format is its name in kebab-case (`db-read`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::EnumString,
+    strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "kebab-case")]
 pub enum OpKind {
     /// `write`: commit a new version of a key in the database.
     Write,
@@ -75,19 +85,10 @@ pub enum OpKind {
 }
 
 impl OpKind {
-    /// Classifies an `f`.
+    /// Classifies an `f` (`"other"`, like any `f` the format gives no meaning to, is
+    /// [`OpKind::Other`]).
     pub fn parse(f: &str) -> OpKind {
-        match f {
-            "write" => OpKind::Write,
-            "read" => OpKind::Read,
-            "db-read" => OpKind::DbRead,
-            "fill" => OpKind::Fill,
-            "invalidate" => OpKind::Invalidate,
-            "final-read" => OpKind::FinalRead,
-            "db-final-read" => OpKind::DbFinalRead,
-            "final-phase" => OpKind::FinalPhase,
-            _ => OpKind::Other,
-        }
+        f.parse().unwrap_or(OpKind::Other)
     }
 
     /// True for the operations on one item, which must carry a `key`.
@@ -97,17 +98,7 @@ impl OpKind {
 
     /// The spelling used in the format (`"other"` for [`OpKind::Other`]).
     pub fn as_str(self) -> &'static str {
-        match self {
-            OpKind::Write => "write",
-            OpKind::Read => "read",
-            OpKind::DbRead => "db-read",
-            OpKind::Fill => "fill",
-            OpKind::Invalidate => "invalidate",
-            OpKind::FinalRead => "final-read",
-            OpKind::DbFinalRead => "db-final-read",
-            OpKind::FinalPhase => "final-phase",
-            OpKind::Other => "other",
-        }
+        self.into()
     }
 }
 

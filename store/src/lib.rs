@@ -1,24 +1,29 @@
 //! The history store of coherence.
 //!
 //! This crate knows the history format of `shared/spec/history.md` and nothing about
-//! checking it: the event types ([`event`]), a streaming reader that validates every
+//! checking it: the event types ([`event`]), durations as people write them
+//! ([`duration`]), a streaming reader that validates every
 //! line and hands each event to a [`reader::Visitor`] ([`reader`]), a buffered,
-//! append-only writer for recorders ([`writer`]), the layout of run directories
-//! ([`run`]), how a run directory's files are read and outputs written without following
-//! links ([`files`]), the redaction of secrets in campaign files ([`redact`]), and the vocabulary of faults
-//! as histories tell them ([`faults`]). It assumes
+//! append-only writer ([`writer`]) and the thread-safe recorder that stamps events with
+//! the run's monotonic clock ([`recorder`]), the layout of run directories
+//! ([`run`]) and their versioned `run.json` ([`run_info`]), how a run directory's files are read and outputs written without following
+//! links ([`files`]), the redaction of secrets in campaign files ([`redact`]), and the vocabulary of
+//! faults as histories tell them ([`faults`]). It assumes
 //! nothing about where a history came from: our own workloads and a user's client in
 //! another language write the same format.
 
 #![deny(missing_docs)]
 
+pub mod duration;
 pub mod event;
 pub mod faults;
 pub mod files;
 pub mod progress;
 pub mod reader;
+pub mod recorder;
 pub mod redact;
 pub mod run;
+pub mod run_info;
 pub mod writer;
 
 pub use event::{Event, EventType, OpKind, Process, Versioned};

@@ -7,7 +7,10 @@ use coherence_store::progress::{NoProgress, Progress};
 use coherence_store::reader::{
     read_from, read_from_chunked, read_history, GZIP_RATIO_AFTER, STDIN,
 };
-use coherence_store::run::{resolve_history, HISTORY, HISTORY_GZ};
+use coherence_store::run::{resolve_history, RunDir};
+
+const HISTORY: &str = RunDir::HISTORY;
+const HISTORY_GZ: &str = RunDir::HISTORY_GZ;
 use coherence_store::{
     quote, EventRef, HistoryWriter, ProcessRef, ReadError, ReadSummary, ValueRef, MAX_LINE,
 };

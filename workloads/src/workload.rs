@@ -15,8 +15,8 @@
 //! Workloads are chosen by `[workload] kind` in the campaign ([`crate::registry`]).
 
 use crate::campaign;
-use crate::recorder::Recorder;
 use anyhow::{Context, Result};
+use coherence_store::recorder::Recorder;
 use coherence_store::{Event, EventType, Process};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;

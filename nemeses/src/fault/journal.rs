@@ -36,9 +36,6 @@ pub struct Journal {
     next: u64,
 }
 
-/// The journal's file name in a run directory.
-pub const JOURNAL: &str = "faults.jsonl";
-
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -34,7 +34,7 @@ pub mod signal;
 
 pub use clock_skew::ClockSkew;
 pub use iptables::rule_comment;
-pub use journal::{pending, Journal, JOURNAL};
+pub use journal::{pending, Journal};
 pub use latency::Latency;
 pub use ops::{postgres_roles, sentinel_primary};
 pub use packet_loss::PacketLoss;
@@ -307,7 +307,7 @@ mod tests {
     #[test]
     fn the_journal_knows_what_is_still_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(JOURNAL);
+        let path = coherence_store::run::RunDir::new(dir.path()).journal();
         let f = Fault::partition(Shape::Halves, &nodes(), &NoNodes, "t").unwrap();
         let mut j = Journal::open(&path).unwrap();
         let a = j.applying(&f).unwrap();
@@ -346,7 +346,7 @@ mod tests {
     #[test]
     fn an_empty_journal_is_an_empty_journal() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(JOURNAL);
+        let path = coherence_store::run::RunDir::new(dir.path()).journal();
         std::fs::write(&path, "").unwrap();
         assert!(pending(&path).unwrap().is_empty());
         assert_eq!(Journal::open(&path).unwrap().next_seq(), 0);
@@ -357,7 +357,7 @@ mod tests {
         // Regression: every unreadable line was skipped, so an entry that could not be
         // parsed was never healed.
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(JOURNAL);
+        let path = coherence_store::run::RunDir::new(dir.path()).journal();
         let f = Fault::partition(Shape::Halves, &nodes(), &NoNodes, "t").unwrap();
         let mut j = Journal::open(&path).unwrap();
         j.applying(&f).unwrap();
@@ -396,7 +396,7 @@ mod tests {
     #[test]
     fn a_cut_short_last_entry_was_never_applied() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(JOURNAL);
+        let path = coherence_store::run::RunDir::new(dir.path()).journal();
         std::fs::write(&path, "{\"seq\":0,\"time_unix_ns\":1,\"state\":\"appl").unwrap();
         assert!(pending(&path).unwrap().is_empty());
         let mut j = Journal::open(&path).unwrap();

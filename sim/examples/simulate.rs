@@ -1,8 +1,8 @@
-//! Writes a simulated history: `cargo run --release -p coherence-workloads --example
+//! Writes a simulated history: `cargo run --release -p coherence-sim --example
 //! simulate -- OUT.jsonl [OPS] [correct|buggy] [SEED]`.
 
+use coherence_sim::{generate, Mode, SimConfig};
 use coherence_store::HistoryWriter;
-use coherence_workloads::sim::{generate, Mode, SimConfig};
 use std::path::PathBuf;
 use std::time::Instant;
 

@@ -64,6 +64,8 @@
 //! At the default settings a run averages about 3.7 events and 510 bytes of history per
 //! operation (about 137 bytes per line); a million operations take a few seconds.
 
+#![deny(missing_docs)]
+
 use coherence_store::HistoryWriter;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -73,8 +75,19 @@ use std::fmt;
 use std::io;
 use std::str::FromStr;
 
-/// Which system is simulated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Which system is simulated; named in lowercase (`correct`, `buggy`).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::Display,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "lowercase")]
 pub enum Mode {
     /// A coherent cache-aside system with no faults: its histories have no anomaly.
     Correct,
@@ -87,22 +100,19 @@ impl FromStr for Mode {
 
     /// Parses `"correct"` or `"buggy"` (any case).
     fn from_str(s: &str) -> Result<Mode, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "correct" => Ok(Mode::Correct),
-            "buggy" => Ok(Mode::Buggy),
-            _ => Err(format!(
-                "unknown simulation mode {s:?}: use \"correct\" or \"buggy\""
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Correct => "correct",
-            Mode::Buggy => "buggy",
-        })
+        use strum::VariantArray;
+        let name = |m: &Mode| -> &'static str { m.into() };
+        Mode::VARIANTS
+            .iter()
+            .find(|m| name(m).eq_ignore_ascii_case(s))
+            .copied()
+            .ok_or_else(|| {
+                let names: Vec<String> = Mode::VARIANTS
+                    .iter()
+                    .map(|m| format!("{:?}", name(m)))
+                    .collect();
+                format!("unknown simulation mode {s:?}: use {}", names.join(" or "))
+            })
     }
 }
 
@@ -384,23 +394,14 @@ impl Params {
 const EMPTY: u64 = u64::MAX;
 const INIT: u64 = 0;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+/// A client operation; its `f` in the history is its name in kebab-case.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
 enum Fop {
     Read,
     DbRead,
     Fill,
     Write,
-}
-
-impl Fop {
-    fn name(self) -> &'static str {
-        match self {
-            Fop::Read => "read",
-            Fop::DbRead => "db-read",
-            Fop::Fill => "fill",
-            Fop::Write => "write",
-        }
-    }
 }
 
 /// A server: cache node `region * 2 + (0 primary | 1 replica)`, or a database node
@@ -814,7 +815,7 @@ impl<'w> Sim<'w> {
         let (process, region) = (client.process, client.region);
         let replica = self.is_replica(node);
         let invoke_index = self.out.next_index();
-        self.head(Who::Client(process), "invoke", f.name());
+        self.head(Who::Client(process), "invoke", f.into());
         self.key_node(key, node);
         if f == Fop::Write {
             self.line.extend_from_slice(b",\"value\":{\"write\":\"w");
@@ -1061,7 +1062,7 @@ impl<'w> Sim<'w> {
             (Outcome::Fail(why), _) => ("fail", Some(why)),
             (Outcome::Timeout { .. }, _) => ("info", Some("timeout")),
         };
-        self.head(Who::Client(process), kind, op.f.name());
+        self.head(Who::Client(process), kind, op.f.into());
         self.key_node(op.key, op.node);
         match (op.f, kind) {
             (Fop::Write, "ok") => {

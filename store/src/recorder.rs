@@ -3,7 +3,7 @@
 //! backwards. It flushes as it goes (at least every 100 ms), so a run that dies leaves a
 //! history whose only damage is a cut-short last line.
 
-use coherence_store::{Event, EventType, HistoryWriter, Process};
+use crate::{Event, EventType, HistoryWriter, Process};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -1,10 +1,10 @@
 //! Tests of the simulator: determinism, format, shape, and an independent check that
 //! correct-mode histories have no anomaly while buggy ones do.
 
+use coherence_sim::{generate, Mode, SimConfig, SimSummary};
 use coherence_store::{
     read_history, EventRef, EventType, HistoryWriter, NoProgress, OpKind, ProcessRef, ValueRef,
 };
-use coherence_workloads::sim::{generate, Mode, SimConfig, SimSummary};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
