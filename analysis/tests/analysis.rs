@@ -313,8 +313,8 @@ mod simulated {
         let findings = check::check(&ctx);
         let mut s = Scores::default();
         for f in &findings.findings {
-            let Some(cause) = f.cause else { continue };
-            let index = h.ops[f.op as usize].invoke_index;
+            let Some(cause) = f.cause() else { continue };
+            let index = h.ops[f.op() as usize].invoke_index;
             let true_cause = truth.get(&index).copied().unwrap_or("(no truth)");
             let named = cause.kind.name();
             if named == true_cause {
