@@ -461,3 +461,30 @@ pub(crate) fn no_reads(evidence: &Evidence) -> Option<String> {
     (evidence.judged == 0)
         .then(|| "no read or db-read completed ok, so there was no read to judge".to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_one_detector_in_the_order_of_the_spec() {
+        let kinds: Vec<AnomalyKind> = DETECTORS.iter().map(|d| d.kind()).collect();
+        assert_eq!(kinds, AnomalyKind::ALL);
+    }
+
+    #[test]
+    fn names_are_the_spec_names_everywhere() {
+        for &k in AnomalyKind::ALL {
+            let json = serde_json::to_value(k).unwrap();
+            assert_eq!(json.as_str(), Some(k.name()));
+            assert_eq!(k.to_string(), k.name());
+            assert_eq!(k.name().parse::<AnomalyKind>(), Ok(k));
+            assert_eq!(format!(" {} ", k.name()).parse::<AnomalyKind>(), Ok(k));
+        }
+        assert_eq!(AnomalyKind::ReadYourWrites.name(), "read-your-writes");
+        assert_eq!(
+            "stale".parse::<AnomalyKind>(),
+            Err("unknown check \"stale\": the checks are stale-read, phantom-read, version-fork, lost-write, monotonic-read, read-your-writes, non-convergence".to_string())
+        );
+    }
+}
