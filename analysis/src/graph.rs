@@ -2,10 +2,10 @@
 //!
 //! For each anomaly its detector names the operations that prove it (the read, the
 //! writes between the version it saw and the one it should have seen, the earlier read
-//! or own write of the process, the final database read: [`crate::explain::Explanation`]);
-//! this module adds every edge the spec
-//! defines between them — `ww` version order, `wr` a read saw a write, `rw` a read saw
-//! a version a write replaced, `rt` realtime beyond Δ, `po` process order — into a
+//! or own write of the process, the final database read: the proof and context of its
+//! [`crate::explain::Explanation`]); this module adds every edge the spec defines
+//! between them — `ww` version order, `wr` a read saw a write, `rw` a read saw a
+//! version a write replaced, `rt` realtime beyond Δ, `po` process order — into a
 //! petgraph graph, and finds the shortest cycle through the offending operation. The
 //! edges are derived from the rules, not from the anomaly's kind, so a cycle found is
 //! a proof that stands on its own.

@@ -279,7 +279,9 @@ pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
     .map(|n| (n, Vec::new()))
     .collect();
     let mut found = |name: &str, key: &str, op: Option<u64>, version: i64| {
-        c.get_mut(name).unwrap().push((key.to_string(), op, version));
+        c.get_mut(name)
+            .unwrap()
+            .push((key.to_string(), op, version));
     };
 
     // stale-read
