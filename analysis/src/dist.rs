@@ -209,5 +209,11 @@ mod tests {
         }
         assert_eq!(Latency::new().quantile(0.5), None);
         assert_eq!(Latency::bucket(u64::MAX), LATENCY_BUCKETS - 1);
+        let mut longest = Latency::new();
+        longest.record(u64::MAX);
+        assert_eq!(
+            longest.quantile(0.5),
+            Some(Latency::bound(LATENCY_BUCKETS - 1))
+        );
     }
 }

@@ -486,6 +486,8 @@ pub fn build(
     keys.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
     keys.truncate(options.key_limit);
 
+    // One per detector, in the order they ran (the spec's), each with its own rule for
+    // when what it judged leaves it unknown.
     let checks: Vec<CheckResult> = findings
         .judged
         .iter()

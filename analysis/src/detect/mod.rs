@@ -1,8 +1,15 @@
 //! The detectors: one module per anomaly of the spec, each a [`Detector`] with its own
 //! finding type, its own rule for what the history must hold before it can vouch for
 //! it, and its own explanation as data. [`DETECTORS`] lists them in the order of the
-//! spec; adding a check is one module here, its variant of [`AnomalyKind`] and its line
-//! in that list.
+//! spec.
+//!
+//! Adding a check: a module here with a `Check` that implements [`Detector`] (what it
+//! finds on a key, what it judged, when that leaves it unknown) and a finding type that
+//! implements [`Found`] (its operations and its [`Explanation`]); then its `pub mod`
+//! line, its variant of [`AnomalyKind`] (the name in results and `--checks`) and its
+//! line in [`DETECTORS`], all in this file. Counting, results, the text, JUnit and the
+//! report take it from there; the spec (`docs/history.md`) and its brute-force twin in
+//! `tests/brute` get its definition, and the per-detector property test holds it to it.
 //!
 //! What every detector needs to know of a key (its acknowledged writes by version, the
 //! state of every write id, the earliest acknowledgement of a newer write, the
@@ -54,7 +61,6 @@ pub static DETECTORS: &[&dyn Detector] = &[
     Serialize,
     strum::Display,
     strum::IntoStaticStr,
-    strum::EnumIter,
     strum::VariantArray,
 )]
 #[serde(rename_all = "kebab-case")]
@@ -298,8 +304,8 @@ pub struct Key<'h> {
     pub ops: &'h [u32],
     /// Acknowledged writes as (version, complete time, op), sorted.
     pub acked: Vec<(i64, u64, u32)>,
-    /// The state of every write id of the key (an ok write wins over the others, else
-    /// the first).
+    /// The state of every write id of the key: its (last) ok write, else its first
+    /// write.
     pub states: FxHashMap<u32, WriteState>,
     /// True when `"init"` is version 0: no write was acknowledged as version 0.
     pub init_in_force: bool,
@@ -363,7 +369,16 @@ impl<'h> Key<'h> {
         let held: Option<FxHashSet<Val>> = final_value
             .and_then(|f| f.log.as_ref())
             .map(|l| l.iter().copied().collect());
-        let mut k = Key {
+        let mut kept: Vec<(u64, u32)> = vec![(u64::MAX, NONE); acked.len() + 1];
+        for i in (0..acked.len()).rev() {
+            let (version, time, op) = acked[i];
+            kept[i] = if lost(h, final_value, held.as_ref(), version, op) {
+                kept[i + 1]
+            } else {
+                kept[i + 1].min((time, op))
+            };
+        }
+        Key {
             ctx,
             history: h,
             key,
@@ -374,20 +389,10 @@ impl<'h> Key<'h> {
             final_value,
             final_phase: h.final_phase.map(|f| f.0),
             suffix,
-            kept: Vec::new(),
+            kept,
             held,
             fills: OnceCell::new(),
-        };
-        let mut kept: Vec<(u64, u32)> = vec![(u64::MAX, NONE); k.acked.len() + 1];
-        for i in (0..k.acked.len()).rev() {
-            kept[i] = if k.is_lost(k.acked[i].0, k.acked[i].2) {
-                kept[i + 1]
-            } else {
-                kept[i + 1].min((k.acked[i].1, k.acked[i].2))
-            };
         }
-        k.kept = kept;
-        k
     }
 
     /// The earliest acknowledgement of a write newer than `v` (`u64::MAX`: none), and
@@ -415,17 +420,13 @@ impl<'h> Key<'h> {
     /// True when the database's final state lost the acknowledged write `op` of
     /// `version`: its log lacks it, or without a log, it ends below that version.
     pub fn is_lost(&self, version: i64, op: u32) -> bool {
-        let Some(fin) = self.final_value else {
-            return false;
-        };
-        match &self.held {
-            Some(held) => !held.contains(
-                &self.history.ops[op as usize]
-                    .value
-                    .expect("acked writes have values"),
-            ),
-            None => version > fin.value.version,
-        }
+        lost(
+            self.history,
+            self.final_value,
+            self.held.as_ref(),
+            version,
+            op,
+        )
     }
 
     /// The key's fills.
@@ -450,6 +451,22 @@ impl<'h> Key<'h> {
             let op = &h.ops[id as usize];
             (op.outcome == Outcome::Ok && kinds.contains(&op.kind)).then_some((id, op))
         })
+    }
+}
+
+/// True when the final state `fin` (whose log holds `held`, when it has one) lost the
+/// acknowledged write `op` of `version`.
+fn lost(
+    h: &History,
+    fin: Option<&Final>,
+    held: Option<&FxHashSet<Val>>,
+    version: i64,
+    op: u32,
+) -> bool {
+    let Some(fin) = fin else { return false };
+    match held {
+        Some(held) => !held.contains(&h.ops[op as usize].value.expect("acked writes have values")),
+        None => version > fin.value.version,
     }
 }
 

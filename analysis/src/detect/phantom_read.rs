@@ -53,7 +53,9 @@ impl Detector for Check {
                     Some(WriteState::Ok { version, op }) if *version != val.version => {
                         Some((PhantomWhy::WrongVersion, *op))
                     }
-                    _ => None,
+                    // Acknowledged with that version, or an info write that may have
+                    // taken effect.
+                    Some(WriteState::Ok { .. } | WriteState::Info { .. }) => None,
                 }
             };
             if let Some((why, write)) = phantom {
