@@ -499,9 +499,10 @@ mod tests {
             assert_eq!(format!(" {} ", k.name()).parse::<AnomalyKind>(), Ok(k));
         }
         assert_eq!(AnomalyKind::ReadYourWrites.name(), "read-your-writes");
-        assert_eq!(
-            "stale".parse::<AnomalyKind>(),
-            Err("unknown check \"stale\": the checks are stale-read, phantom-read, version-fork, lost-write, monotonic-read, read-your-writes, non-convergence".to_string())
+        let e = "stale".parse::<AnomalyKind>().unwrap_err();
+        assert!(
+            e.starts_with("unknown check \"stale\": the checks are stale-read, phantom-read, "),
+            "{e}"
         );
     }
 }
