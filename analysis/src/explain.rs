@@ -4,9 +4,10 @@
 //! ([`crate::bound`]), so neither grows with a huge key nor carries control characters.
 
 use crate::bound::{self, prose};
-use crate::check::{AnomalyKind, Cause, CauseKind, Context, Finding, PhantomWhy};
+use crate::check::{AnomalyKind, Cause, CauseKind, Context};
+use crate::detect::Finding;
 use crate::graph::{self, EdgeKind, Step};
-use crate::model::{History, Op, Val, INIT, NONE};
+use crate::model::{History, Op, Val, NONE};
 use coherence_store::{quote, OpKind};
 use serde::Serialize;
 
@@ -97,6 +98,10 @@ pub struct Anomaly {
     /// The likely cause (stale reads and non-convergence).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cause: Option<CauseView>,
+    /// What to say when [`Anomaly::cycle`] is empty, when the anomaly's kind has its
+    /// own reason (not in results).
+    #[serde(skip)]
+    pub no_cycle: Option<&'static str>,
 }
 
 /// Formats a duration in ns for people: `0 ns`, `250 µs`, `8 ms`, `1.5 s`.
@@ -132,7 +137,8 @@ pub fn at(ns: u64) -> String {
     }
 }
 
-fn line(index: u64) -> u64 {
+/// The line of the history file of an event index (lines count from 1).
+pub fn line(index: u64) -> u64 {
     index + 1
 }
 
@@ -171,17 +177,109 @@ pub fn op_view(h: &History, id: u32) -> OpView {
     }
 }
 
+/// What a detector's explanation may draw on: the history, the key's index of writes
+/// for the dependency graph, and the words sentences are made of.
+pub struct Explaining<'a> {
+    /// What every key's check knows of the whole history.
+    pub ctx: &'a Context<'a>,
+    /// The key's writes, for the operations a cycle may run through.
+    pub index: &'a graph::KeyIndex,
+    /// Interned key.
+    pub key: u32,
+}
+
+impl Explaining<'_> {
+    /// The history.
+    pub fn history(&self) -> &History {
+        self.ctx.history
+    }
+
+    /// An operation by its kind and number: `read 9`, `write 4`.
+    pub fn name(&self, id: u32) -> String {
+        name(self.ctx.history, id)
+    }
+
+    /// The key, quoted.
+    pub fn key_name(&self) -> String {
+        quote(self.ctx.history.keys.name(self.key))
+    }
+
+    /// ` on r1a` for an operation served by a node, else nothing.
+    pub fn on_node(&self, id: u32) -> String {
+        on_node(self.ctx.history, &self.ctx.history.ops[id as usize])
+    }
+
+    /// What an operation read or wrote: `version 3 ("w7")`, or nothing for a miss.
+    pub fn seen(&self, id: u32) -> String {
+        self.ctx.history.ops[id as usize]
+            .value
+            .map(|v| self.version_of(v))
+            .unwrap_or_default()
+    }
+
+    /// A value: `version 3 ("w7")`.
+    pub fn version_of(&self, v: Val) -> String {
+        version_of(self.ctx.history, v)
+    }
+}
+
+/// An anomaly explained as data, by its detector ([`crate::detect::Found::explain`]):
+/// what [`explain`] turns into the [`Anomaly`] that results, text and the report show.
+#[derive(Debug, Clone)]
+pub struct Explanation {
+    /// One sentence that states the anomaly.
+    pub summary: String,
+    /// The operations that prove it, the offending one first ([`NONE`] entries are
+    /// skipped): shown, and the vertices of the dependency graph.
+    pub proof: Vec<u32>,
+    /// Further operations the cycle may run through (the writes between two versions):
+    /// vertices of the graph, shown only when the cycle uses them.
+    pub context: Vec<u32>,
+    /// The version at stake; an info write of the proof that no read of it shows with a
+    /// version is tied to it.
+    pub version: i64,
+    /// Staleness in ns (stale reads).
+    pub staleness_ns: Option<u64>,
+    /// The likely cause, and the newer write it is about ([`NONE`]: none).
+    pub cause: Option<(Cause, u32)>,
+    /// What to say when the rules give no cycle, when the anomaly has a reason of its
+    /// own (a phantom read is no cycle).
+    pub no_cycle: Option<&'static str>,
+}
+
+impl Explanation {
+    /// An explanation with no staleness, cause or note of its own.
+    pub fn new(summary: String, proof: Vec<u32>, context: Vec<u32>, version: i64) -> Self {
+        Explanation {
+            summary,
+            proof,
+            context,
+            version,
+            staleness_ns: None,
+            cause: None,
+            no_cycle: None,
+        }
+    }
+}
+
 /// Explains one finding: its operations, cycle, sentences and cause.
 pub fn explain(ctx: &Context<'_>, index: &graph::KeyIndex, f: &Finding) -> Anomaly {
     let h = ctx.history;
-    let op = &h.ops[f.op as usize];
+    let e = f.found().explain(&Explaining {
+        ctx,
+        index,
+        key: f.key,
+    });
+    let read = f.op();
+    let op = &h.ops[read as usize];
     let key = bound::name(h.keys.name(f.key));
-    let steps = graph::cycle(h, index, ctx.bound, f);
-    let mut op_ids: Vec<u32> = vec![f.op, f.other, f.extra];
+    let vertices: Vec<u32> = e.proof.iter().chain(&e.context).copied().collect();
+    let steps = graph::cycle(h, ctx.bound, f.key, &vertices, e.version);
+    let mut op_ids: Vec<u32> = e.proof.clone();
     if let Some(steps) = &steps {
         op_ids.extend(steps.iter().flat_map(|s| [s.from, s.to]));
     }
-    if let Some(c) = f.cause.filter(|c| c.op != NONE) {
+    if let Some((c, _)) = e.cause.filter(|(c, _)| c.op != NONE) {
         op_ids.push(c.op);
     }
     let mut seen = rustc_hash::FxHashSet::default();
@@ -192,7 +290,9 @@ pub fn explain(ctx: &Context<'_>, index: &graph::KeyIndex, f: &Finding) -> Anoma
         .iter()
         .flat_map(|o| std::iter::once(o.index).chain(o.complete_index))
         .collect();
-    let cause = f.cause.map(|c| cause_view(ctx, f, c));
+    let cause = e
+        .cause
+        .map(|(c, newer)| cause_view(ctx, f.key, read, newer, e.version, c));
     if let Some(c) = &cause {
         indices.extend(&c.indices);
     }
@@ -221,11 +321,12 @@ pub fn explain(ctx: &Context<'_>, index: &graph::KeyIndex, f: &Finding) -> Anoma
         process: Some(h.process_name(op.process)),
         indices,
         ops,
-        staleness_ns: (f.kind == AnomalyKind::StaleRead).then_some(f.staleness),
-        summary: summary(ctx, f),
+        staleness_ns: e.staleness_ns,
+        summary: e.summary,
         cycle,
         cycle_text,
         cause,
+        no_cycle: e.no_cycle,
     }
 }
 
@@ -234,135 +335,6 @@ fn on_node(h: &History, op: &Op) -> String {
         String::new()
     } else {
         format!(" on {}", prose(h.nodes.name(op.node)))
-    }
-}
-
-fn summary(ctx: &Context<'_>, f: &Finding) -> String {
-    let h = ctx.history;
-    let op = &h.ops[f.op as usize];
-    let key = quote(h.keys.name(f.key));
-    let other = h.ops.get(f.other as usize);
-    let seen = op.value.map(|v| version_of(h, v)).unwrap_or_default();
-    match f.kind {
-        AnomalyKind::StaleRead => {
-            let w = other.expect("a stale read has a newer write");
-            let u = w.value.map_or(0, |v| v.version);
-            format!(
-                "{} of key {key}{} returned {seen} at {}, but version {u} had been acknowledged at {} ({}), {} earlier; the bound allows {}.",
-                name(h, f.op),
-                on_node(h, op),
-                at(op.invoke_time),
-                at(w.complete_time),
-                name(h, f.other),
-                duration(f.staleness),
-                duration(ctx.bound),
-            )
-        }
-        AnomalyKind::PhantomRead => {
-            let why = match f.phantom {
-                Some(PhantomWhy::FailedWrite) => format!(
-                    "{} failed (line {}): it never took effect, so its value cannot be read",
-                    name(h, f.other),
-                    line(other.map_or(0, |o| o.complete_index))
-                ),
-                Some(PhantomWhy::WrongVersion) if op.value.is_some_and(|v| v.write == INIT) => {
-                    "the initial state \"init\" is version 0 only (and only when no write was acknowledged as version 0)".to_string()
-                }
-                Some(PhantomWhy::WrongVersion) => format!(
-                    "{} was acknowledged as version {}",
-                    name(h, f.other),
-                    other.and_then(|o| o.value).map_or(0, |v| v.version)
-                ),
-                _ => format!("no write of key {key} in the history has that id"),
-            };
-            format!(
-                "{} of key {key}{} returned {seen}, but {why}.",
-                name(h, f.op),
-                on_node(h, op)
-            )
-        }
-        AnomalyKind::VersionFork => {
-            let who = |id: u32| {
-                if id == NONE {
-                    "the initial state (\"init\")".to_string()
-                } else {
-                    let o = &h.ops[id as usize];
-                    format!(
-                        "{} ({}, {})",
-                        name(h, id),
-                        o.value
-                            .map_or("?".to_string(), |v| quote(h.writes.name(v.write))),
-                        if o.outcome == crate::model::Outcome::Ok {
-                            "acknowledged"
-                        } else {
-                            "outcome unknown"
-                        }
-                    )
-                }
-            };
-            let shown = if f.extra != NONE {
-                format!(" ({} showed it as version {})", name(h, f.extra), f.version)
-            } else {
-                String::new()
-            };
-            format!(
-                "{} and {} are both version {} of key {key}{shown}: the database handed that version out twice, as a failover that loses committed data does.",
-                who(f.op),
-                who(f.other),
-                f.version
-            )
-        }
-        AnomalyKind::LostWrite => {
-            let fin = h.finals[f.key as usize].as_ref();
-            let how = match fin {
-                Some(fin) if fin.log.is_some() => {
-                    "its log of every version it still holds lacks it".to_string()
-                }
-                Some(fin) => format!("it ends at version {}", fin.value.version),
-                None => String::new(),
-            };
-            format!(
-                "{} of key {key} was acknowledged as {seen} at {}, but the database's final state ({}) has lost it: {how}.",
-                name(h, f.op),
-                at(op.complete_time),
-                name(h, f.other)
-            )
-        }
-        AnomalyKind::MonotonicRead => {
-            let earlier = other.expect("an earlier read");
-            format!(
-                "process {} read version {} of key {key} ({}) and later version {} ({}{}).",
-                h.process_name(op.process),
-                earlier.value.map_or(0, |v| v.version),
-                name(h, f.other),
-                f.version,
-                name(h, f.op),
-                on_node(h, op)
-            )
-        }
-        AnomalyKind::ReadYourWrites => {
-            let w = other.expect("the process's write");
-            format!(
-                "process {} wrote version {} of key {key} ({}, acknowledged at {}) and later read version {} ({}{}).",
-                h.process_name(op.process),
-                w.value.map_or(0, |v| v.version),
-                name(h, f.other),
-                at(w.complete_time),
-                f.version,
-                name(h, f.op),
-                on_node(h, op)
-            )
-        }
-        AnomalyKind::NonConvergence => {
-            let fin = h.finals[f.key as usize].as_ref();
-            format!(
-                "after the final phase, {} of key {key}{} returned {seen}, but the database's final value is {} ({}).",
-                name(h, f.op),
-                on_node(h, op),
-                fin.map(|fin| version_of(h, fin.value)).unwrap_or_default(),
-                name(h, f.other)
-            )
-        }
     }
 }
 
@@ -414,9 +386,18 @@ fn step_view(ctx: &Context<'_>, s: &Step) -> StepView {
     }
 }
 
-fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
+/// The cause `c` of the anomaly of `read` (which saw `version` of `key`), about the
+/// newer write `newer_id`.
+fn cause_view(
+    ctx: &Context<'_>,
+    key: u32,
+    read: u32,
+    newer_id: u32,
+    version: i64,
+    c: Cause,
+) -> CauseView {
     let h = ctx.history;
-    let read = &h.ops[f.op as usize];
+    let read = &h.ops[read as usize];
     let node = prose(h.node_name(read.node));
     let holder = if c.holder == NONE {
         read.node
@@ -432,11 +413,6 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
     } else {
         node.clone()
     };
-    let newer_id = if f.kind == AnomalyKind::NonConvergence {
-        f.extra
-    } else {
-        f.other
-    };
     let newer = h
         .ops
         .get(newer_id as usize)
@@ -451,7 +427,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
             .unwrap_or_else(|| "invalidate".to_string())
     };
     let inval_at = |index: u64| {
-        h.invalidations[f.key as usize]
+        h.invalidations[key as usize]
             .iter()
             .find(|i| i.index == index)
             .map(|i| i.time)
@@ -547,13 +523,14 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
                 String::new()
             }
         ),
-        CauseKind::DatabaseLostWrite if f.kind == AnomalyKind::NonConvergence && f.version > newer_version => format!(
-            "the cache holds version {}, which the database no longer has: the database lost that write (a failover?)",
-            f.version
+        // Only a cache entry can hold a version above the newer write's: a stale read's
+        // newer write is newer than what it read.
+        CauseKind::DatabaseLostWrite if version > newer_version => format!(
+            "the cache holds version {version}, which the database no longer has: the database lost that write (a failover?)",
         ),
         CauseKind::DatabaseLostWrite => format!(
             "the database lost the newer write: every version after {} that was acknowledged before the read ({newer_name} and any later) is missing from the database's final state{}; the read agreed with what the database kept",
-            f.version,
+            version,
             if c.event != u64::MAX {
                 format!(", after the failover at line {}", line(c.event))
             } else {
@@ -568,7 +545,7 @@ fn cause_view(ctx: &Context<'_>, f: &Finding, c: Cause) -> CauseView {
             } else {
                 format!(
                     "not shown by the history: {holder_name} served version {} after {newer_name}{}, and no fill of it, replica or failover explains it",
-                    f.version,
+                    version,
                     match inval_at(c.event) {
                         Some(t) => format!(" and an invalidation at {} (line {})", at(t), line(c.event)),
                         None => String::new(),

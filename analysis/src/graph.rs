@@ -1,15 +1,15 @@
 //! The dependency graph of one anomaly, and its cycle.
 //!
-//! For each anomaly the checker takes the operations that prove it (the read, the
+//! For each anomaly its detector names the operations that prove it (the read, the
 //! writes between the version it saw and the one it should have seen, the earlier read
-//! or own write of the process, the final database read), adds every edge the spec
-//! defines between them — `ww` version order, `wr` a read saw a write, `rw` a read saw
-//! a version a write replaced, `rt` realtime beyond Δ, `po` process order — into a
+//! or own write of the process, the final database read: the proof and context of its
+//! [`crate::explain::Explanation`]); this module adds every edge the spec defines
+//! between them — `ww` version order, `wr` a read saw a write, `rw` a read saw a
+//! version a write replaced, `rt` realtime beyond Δ, `po` process order — into a
 //! petgraph graph, and finds the shortest cycle through the offending operation. The
 //! edges are derived from the rules, not from the anomaly's kind, so a cycle found is
 //! a proof that stands on its own.
 
-use crate::check::{AnomalyKind, Finding};
 use crate::model::{History, Op, Outcome, Val, NONE};
 use coherence_store::OpKind;
 use petgraph::graph::{DiGraph, NodeIndex};
@@ -104,47 +104,27 @@ impl KeyIndex {
     }
 
     /// The op that wrote `val`.
-    fn writer_of(&self, val: Val) -> Option<u32> {
+    pub fn writer_of(&self, val: Val) -> Option<u32> {
         self.by_id.get(&val.write).copied()
+    }
+
+    /// The acknowledged writes from the version after `from` up to `to`: at most the
+    /// first four of them and the last.
+    pub fn chain(&self, from: i64, to: i64) -> Vec<u32> {
+        let writes = &self.writes;
+        let lo = writes.partition_point(|(v, _)| v.version <= from);
+        let hi = writes.partition_point(|(v, _)| v.version <= to);
+        let between = &writes[lo..hi.max(lo)];
+        let mut ids: Vec<u32> = between.iter().take(4).map(|&(_, id)| id).collect();
+        ids.extend(between.last().map(|&(_, id)| id));
+        ids
     }
 }
 
 /// The ops of the proof, as vertices.
-fn vertices(h: &History, index: &KeyIndex, f: &Finding) -> Vec<Vertex> {
-    let mut ids: Vec<u32> = vec![f.op, f.other, f.extra];
-    let writes = &index.writes;
-    // the writes from the version after `from` up to `to`, at most 4 of them plus the last
-    let chain = |from: i64, to: i64, ids: &mut Vec<u32>| {
-        let lo = writes.partition_point(|(v, _)| v.version <= from);
-        let hi = writes.partition_point(|(v, _)| v.version <= to);
-        let between: Vec<u32> = writes[lo..hi.max(lo)].iter().map(|&(_, id)| id).collect();
-        ids.extend(between.iter().take(4));
-        ids.extend(between.last());
-    };
+fn vertices(h: &History, ids: &[u32], version: i64) -> Vec<Vertex> {
+    let mut ids = ids.to_vec();
     let saw = |id: u32| h.ops.get(id as usize).and_then(|o| o.value);
-    match f.kind {
-        AnomalyKind::StaleRead | AnomalyKind::ReadYourWrites | AnomalyKind::NonConvergence => {
-            let target = match f.kind {
-                AnomalyKind::NonConvergence => h.finals[f.key as usize]
-                    .as_ref()
-                    .map_or(f.version, |fin| fin.value.version),
-                _ => saw(f.other).map_or(f.version, |v| v.version),
-            };
-            chain(f.version, target, &mut ids);
-            if f.kind == AnomalyKind::NonConvergence {
-                if let Some(w) = saw(f.op).and_then(|v| index.writer_of(v)) {
-                    ids.push(w);
-                }
-            }
-        }
-        AnomalyKind::MonotonicRead => {
-            if let Some(v) = saw(f.other) {
-                chain(f.version, v.version, &mut ids);
-                ids.extend(index.writer_of(v));
-            }
-        }
-        AnomalyKind::PhantomRead | AnomalyKind::VersionFork | AnomalyKind::LostWrite => {}
-    }
     let mut seen = FxHashSet::default();
     ids.retain(|&id| id != NONE && seen.insert(id));
     // What the reads of the proof saw, to tie info writes to a version.
@@ -162,7 +142,7 @@ fn vertices(h: &History, index: &KeyIndex, f: &Finding) -> Vec<Vertex> {
                         let version = seen_values
                             .iter()
                             .find(|s| s.write == v.write && s.version >= 0)
-                            .map_or(f.version, |s| s.version);
+                            .map_or(version, |s| s.version);
                         Val {
                             version,
                             write: v.write,
@@ -182,15 +162,16 @@ fn vertices(h: &History, index: &KeyIndex, f: &Finding) -> Vec<Vertex> {
 /// Builds the graph of the proof's operations with every edge the rules give.
 fn build(
     h: &History,
-    index: &KeyIndex,
     bound: u64,
-    f: &Finding,
+    key: u32,
+    ids: &[u32],
+    version: i64,
 ) -> (DiGraph<Option<Val>, EdgeKind>, Vec<NodeIndex>, Vec<u32>) {
-    let vs = vertices(h, index, f);
+    let vs = vertices(h, ids, version);
     let mut g = DiGraph::new();
     let nodes: Vec<NodeIndex> = vs.iter().map(|v| g.add_node(v.wrote.or(v.saw))).collect();
     let op = |i: usize| -> &Op { &h.ops[vs[i].op as usize] };
-    let final_log = h.finals[f.key as usize]
+    let final_log = h.finals[key as usize]
         .as_ref()
         .and_then(|fin| fin.log.as_ref().map(|l| (fin.op, l)));
     for a in 0..vs.len() {
@@ -256,12 +237,14 @@ fn build(
     (g, nodes, ops)
 }
 
-/// The shortest cycle through the anomaly's offending operation, if the rules give one.
-pub fn cycle(h: &History, index: &KeyIndex, bound: u64, f: &Finding) -> Option<Vec<Step>> {
-    if f.op == NONE {
+/// The shortest cycle through the anomaly's offending operation (the first of `ids`,
+/// the operations of its proof on `key`), if the rules give one. An info write among
+/// them that no read of them shows with a version is tied to `version`.
+pub fn cycle(h: &History, bound: u64, key: u32, ids: &[u32], version: i64) -> Option<Vec<Step>> {
+    if ids.first().is_none_or(|&id| id == NONE) {
         return None;
     }
-    let (g, nodes, ops) = build(h, index, bound, f);
+    let (g, nodes, ops) = build(h, bound, key, ids, version);
     let step = |from: NodeIndex, to: NodeIndex, kind: EdgeKind| Step {
         from: ops[from.index()],
         to: ops[to.index()],

@@ -1,11 +1,11 @@
 //! The offline checker of coherence.
 //!
 //! It reads a history (any file that follows `shared/spec/history.md`), pairs its
-//! events into operations ([`model`]), runs one detector per anomaly on every key in
-//! parallel ([`check`]), proves each anomaly as a cycle of the dependency graph
-//! ([`graph`]), explains it in sentences with its likely cause ([`explain`]), and
-//! gathers the verdict, counts and distributions into versioned [`results`], which
-//! [`text`] and the HTML [`report`] render; [`outputs`] writes them in one order for
+//! events into operations ([`model`]), runs one detector per anomaly ([`detect`]) on
+//! every key in parallel ([`check`]), proves each anomaly as a cycle of the dependency
+//! graph ([`graph`]), explains it in sentences with its likely cause ([`explain`]), and
+//! gathers the verdict, counts and distributions ([`dist`]) into versioned [`results`],
+//! which [`text`] and the HTML [`report`] render; [`outputs`] writes them in one order for
 //! `check` and `run`. Every string of the history is cut where
 //! results keep it and escaped wherever it is shown ([`bound`]). It never
 //! touches a network; all it needs is the history.
@@ -15,6 +15,8 @@
 pub mod bound;
 pub mod causes;
 pub mod check;
+pub mod detect;
+pub mod dist;
 pub mod explain;
 pub mod faults;
 pub mod graph;

@@ -11,6 +11,7 @@
 //! shown with its control characters escaped, `\u{1b}` for ESC ([`crate::bound`]).
 
 use crate::bound::{self, shown, shown_cut, NAME_LIMIT, TEXT_LIMIT};
+use crate::dist::Latency;
 use crate::explain::{at, duration, Anomaly};
 use crate::faults::{FaultRecord, FaultStatus};
 use crate::model::{History, Outcome};
@@ -476,11 +477,7 @@ fn anomaly(i: usize, a: &Anomaly) -> Markup {
             p.note { "history lines " (lines.join(", ")) }
             p { (shown(&a.summary)) }
             @if a.cycle.is_empty() {
-                p.note { @if a.name == AnomalyKind::PhantomRead {
-                    "A phantom read is no cycle: no committed write produced the value it saw."
-                } @else {
-                    "The rules give no cycle among these operations within the bound."
-                } }
+                p.note { (sentence(a.no_cycle.unwrap_or("the rules give no cycle among these operations within the bound"))) }
             } @else {
                 div.cycle { (cycle_svg(a)) }
                 p { "cycle: " code { (shown(&a.cycle_text)) } }
@@ -792,6 +789,15 @@ pub fn fault_spans(h: &History) -> Vec<FaultSpan> {
         .collect()
 }
 
+/// `why` as a sentence: a capital first letter and a full stop.
+fn sentence(why: &str) -> String {
+    let mut c = why.chars();
+    match c.next() {
+        Some(first) => format!("{}{}.", first.to_uppercase(), c.as_str()),
+        None => String::new(),
+    }
+}
+
 /// The lane and colour of a fault: its family's, else (another nemesis's events) a
 /// lane of its own name, in grey.
 fn lane_of(f: &FaultRecord) -> (String, String) {
@@ -944,21 +950,6 @@ fn fault_lanes(spans: &[FaultSpan], end_ns: u64) -> Markup {
     }
 }
 
-const LAT_BUCKETS: usize = 128;
-
-/// The upper bound (ns) of a latency bucket: quarter octaves from 1 µs.
-fn lat_bound(b: usize) -> f64 {
-    1_000.0 * 2f64.powf(b as f64 / 4.0)
-}
-
-fn lat_bucket(ns: u64) -> usize {
-    if ns <= 1_000 {
-        0
-    } else {
-        (((ns as f64 / 1_000.0).log2() * 4.0).ceil() as usize).min(LAT_BUCKETS - 1)
-    }
-}
-
 const KINDS: [OpKind; 5] = [
     OpKind::Read,
     OpKind::Write,
@@ -972,9 +963,9 @@ const KINDS: [OpKind; 5] = [
 struct Binned {
     bin_ns: u64,
     outcomes: [Vec<u64>; 3],
-    latency: Vec<Vec<[u32; LAT_BUCKETS]>>,
+    latency: Vec<Vec<Latency>>,
     /// Latency of completed operations of every kind, by outcome (ok, fail, info).
-    by_outcome: Vec<Vec<[u32; LAT_BUCKETS]>>,
+    by_outcome: Vec<Vec<Latency>>,
 }
 
 fn bin(h: &History) -> Binned {
@@ -983,8 +974,8 @@ fn bin(h: &History) -> Binned {
     let mut b = Binned {
         bin_ns,
         outcomes: [vec![0; BINS], vec![0; BINS], vec![0; BINS]],
-        latency: vec![vec![[0u32; LAT_BUCKETS]; BINS]; KINDS.len()],
-        by_outcome: vec![vec![[0u32; LAT_BUCKETS]; BINS]; 3],
+        latency: vec![vec![Latency::new(); BINS]; KINDS.len()],
+        by_outcome: vec![vec![Latency::new(); BINS]; 3],
     };
     for op in &h.ops {
         let done = op.complete_time != u64::MAX;
@@ -1001,31 +992,15 @@ fn bin(h: &History) -> Binned {
         };
         b.outcomes[o][i] += 1;
         if done {
-            b.by_outcome[o][i][lat_bucket(op.complete_time - op.invoke_time)] += 1;
+            b.by_outcome[o][i].record(op.complete_time - op.invoke_time);
         }
         if done && op.outcome == Outcome::Ok {
             if let Some(k) = KINDS.iter().position(|&k| k == op.kind) {
-                b.latency[k][i][lat_bucket(op.complete_time - op.invoke_time)] += 1;
+                b.latency[k][i].record(op.complete_time - op.invoke_time);
             }
         }
     }
     b
-}
-
-fn quantile(hist: &[u32; LAT_BUCKETS], q: f64) -> Option<f64> {
-    let n: u64 = hist.iter().map(|&c| c as u64).sum();
-    if n == 0 {
-        return None;
-    }
-    let rank = ((q * n as f64).ceil() as u64).max(1);
-    let mut seen = 0u64;
-    for (b, &c) in hist.iter().enumerate() {
-        seen += c as u64;
-        if seen >= rank {
-            return Some(lat_bound(b));
-        }
-    }
-    None
 }
 
 const SERIES: [RGBColor; 5] = [
@@ -1118,7 +1093,7 @@ fn timeline(h: &History, r: &Results) -> Markup {
             .draw()?;
         Ok(())
     });
-    let latency = |q: f64, series: &[Vec<[u32; LAT_BUCKETS]>], labels: &[&str]| {
+    let latency = |q: f64, series: &[Vec<Latency>], labels: &[&str]| {
         let lines: Vec<(usize, Vec<(f64, f64)>)> = series
             .iter()
             .enumerate()
@@ -1126,7 +1101,7 @@ fn timeline(h: &History, r: &Results) -> Markup {
                 let pts = bins
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, hist)| quantile(hist, q).map(|ns| (x(i), ns / 1e6)))
+                    .filter_map(|(i, hist)| hist.quantile(q).map(|ns| (x(i), ns / 1e6)))
                     .collect::<Vec<_>>();
                 (k, pts)
             })

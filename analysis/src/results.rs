@@ -8,7 +8,9 @@
 //! the string of its JSON. Nothing else is changed: JSON escapes control characters.
 
 use crate::bound;
-use crate::check::{AnomalyKind, Context, Finding, Findings};
+use crate::check::{AnomalyKind, Context, Findings};
+use crate::detect::Finding;
+use crate::dist;
 use crate::explain::{self, Anomaly};
 use crate::graph;
 use crate::model::{History, Outcome, NONE};
@@ -309,22 +311,13 @@ impl Options {
     }
 }
 
-fn nth(sorted: &[u64], q: f64) -> u64 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    // nearest-rank percentile
-    let rank = (q * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn staleness(mut samples: Vec<u64>) -> Staleness {
-    samples.sort_unstable();
-    let n = samples.len() as u64;
+fn staleness(samples: Vec<u64>) -> Staleness {
+    let samples = dist::Exact::new(samples);
+    let n = samples.len();
     let fresh_within = [0u64, 10_000_000, 100_000_000, 1_000_000_000, 10_000_000_000]
         .iter()
         .map(|&limit| {
-            let fresh = samples.partition_point(|&s| s <= limit) as u64;
+            let fresh = samples.at_most(limit);
             let fraction = if n == 0 { 1.0 } else { fresh as f64 / n as f64 };
             Within {
                 within_ns: limit,
@@ -334,24 +327,19 @@ fn staleness(mut samples: Vec<u64>) -> Staleness {
             }
         })
         .collect();
-    let max = samples.last().copied().unwrap_or(0);
-    let mut below = 0;
-    let histogram = bucket_bounds(max)
-        .into_iter()
-        .map(|le_ns| {
-            let upto = samples.partition_point(|&s| s <= le_ns);
-            let count = (upto - below) as u64;
-            below = upto;
-            Bucket { le_ns, count }
-        })
+    let bounds = bucket_bounds(samples.max());
+    let histogram = bounds
+        .iter()
+        .zip(samples.buckets(&bounds))
+        .map(|(&le_ns, count)| Bucket { le_ns, count })
         .collect();
     Staleness {
         histogram,
         reads: n,
-        p50_ns: nth(&samples, 0.5),
-        p99_ns: nth(&samples, 0.99),
-        p999_ns: nth(&samples, 0.999),
-        max_ns: samples.last().copied().unwrap_or(0),
+        p50_ns: samples.quantile(0.5),
+        p99_ns: samples.quantile(0.99),
+        p999_ns: samples.quantile(0.999),
+        max_ns: samples.max(),
         fresh_within,
     }
 }
@@ -384,7 +372,7 @@ pub fn build(
     for f in findings.findings.iter().filter(|f| options.runs(f.kind)) {
         *counts.entry(f.kind.name()).or_default() += 1;
         *per_key[f.key as usize].entry(f.kind.name()).or_default() += 1;
-        let op = &h.ops[f.op as usize];
+        let op = &h.ops[f.op() as usize];
         if op.node != NONE {
             *per_node
                 .entry(bound::name(h.nodes.name(op.node)))
@@ -401,7 +389,7 @@ pub fn build(
                 .entry(f.kind.name())
                 .or_default() += 1;
         }
-        if let Some(c) = f.cause {
+        if let Some(c) = f.cause() {
             *causes
                 .entry(f.kind.name())
                 .or_default()
@@ -498,9 +486,13 @@ pub fn build(
     keys.sort_by(|a, b| b.total.cmp(&a.total).then_with(|| a.key.cmp(&b.key)));
     keys.truncate(options.key_limit);
 
-    let checks: Vec<CheckResult> = AnomalyKind::ALL
+    // One per detector, in the order they ran (the spec's), each with its own rule for
+    // when what it judged leaves it unknown.
+    let checks: Vec<CheckResult> = findings
+        .judged
         .iter()
-        .map(|&kind| {
+        .map(|judged| {
+            let kind = judged.detector.kind();
             if !options.runs(kind) {
                 return CheckResult {
                     name: kind,
@@ -510,7 +502,7 @@ pub fn build(
                 };
             }
             let count = counts[kind.name()];
-            let reason = undecided(kind, h, &findings);
+            let reason = judged.undecided(h);
             let status = if count > 0 {
                 Status::Invalid
             } else if reason.is_some() {
@@ -661,41 +653,5 @@ fn bound_nemesis(log: &crate::faults::NemesisLog) -> crate::faults::NemesisLog {
                 error: bound::text(&e.error),
             })
             .collect(),
-    }
-}
-
-/// Why a check that found nothing cannot vouch for the history, if it cannot: the
-/// history lacks what it judges (no operation of the kind it looks at, no final phase).
-fn undecided(kind: AnomalyKind, h: &History, findings: &Findings) -> Option<String> {
-    match kind {
-        AnomalyKind::StaleRead | AnomalyKind::MonotonicRead | AnomalyKind::ReadYourWrites
-            if findings.reads == 0 =>
-        {
-            Some("no read or db-read completed ok, so there was no read to judge".into())
-        }
-        AnomalyKind::PhantomRead if findings.valued_reads == 0 => Some(
-            "no read, db-read or final-read returned a value, so there was no value to trace to its write".into(),
-        ),
-        AnomalyKind::VersionFork if findings.ok_writes == 0 => Some(
-            "no write was acknowledged, so there was no version to be handed out twice".into(),
-        ),
-        AnomalyKind::LostWrite if findings.keys_without_final > 0 => Some(format!(
-            "{} key(s) with acknowledged writes have no ok db-final-read, so their lost writes cannot be judged",
-            findings.keys_without_final
-        )),
-        AnomalyKind::LostWrite if findings.judged_writes == 0 => Some(
-            "no write was acknowledged, so there was none the database could lose".into(),
-        ),
-        AnomalyKind::NonConvergence if h.final_phase.is_none() => Some(
-            "the history has no final-phase event, so convergence cannot be judged".to_string(),
-        ),
-        AnomalyKind::NonConvergence if findings.final_reads == 0 => Some(
-            "no ok final-read follows the final-phase, so convergence cannot be judged".to_string(),
-        ),
-        AnomalyKind::NonConvergence if findings.final_reads_undecided > 0 => Some(format!(
-            "{} final-read(s) are of keys without an ok db-final-read, so they cannot be judged",
-            findings.final_reads_undecided
-        )),
-        _ => None,
     }
 }

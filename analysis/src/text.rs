@@ -150,11 +150,9 @@ pub fn render(r: &Results, explain: usize) -> String {
             );
             let _ = writeln!(s, "  {}", shown(&a.summary));
             if a.cycle.is_empty() {
-                let why = if a.name == crate::AnomalyKind::PhantomRead {
-                    "a phantom read is no cycle: no committed write produced the value it saw"
-                } else {
-                    "the rules give no cycle among these operations within the bound"
-                };
+                let why = a
+                    .no_cycle
+                    .unwrap_or("the rules give no cycle among these operations within the bound");
                 let _ = writeln!(s, "  ({why})");
             } else {
                 let _ = writeln!(s, "  cycle: {}", shown(&a.cycle_text));

@@ -313,8 +313,8 @@ mod simulated {
         let findings = check::check(&ctx);
         let mut s = Scores::default();
         for f in &findings.findings {
-            let Some(cause) = f.cause else { continue };
-            let index = h.ops[f.op as usize].invoke_index;
+            let Some(cause) = f.cause() else { continue };
+            let index = h.ops[f.op() as usize].invoke_index;
             let true_cause = truth.get(&index).copied().unwrap_or("(no truth)");
             let named = cause.kind.name();
             if named == true_cause {
@@ -435,7 +435,7 @@ mod simulated {
 
 mod property {
     use super::brute;
-    use coherence_analysis::{check_history, model::Builder, Options};
+    use coherence_analysis::{check, check_history, detect, model::Builder, Options};
     use proptest::prelude::*;
 
     proptest! {
@@ -458,6 +458,52 @@ mod property {
             let fast: std::collections::BTreeMap<&str, &str> = results.checks.iter().map(|c| (c.name.name(), c.status.name())).collect();
             prop_assert_eq!(fast, statuses, "history:\n{}", text);
             prop_assert_eq!(results.verdict.name(), verdict, "{:?}\nhistory:\n{}", results.unknown_reasons, text);
+        }
+
+        /// Each detector on its own, held to the definition of its anomaly: the same
+        /// findings (key, offending operation, version at stake), and the same status
+        /// from what it judged.
+        #[test]
+        fn each_detector_agrees_with_the_spec(steps in proptest::collection::vec(brute::step(), 1..60), bound in 0u64..3) {
+            let bound = bound * 1_000_000;
+            let lines = brute::history(&steps);
+            let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+            let mut builder = Builder::new();
+            coherence_store::reader::read_from(text.as_bytes(), std::path::Path::new("prop.jsonl"), &mut builder)
+                .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
+            let h = builder.finish();
+            let ctx = check::Context::new(&h, bound);
+            let mut slow = brute::findings(&text, bound);
+            let (_, statuses) = brute::verdict(&text, bound);
+            for &d in detect::DETECTORS {
+                let name = d.kind().name();
+                let found = check::check_with(&ctx, &[d]);
+                let per_op = brute::counted_per_op(name);
+                let mut fast: Vec<brute::Found> = found
+                    .findings
+                    .iter()
+                    .map(|f| {
+                        prop_assert_eq!(f.kind, d.kind());
+                        Ok((
+                            h.keys.name(f.key).to_string(),
+                            per_op.then_some(f.index),
+                            f.version(),
+                        ))
+                    })
+                    .collect::<Result<_, TestCaseError>>()?;
+                fast.sort();
+                let want = slow.get_mut(name).expect("the spec defines it");
+                want.sort();
+                prop_assert_eq!(&fast, &*want, "{}: history:\n{}", name, text);
+                let status = if !fast.is_empty() {
+                    "invalid"
+                } else if found.judged[0].undecided(&h).is_some() {
+                    "unknown"
+                } else {
+                    "valid"
+                };
+                prop_assert_eq!(status, statuses[name], "{}: {:?}\nhistory:\n{}", name, found.judged, text);
+            }
         }
     }
 }

@@ -543,3 +543,13 @@ fn faults_read_in_words_and_each_kind_has_its_lane() {
     assert!(html.contains("healed, and nothing of it left in place"));
     assert!(html.contains("<summary>as logged</summary>"));
 }
+
+/// An anomaly that is no cycle says why, in the words its detector gives.
+#[test]
+fn a_phantom_read_says_it_is_no_cycle() {
+    let html = render(&example("phantom.jsonl"));
+    assert!(
+        html.contains("A phantom read is no cycle: no committed write produced the value it saw."),
+        "the phantom's note is missing"
+    );
+}

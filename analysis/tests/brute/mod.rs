@@ -191,8 +191,27 @@ fn versioned(v: &Value) -> Option<(i64, String)> {
     ))
 }
 
+/// One anomaly by the definitions: the key, the offending operation's invoke index
+/// (`None` for the anomalies counted per (key, version): [`counted_per_op`]), and the
+/// version at stake (read, written or forked).
+pub type Found = (String, Option<u64>, i64);
+
+/// True for the anomalies counted once per offending operation; `version-fork` is
+/// counted once per (key, version) (`docs/history.md`, "Counting").
+pub fn counted_per_op(name: &str) -> bool {
+    name != "version-fork"
+}
+
 /// Counts the anomalies of the history text by the definitions.
 pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
+    findings(text, bound)
+        .into_iter()
+        .map(|(name, found)| (name, found.len() as u64))
+        .collect()
+}
+
+/// The anomalies of the history text by the definitions, by name.
+pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
     let events: Vec<Value> = text
         .lines()
         .filter(|l| !l.is_empty())
@@ -247,7 +266,7 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
     let wval = |w: &Op| (w.value.as_ref().unwrap().0, w.write_id.clone().unwrap());
     let init_in_force = |key: &str| !ok_writes.iter().any(|w| w.key == key && wval(w).0 == 0);
     let is_read = |o: &Op| ok(o, "read") || ok(o, "db-read");
-    let mut c: BTreeMap<&'static str, u64> = [
+    let mut c: BTreeMap<&'static str, Vec<Found>> = [
         "stale-read",
         "phantom-read",
         "version-fork",
@@ -257,8 +276,13 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
         "non-convergence",
     ]
     .into_iter()
-    .map(|n| (n, 0))
+    .map(|n| (n, Vec::new()))
     .collect();
+    let mut found = |name: &str, key: &str, op: Option<u64>, version: i64| {
+        c.get_mut(name)
+            .unwrap()
+            .push((key.to_string(), op, version));
+    };
 
     // stale-read
     for r in ops.iter().filter(|o| is_read(o)) {
@@ -267,7 +291,7 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
             .iter()
             .any(|w| w.key == r.key && wval(w).0 > *v && w.complete.unwrap() + bound < r.invoke)
         {
-            *c.get_mut("stale-read").unwrap() += 1;
+            found("stale-read", &r.key, Some(r.index), *v);
         }
     }
     // phantom-read
@@ -289,7 +313,7 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
             }
         };
         if phantom {
-            *c.get_mut("phantom-read").unwrap() += 1;
+            found("phantom-read", &r.key, Some(r.index), *v);
         }
     }
     // version-fork
@@ -322,7 +346,9 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
                 }
             }
         }
-        *c.get_mut("version-fork").unwrap() += tied.values().filter(|s| s.len() > 1).count() as u64;
+        for (&version, _) in tied.iter().filter(|(_, s)| s.len() > 1) {
+            found("version-fork", key, None, version);
+        }
     }
     // the last ok db-final-read of each key, by completion (in file order)
     let final_of = |key: &str| -> Option<&Op> {
@@ -339,7 +365,7 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
             None => v > d.value.as_ref().unwrap().0,
         };
         if lost {
-            *c.get_mut("lost-write").unwrap() += 1;
+            found("lost-write", &w.key, Some(w.index), v);
         }
     }
     // monotonic-read and read-your-writes
@@ -352,13 +378,13 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
             .clone()
             .any(|o| is_read(o) && o.value.as_ref().is_some_and(|(v, _)| v > u))
         {
-            *c.get_mut("monotonic-read").unwrap() += 1;
+            found("monotonic-read", &r.key, Some(r.index), *u);
         }
         if earlier
             .into_iter()
             .any(|o| ok(o, "write") && wval(o).0 > *u)
         {
-            *c.get_mut("read-your-writes").unwrap() += 1;
+            found("read-your-writes", &r.key, Some(r.index), *u);
         }
     }
     // non-convergence
@@ -367,7 +393,7 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
             let Some(val) = &r.value else { continue };
             if let Some(d) = final_of(&r.key) {
                 if d.value.as_ref() != Some(val) {
-                    *c.get_mut("non-convergence").unwrap() += 1;
+                    found("non-convergence", &r.key, Some(r.index), val.0);
                 }
             }
         }
