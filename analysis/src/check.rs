@@ -47,7 +47,7 @@ impl<'h> Context<'h> {
         let nemesis = NemesisLog::read(history);
         let mut promotions = Vec::new();
         for f in &nemesis.faults {
-            let said = if f.f == "failover" {
+            let said = if f.f == coherence_store::faults::FAILOVER {
                 f.value.as_ref()
             } else {
                 f.outcome.as_ref()
