@@ -62,6 +62,10 @@ pub struct FaultRecord {
     /// Its family, when the `f` is one of the vocabulary's ([`Family::of_start`]).
     #[serde(skip)]
     pub family: Option<Family>,
+    /// The fault in words, with how it ended ([`FaultRecord::describe`]), made from the
+    /// whole value before results cut it.
+    #[serde(skip)]
+    pub words: String,
     /// Index of the opening event.
     pub index: u64,
     /// When it began, ns.
@@ -89,6 +93,45 @@ pub struct FaultRecord {
 }
 
 impl FaultRecord {
+    /// The fault in words, as an auditor reads it: what was done ("partition into halves
+    /// {db1, r1b} | {db2, r1a}", "kill redis on r1b"), whom it promoted, and how it ended
+    /// ("healed after 3.98 s", "restarted after 1.7 s", "never healed").
+    pub fn describe(&self) -> String {
+        let mut words = match self.family {
+            Some(family) => family.describe(self.value.as_ref()),
+            None => match &self.value {
+                Some(Value::String(v)) => format!("{} {v}", self.f),
+                Some(v) => format!("{} {v}", self.f),
+                None => self.f.clone(),
+            },
+        };
+        let promoted = self
+            .outcome
+            .as_ref()
+            .and_then(|o| o.get("promoted"))
+            .and_then(|p| p.as_str());
+        if let Some(p) = promoted {
+            words.push_str(&format!(", promoted {p}"));
+        }
+        if !self.interval {
+            return words;
+        }
+        let ended = self.family.map_or("ended", |x| x.spec().ended);
+        match (self.status, self.end_ns) {
+            (FaultStatus::ApplyFailed, _) => words.push_str("; failed to apply"),
+            (_, None) => words.push_str(", never healed"),
+            (FaultStatus::HealFailed, Some(end)) => words.push_str(&format!(
+                ", heal failed after {}",
+                faults::span(end.saturating_sub(self.start_ns))
+            )),
+            (_, Some(end)) => words.push_str(&format!(
+                ", {ended} after {}",
+                faults::span(end.saturating_sub(self.start_ns))
+            )),
+        }
+        words
+    }
+
     /// True when the fault was in force at some time in `[from, to]` (an interval that
     /// was applied; instants and faults that failed to apply are never in force).
     pub fn active_during(&self, from: u64, to: u64) -> bool {
@@ -288,6 +331,7 @@ impl NemesisLog {
                 seq,
                 f: ev.f.clone(),
                 family: Family::of_start(&ev.f),
+                words: String::new(),
                 index: ev.index,
                 start_ns: ev.time,
                 end_index: (!interval).then_some(ev.index),
@@ -302,6 +346,9 @@ impl NemesisLog {
                 value,
                 outcome: None,
             });
+        }
+        for f in &mut log.faults {
+            f.words = f.describe();
         }
         log
     }
@@ -357,4 +404,36 @@ impl NemesisLog {
         }
         out
     }
+}
+
+/// A nemesis event in words, for the report's events table: a family's opening event as
+/// the fault, its closing event as how healing went; `None` for other events and
+/// processes (shown as their JSON). Made from the whole value, before results cut it.
+pub fn event_words(process: &str, f: &str, value: Option<&Value>) -> Option<String> {
+    if process != "nemesis" {
+        return None;
+    }
+    if let Some(family) = Family::of_start(f) {
+        return Some(family.describe(value));
+    }
+    if Family::closed_by(f).is_empty() && !f.starts_with("stop-") {
+        return None;
+    }
+    let v = value?;
+    let healed = v.get("healed")?.as_bool()?;
+    if healed {
+        return Some("healed, and nothing of it left in place".to_string());
+    }
+    let mut why: Vec<String> = Vec::new();
+    if let Some(err) = v.get("error").and_then(|x| x.as_str()) {
+        why.push(err.to_string());
+    }
+    if let Some(t) = v.get("traces").and_then(|x| x.as_array()) {
+        why.extend(
+            t.iter()
+                .filter_map(|x| x.as_str())
+                .map(|x| format!("still in place: {x}")),
+        );
+    }
+    Some(format!("NOT healed: {}", why.join("; ")))
 }

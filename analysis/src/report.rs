@@ -13,11 +13,10 @@
 use crate::bound::{self, shown, shown_cut, NAME_LIMIT, TEXT_LIMIT};
 use crate::dist::Latency;
 use crate::explain::{at, duration, Anomaly};
-use crate::faults::{FaultRecord, FaultStatus};
+use crate::faults::FaultRecord;
 use crate::model::{History, Outcome};
 use crate::results::{NodeCounts, Results, Status, Verdict};
 use crate::AnomalyKind;
-use coherence_store::faults::{self, Family};
 use coherence_store::files::{read_regular, write_output, OutputError};
 use coherence_store::redact::redact_toml;
 use coherence_store::run::RunDir;
@@ -369,8 +368,8 @@ fn context(r: &Results, ctx: &RunContext) -> Markup {
                         @for e in r.events.iter().take(EVENT_LIMIT) {
                             tr {
                                 td.n { (e.index + 1) } td.n { (at(e.time_ns)) } td { (shown(&e.process)) } td { (shown(&e.f)) }
-                                td { @if let Some(words) = event_words(e) {
-                                        (shown_cut(&words, TEXT_LIMIT))
+                                td { @if let Some(words) = &e.words {
+                                        (shown(words))
                                         @if let Some(v) = &e.value { details { summary { "as logged" } code { (json_text(v, usize::MAX)) } } }
                                     } @else {
                                         code { (e.value.as_ref().map(|v| json_text(v, usize::MAX)).unwrap_or_default()) }
@@ -409,7 +408,7 @@ fn faults(r: &Results) -> Markup {
                             tr {
                                 td.n { @if let Some(s) = f.seq { (s) } }
                                 td.n { (f.index + 1) }
-                                td { (shown_cut(&fault_words(f), TEXT_LIMIT)) }
+                                td { (shown(&f.words)) }
                                 td { code { (shown(&f.f)) } }
                                 td.n { (at(f.start_ns)) }
                                 td.n { @if f.interval { @if let Some(e) = f.end_ns { (at(e)) } @else { "never" } } }
@@ -783,7 +782,7 @@ pub fn fault_spans(h: &History) -> Vec<FaultSpan> {
                 f: bound::name(&f.f),
                 lane,
                 colour,
-                words: fault_words(&f),
+                words: f.words.clone(),
             }
         })
         .collect()
@@ -814,76 +813,6 @@ fn lane_of(f: &FaultRecord) -> (String, String) {
             "#c8c8c8".to_string(),
         ),
     }
-}
-
-/// A fault in words, as an auditor reads it: what was done ("partition into halves {db1,
-/// r1b} | {db2, r1a}", "kill redis on r1b"), whom it promoted, and how it ended
-/// ("healed after 3.98 s", "restarted after 1.7 s", "never healed").
-pub fn fault_words(f: &FaultRecord) -> String {
-    let mut words = match f.family {
-        Some(family) => family.describe(f.value.as_ref()),
-        None => match &f.value {
-            Some(v) => format!("{} {}", f.f, json_text(v, TEXT_LIMIT)),
-            None => f.f.clone(),
-        },
-    };
-    let promoted = f
-        .outcome
-        .as_ref()
-        .and_then(|o| o.get("promoted"))
-        .and_then(|p| p.as_str());
-    if let Some(p) = promoted {
-        words.push_str(&format!(", promoted {p}"));
-    }
-    if !f.interval {
-        return words;
-    }
-    let ended = f.family.map_or("ended", |x| x.spec().ended);
-    match (f.status, f.end_ns) {
-        (FaultStatus::ApplyFailed, _) => words.push_str("; failed to apply"),
-        (_, None) => words.push_str(", never healed"),
-        (FaultStatus::HealFailed, Some(end)) => words.push_str(&format!(
-            ", heal failed after {}",
-            faults::span(end.saturating_sub(f.start_ns))
-        )),
-        (_, Some(end)) => words.push_str(&format!(
-            ", {ended} after {}",
-            faults::span(end.saturating_sub(f.start_ns))
-        )),
-    }
-    words
-}
-
-/// The nemesis event `e` in words, for the events table: a family's opening event as
-/// the fault, its closing event as how healing went; `None` for other events (shown as
-/// their JSON).
-fn event_words(e: &crate::results::ActorEvent) -> Option<String> {
-    if e.process != "nemesis" {
-        return None;
-    }
-    if let Some(family) = Family::of_start(&e.f) {
-        return Some(family.describe(e.value.as_ref()));
-    }
-    if Family::closed_by(&e.f).is_empty() && !e.f.starts_with("stop-") {
-        return None;
-    }
-    let v = e.value.as_ref()?;
-    let healed = v.get("healed")?.as_bool()?;
-    if healed {
-        return Some("healed, and nothing of it left in place".to_string());
-    }
-    let mut why: Vec<String> = Vec::new();
-    if let Some(err) = v.get("error").and_then(|x| x.as_str()) {
-        why.push(err.to_string());
-    }
-    if let Some(t) = v.get("traces").and_then(|x| x.as_array()) {
-        why.extend(
-            t.iter()
-                .filter_map(|x| x.as_str())
-                .map(|x| format!("still in place: {x}")),
-        );
-    }
-    Some(format!("NOT healed: {}", why.join("; ")))
 }
 
 /// The colour `#rrggbb` as plotters takes it.

@@ -224,6 +224,10 @@ pub struct ActorEvent {
     /// Its value as JSON, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<serde_json::Value>,
+    /// A nemesis event in words ([`crate::faults::event_words`]), made from the whole
+    /// value before it was cut.
+    #[serde(skip)]
+    pub words: Option<String>,
 }
 
 /// Everything `check` concludes.
@@ -561,16 +565,20 @@ pub fn build(
         .standalone
         .iter()
         .filter(|e| e.actor == "nemesis" || e.actor == "control")
-        .map(|e| ActorEvent {
-            index: e.index,
-            time_ns: e.time,
-            process: bound::name(&e.actor),
-            f: bound::name(&e.f),
-            value: e
+        .map(|e| {
+            let value: Option<serde_json::Value> = e
                 .value
                 .as_deref()
-                .and_then(|v| serde_json::from_str(v).ok())
-                .map(bound::value),
+                .and_then(|v| serde_json::from_str(v).ok());
+            ActorEvent {
+                index: e.index,
+                time_ns: e.time,
+                process: bound::name(&e.actor),
+                f: bound::name(&e.f),
+                words: crate::faults::event_words(&e.actor, &e.f, value.as_ref())
+                    .map(|w| bound::text(&w)),
+                value: value.map(bound::value),
+            }
         })
         .collect::<Vec<_>>();
     let stats = HistoryStats {
@@ -633,6 +641,7 @@ fn bound_nemesis(log: &crate::faults::NemesisLog) -> crate::faults::NemesisLog {
                 seq: f.seq,
                 f: bound::name(&f.f),
                 family: f.family,
+                words: bound::text(&f.words),
                 index: f.index,
                 start_ns: f.start_ns,
                 end_index: f.end_index,

@@ -473,6 +473,14 @@ fn faults_read_in_words_and_each_kind_has_its_lane() {
     let halves = serde_json::json!({"kind": "partition", "shape": {"shape": "halves"},
         "grudge": {"db1": ["db2", "r1a"], "r1b": ["db2", "r1a"], "db2": ["db1", "r1b"], "r1a": ["db1", "r1b"]},
         "rules": [{"node": "db1", "args": ["INPUT", "-s", "10.77.0.12", "-j", "DROP", "-m", "comment", "--comment", "coherence:t-0"]}]});
+    // As in a real run, the rules make the value larger than results keep of a value
+    // (4 KiB): the words are made from the whole value, before it is cut.
+    let mut halves = halves;
+    let rules: Vec<serde_json::Value> = (0..80)
+        .map(|i| serde_json::json!({"node": "db1", "args": ["INPUT", "-s", format!("10.77.0.{i}"), "-j", "DROP", "-m", "comment", "--comment", format!("coherence:2026-12-02T085022Z-{i}")]}))
+        .collect();
+    halves["rules"] = serde_json::Value::Array(rules);
+    assert!(halves.to_string().len() > 4096);
     let kill =
         serde_json::json!({"kind": "kill", "node": "r1b", "service": "redis", "pids": [4242]});
     let ms = 1_000_000u64;
