@@ -7,6 +7,7 @@
 
 pub mod cache_aside;
 pub mod campaign;
+pub mod observe;
 pub mod pgpass;
 pub mod registry;
 pub mod workload;

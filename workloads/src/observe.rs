@@ -1,0 +1,192 @@
+//! Observers: coherence watching a system from outside, as Meta's Polaris does, rather
+//! than trusting what its own clients did. The cache observer subscribes to a cache
+//! node's keyspace notifications for the campaign's keys and records each change it
+//! is told of into the history, under process `monitor:<node>`, stamped on the run's
+//! clock when it is received: a `del`/`unlink` as `invalidate`, `expired` as `expire`,
+//! `evicted` as `evict`, a `set` as `set`.
+//!
+//! Notifications are fire-and-forget: while the subscription is down, changes happen
+//! unseen. So a dropped subscription is reconnected, and the time it was down is
+//! recorded as an `observer-gap` event (`{"node", "from", "to"}`, ns on the run's
+//! clock), for the checker to know where the observer was blind.
+//!
+//! Not yet wired into `coherence run` (issue 12): this is the observer and its test.
+
+use coherence_store::recorder::Recorder;
+use coherence_store::{Event, EventType, Process};
+use futures_util::StreamExt as _;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// The keyspace notification classes the observer needs: keyspace events (`K`) of
+/// generic commands (`g`: `del`, `unlink`), strings (`$`: `set`), expiry (`x`) and
+/// eviction (`e`).
+pub const NOTIFY_CLASSES: &str = "K$gxe";
+
+/// What the observer records for a keyspace notification `event`, if anything.
+pub fn notice_of(event: &str) -> Option<&'static str> {
+    match event {
+        "del" | "unlink" => Some("invalidate"),
+        "expired" => Some("expire"),
+        "evicted" => Some("evict"),
+        "set" => Some("set"),
+        _ => None,
+    }
+}
+
+/// One cache node to watch.
+#[derive(Debug, Clone)]
+pub struct CacheWatch {
+    /// Its name in the history (`r1a`).
+    pub node: String,
+    /// `host:port`.
+    pub addr: String,
+    /// The keys, as a glob (`k*`).
+    pub pattern: String,
+    /// Database number.
+    pub db: u32,
+}
+
+impl CacheWatch {
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(format!("redis://{}/{}", self.addr, self.db))
+    }
+
+    /// Whether the node sends the notifications the observer needs; if it does not, an
+    /// error naming the node and the exact line that turns them on.
+    pub async fn check_setting(&self) -> Result<(), String> {
+        let client = self.client().map_err(|e| format!("{}: {e}", self.node))?;
+        let mut con = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| format!("cannot reach {} at {}: {e}", self.node, self.addr))?;
+        let (_, flags): (String, String) = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("notify-keyspace-events")
+            .query_async(&mut con)
+            .await
+            .map_err(|e| format!("{}: CONFIG GET notify-keyspace-events: {e}", self.node))?;
+        if classes_cover(&flags) {
+            return Ok(());
+        }
+        Err(format!(
+            "{} ({}) does not send the keyspace notifications the observer needs \
+             (notify-keyspace-events is {flags:?}): run `redis-cli -h {} CONFIG SET \
+             notify-keyspace-events {NOTIFY_CLASSES}` there, or let the campaign set it \
+             (configure = true)",
+            self.node,
+            self.addr,
+            self.addr.split(':').next().unwrap_or(&self.addr),
+        ))
+    }
+
+    /// Turns the notifications the observer needs on (as the lab does).
+    pub async fn configure(&self) -> Result<(), String> {
+        let client = self.client().map_err(|e| format!("{}: {e}", self.node))?;
+        let mut con = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| format!("cannot reach {} at {}: {e}", self.node, self.addr))?;
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(NOTIFY_CLASSES)
+            .query_async::<()>(&mut con)
+            .await
+            .map_err(|e| format!("{}: CONFIG SET notify-keyspace-events: {e}", self.node))
+    }
+}
+
+/// Whether notification classes `flags` (as `CONFIG GET` shows them) include what the
+/// observer needs.
+pub fn classes_cover(flags: &str) -> bool {
+    let keyspace = flags.contains('K');
+    let all = flags.contains('A');
+    keyspace && (all || NOTIFY_CLASSES[1..].chars().all(|c| flags.contains(c)))
+}
+
+fn process(node: &str) -> Process {
+    Process::Actor(format!("monitor:{node}"))
+}
+
+/// Watches `w` until `stop` is set: records what the node's notifications say, and
+/// every time the subscription was down as an `observer-gap`. Returns when stopped.
+pub async fn watch(w: CacheWatch, rec: Arc<Recorder>, mut stop: watch::Receiver<bool>) {
+    let channel = format!("__keyspace@{}__:", w.db);
+    // When the observer went blind (None: it sees, or has not started yet).
+    let mut blind_since: Option<u64> = None;
+    let mut started = false;
+    while !*stop.borrow() {
+        let subscribed = async {
+            let mut pubsub = w.client()?.get_async_pubsub().await?;
+            pubsub.psubscribe(format!("{channel}{}", w.pattern)).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        }
+        .await;
+        let mut pubsub = match subscribed {
+            Ok(p) => p,
+            Err(_) => {
+                if !started {
+                    // Blind from the start: the gap begins now.
+                    blind_since.get_or_insert(rec.elapsed().as_nanos() as u64);
+                    started = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.changed() => {}
+                }
+                continue;
+            }
+        };
+        started = true;
+        if let Some(from) = blind_since.take() {
+            let to = rec.elapsed().as_nanos() as u64;
+            rec.log(
+                Event::new(0, process(&w.node), EventType::Info, "observer-gap")
+                    .node(w.node.clone())
+                    .value(json!({"node": w.node, "from": from, "to": to})),
+            );
+        }
+        let mut messages = pubsub.on_message();
+        loop {
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(msg) = msg else { break };
+                    let Some(key) = msg.get_channel_name().strip_prefix(&channel) else { continue };
+                    let Ok(event) = msg.get_payload::<String>() else { continue };
+                    if let Some(f) = notice_of(&event) {
+                        rec.log(
+                            Event::new(0, process(&w.node), EventType::Info, f)
+                                .key(key.to_string())
+                                .node(w.node.clone()),
+                        );
+                    }
+                }
+                _ = stop.changed() => {
+                    if *stop.borrow() { return; }
+                }
+            }
+        }
+        // The subscription dropped: blind until it is back.
+        blind_since = Some(rec.elapsed().as_nanos() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notifications_map_to_history_events() {
+        assert_eq!(notice_of("del"), Some("invalidate"));
+        assert_eq!(notice_of("unlink"), Some("invalidate"));
+        assert_eq!(notice_of("expired"), Some("expire"));
+        assert_eq!(notice_of("evicted"), Some("evict"));
+        assert_eq!(notice_of("set"), Some("set"));
+        assert_eq!(notice_of("expire"), None, "setting a TTL changes no value");
+        assert!(classes_cover("K$gxe") && classes_cover("xeKg$") && classes_cover("AK"));
+        assert!(!classes_cover("") && !classes_cover("Egx$") && !classes_cover("Kgx"));
+    }
+}

@@ -1,0 +1,159 @@
+//! The cache observer against a real `redis-server` on loopback: it refuses a node that
+//! sends no keyspace notifications (naming the line that turns them on), records what
+//! the node's notifications say under `monitor:<node>`, and after the server goes away
+//! and comes back it records the gap it was blind for, then goes on.
+
+use coherence_store::recorder::Recorder;
+use coherence_store::HistoryWriter;
+use coherence_workloads::observe::{watch, CacheWatch};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (scripts/setup installs it)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn start(port: u16, dir: &std::path::Path) -> Server {
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .args(["--appendonly", "no", "--dir", dir.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/setup installs it)");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis_cli(port, &["PING"]) != "PONG" {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Server(child)
+}
+
+fn events(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "waited 10 s for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_observer_records_changes_and_where_it_was_blind() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start(port, dir.path());
+    let w = CacheWatch {
+        node: "r1a".into(),
+        addr: format!("127.0.0.1:{port}"),
+        pattern: "k*".into(),
+        db: 0,
+    };
+    // A node that sends no notifications is refused, with the line to run.
+    let e = w.check_setting().await.unwrap_err();
+    assert!(
+        e.contains("r1a") && e.contains("CONFIG SET notify-keyspace-events K$gxe"),
+        "{e}"
+    );
+    w.configure().await.unwrap();
+    w.check_setting().await.unwrap();
+
+    let path = dir.path().join("history.jsonl");
+    let rec = Arc::new(Recorder::new(HistoryWriter::create(&path).unwrap()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(watch(w.clone(), rec.clone(), stop_rx));
+    let seen = |f: &str, key: &str| {
+        rec.flush();
+        events(&path)
+            .iter()
+            .any(|e| e["f"] == f && e["key"] == key && e["process"] == "monitor:r1a")
+    };
+    // Subscribed once a set is seen (set, then del, an expiry; other keys ignored).
+    wait_for("the first set", || {
+        redis_cli(port, &["SET", "k0", "v"]);
+        seen("set", "k0")
+    });
+    redis_cli(port, &["SET", "k1", "v1"]);
+    redis_cli(port, &["DEL", "k1"]);
+    redis_cli(port, &["UNLINK", "k0"]);
+    redis_cli(port, &["SET", "other", "x"]);
+    redis_cli(port, &["SET", "k2", "v", "PX", "30"]);
+    wait_for("the expiry of k2", || {
+        redis_cli(port, &["GET", "k2"]); // expires it on access at the latest
+        seen("expire", "k2")
+    });
+    assert!(seen("set", "k1") && seen("invalidate", "k1") && seen("invalidate", "k0"));
+    assert!(
+        !seen("set", "other"),
+        "keys outside the pattern are not recorded"
+    );
+
+    // The server goes away: the observer is blind until it is back, and says so.
+    let before_gap = rec.elapsed().as_nanos() as u64;
+    drop(server);
+    std::thread::sleep(Duration::from_millis(300));
+    let _server = start(port, dir.path());
+    redis_cli(port, &["CONFIG", "SET", "notify-keyspace-events", "K$gxe"]);
+    wait_for("a set after the restart", || {
+        redis_cli(port, &["SET", "k3", "v"]);
+        seen("set", "k3")
+    });
+    rec.flush();
+    let gaps: Vec<serde_json::Value> = events(&path)
+        .into_iter()
+        .filter(|e| e["f"] == "observer-gap")
+        .collect();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let (from, to) = (
+        gaps[0]["value"]["from"].as_u64().unwrap(),
+        gaps[0]["value"]["to"].as_u64().unwrap(),
+    );
+    assert_eq!(gaps[0]["value"]["node"], "r1a");
+    assert!(
+        from >= before_gap && to >= from + 300_000_000,
+        "{from}..{to}"
+    );
+
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("the observer stops when told")
+        .unwrap();
+}
