@@ -767,19 +767,19 @@ pub struct FaultSpan {
 /// The nemesis faults of a history as spans to draw (see [`crate::faults`] for how
 /// events pair): intervals from their start to their heal (the end of the run when never
 /// healed), instants (failovers) as lines. Faults that failed to apply are not drawn:
-/// they did not happen.
-pub fn fault_spans(h: &History) -> Vec<FaultSpan> {
-    crate::faults::NemesisLog::read(h)
-        .faults
-        .into_iter()
+/// they did not happen. `log` is the results' pairing ([`Results::faults`]), its names
+/// cut already, so the report draws what the results say.
+pub fn fault_spans(h: &History, log: &crate::faults::NemesisLog) -> Vec<FaultSpan> {
+    log.faults
+        .iter()
         .filter(|f| f.status != crate::faults::FaultStatus::ApplyFailed)
         .map(|f| {
-            let (lane, colour) = lane_of(&f);
+            let (lane, colour) = lane_of(f);
             FaultSpan {
                 start_ns: f.start_ns,
                 end_ns: f.end_ns.unwrap_or(h.end_time).max(f.start_ns),
                 interval: f.interval,
-                f: bound::name(&f.f),
+                f: f.f.clone(),
                 lane,
                 colour,
                 words: f.words.clone(),
@@ -975,7 +975,7 @@ where
 
 fn timeline(h: &History, r: &Results) -> Markup {
     let b = bin(h);
-    let spans = fault_spans(h);
+    let spans = fault_spans(h, &r.faults);
     let secs = b.bin_ns as f64 / 1e9;
     let x_end = (b.bin_ns * BINS as u64) as f64 / 1e9;
     let x = |i: usize| (i as f64 + 0.5) * secs;

@@ -296,8 +296,8 @@ fn fault_spans_pair_openers_with_closers() {
     ]
     .join("\n");
     std::fs::write(&path, text + "\n").unwrap();
-    let (h, _) = checked(&path);
-    let spans: Vec<(String, u64, u64, bool)> = report::fault_spans(&h)
+    let (h, r) = checked(&path);
+    let spans: Vec<(String, u64, u64, bool)> = report::fault_spans(&h, &r.faults)
         .into_iter()
         .map(|s| (s.f, s.start_ns, s.end_ns, s.interval))
         .collect();

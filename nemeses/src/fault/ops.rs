@@ -27,24 +27,12 @@ pub fn sentinel_primary(
     members: &[String],
     net: &dyn Nodes,
 ) -> Result<String, RemoteError> {
-    let addr = net.addr(sentinel).unwrap_or_default();
-    let out = remote_of(net, sentinel)?.run(&[
-        "redis-cli",
-        "-h",
-        &addr,
-        "-p",
-        "26379",
-        "SENTINEL",
-        "get-master-addr-by-name",
-        region,
-    ])?;
-    let ip = out
-        .stdout
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_string();
+    let stdout = sentinel_cli(
+        net,
+        sentinel,
+        &["SENTINEL", "get-master-addr-by-name", region],
+    )?;
+    let ip = stdout.lines().next().unwrap_or_default().trim().to_string();
     members
         .iter()
         .find(|m| net.addr(m).as_deref() == Some(ip.as_str()))
@@ -53,9 +41,21 @@ pub fn sentinel_primary(
             node: sentinel.to_string(),
             command: format!("SENTINEL get-master-addr-by-name {region}"),
             status: None,
-            stdout: out.stdout.clone(),
+            stdout: stdout.clone(),
             stderr: "the primary Sentinel names is none of the region's hosts".into(),
         })
+}
+
+/// Runs `redis-cli` against the Sentinel on `sentinel`, on that node; what it printed.
+pub(crate) fn sentinel_cli(
+    net: &dyn Nodes,
+    sentinel: &str,
+    args: &[&str],
+) -> Result<String, RemoteError> {
+    let addr = net.addr(sentinel).unwrap_or_default();
+    let mut argv = vec!["redis-cli", "-h", &addr, "-p", "26379"];
+    argv.extend(args);
+    Ok(remote_of(net, sentinel)?.run(&argv)?.stdout)
 }
 
 /// Runs `redis-cli` against `node`'s Redis, on the node.

@@ -1,7 +1,7 @@
 //! Redis failover: a region's primary is failed over through Sentinel
 //! (`SENTINEL FAILOVER`). Healing undoes nothing: the old primary rejoins as a replica.
 
-use super::ops::{remote_of, sentinel_primary};
+use super::ops::{sentinel_cli, sentinel_primary};
 use super::{FaultFamily, Nodes};
 use crate::remote::RemoteError;
 use coherence_store::faults::Family;
@@ -50,17 +50,7 @@ impl FaultFamily for RedisFailover {
             from,
             members,
         } = self;
-        let addr = net.addr(sentinel).unwrap_or_default();
-        remote_of(net, sentinel)?.run(&[
-            "redis-cli",
-            "-h",
-            &addr,
-            "-p",
-            "26379",
-            "SENTINEL",
-            "FAILOVER",
-            region,
-        ])?;
+        sentinel_cli(net, sentinel, &["SENTINEL", "FAILOVER", region])?;
         // Done when Sentinel names another primary.
         for _ in 0..200 {
             if sentinel_primary(region, sentinel, members, net).is_ok_and(|p| p != *from) {
