@@ -242,9 +242,11 @@ fn kills_and_failovers_have_their_effect_and_heal() {
         let t = text(&o);
         let dir = run_dir(&t);
         let history = std::fs::read_to_string(Path::new(&dir).join("history.jsonl")).unwrap();
-        let results: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(Path::new(&dir).join("results.json")).unwrap())
-                .unwrap();
+        let results: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(Path::new(&dir).join("results.json"))
+                .unwrap_or_else(|e| panic!("no results.json ({e}); the run said:\n{t}")),
+        )
+        .unwrap();
         assert!(
             coherence_nemeses::fault::pending(&RunDir::new(&dir).journal())
                 .unwrap()
