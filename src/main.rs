@@ -135,6 +135,10 @@ struct CheckArgs {
     /// The staleness bound Δ a read may lag behind acknowledged writes, e.g. 0, 250ms, 2s.
     #[arg(long, value_name = "DURATION", default_value = "0", value_parser = coherence_store::duration::parse)]
     staleness_bound: Duration,
+    /// The invalidation bound: a watched cache node's invalidation that comes later than
+    /// this after the commit is a slow-invalidation, e.g. 200ms (default: not checked).
+    #[arg(long, value_name = "DURATION", value_parser = coherence_store::duration::parse)]
+    invalidation_bound: Option<Duration>,
     /// Output format on stdout.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     format: Format,
@@ -385,7 +389,9 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
         staleness_bound: u64::try_from(args.staleness_bound.as_nanos()).unwrap_or(u64::MAX),
         anomaly_limit: args.anomaly_limit,
         checks: args.checks.clone(),
-        ..Options::default()
+        invalidation_bound: args
+            .invalidation_bound
+            .map(|b| u64::try_from(b.as_nanos()).unwrap_or(u64::MAX)),
     };
     let Written {
         results,

@@ -563,6 +563,7 @@ struct Conclude<'a> {
     rec: Arc<Recorder>,
     checks: Option<Vec<coherence_analysis::AnomalyKind>>,
     bound: Duration,
+    invalidation_bound: Option<Duration>,
     junit: Option<&'a Path>,
     store: &'a Path,
     campaign_file: &'a Path,
@@ -582,6 +583,7 @@ impl<'a> Conclude<'a> {
             rec,
             checks,
             bound: campaign.checker.staleness_bound,
+            invalidation_bound: campaign.checker.invalidation_bound,
             junit: args.junit.as_deref(),
             store: &args.store,
             campaign_file: &args.campaign,
@@ -596,6 +598,7 @@ impl<'a> Conclude<'a> {
             rec,
             checks,
             bound,
+            invalidation_bound,
             junit,
             store,
             campaign_file,
@@ -606,6 +609,7 @@ impl<'a> Conclude<'a> {
         let options = Options {
             staleness_bound: bound.as_nanos() as u64,
             checks,
+            invalidation_bound: invalidation_bound.map(|b| b.as_nanos() as u64),
             ..Options::default()
         };
         let history_file = dir.history();

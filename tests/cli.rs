@@ -193,7 +193,7 @@ fn json_output_is_only_json_with_all_seven_counts() {
     assert_eq!(counts["read-your-writes"], 1);
     assert_eq!(counts["monotonic-read"], 1);
     assert_eq!(counts["stale-read"], 0);
-    assert_eq!(v["format_version"], 2);
+    assert_eq!(v["format_version"], 3);
     assert_eq!(v["verdict"], "invalid");
 }
 

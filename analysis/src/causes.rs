@@ -20,8 +20,10 @@
 //!    invalidated for W before R.
 //! 5. `late-invalidation`: the holder was invalidated for W only after R began;
 //!    `lost-invalidation`: never (a failed invalidate operation is cited when there is
-//!    one). When the history records no invalidation of anything, neither can be told:
-//!    `unexplained`.
+//!    one). When the holder is watched by a cache observer, that is proven — unless its
+//!    observer was blind while it was due (`unexplained`, citing the gap); when it is
+//!    not watched and the history records no invalidation of anything, neither can be
+//!    told: `unexplained`.
 //! 6. Otherwise `unexplained`.
 //!
 //! A stale db-read is `database-lost-write` as in 1, `database-replica-lag` when its
@@ -58,13 +60,21 @@ pub enum CauseKind {
     DatabaseReplicaLag,
     /// The database lost the newer writes (or the cache holds one it lost).
     DatabaseLostWrite,
+    /// The invalidator was killed or paused while the invalidation was due.
+    InvalidatorDown,
+    /// A network fault (partition, packet loss, latency) was in force while the
+    /// invalidation was due.
+    Partition,
+    /// A failover (of the database, or of another cache node) happened while the
+    /// invalidation was due.
+    Failover,
     /// The history does not show what happened.
     Unexplained,
 }
 
 impl CauseKind {
     /// Every cause, in the order of the rules.
-    pub const ALL: [CauseKind; 9] = [
+    pub const ALL: [CauseKind; 12] = [
         CauseKind::FillRace,
         CauseKind::DatabaseReplicaFill,
         CauseKind::ReplicaRead,
@@ -73,6 +83,9 @@ impl CauseKind {
         CauseKind::LostInvalidation,
         CauseKind::DatabaseReplicaLag,
         CauseKind::DatabaseLostWrite,
+        CauseKind::InvalidatorDown,
+        CauseKind::Partition,
+        CauseKind::Failover,
         CauseKind::Unexplained,
     ];
 
@@ -87,6 +100,9 @@ impl CauseKind {
             CauseKind::LostInvalidation => "lost-invalidation",
             CauseKind::DatabaseReplicaLag => "database-replica-lag",
             CauseKind::DatabaseLostWrite => "database-lost-write",
+            CauseKind::InvalidatorDown => "invalidator-down",
+            CauseKind::Partition => "partition",
+            CauseKind::Failover => "failover",
             CauseKind::Unexplained => "unexplained",
         }
     }
@@ -116,7 +132,8 @@ pub struct Cause {
 }
 
 impl Cause {
-    fn new(kind: CauseKind) -> Cause {
+    /// A cause of this kind, shown by nothing yet.
+    pub fn new(kind: CauseKind) -> Cause {
         Cause {
             kind,
             op: NONE,
@@ -132,7 +149,8 @@ impl Cause {
         Cause::new(CauseKind::DatabaseLostWrite)
     }
 
-    fn event(mut self, event: u64) -> Cause {
+    /// The same cause, shown by the event at `event`.
+    pub fn event(mut self, event: u64) -> Cause {
         self.event = event;
         self
     }
@@ -316,7 +334,15 @@ pub fn cache_cause(
         c.kind = CauseKind::FailoverPromoted;
         return with_fault(c, w.invoke_time);
     }
-    if !ctx.records_invalidations {
+    if h.watched.caches.contains(&hold) {
+        // Watched from outside: a lost invalidation is proven, unless the observer was
+        // blind while it was due.
+        if let Some(g) = h.gaps.iter().find(|g| {
+            g.cache && g.node == hold && g.from <= read.invoke_time && g.to >= w.invoke_time
+        }) {
+            return with_fault(base.event(g.index), w.invoke_time);
+        }
+    } else if !ctx.records_invalidations {
         return with_fault(base, w.invoke_time);
     }
     let mut c = base;

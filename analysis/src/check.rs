@@ -39,6 +39,8 @@ pub struct Context<'h> {
     /// True when the history records any invalidation (ok or not): without any, a
     /// missing invalidation proves nothing.
     pub records_invalidations: bool,
+    /// The invalidation bound in ns, when one is set (`slow-invalidation`).
+    pub invalidation_bound: Option<u64>,
 }
 
 impl<'h> Context<'h> {
@@ -74,7 +76,14 @@ impl<'h> Context<'h> {
             nemesis,
             topology,
             records_invalidations,
+            invalidation_bound: None,
         }
+    }
+
+    /// The same context with an invalidation bound (ns).
+    pub fn with_invalidation_bound(mut self, bound: Option<u64>) -> Context<'h> {
+        self.invalidation_bound = bound;
+        self
     }
 
     /// A fault in force at some time in `[from, to]`.
@@ -92,6 +101,9 @@ pub struct Findings {
     pub staleness: Vec<u64>,
     /// What each detector run judged, in the order they ran.
     pub judged: Vec<Judged>,
+    /// Every commit on a watched node that held an older version, with what became of
+    /// it (for the invalidation lag), when a check judged them.
+    pub pairs: Vec<crate::observers::Pair>,
 }
 
 /// One detector and what it judged over every key.
@@ -131,6 +143,7 @@ pub fn check_with(ctx: &Context<'_>, detectors: &[&'static dyn Detector]) -> Fin
         findings: Vec::new(),
         staleness: Vec::new(),
         evidence: vec![Evidence::default(); detectors.len()],
+        pairs: Vec::new(),
     };
     let all = (0..h.keys.len() as u32)
         .into_par_iter()
@@ -146,8 +159,11 @@ pub fn check_with(ctx: &Context<'_>, detectors: &[&'static dyn Detector]) -> Fin
                     &mut part.staleness,
                     evidence,
                 );
-                d.detect(&k, &mut sink);
+                if d.applies(ctx).is_ok() {
+                    d.detect(&k, &mut sink);
+                }
             }
+            part.pairs.extend(k.take_pairs());
             part
         })
         .reduce(empty, |mut a, mut b| {
@@ -162,12 +178,16 @@ pub fn check_with(ctx: &Context<'_>, detectors: &[&'static dyn Detector]) -> Fin
             for (x, y) in a.evidence.iter_mut().zip(b.evidence) {
                 *x += y;
             }
+            a.pairs.append(&mut b.pairs);
             a
         });
     let mut findings = all.findings;
     findings.sort_unstable_by_key(|f| f.order());
+    let mut pairs = all.pairs;
+    pairs.sort_unstable_by_key(|p| (p.key, p.version, p.node));
     Findings {
         findings,
+        pairs,
         staleness: all.staleness,
         judged: detectors
             .iter()
@@ -182,4 +202,5 @@ struct Part {
     findings: Vec<Finding>,
     staleness: Vec<u64>,
     evidence: Vec<Evidence>,
+    pairs: Vec<crate::observers::Pair>,
 }

@@ -245,6 +245,11 @@ pub struct Explanation {
     /// What to say when the rules give no cycle, when the anomaly has a reason of its
     /// own (a phantom read is no cycle).
     pub no_cycle: Option<&'static str>,
+    /// The cause in words, when the detector words it itself (the observer checks);
+    /// `None`: worded from [`Explanation::cause`] by the rules of stale reads.
+    pub cause_view: Option<CauseView>,
+    /// False when the anomaly is no cycle at all: none is looked for.
+    pub cycle: bool,
 }
 
 impl Explanation {
@@ -258,6 +263,8 @@ impl Explanation {
             staleness_ns: None,
             cause: None,
             no_cycle: None,
+            cause_view: None,
+            cycle: true,
         }
     }
 }
@@ -274,7 +281,11 @@ pub fn explain(ctx: &Context<'_>, index: &graph::KeyIndex, f: &Finding) -> Anoma
     let op = &h.ops[read as usize];
     let key = bound::name(h.keys.name(f.key));
     let vertices: Vec<u32> = e.proof.iter().chain(&e.context).copied().collect();
-    let steps = graph::cycle(h, ctx.bound, f.key, &vertices, e.version);
+    let steps = if e.cycle {
+        graph::cycle(h, ctx.bound, f.key, &vertices, e.version)
+    } else {
+        None
+    };
     let mut op_ids: Vec<u32> = e.proof.clone();
     if let Some(steps) = &steps {
         op_ids.extend(steps.iter().flat_map(|s| [s.from, s.to]));
@@ -290,9 +301,12 @@ pub fn explain(ctx: &Context<'_>, index: &graph::KeyIndex, f: &Finding) -> Anoma
         .iter()
         .flat_map(|o| std::iter::once(o.index).chain(o.complete_index))
         .collect();
-    let cause = e
-        .cause
-        .map(|(c, newer)| cause_view(ctx, f.key, read, newer, e.version, c));
+    let cause = match e.cause_view {
+        Some(view) => Some(view),
+        None => e
+            .cause
+            .map(|(c, newer)| cause_view(ctx, f.key, read, newer, e.version, c)),
+    };
     if let Some(c) = &cause {
         indices.extend(&c.indices);
     }
@@ -317,7 +331,9 @@ pub fn explain(ctx: &Context<'_>, index: &graph::KeyIndex, f: &Finding) -> Anoma
     Anomaly {
         name: f.kind,
         key,
-        node: (op.node != NONE).then(|| bound::name(h.nodes.name(op.node))),
+        node: Some(f.node(h))
+            .filter(|&n| n != NONE)
+            .map(|n| bound::name(h.nodes.name(n))),
         process: Some(h.process_name(op.process)),
         indices,
         ops,
@@ -510,8 +526,13 @@ fn cause_view(
                     if o.outcome == crate::model::Outcome::Fail { "failed" } else { "with an unknown outcome" }
                 )
             });
+            let proven = if h.watched.caches.contains(&holder) {
+                format!(" (proven: {}'s observer, watching without a gap, saw none)", prose(h.node_name(holder)))
+            } else {
+                String::new()
+            };
             format!(
-                "a lost invalidation: no invalidation of {holder_name} for version {newer_version} of this key followed {newer_name}{}",
+                "a lost invalidation: no invalidation of {holder_name} for version {newer_version} of this key followed {newer_name}{}{proven}",
                 failed.unwrap_or_default()
             )
         }
@@ -537,8 +558,21 @@ fn cause_view(
                 String::new()
             }
         ),
+        // Worded by the observer checks themselves ([`Explanation::cause_view`]).
+        CauseKind::InvalidatorDown | CauseKind::Partition | CauseKind::Failover => {
+            c.kind.name().to_string()
+        }
         CauseKind::Unexplained => {
-            if !ctx.records_invalidations && read.kind != OpKind::DbRead {
+            let gap = h.gaps.iter().find(|g| g.index == c.event);
+            if let Some(g) = gap {
+                format!(
+                    "not shown by the history: the observer of {} was blind from {} to {} (the observer-gap at line {}), while the invalidation for {newer_name} was due",
+                    prose(h.node_name(g.node)),
+                    at(g.from),
+                    at(g.to),
+                    line(g.index)
+                )
+            } else if !ctx.records_invalidations && read.kind != OpKind::DbRead {
                 format!(
                     "not shown by the history: it records no invalidation at all, so whether {holder_name} was invalidated after {newer_name} cannot be told"
                 )

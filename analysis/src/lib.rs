@@ -23,6 +23,7 @@ pub mod graph;
 pub mod index;
 pub mod junit;
 pub mod model;
+pub mod observers;
 pub mod outputs;
 pub mod report;
 pub mod results;
@@ -75,7 +76,8 @@ pub fn check_history(
     warnings: Vec<String>,
     unfinished: u64,
 ) -> Results {
-    let ctx = check::Context::new(history, options.staleness_bound);
+    let ctx = check::Context::new(history, options.staleness_bound)
+        .with_invalidation_bound(options.invalidation_bound);
     let findings = check::check(&ctx);
     results::build(&ctx, findings, options, name, warnings, unfinished)
 }

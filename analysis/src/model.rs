@@ -137,6 +137,74 @@ pub struct Invalidation {
     /// The version it invalidated for, when the event says (`"value": {"version": n}`);
     /// `None`: unknown, taken as any.
     pub version: Option<i64>,
+    /// True when a cache observer saw it happen (an actor `monitor:<node>`), rather
+    /// than a client or the pipeline saying it did it.
+    pub observed: bool,
+}
+
+/// What a cache observer saw change a key on a node, besides invalidations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The key was set (a fill, a write-through): to what, the notification does not say.
+    Set,
+    /// The key expired or was evicted: the entry is gone, not invalidated.
+    Removed,
+}
+
+/// A change of a key on a node that a cache observer saw (`set`, `expire`, `evict`).
+#[derive(Debug, Clone, Copy)]
+pub struct Observed {
+    /// Index of the event.
+    pub index: u64,
+    /// When it was received.
+    pub time: u64,
+    /// Interned node.
+    pub node: u32,
+    /// What happened.
+    pub change: Change,
+}
+
+/// A committed change of a key, as the commit observer saw it in the database's
+/// change stream (`commit` by an actor `cdc:<node>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Commit {
+    /// Index of the event.
+    pub index: u64,
+    /// When it was received.
+    pub time: u64,
+    /// The database node it was committed on (interned).
+    pub node: u32,
+    /// The write id it committed (interned).
+    pub write: u32,
+    /// The version, when the watched table has one.
+    pub version: Option<i64>,
+}
+
+/// Where an observer was blind: an `observer-gap` event.
+#[derive(Debug, Clone, Copy)]
+pub struct Gap {
+    /// Index of the event.
+    pub index: u64,
+    /// The node it watches (interned).
+    pub node: u32,
+    /// True for a cache observer's gap (an actor `monitor:<node>`); false for the
+    /// commit observer's (`cdc:<node>`) or another's.
+    pub cache: bool,
+    /// Blind from, ns.
+    pub from: u64,
+    /// Blind until, ns.
+    pub to: u64,
+}
+
+/// What the run's observers watched, from the `observe` event of `control`.
+#[derive(Debug, Clone, Default)]
+pub struct Watched {
+    /// True when the history has an `observe` event.
+    pub declared: bool,
+    /// Cache nodes a cache observer watched (interned).
+    pub caches: Vec<u32>,
+    /// Database nodes the commit observer followed (interned).
+    pub databases: Vec<u32>,
 }
 
 /// The final state of a key as a `db-final-read` returned it.
@@ -177,6 +245,14 @@ pub struct History {
     pub errors_uncounted: u64,
     /// Invalidations per key.
     pub invalidations: Vec<Vec<Invalidation>>,
+    /// What cache observers saw besides invalidations, per key.
+    pub observed: Vec<Vec<Observed>>,
+    /// Commits the commit observer saw, per key, in the order it saw them.
+    pub commits: Vec<Vec<Commit>>,
+    /// Where observers were blind.
+    pub gaps: Vec<Gap>,
+    /// What the observers watched.
+    pub watched: Watched,
     /// The last ok `db-final-read` per key.
     pub finals: Vec<Option<Final>>,
     /// The log of every ok `db-final-read` that sent one, by op id.
@@ -246,6 +322,8 @@ impl Builder {
                 let id = self.history.keys.intern(k);
                 if id as usize == self.history.invalidations.len() {
                     self.history.invalidations.push(Vec::new());
+                    self.history.observed.push(Vec::new());
+                    self.history.commits.push(Vec::new());
                     self.history.finals.push(None);
                     self.history.key_ops.push(Vec::new());
                 }
@@ -286,26 +364,86 @@ impl Visitor for Builder {
             ProcessRef::Actor(actor) => {
                 let key = self.key_id(ev.key.as_deref());
                 let node = self.node_id(ev.node.as_deref());
+                let value = || match &ev.value {
+                    ValueRef::Raw(raw) => serde_json::from_str::<serde_json::Value>(raw.get()).ok(),
+                    _ => None,
+                };
+                let monitor = actor.starts_with("monitor:");
                 match ev.op {
                     OpKind::Invalidate if key != NONE => {
-                        let version = match &ev.value {
-                            ValueRef::Raw(raw) => {
-                                serde_json::from_str::<serde_json::Value>(raw.get())
-                                    .ok()
-                                    .and_then(|v| v.get("version").and_then(|v| v.as_i64()))
-                            }
-                            _ => None,
-                        };
+                        let version = value().and_then(|v| v.get("version")?.as_i64());
                         self.history.invalidations[key as usize].push(Invalidation {
                             index: ev.index,
                             time: ev.time,
                             node,
                             version,
+                            observed: monitor,
                         });
+                    }
+                    // What observers saw: per key, not kept as standalone events (one
+                    // per write or fill, they would be most of the history).
+                    _ if monitor && key != NONE && node != NONE && matches!(&*ev.f, "set" | "expire" | "evict") => {
+                        self.history.observed[key as usize].push(Observed {
+                            index: ev.index,
+                            time: ev.time,
+                            node,
+                            change: if ev.f == "set" { Change::Set } else { Change::Removed },
+                        });
+                    }
+                    _ if ev.f == "commit" && key != NONE => {
+                        let v = value();
+                        let write = v.as_ref().and_then(|v| v.get("write")?.as_str().map(str::to_string));
+                        if let Some(write) = write {
+                            let version = v.as_ref().and_then(|v| v.get("version")?.as_i64());
+                            let write = self.history.writes.intern(&write);
+                            self.history.commits[key as usize].push(Commit {
+                                index: ev.index,
+                                time: ev.time,
+                                node,
+                                write,
+                                version,
+                            });
+                        }
                     }
                     _ => {
                         if ev.op == OpKind::FinalPhase && self.history.final_phase.is_none() {
                             self.history.final_phase = Some((ev.index, ev.time));
+                        }
+                        let parsed = value();
+                        if ev.f == "observer-gap" && node != NONE {
+                            let at = |f: &str| parsed.as_ref().and_then(|v| v.get(f)?.as_u64());
+                            if let (Some(from), Some(to)) = (at("from"), at("to")) {
+                                self.history.gaps.push(Gap {
+                                    index: ev.index,
+                                    node,
+                                    cache: monitor,
+                                    from,
+                                    to: to.max(from),
+                                });
+                            }
+                        }
+                        if ev.f == "observe" && actor == "control" && !self.history.watched.declared {
+                            self.history.watched.declared = true;
+                            for (list, databases) in [("caches", false), ("databases", true)] {
+                                let names: Vec<String> = parsed
+                                    .as_ref()
+                                    .and_then(|v| v.get(list)?.as_array().cloned())
+                                    .unwrap_or_default()
+                                    .iter()
+                                    .filter_map(|n| n.as_str().map(str::to_string))
+                                    .collect();
+                                for n in names {
+                                    let id = self.history.nodes.intern(&n);
+                                    let into = if databases {
+                                        &mut self.history.watched.databases
+                                    } else {
+                                        &mut self.history.watched.caches
+                                    };
+                                    if !into.contains(&id) {
+                                        into.push(id);
+                                    }
+                                }
+                            }
                         }
                         let value = match &ev.value {
                             ValueRef::Raw(raw) => Some(raw.get().to_string()),
@@ -446,6 +584,7 @@ impl Visitor for Builder {
                             time: ev.time,
                             node: op.node,
                             version: None,
+                            observed: false,
                         };
                         self.history.invalidations[op.key as usize].push(inv);
                     }

@@ -26,7 +26,9 @@ pub const FORMAT: &str = "coherence-results";
 /// valid (it used to mean "no anomaly"); checks may be `not-run`; `faults`. Cutting
 /// long strings ([`crate::bound`]) changed no field's meaning or type and did not bump
 /// it (an event value cut is a string, which `value` could always be).
-pub const FORMAT_VERSION: u32 = 2;
+/// Version 3: the observer checks `missing-invalidation` and `slow-invalidation` (a
+/// check may be `not-run` with the reason it does not apply), `invalidation_lag`.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A check's verdict: three-valued, or not run at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -262,6 +264,9 @@ pub struct Results {
     pub stats: HistoryStats,
     /// The staleness distribution.
     pub staleness: Staleness,
+    /// How long invalidations took, as the cache observers saw them (`null` when the
+    /// history has no cache observer).
+    pub invalidation_lag: Option<InvalidationLag>,
     /// Likely causes of stale reads and non-converged entries, counted.
     pub causes: BTreeMap<&'static str, BTreeMap<&'static str, u64>>,
     /// Per node.
@@ -295,6 +300,8 @@ pub struct Options {
     pub key_limit: usize,
     /// The checks that count (`None`: all of them); the others are listed as not run.
     pub checks: Option<Vec<AnomalyKind>>,
+    /// The invalidation bound in ns (`slow-invalidation`); `None`: that check is not run.
+    pub invalidation_bound: Option<u64>,
 }
 
 impl Default for Options {
@@ -304,6 +311,7 @@ impl Default for Options {
             anomaly_limit: 100,
             key_limit: 100,
             checks: None,
+            invalidation_bound: None,
         }
     }
 }
@@ -348,6 +356,130 @@ fn staleness(samples: Vec<u64>) -> Staleness {
     }
 }
 
+/// The invalidation lag of one node, one region, or all of them: over every commit on a
+/// watched node that held an older version of the key (`docs/history.md`, *Observers*).
+#[derive(Debug, Clone, Serialize)]
+pub struct Lag {
+    /// Commits on a node that held an older version.
+    pub awaited: u64,
+    /// Of which the observer saw invalidated (the lag's samples).
+    pub invalidated: u64,
+    /// Never invalidated by the final phase (`missing-invalidation`).
+    pub missing: u64,
+    /// Overwritten by a fill of the new version before any invalidation.
+    pub overwritten: u64,
+    /// Gone by expiry or eviction before any invalidation.
+    pub expired: u64,
+    /// Where the observer was blind, or (without a final phase) not yet invalidated:
+    /// not judged.
+    pub undecided: u64,
+    /// Median lag of the invalidated, ns.
+    pub p50_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// 99.9th percentile, ns.
+    pub p999_ns: u64,
+    /// Maximum, ns.
+    pub max_ns: u64,
+    /// The share of the invalidated and the missing that were invalidated within 10 ms,
+    /// 100 ms, 200 ms and 1 s (a missing one never is).
+    pub within: Vec<Within>,
+    /// How many invalidations fell in each lag bucket (bounds as the staleness
+    /// histogram's).
+    pub histogram: Vec<Bucket>,
+}
+
+/// The invalidation lag, overall, per region and per node.
+#[derive(Debug, Clone, Serialize)]
+pub struct InvalidationLag {
+    /// Over every watched node.
+    pub all: Lag,
+    /// Per region (the topology's region of each node).
+    pub per_region: BTreeMap<String, Lag>,
+    /// Per watched node.
+    pub per_node: BTreeMap<String, Lag>,
+}
+
+/// The limits of [`Lag::within`].
+pub const LAG_WITHIN: [u64; 4] = [10_000_000, 100_000_000, 200_000_000, 1_000_000_000];
+
+fn lag(pairs: &[&crate::observers::Pair]) -> Lag {
+    use crate::observers::Fate;
+    let mut samples = Vec::new();
+    let (mut missing, mut overwritten, mut expired, mut undecided) = (0, 0, 0, 0);
+    for p in pairs {
+        match p.fate {
+            Fate::Invalidated { .. } => samples.extend(p.lag()),
+            Fate::Missing => missing += 1,
+            Fate::Overwritten { .. } => overwritten += 1,
+            Fate::Expired { .. } => expired += 1,
+            Fate::Blind { .. } | Fate::Pending => undecided += 1,
+        }
+    }
+    let samples = dist::Exact::new(samples);
+    let n = samples.len();
+    let within = LAG_WITHIN
+        .iter()
+        .map(|&limit| {
+            let total = n + missing;
+            let fraction = if total == 0 {
+                1.0
+            } else {
+                samples.at_most(limit) as f64 / total as f64
+            };
+            Within {
+                within_ns: limit,
+                within: explain::duration(limit),
+                fraction,
+                nines: (fraction < 1.0).then(|| -(1.0 - fraction).log10()),
+            }
+        })
+        .collect();
+    let bounds = bucket_bounds(samples.max());
+    let histogram = bounds
+        .iter()
+        .zip(samples.buckets(&bounds))
+        .map(|(&le_ns, count)| Bucket { le_ns, count })
+        .collect();
+    Lag {
+        awaited: pairs.len() as u64,
+        invalidated: n,
+        missing,
+        overwritten,
+        expired,
+        undecided,
+        p50_ns: samples.quantile(0.5),
+        p99_ns: samples.quantile(0.99),
+        p999_ns: samples.quantile(0.999),
+        max_ns: samples.max(),
+        within,
+        histogram,
+    }
+}
+
+/// The invalidation lag of `pairs`, when the history has a cache observer.
+fn invalidation_lag(h: &History, pairs: &[crate::observers::Pair]) -> Option<InvalidationLag> {
+    if h.watched.caches.is_empty() {
+        return None;
+    }
+    let regions = crate::topology::regions(h);
+    let all: Vec<&crate::observers::Pair> = pairs.iter().collect();
+    let mut per_node: BTreeMap<String, Lag> = BTreeMap::new();
+    let mut per_region: BTreeMap<String, Vec<&crate::observers::Pair>> = BTreeMap::new();
+    for &node in &h.watched.caches {
+        let of: Vec<&crate::observers::Pair> = pairs.iter().filter(|p| p.node == node).collect();
+        if let Some(region) = regions.get(&node) {
+            per_region.entry(bound::name(region)).or_default().extend(&of);
+        }
+        per_node.insert(bound::name(h.nodes.name(node)), lag(&of));
+    }
+    Some(InvalidationLag {
+        all: lag(&all),
+        per_region: per_region.into_iter().map(|(r, p)| (r, lag(&p))).collect(),
+        per_node,
+    })
+}
+
 /// Turns findings into results.
 pub fn build(
     ctx: &Context<'_>,
@@ -377,9 +509,10 @@ pub fn build(
         *counts.entry(f.kind.name()).or_default() += 1;
         *per_key[f.key as usize].entry(f.kind.name()).or_default() += 1;
         let op = &h.ops[f.op() as usize];
-        if op.node != NONE {
+        let node = f.node(h);
+        if node != NONE {
             *per_node
-                .entry(bound::name(h.nodes.name(op.node)))
+                .entry(bound::name(h.nodes.name(node)))
                 .or_default()
                 .anomalies
                 .entry(f.kind.name())
@@ -505,6 +638,14 @@ pub fn build(
                     reason: Some("not among the checks chosen (--checks, [checker] checks)".into()),
                 };
             }
+            if let Err(why) = judged.detector.applies(ctx) {
+                return CheckResult {
+                    name: kind,
+                    status: Status::NotRun,
+                    count: 0,
+                    reason: Some(why),
+                };
+            }
             let count = counts[kind.name()];
             let reason = judged.undecided(h);
             let status = if count > 0 {
@@ -613,6 +754,7 @@ pub fn build(
         checks,
         stats,
         staleness: staleness(findings.staleness),
+        invalidation_lag: invalidation_lag(h, &findings.pairs),
         causes,
         per_node,
         per_region,

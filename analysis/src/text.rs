@@ -51,9 +51,16 @@ pub fn render(r: &Results, explain: usize) -> String {
                 "unknown: {}",
                 shown(c.reason.as_deref().unwrap_or("the history cannot decide"))
             ),
-            Status::NotRun => "not run (not among the chosen checks)".to_string(),
+            Status::NotRun => format!(
+                "not run: {}",
+                shown(
+                    c.reason
+                        .as_deref()
+                        .unwrap_or("not among the chosen checks")
+                )
+            ),
         };
-        let _ = writeln!(s, "  {:<18} {:>8}  {status}", c.name.name(), c.count);
+        let _ = writeln!(s, "  {:<20} {:>8}  {status}", c.name.name(), c.count);
     }
     let faults = fault_summary(r);
     if !faults.is_empty() {
@@ -96,6 +103,31 @@ pub fn render(r: &Results, explain: usize) -> String {
         .map(|w| format!("{} {:.3}%", w.within, w.fraction * 100.0))
         .collect();
     let _ = writeln!(s, "fresh within: {}", within.join(", "));
+    if let Some(lag) = &r.invalidation_lag {
+        let line = |l: &crate::results::Lag| {
+            let within: Vec<String> = l
+                .within
+                .iter()
+                .map(|w| format!("{} {:.3}%", w.within, w.fraction * 100.0))
+                .collect();
+            format!(
+                "{} awaited, {} invalidated (p50 {}, p99 {}, p99.9 {}, max {}), {} missing, {} undecided; within {}",
+                l.awaited,
+                l.invalidated,
+                duration(l.p50_ns),
+                duration(l.p99_ns),
+                duration(l.p999_ns),
+                duration(l.max_ns),
+                l.missing,
+                l.undecided,
+                within.join(", ")
+            )
+        };
+        let _ = writeln!(s, "invalidation lag: {}", line(&lag.all));
+        for (region, l) in &lag.per_region {
+            let _ = writeln!(s, "  region {}: {}", shown(region), line(l));
+        }
+    }
     if !r.per_node.is_empty() {
         let nodes: Vec<String> = r
             .per_node

@@ -185,3 +185,29 @@ impl Topology {
             .find(|c| c.kind == NodeKind::Database && c.time >= from && c.time <= to)
     }
 }
+
+/// The region of each cache node the history's `topology` event names one for.
+pub fn regions(h: &History) -> rustc_hash::FxHashMap<u32, String> {
+    let mut out = rustc_hash::FxHashMap::default();
+    let Some(value) = h
+        .standalone
+        .iter()
+        .find(|e| e.actor == "control" && e.f == "topology")
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| serde_json::from_str::<Value>(v).ok())
+    else {
+        return out;
+    };
+    for e in value
+        .get("caches")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let node = e.get("node").and_then(Value::as_str).and_then(|n| h.nodes.get(n));
+        if let (Some(node), Some(region)) = (node, e.get("region").and_then(Value::as_str)) {
+            out.insert(node, region.to_string());
+        }
+    }
+    out
+}

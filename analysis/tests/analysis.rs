@@ -31,7 +31,7 @@ fn counts(r: &Results) -> BTreeMap<&'static str, u64> {
     r.anomaly_counts.clone()
 }
 
-/// All seven counts: the ones given, zero for the rest.
+/// Every anomaly's count: the ones given, zero for the rest.
 fn expect(pairs: &[(AnomalyKind, u64)]) -> BTreeMap<&'static str, u64> {
     AnomalyKind::ALL
         .iter()
@@ -127,7 +127,11 @@ fn example_concurrent_ok() {
         .filter(|c| c.status == Status::NotRun)
         .map(|c| c.name)
         .collect();
-    assert_eq!(not_run, vec![LostWrite, NonConvergence]);
+    // (and the observer checks do not apply: the history has no cache observer)
+    assert_eq!(
+        not_run,
+        vec![LostWrite, NonConvergence, MissingInvalidation, SlowInvalidation]
+    );
     assert_eq!(r.staleness.reads, 2, "the miss is no read of a value");
     assert_eq!(r.staleness.max_ns, 0);
 }
@@ -212,6 +216,86 @@ fn example_indeterminate_write() {
     );
 }
 
+/// The project's own examples of the observer checks (`docs/examples/README.md` states
+/// their results).
+fn observer_example(name: &str) -> Results {
+    let options = Options {
+        invalidation_bound: Some(200_000_000),
+        ..Options::default()
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples")
+        .join(name);
+    check_file(&path, &options, &NoProgress).expect("the example reads")
+}
+
+fn status_of(r: &Results, k: AnomalyKind) -> Status {
+    r.checks.iter().find(|c| c.name == k).unwrap().status
+}
+
+#[test]
+fn example_missing_invalidation() {
+    let r = observer_example("missing-invalidation.jsonl");
+    assert_eq!(r.verdict, Verdict::Invalid);
+    assert_eq!(
+        counts(&r),
+        expect(&[(StaleRead, 1), (NonConvergence, 1), (MissingInvalidation, 1)])
+    );
+    assert_eq!(status_of(&r, SlowInvalidation), Status::Valid);
+    let a = r
+        .anomalies
+        .iter()
+        .find(|a| a.name == MissingInvalidation)
+        .unwrap();
+    assert_eq!(a.node.as_deref(), Some("r1a"), "counted under the watched node");
+    assert!(a.summary.contains("no invalidation"), "{}", a.summary);
+    assert_eq!(a.cause.as_ref().unwrap().kind, CauseKind::Unexplained);
+    assert_eq!(r.per_node["r1a"].anomalies["missing-invalidation"], 1);
+    assert_eq!(r.causes["stale-read"]["lost-invalidation"], 1);
+    let lag = r.invalidation_lag.as_ref().expect("the history has an observer");
+    assert_eq!((lag.all.awaited, lag.all.missing, lag.all.invalidated), (1, 1, 0));
+    assert_eq!(lag.all.within.last().unwrap().fraction, 0.0);
+    assert_eq!(lag.per_region["r1"].missing, 1);
+}
+
+#[test]
+fn example_slow_invalidation() {
+    let r = observer_example("slow-invalidation.jsonl");
+    assert_eq!(r.verdict, Verdict::Invalid);
+    assert_eq!(counts(&r), expect(&[(StaleRead, 1), (SlowInvalidation, 1)]));
+    assert_eq!(status_of(&r, MissingInvalidation), Status::Valid);
+    assert_eq!(r.causes["stale-read"]["late-invalidation"], 1);
+    let lag = &r.invalidation_lag.as_ref().unwrap().per_node["r1a"];
+    assert_eq!((lag.invalidated, lag.missing), (1, 0));
+    // From the change stream's commit (11 ms) to the observed deletion (400 ms).
+    assert_eq!(lag.p50_ns, 389_000_000);
+    assert_eq!(lag.max_ns, 389_000_000);
+    let within: Vec<f64> = lag.within.iter().map(|w| w.fraction).collect();
+    assert_eq!(within, vec![0.0, 0.0, 0.0, 1.0], "10 ms, 100 ms, 200 ms, 1 s");
+    // Without a bound, slow-invalidation does not apply, and says why.
+    let r = check_file(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/slow-invalidation.jsonl"),
+        &Options::default(),
+        &NoProgress,
+    )
+    .unwrap();
+    let c = r.checks.iter().find(|c| c.name == SlowInvalidation).unwrap();
+    assert_eq!(c.status, Status::NotRun);
+    assert!(c.reason.as_deref().unwrap().contains("no invalidation bound"));
+}
+
+#[test]
+fn example_observer_gap_is_unknown_not_valid() {
+    let r = observer_example("observer-gap.jsonl");
+    assert_eq!(counts(&r), expect(&[]));
+    assert_eq!(status_of(&r, MissingInvalidation), Status::Unknown);
+    assert_eq!(status_of(&r, SlowInvalidation), Status::Unknown);
+    assert_eq!(r.verdict, Verdict::Unknown);
+    let c = r.checks.iter().find(|c| c.name == MissingInvalidation).unwrap();
+    assert!(c.reason.as_deref().unwrap().contains("blind"), "{c:?}");
+    assert_eq!(r.invalidation_lag.as_ref().unwrap().all.undecided, 1);
+}
+
 #[test]
 fn undecidable_checks_say_unknown_not_valid() {
     let r = check("stale-read.jsonl", 8);
@@ -235,15 +319,16 @@ fn undecidable_checks_say_unknown_not_valid() {
 }
 
 #[test]
-fn results_json_is_versioned_and_names_all_seven() {
+fn results_json_is_versioned_and_names_every_anomaly() {
     let r = check("phantom.jsonl", 0);
     let json: serde_json::Value = serde_json::to_value(&r).unwrap();
     assert_eq!(json["format"], "coherence-results");
-    assert_eq!(json["format_version"], 2);
+    assert_eq!(json["format_version"], 3);
     assert_eq!(json["valid"], false);
     assert_eq!(json["verdict"], "invalid");
     let counts = json["anomaly-counts"].as_object().unwrap();
-    assert_eq!(counts.len(), 7);
+    assert_eq!(counts.len(), AnomalyKind::ALL.len());
+    assert_eq!(counts.len(), 9);
     for k in AnomalyKind::ALL {
         assert!(counts.contains_key(k.name()), "{}", k.name());
     }
@@ -403,7 +488,10 @@ mod simulated {
                 text::render(&r, 3)
             );
             for c in &r.checks {
-                assert_eq!(c.status, Status::Valid, "seed {seed}: {:?}", c);
+                // The simulator records no observers: their checks do not apply.
+                let observer = matches!(c.name, MissingInvalidation | SlowInvalidation);
+                let want = if observer { Status::NotRun } else { Status::Valid };
+                assert_eq!(c.status, want, "seed {seed}: {:?}", c);
             }
         }
     }
@@ -449,7 +537,7 @@ mod property {
             coherence_store::reader::read_from(text.as_bytes(), std::path::Path::new("prop.jsonl"), &mut builder)
                 .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
             let history = builder.finish();
-            let options = Options { staleness_bound: bound, ..Options::default() };
+            let options = Options { staleness_bound: bound, invalidation_bound: Some(brute::INVALIDATION_BOUND), ..Options::default() };
             let results = check_history(&history, &options, "prop", vec![], 0);
             let slow = brute::counts(&text, bound);
             prop_assert_eq!(&results.anomaly_counts, &slow, "history:\n{}", text);
@@ -472,7 +560,7 @@ mod property {
             coherence_store::reader::read_from(text.as_bytes(), std::path::Path::new("prop.jsonl"), &mut builder)
                 .map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
             let h = builder.finish();
-            let ctx = check::Context::new(&h, bound);
+            let ctx = check::Context::new(&h, bound).with_invalidation_bound(Some(brute::INVALIDATION_BOUND));
             let mut slow = brute::findings(&text, bound);
             let (_, statuses) = brute::verdict(&text, bound);
             for &d in detect::DETECTORS {
@@ -495,7 +583,9 @@ mod property {
                 let want = slow.get_mut(name).expect("the spec defines it");
                 want.sort();
                 prop_assert_eq!(&fast, &*want, "{}: history:\n{}", name, text);
-                let status = if !fast.is_empty() {
+                let status = if d.applies(&ctx).is_err() {
+                    "not-run"
+                } else if !fast.is_empty() {
                     "invalid"
                 } else if found.judged[0].undecided(&h).is_some() {
                     "unknown"

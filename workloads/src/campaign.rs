@@ -371,6 +371,14 @@ pub struct Checker {
     /// are the checker's, which checks them before a run.
     #[serde(default)]
     pub checks: Option<Vec<String>>,
+    /// The invalidation bound: a watched cache node invalidated later than this after a
+    /// commit is a `slow-invalidation`; not checked when absent.
+    #[serde(default, deserialize_with = "some_duration")]
+    pub invalidation_bound: Option<Duration>,
+}
+
+fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn at_least_one<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -19,10 +19,12 @@
 //! each detector against a brute-force reading of the same text.
 
 pub mod lost_write;
+pub mod missing_invalidation;
 pub mod monotonic_read;
 pub mod non_convergence;
 pub mod phantom_read;
 pub mod read_your_writes;
+pub mod slow_invalidation;
 pub mod stale_read;
 pub mod version_fork;
 
@@ -30,6 +32,7 @@ use crate::causes::{Cause, Fills, Newer};
 use crate::check::Context;
 use crate::explain::{Explaining, Explanation};
 use crate::model::{Final, History, Outcome, Val, NONE};
+use crate::observers::Pair;
 use coherence_store::OpKind;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::Serialize;
@@ -45,6 +48,8 @@ pub static DETECTORS: &[&dyn Detector] = &[
     &monotonic_read::Check,
     &read_your_writes::Check,
     &non_convergence::Check,
+    &missing_invalidation::Check,
+    &slow_invalidation::Check,
 ];
 
 /// The anomalies of the spec. The names (`stale-read`, ...) are the variants in
@@ -80,6 +85,10 @@ pub enum AnomalyKind {
     ReadYourWrites,
     /// After the final phase a cache node disagreed with the database.
     NonConvergence,
+    /// A watched cache node holding an older version was never invalidated for a commit.
+    MissingInvalidation,
+    /// A watched cache node's invalidation for a commit came later than the bound.
+    SlowInvalidation,
 }
 
 impl AnomalyKind {
@@ -112,6 +121,13 @@ impl std::str::FromStr for AnomalyKind {
 pub trait Detector: Sync {
     /// The anomaly it finds.
     fn kind(&self) -> AnomalyKind;
+
+    /// Whether the check applies to the history at all (`Err`: why not; it is then
+    /// reported as not run, with that reason): the observer checks need an observer,
+    /// `slow-invalidation` a bound.
+    fn applies(&self, _ctx: &Context<'_>) -> Result<(), String> {
+        Ok(())
+    }
 
     /// Looks at one key: reports each anomaly to `out`, and counts there what it judged.
     fn detect(&self, key: &Key<'_>, out: &mut Sink<'_>);
@@ -155,6 +171,12 @@ pub trait Found: fmt::Debug + Send + Sync {
     /// The version at stake: the version read, written or forked.
     fn version(&self) -> i64;
 
+    /// The node the breakdowns count it under, when it is not the offending
+    /// operation's ([`NONE`]: the operation's): the cache node an invalidation was due on.
+    fn node(&self) -> u32 {
+        NONE
+    }
+
     /// The likely cause, for the anomalies that name one.
     fn cause(&self) -> Option<Cause> {
         None
@@ -191,6 +213,14 @@ impl Finding {
     /// The likely cause (stale reads and non-convergence).
     pub fn cause(&self) -> Option<Cause> {
         self.found.cause()
+    }
+
+    /// The node it is counted under: the detector's, else the offending operation's.
+    pub fn node(&self, h: &History) -> u32 {
+        match self.found.node() {
+            NONE => h.ops.get(self.op() as usize).map_or(NONE, |o| o.node),
+            n => n,
+        }
     }
 
     /// The detector's own finding.
@@ -321,6 +351,8 @@ pub struct Key<'h> {
     held: Option<FxHashSet<Val>>,
     /// The key's fills, indexed when a cause first needs them.
     fills: OnceCell<Fills>,
+    /// The key's commits on watched nodes, judged when a check first needs them.
+    pairs: OnceCell<Vec<Pair>>,
 }
 
 impl<'h> Key<'h> {
@@ -392,7 +424,24 @@ impl<'h> Key<'h> {
             kept,
             held,
             fills: OnceCell::new(),
+            pairs: OnceCell::new(),
         }
+    }
+
+    /// Every committed version of the key on every watched node that held an older one,
+    /// with what became of it ([`crate::observers`]).
+    pub fn pairs(&self) -> &[Pair] {
+        self.pairs.get_or_init(|| {
+            let committed = crate::observers::committed(self.history, self.key, self.ops, |v, op| {
+                self.is_lost(v, op)
+            });
+            crate::observers::pairs(self.ctx, self.key, self.ops, &committed)
+        })
+    }
+
+    /// The pairs, if a check judged them.
+    pub(crate) fn take_pairs(self) -> Vec<Pair> {
+        self.pairs.into_inner().unwrap_or_default()
     }
 
     /// The earliest acknowledgement of a write newer than `v` (`u64::MAX`: none), and

@@ -18,7 +18,7 @@ pub struct Step {
 
 /// Any step.
 pub fn step() -> impl Strategy<Value = Step> {
-    (0u8..3, 0u8..23, any::<u8>(), any::<u8>(), 0u8..3).prop_map(|(process, action, a, b, dt)| {
+    (0u8..3, 0u8..28, any::<u8>(), any::<u8>(), 0u8..3).prop_map(|(process, action, a, b, dt)| {
         Step {
             process,
             action,
@@ -40,15 +40,48 @@ pub fn history(steps: &[Step]) -> Vec<String> {
     let mut final_phase = false;
     let mut next_seq = 0u64;
     let mut open_faults: Vec<u64> = Vec::new();
+    let mut key_of: HashMap<String, String> = HashMap::new(); // write id -> key
     let emit = |lines: &mut Vec<String>, time: u64, mut ev: Value| {
         ev["index"] = json!(lines.len());
         ev["time"] = json!(time);
         lines.push(ev.to_string());
     };
+    // Two histories in three have a cache observer watching node n.
+    if steps.first().is_some_and(|s| s.b % 3 != 0) {
+        emit(
+            &mut lines,
+            0,
+            json!({"process": "control", "type": "info", "f": "observe", "value": {"caches": ["n"], "databases": ["db"]}}),
+        );
+    }
     for s in steps {
         time += s.dt as u64 * 1_000_000;
         let slot = s.process;
         let process = numbers[slot as usize];
+        // The observers: what the cache observer of n saw, its gaps, the change stream.
+        if (23..=26).contains(&s.action) && !pending.contains_key(&slot) {
+            let key = format!("k{}", s.a % 2);
+            let ev = match s.action {
+                23 => json!({"process": "monitor:n", "type": "info", "f": "invalidate", "key": key, "node": "n"}),
+                24 => {
+                    let f = ["set", "expire", "evict"][s.b as usize % 3];
+                    json!({"process": "monitor:n", "type": "info", "f": f, "key": key, "node": "n"})
+                }
+                25 => {
+                    let actor = if s.a % 5 == 0 { "cdc:db" } else { "monitor:n" };
+                    let node = if s.a % 5 == 0 { "db" } else { "n" };
+                    let from = time.saturating_sub((s.b % 4) as u64 * 1_000_000);
+                    json!({"process": actor, "type": "info", "f": "observer-gap", "node": node, "value": {"node": node, "from": from, "to": time}})
+                }
+                _ => {
+                    let id = writes[s.a as usize % writes.len()].clone();
+                    let key = key_of.get(&id).cloned().unwrap_or(key);
+                    json!({"process": "cdc:db", "type": "info", "f": "commit", "key": key, "node": "db", "value": {"write": id, "version": s.b % 4, "lsn": "0/1"}})
+                }
+            };
+            emit(&mut lines, time, ev);
+            continue;
+        }
         if let Some((f, key, own)) = pending.remove(&slot) {
             let kind = match s.a % 5 {
                 0..=2 => "ok",
@@ -142,6 +175,7 @@ pub fn history(steps: &[Step]) -> Vec<String> {
             12..=14 => "db-read",
             15..=16 => "final-read",
             17..=18 => "db-final-read",
+            27 => "fill",
             _ => {
                 if !final_phase {
                     final_phase = true;
@@ -161,7 +195,11 @@ pub fn history(steps: &[Step]) -> Vec<String> {
             let id = format!("w{next_write}");
             writes.push(id.clone());
             ev["value"] = json!({"write": id});
+            key_of.insert(id.clone(), key.clone());
             own = id;
+        }
+        if f == "fill" {
+            ev["value"] = json!({"version": s.b % 4, "write": writes[s.a as usize % writes.len()]});
         }
         emit(&mut lines, time, ev);
         pending.insert(slot, (f.to_string(), key, own));
@@ -175,6 +213,7 @@ struct Op {
     process: i64,
     f: String,
     key: String,
+    node: Option<String>,
     kind: String, // ok, fail, info ("info" also for unfinished)
     invoke: u64,
     complete: Option<u64>,
@@ -212,6 +251,12 @@ pub fn counts(text: &str, bound: u64) -> BTreeMap<&'static str, u64> {
 
 /// The anomalies of the history text by the definitions, by name.
 pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
+    analyse(text, bound).0
+}
+
+/// The anomalies by name, the fate of every awaited invalidation, and whether the
+/// history watches any cache node.
+fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<Fate>, bool) {
     let events: Vec<Value> = text
         .lines()
         .filter(|l| !l.is_empty())
@@ -220,12 +265,61 @@ pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
     let mut ops: Vec<Op> = Vec::new();
     let mut open: HashMap<i64, usize> = HashMap::new();
     let mut final_phase: Option<u64> = None;
+    let mut final_time: Option<u64> = None;
+    let mut watched: Vec<String> = Vec::new();
+    let mut observe_seen = false;
+    // (key, node, time, index, f) of what cache observers saw
+    let mut seen: Vec<(String, String, u64, u64, String)> = Vec::new();
+    // (node, from, to) of cache observers' gaps
+    let mut gaps: Vec<(String, u64, u64)> = Vec::new();
+    // (key, write id, version, time) of commit events
+    let mut commits: Vec<(String, String, Option<i64>, u64)> = Vec::new();
+    let mut end_time = 0;
     for e in &events {
         let index = e["index"].as_u64().unwrap();
         let time = e["time"].as_u64().unwrap();
-        if e["process"].is_string() {
-            if e["f"] == "final-phase" && final_phase.is_none() {
+        end_time = time;
+        if let Some(actor) = e["process"].as_str() {
+            let f = e["f"].as_str().unwrap();
+            if f == "final-phase" && final_phase.is_none() {
                 final_phase = Some(index);
+                final_time = Some(time);
+            }
+            if f == "observe" && actor == "control" && !observe_seen {
+                observe_seen = true;
+                for n in e["value"]["caches"].as_array().into_iter().flatten() {
+                    watched.push(n.as_str().unwrap().to_string());
+                }
+            }
+            if actor.starts_with("monitor:")
+                && ["invalidate", "set", "expire", "evict"].contains(&f)
+                && e["key"].is_string()
+                && e["node"].is_string()
+            {
+                seen.push((
+                    e["key"].as_str().unwrap().into(),
+                    e["node"].as_str().unwrap().into(),
+                    time,
+                    index,
+                    f.into(),
+                ));
+            }
+            if f == "observer-gap" && actor.starts_with("monitor:") && e["node"].is_string() {
+                gaps.push((
+                    e["node"].as_str().unwrap().into(),
+                    e["value"]["from"].as_u64().unwrap(),
+                    e["value"]["to"].as_u64().unwrap(),
+                ));
+            }
+            if f == "commit" && e["key"].is_string() {
+                if let Some(id) = e["value"]["write"].as_str() {
+                    commits.push((
+                        e["key"].as_str().unwrap().into(),
+                        id.into(),
+                        e["value"]["version"].as_i64(),
+                        time,
+                    ));
+                }
             }
             continue;
         }
@@ -237,6 +331,7 @@ pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
                 process: p,
                 f: e["f"].as_str().unwrap().into(),
                 key: e["key"].as_str().unwrap().into(),
+                node: e["node"].as_str().map(String::from),
                 kind: "info".into(),
                 invoke: time,
                 complete: None,
@@ -250,6 +345,9 @@ pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
             op.kind = e["type"].as_str().unwrap().into();
             op.complete = Some(time);
             op.complete_index = Some(index);
+            if let Some(n) = e["node"].as_str() {
+                op.node = Some(n.to_string());
+            }
             if op.kind == "ok" {
                 op.value = versioned(&e["value"]);
                 op.log = e["value"]["log"].as_array().map(|l| {
@@ -274,6 +372,8 @@ pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
         "monotonic-read",
         "read-your-writes",
         "non-convergence",
+        "missing-invalidation",
+        "slow-invalidation",
     ]
     .into_iter()
     .map(|n| (n, Vec::new()))
@@ -356,16 +456,30 @@ pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
             .filter(|o| ok(o, "db-final-read") && o.key == key && o.value.is_some())
             .max_by_key(|o| o.complete_index)
     };
-    // lost-write
-    for w in &ok_writes {
-        let Some(d) = final_of(&w.key) else { continue };
+    let is_lost = |w: &Op| -> bool {
+        let Some(d) = final_of(&w.key) else { return false };
         let (v, id) = wval(w);
-        let lost = match &d.log {
+        match &d.log {
             Some(log) => !log.contains(&(v, id)),
             None => v > d.value.as_ref().unwrap().0,
-        };
-        if lost {
-            found("lost-write", &w.key, Some(w.index), v);
+        }
+    };
+    // lost-write
+    for w in &ok_writes {
+        if is_lost(w) {
+            found("lost-write", &w.key, Some(w.index), wval(w).0);
+        }
+    }
+    // missing-invalidation and slow-invalidation: every pair's fate, by the definitions
+    let pairs = fates(&ops, &watched, &seen, &gaps, &commits, final_time, end_time, &is_lost);
+    let all_fates: Vec<Fate> = pairs.iter().map(|p| p.3).collect();
+    for (key, version, w, fate) in pairs {
+        match fate {
+            Fate::Missing => found("missing-invalidation", &key, Some(w.index), version),
+            Fate::Invalidated(lag) if lag > INVALIDATION_BOUND => {
+                found("slow-invalidation", &key, Some(w.index), version)
+            }
+            _ => {}
         }
     }
     // monotonic-read and read-your-writes
@@ -398,13 +512,136 @@ pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
             }
         }
     }
-    c
+    (c, all_fates, !watched.is_empty())
+}
+
+/// The invalidation bound the property tests check `slow-invalidation` with (1 ms).
+pub const INVALIDATION_BOUND: u64 = 1_000_000;
+
+/// What became of an older entry after a commit (`docs/history.md`, *Observers*).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// Invalidated, this long after the commit (0 when seen before it).
+    Invalidated(u64),
+    /// Overwritten by a fill of the new version.
+    Overwritten,
+    /// Gone by expiry or eviction.
+    Expired,
+    /// Never by the final phase.
+    Missing,
+    /// Not by the end of a history without a final phase.
+    Pending,
+    /// An observer gap overlaps the time that decides.
+    Blind,
+}
+
+/// Every (committed version, watched node that held an older version) of the history,
+/// with its fate: (key, version, write, fate).
+#[allow(clippy::too_many_arguments)]
+fn fates<'o>(
+    ops: &'o [Op],
+    watched: &[String],
+    seen: &[(String, String, u64, u64, String)],
+    gaps: &[(String, u64, u64)],
+    commits: &[(String, String, Option<i64>, u64)],
+    final_time: Option<u64>,
+    end_time: u64,
+    is_lost: &dyn Fn(&Op) -> bool,
+) -> Vec<(String, i64, &'o Op, Fate)> {
+    let mut out = Vec::new();
+    let keys: BTreeSet<&str> = ops.iter().map(|o| o.key.as_str()).collect();
+    for key in keys {
+        // The committed versions: kept ok writes, and info writes a commit event shows
+        // committed with a version; timed by their first commit event, else the ack.
+        let first_commit = |id: &str| commits.iter().find(|c| c.0 == key && c.1 == id);
+        let mut committed: Vec<(i64, u64, &Op)> = Vec::new();
+        for w in ops.iter().filter(|o| o.f == "write" && o.key == key) {
+            let Some(id) = w.write_id.as_deref() else { continue };
+            let c = first_commit(id);
+            let version = match w.kind.as_str() {
+                "ok" if !is_lost(w) => w.value.as_ref().unwrap().0,
+                "info" => match c.and_then(|c| c.2) {
+                    Some(v) => v,
+                    None => continue,
+                },
+                _ => continue,
+            };
+            let time = c.map_or(w.complete.unwrap_or(u64::MAX), |c| c.3);
+            // one write per version: the earliest committed, the first among equals
+            match committed.iter_mut().find(|c| c.0 == version) {
+                Some(e) if time < e.1 => *e = (version, time, w),
+                Some(_) => {}
+                None => committed.push((version, time, w)),
+            }
+        }
+        for node in watched {
+            for &(version, commit, w) in &committed {
+                let began = w.invoke;
+                // the holding evidence before W began: (time, version or None for a miss)
+                let evidence = ops.iter().filter(|o| o.key == key && o.node.as_deref() == Some(node) && o.kind == "ok").filter_map(|o| match o.f.as_str() {
+                    "fill" => Some((o.complete.unwrap(), o.value.as_ref().map(|v| v.0))),
+                    "read" | "final-read" => Some((o.invoke, o.value.as_ref().map(|v| v.0))),
+                    _ => None,
+                });
+                let Some(last) = evidence.filter(|e| e.0 < began).max() else { continue };
+                let (t_e, Some(held)) = last else { continue };
+                if held >= version {
+                    continue;
+                }
+                let changes: Vec<&(String, String, u64, u64, String)> = {
+                    let mut c: Vec<_> = seen.iter().filter(|c| c.0 == key && &c.1 == node).collect();
+                    c.sort_by_key(|c| (c.2, c.3));
+                    c
+                };
+                if changes.iter().any(|c| c.2 > t_e && c.2 < began) {
+                    continue;
+                }
+                let mut fate = None;
+                for c in changes.iter().filter(|c| c.2 > t_e && final_time.is_none_or(|f| c.2 <= f)) {
+                    match c.4.as_str() {
+                        "invalidate" => {
+                            fate = Some((Fate::Invalidated(c.2.saturating_sub(commit)), c.2));
+                            break;
+                        }
+                        "expire" | "evict" => {
+                            fate = Some((Fate::Expired, c.2));
+                            break;
+                        }
+                        _ => {
+                            let newer = ops.iter().any(|o| {
+                                o.f == "fill"
+                                    && o.kind == "ok"
+                                    && o.key == key
+                                    && o.node.as_deref() == Some(node)
+                                    && o.value.as_ref().is_some_and(|v| v.0 >= version)
+                                    && o.complete.is_some_and(|t| t >= c.2 && t <= c.2 + 1_000_000_000)
+                            });
+                            if newer {
+                                fate = Some((Fate::Overwritten, c.2));
+                                break;
+                            }
+                        }
+                    }
+                }
+                let (fate, until) = fate.unwrap_or(match final_time {
+                    Some(f) => (Fate::Missing, f),
+                    None => (Fate::Pending, end_time),
+                });
+                let blind = gaps.iter().any(|g| &g.0 == node && g.1 <= until && g.2 >= t_e);
+                out.push((key.to_string(), version, w, if blind { Fate::Blind } else { fate }));
+            }
+        }
+    }
+    out
 }
 
 /// The verdict of the history text by the definitions of `docs/history.md` ("Verdict"):
 /// each check's status, then the whole.
 pub fn verdict(text: &str, bound: u64) -> (&'static str, BTreeMap<&'static str, &'static str>) {
-    let counts = counts(text, bound);
+    let (found, fates, watching) = analyse(text, bound);
+    let counts: BTreeMap<&'static str, u64> =
+        found.into_iter().map(|(n, f)| (n, f.len() as u64)).collect();
+    let count_fates = |pred: &dyn Fn(&Fate) -> bool| fates.iter().filter(|f| pred(f)).count();
     let events: Vec<Value> = text
         .lines()
         .filter(|l| !l.is_empty())
@@ -499,13 +736,26 @@ pub fn verdict(text: &str, bound: u64) -> (&'static str, BTreeMap<&'static str, 
                     || after.is_empty()
                     || after.iter().any(|o| !final_keys.contains(o.1.as_str()))
             }
+            // judged: every fate but expired; unknown when blind or pending, or none judged
+            "missing-invalidation" => {
+                count_fates(&|f| matches!(f, Fate::Blind | Fate::Pending)) > 0
+                    || count_fates(&|f| *f != Fate::Expired) == 0
+            }
+            // judged: every fate but expired and pending; unknown when blind, or none judged
+            "slow-invalidation" => {
+                count_fates(&|f| *f == Fate::Blind) > 0
+                    || count_fates(&|f| !matches!(f, Fate::Expired | Fate::Pending)) == 0
+            }
             _ => unreachable!(),
         }
     };
     let statuses: BTreeMap<&'static str, &'static str> = counts
         .iter()
         .map(|(&name, &n)| {
-            let status = if n > 0 {
+            let observer_check = name == "missing-invalidation" || name == "slow-invalidation";
+            let status = if observer_check && !watching {
+                "not-run"
+            } else if n > 0 {
                 "invalid"
             } else if undecided(name) {
                 "unknown"
