@@ -50,6 +50,9 @@ const RETRY: Duration = Duration::from_millis(100);
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 /// How long that question may take before the stream counts as lost.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long making a slot and starting its stream may take: making a logical slot waits
+/// for the transactions running at the time to end.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long stopping may wait for the replication session and the cleanup.
 const STOP_WAIT: Duration = Duration::from_millis(300);
 
@@ -345,6 +348,21 @@ impl CommitWatch {
             .map_err(|e| pg_error(&e))
     }
 
+    /// Whether an observer of this name is streaming from the primary now (its slot is
+    /// there and in use). Commits made before it streams are not seen, so a caller
+    /// waits for this before the workload starts.
+    pub async fn streaming(&self) -> Result<bool, String> {
+        let (node, client) = self.primary().await?;
+        client
+            .query_opt(
+                "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active",
+                &[&self.object_name()],
+            )
+            .await
+            .map(|row| row.is_some())
+            .map_err(|e| format!("{}: {}", node.name, pg_error(&e)))
+    }
+
     /// Drops what the observer made: the publication on the primary, and its slot if one
     /// is still there (normally the temporary slot went with its connection). Safe to
     /// call more than once, and when nothing was made.
@@ -420,7 +438,7 @@ impl CommitWatch {
                 .await
                 .map_err(|e| on("START_REPLICATION", e.to_string()))
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, created)
+        tokio::time::timeout(START_TIMEOUT, created)
             .await
             .map_err(|_| on("replication connection", "timed out".into()))??;
         Ok(Session {
@@ -623,12 +641,23 @@ async fn follow(
     let mut relations: HashMap<u32, Columns> = HashMap::new();
     // The watched rows the open transaction changed.
     let mut pending: Vec<Change> = Vec::new();
+    // Whether a transaction is open (between its Begin and its Commit).
+    let mut in_transaction = false;
     let mut probe = tokio::time::interval(PROBE_EVERY);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let ended = loop {
         tokio::select! {
             ev = session.client.recv() => match ev {
-                Ok(Some(ReplicationEvent::Begin { .. })) => pending.clear(),
+                Ok(Some(ReplicationEvent::Begin { .. })) => {
+                    pending.clear();
+                    in_transaction = true;
+                }
+                // Between transactions, everything up to the server's WAL end was sent:
+                // acknowledged, so that writes of other tables (whose transactions the
+                // server does not send at all) do not make the slot retain WAL.
+                Ok(Some(ReplicationEvent::KeepAlive { wal_end, .. })) if !in_transaction => {
+                    session.client.update_applied_lsn(wal_end);
+                }
                 Ok(Some(ReplicationEvent::XLogData { data, .. })) => {
                     let step = decode(&data).and_then(|m| match m {
                         Message::Relation(r) => {
@@ -665,6 +694,7 @@ async fn follow(
                         );
                     }
                     session.client.update_applied_lsn(end_lsn);
+                    in_transaction = false;
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break Ended::Lost(format!("{node}: the stream ended")),

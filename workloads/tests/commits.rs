@@ -353,6 +353,8 @@ async fn the_commit_observer_records_committed_rows_in_commit_order_and_cleans_u
             "wal_level = logical",
             "max_replication_slots = 10",
             "track_commit_timestamp = on",
+            // Keepalives every second when idle.
+            "wal_sender_timeout = 2s",
         ],
     );
     let sql = db.client().await;
@@ -423,8 +425,8 @@ async fn the_commit_observer_records_committed_rows_in_commit_order_and_cleans_u
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(watch(w.clone(), rec.clone(), stop_rx.clone()));
     let plain_task = tokio::spawn(watch(plain.clone(), plain_rec.clone(), stop_rx));
-    wait_for("the observers' slots", async || {
-        streaming(&db, "coherence_events_1").await && streaming(&db, "coherence_plain").await
+    wait_for("the observers to stream", async || {
+        w.streaming().await.unwrap() && plain.streaming().await.unwrap()
     })
     .await;
 
@@ -548,6 +550,28 @@ async fn the_commit_observer_records_committed_rows_in_commit_order_and_cleans_u
     }
     // Nothing was blind here.
     assert!(!events(&path).iter().any(|e| e["f"] == "observer-gap"));
+
+    // Writes of other tables only (transactions the server does not send): the slot
+    // still moves on, so it does not retain WAL for the rest of the run.
+    sql.batch_execute("UPDATE other SET n = n + 1; SELECT pg_switch_wal()")
+        .await
+        .unwrap();
+    let current: String = sql
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    wait_for("the slot to confirm WAL it had no changes in", async || {
+        sql.query_one(
+            "SELECT confirmed_flush_lsn >= $1::text::pg_lsn FROM pg_replication_slots \
+             WHERE slot_name = 'coherence_events_1'",
+            &[&current],
+        )
+        .await
+        .unwrap()
+        .get::<_, bool>(0)
+    })
+    .await;
 
     // Stopped, the observers leave no slot and no publication.
     stop_and_join(stop_tx, task).await;
