@@ -29,7 +29,9 @@
 //! failover the slot never exists on the promoted standby; the publication does if it
 //! was replicated), opens a new slot and goes on, and records the blind time as an
 //! `observer-gap` event (`{"node", "previous", "from", "to"}`, ns on the run's clock).
-//! Blind from the start (the first connection fails) is a gap too, with `previous` null.
+//! Blind from the start (the first connection fails) is a gap too, with `previous` null;
+//! stopped while blind, the gap ends at the stop, with `node` null (and process `cdc:<the
+//! node it lost>`, or `cdc` if it never saw one).
 //!
 //! Not yet wired into `coherence run` (issue 12): this is the observer and its test.
 
@@ -571,6 +573,15 @@ fn now(rec: &Recorder) -> u64 {
     rec.elapsed().as_nanos() as u64
 }
 
+/// Whether `stop` says to stop, after its `changed()` returned `changed`: set, or its
+/// sender is gone (nobody is left to say stop, so waiting on would spin).
+fn told_to_stop(
+    changed: Result<(), watch::error::RecvError>,
+    stop: &watch::Receiver<bool>,
+) -> bool {
+    changed.is_err() || *stop.borrow()
+}
+
 /// How following a stream ended.
 enum Ended {
     /// `stop` was set.
@@ -590,7 +601,12 @@ pub async fn watch(w: CommitWatch, rec: Arc<Recorder>, mut stop: watch::Receiver
     while !*stop.borrow() {
         let opened = tokio::select! {
             opened = w.open() => opened,
-            _ = stop.changed() => continue,
+            changed = stop.changed() => {
+                if told_to_stop(changed, &stop) {
+                    break;
+                }
+                continue;
+            }
         };
         let session = match opened {
             Ok(s) => s,
@@ -602,7 +618,11 @@ pub async fn watch(w: CommitWatch, rec: Arc<Recorder>, mut stop: watch::Receiver
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(RETRY) => {}
-                    _ = stop.changed() => {}
+                    changed = stop.changed() => {
+                        if told_to_stop(changed, &stop) {
+                            break;
+                        }
+                    }
                 }
                 continue;
             }
@@ -625,6 +645,18 @@ pub async fn watch(w: CommitWatch, rec: Arc<Recorder>, mut stop: watch::Receiver
             Ended::Stopped => break,
             Ended::Lost(why) => blind = Some((now(&rec), Some(node), why)),
         }
+    }
+    if let Some((from, previous, why)) = blind.take() {
+        // Stopped while blind: the gap lasted to the end, and resumed nowhere.
+        let process = Process::Actor(match &previous {
+            Some(node) => format!("cdc:{node}"),
+            None => "cdc".to_string(),
+        });
+        rec.log(
+            Event::new(0, process, EventType::Info, "observer-gap")
+                .value(json!({"node": null, "previous": previous, "from": from, "to": now(&rec)}))
+                .error(format!("{why} (still blind when stopped)")),
+        );
     }
     let _ = tokio::time::timeout(STOP_WAIT * 2, w.cleanup()).await;
 }
@@ -708,8 +740,8 @@ async fn follow(
                     Err(_) => break Ended::Lost(format!("{node} did not answer for {PROBE_TIMEOUT:?}")),
                 }
             }
-            _ = stop.changed() => {
-                if *stop.borrow() {
+            changed = stop.changed() => {
+                if told_to_stop(changed, stop) {
                     break Ended::Stopped;
                 }
             }

@@ -697,6 +697,31 @@ async fn an_observer_blind_from_the_start_records_the_gap() {
         "blind",
     );
     let dir = tempfile::tempdir().unwrap();
+    // Blind from start to stop: the gap ends at the stop and resumed nowhere.
+    let never = dir.path().join("never.jsonl");
+    let never_rec = Arc::new(Recorder::new(HistoryWriter::create(&never).unwrap()));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(watch(w.clone(), never_rec.clone(), stop_rx));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_and_join(stop_tx, task).await;
+    never_rec.flush();
+    let gaps = events(&never);
+    assert_eq!(gaps.len(), 1, "{gaps:#?}");
+    assert_eq!(gaps[0]["f"], "observer-gap");
+    assert_eq!(gaps[0]["process"], "cdc");
+    assert!(gaps[0]["value"]["node"].is_null() && gaps[0]["value"]["previous"].is_null());
+    assert!(
+        gaps[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach db1"),
+        "{gaps:?}"
+    );
+    assert!(
+        gaps[0]["value"]["to"].as_u64().unwrap()
+            >= gaps[0]["value"]["from"].as_u64().unwrap() + 300_000_000
+    );
+
     let path = dir.path().join("history.jsonl");
     let rec = Arc::new(Recorder::new(HistoryWriter::create(&path).unwrap()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -735,6 +760,19 @@ async fn an_observer_blind_from_the_start_records_the_gap() {
     );
     stop_and_join(stop_tx, task).await;
     assert_eq!(leftovers(&db).await, Vec::<String>::new());
+
+    // An observer whose stop sender is gone stops too (and does not spin).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(watch(w.clone(), rec.clone(), stop_rx));
+    wait_for("the observer to stream", async || {
+        w.streaming().await.unwrap()
+    })
+    .await;
+    drop(stop_tx);
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("an observer stops when its stop sender is dropped")
+        .unwrap();
 }
 
 /// Not an assertion on time: prints how late commit events are stamped after the
