@@ -7,6 +7,7 @@
 
 pub mod cache_aside;
 pub mod campaign;
+pub mod commits;
 pub mod observe;
 pub mod pgpass;
 pub mod registry;
