@@ -392,6 +392,7 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
         invalidation_bound: args
             .invalidation_bound
             .map(|b| u64::try_from(b.as_nanos()).unwrap_or(u64::MAX)),
+        ..Options::default()
     };
     let Written {
         results,

@@ -382,17 +382,27 @@ impl Visitor for Builder {
                     }
                     // What observers saw: per key, not kept as standalone events (one
                     // per write or fill, they would be most of the history).
-                    _ if monitor && key != NONE && node != NONE && matches!(&*ev.f, "set" | "expire" | "evict") => {
+                    _ if monitor
+                        && key != NONE
+                        && node != NONE
+                        && matches!(&*ev.f, "set" | "expire" | "evict") =>
+                    {
                         self.history.observed[key as usize].push(Observed {
                             index: ev.index,
                             time: ev.time,
                             node,
-                            change: if ev.f == "set" { Change::Set } else { Change::Removed },
+                            change: if ev.f == "set" {
+                                Change::Set
+                            } else {
+                                Change::Removed
+                            },
                         });
                     }
                     _ if ev.f == "commit" && key != NONE => {
                         let v = value();
-                        let write = v.as_ref().and_then(|v| v.get("write")?.as_str().map(str::to_string));
+                        let write = v
+                            .as_ref()
+                            .and_then(|v| v.get("write")?.as_str().map(str::to_string));
                         if let Some(write) = write {
                             let version = v.as_ref().and_then(|v| v.get("version")?.as_i64());
                             let write = self.history.writes.intern(&write);
@@ -422,7 +432,8 @@ impl Visitor for Builder {
                                 });
                             }
                         }
-                        if ev.f == "observe" && actor == "control" && !self.history.watched.declared {
+                        if ev.f == "observe" && actor == "control" && !self.history.watched.declared
+                        {
                             self.history.watched.declared = true;
                             for (list, databases) in [("caches", false), ("databases", true)] {
                                 let names: Vec<String> = parsed

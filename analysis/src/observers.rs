@@ -145,7 +145,12 @@ pub fn committed(
 
 /// Every (committed version, watched node) pair of key `key` whose node held an older
 /// version at the commit, with its fate. `committed` is [`committed`]'s answer.
-pub fn pairs(ctx: &Context<'_>, key: u32, ops: &[u32], committed: &[(i64, u32, u64, u64)]) -> Vec<Pair> {
+pub fn pairs(
+    ctx: &Context<'_>,
+    key: u32,
+    ops: &[u32],
+    committed: &[(i64, u32, u64, u64)],
+) -> Vec<Pair> {
     let h = ctx.history;
     let mut out = Vec::new();
     if h.watched.caches.is_empty() || committed.is_empty() {
@@ -288,7 +293,8 @@ pub fn missing_cause(ctx: &Context<'_>, p: &Pair, until: u64) -> Option<(Missing
         return Some((MissingCause::FailoverPromoted, c.index));
     }
     let active = |f: &&crate::faults::FaultRecord| f.active_during(from, until);
-    let faults: Vec<&crate::faults::FaultRecord> = ctx.nemesis.faults.iter().filter(active).collect();
+    let faults: Vec<&crate::faults::FaultRecord> =
+        ctx.nemesis.faults.iter().filter(active).collect();
     if let Some(f) = faults.iter().find(|f| {
         matches!(f.family, Some(Family::Kill | Family::Pause))
             && f.value.as_ref().is_some_and(names_invalidator)
@@ -303,11 +309,11 @@ pub fn missing_cause(ctx: &Context<'_>, p: &Pair, until: u64) -> Option<(Missing
     }) {
         return Some((MissingCause::Partition, f.index));
     }
-    let failover = ctx
-        .nemesis
-        .faults
-        .iter()
-        .find(|f| f.family.is_some_and(|fam| fam.spec().promotes.is_some()) && f.start_ns >= from && f.start_ns <= until);
+    let failover = ctx.nemesis.faults.iter().find(|f| {
+        f.family.is_some_and(|fam| fam.spec().promotes.is_some())
+            && f.start_ns >= from
+            && f.start_ns <= until
+    });
     if let Some(f) = failover {
         return Some((MissingCause::Failover, f.index));
     }
@@ -319,9 +325,12 @@ fn names_invalidator(v: &serde_json::Value) -> bool {
     match v {
         serde_json::Value::String(s) => s == "invalidator" || s == "inv",
         serde_json::Value::Array(a) => a.iter().any(names_invalidator),
-        serde_json::Value::Object(o) => o
-            .iter()
-            .any(|(k, v)| matches!(k.as_str(), "service" | "node" | "role" | "fault" | "kill" | "pause") && names_invalidator(v)),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| {
+            matches!(
+                k.as_str(),
+                "service" | "node" | "role" | "fault" | "kill" | "pause"
+            ) && names_invalidator(v)
+        }),
         _ => false,
     }
 }

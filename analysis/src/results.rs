@@ -469,7 +469,10 @@ fn invalidation_lag(h: &History, pairs: &[crate::observers::Pair]) -> Option<Inv
     for &node in &h.watched.caches {
         let of: Vec<&crate::observers::Pair> = pairs.iter().filter(|p| p.node == node).collect();
         if let Some(region) = regions.get(&node) {
-            per_region.entry(bound::name(region)).or_default().extend(&of);
+            per_region
+                .entry(bound::name(region))
+                .or_default()
+                .extend(&of);
         }
         per_node.insert(bound::name(h.nodes.name(node)), lag(&of));
     }

@@ -53,11 +53,7 @@ pub fn render(r: &Results, explain: usize) -> String {
             ),
             Status::NotRun => format!(
                 "not run: {}",
-                shown(
-                    c.reason
-                        .as_deref()
-                        .unwrap_or("not among the chosen checks")
-                )
+                shown(c.reason.as_deref().unwrap_or("not among the chosen checks"))
             ),
         };
         let _ = writeln!(s, "  {:<20} {:>8}  {status}", c.name.name(), c.count);

@@ -204,7 +204,10 @@ pub fn regions(h: &History) -> rustc_hash::FxHashMap<u32, String> {
         .into_iter()
         .flatten()
     {
-        let node = e.get("node").and_then(Value::as_str).and_then(|n| h.nodes.get(n));
+        let node = e
+            .get("node")
+            .and_then(Value::as_str)
+            .and_then(|n| h.nodes.get(n));
         if let (Some(node), Some(region)) = (node, e.get("region").and_then(Value::as_str)) {
             out.insert(node, region.to_string());
         }

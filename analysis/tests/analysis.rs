@@ -130,7 +130,12 @@ fn example_concurrent_ok() {
     // (and the observer checks do not apply: the history has no cache observer)
     assert_eq!(
         not_run,
-        vec![LostWrite, NonConvergence, MissingInvalidation, SlowInvalidation]
+        vec![
+            LostWrite,
+            NonConvergence,
+            MissingInvalidation,
+            SlowInvalidation
+        ]
     );
     assert_eq!(r.staleness.reads, 2, "the miss is no read of a value");
     assert_eq!(r.staleness.max_ns, 0);
@@ -239,7 +244,11 @@ fn example_missing_invalidation() {
     assert_eq!(r.verdict, Verdict::Invalid);
     assert_eq!(
         counts(&r),
-        expect(&[(StaleRead, 1), (NonConvergence, 1), (MissingInvalidation, 1)])
+        expect(&[
+            (StaleRead, 1),
+            (NonConvergence, 1),
+            (MissingInvalidation, 1)
+        ])
     );
     assert_eq!(status_of(&r, SlowInvalidation), Status::Valid);
     let a = r
@@ -247,13 +256,23 @@ fn example_missing_invalidation() {
         .iter()
         .find(|a| a.name == MissingInvalidation)
         .unwrap();
-    assert_eq!(a.node.as_deref(), Some("r1a"), "counted under the watched node");
+    assert_eq!(
+        a.node.as_deref(),
+        Some("r1a"),
+        "counted under the watched node"
+    );
     assert!(a.summary.contains("no invalidation"), "{}", a.summary);
     assert_eq!(a.cause.as_ref().unwrap().kind, CauseKind::Unexplained);
     assert_eq!(r.per_node["r1a"].anomalies["missing-invalidation"], 1);
     assert_eq!(r.causes["stale-read"]["lost-invalidation"], 1);
-    let lag = r.invalidation_lag.as_ref().expect("the history has an observer");
-    assert_eq!((lag.all.awaited, lag.all.missing, lag.all.invalidated), (1, 1, 0));
+    let lag = r
+        .invalidation_lag
+        .as_ref()
+        .expect("the history has an observer");
+    assert_eq!(
+        (lag.all.awaited, lag.all.missing, lag.all.invalidated),
+        (1, 1, 0)
+    );
     assert_eq!(lag.all.within.last().unwrap().fraction, 0.0);
     assert_eq!(lag.per_region["r1"].missing, 1);
 }
@@ -271,7 +290,11 @@ fn example_slow_invalidation() {
     assert_eq!(lag.p50_ns, 389_000_000);
     assert_eq!(lag.max_ns, 389_000_000);
     let within: Vec<f64> = lag.within.iter().map(|w| w.fraction).collect();
-    assert_eq!(within, vec![0.0, 0.0, 0.0, 1.0], "10 ms, 100 ms, 200 ms, 1 s");
+    assert_eq!(
+        within,
+        vec![0.0, 0.0, 0.0, 1.0],
+        "10 ms, 100 ms, 200 ms, 1 s"
+    );
     // Without a bound, slow-invalidation does not apply, and says why.
     let r = check_file(
         &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/slow-invalidation.jsonl"),
@@ -279,9 +302,17 @@ fn example_slow_invalidation() {
         &NoProgress,
     )
     .unwrap();
-    let c = r.checks.iter().find(|c| c.name == SlowInvalidation).unwrap();
+    let c = r
+        .checks
+        .iter()
+        .find(|c| c.name == SlowInvalidation)
+        .unwrap();
     assert_eq!(c.status, Status::NotRun);
-    assert!(c.reason.as_deref().unwrap().contains("no invalidation bound"));
+    assert!(c
+        .reason
+        .as_deref()
+        .unwrap()
+        .contains("no invalidation bound"));
 }
 
 #[test]
@@ -291,7 +322,11 @@ fn example_observer_gap_is_unknown_not_valid() {
     assert_eq!(status_of(&r, MissingInvalidation), Status::Unknown);
     assert_eq!(status_of(&r, SlowInvalidation), Status::Unknown);
     assert_eq!(r.verdict, Verdict::Unknown);
-    let c = r.checks.iter().find(|c| c.name == MissingInvalidation).unwrap();
+    let c = r
+        .checks
+        .iter()
+        .find(|c| c.name == MissingInvalidation)
+        .unwrap();
     assert!(c.reason.as_deref().unwrap().contains("blind"), "{c:?}");
     assert_eq!(r.invalidation_lag.as_ref().unwrap().all.undecided, 1);
 }
@@ -490,7 +525,11 @@ mod simulated {
             for c in &r.checks {
                 // The simulator records no observers: their checks do not apply.
                 let observer = matches!(c.name, MissingInvalidation | SlowInvalidation);
-                let want = if observer { Status::NotRun } else { Status::Valid };
+                let want = if observer {
+                    Status::NotRun
+                } else {
+                    Status::Valid
+                };
                 assert_eq!(c.status, want, "seed {seed}: {:?}", c);
             }
         }

@@ -432,9 +432,10 @@ impl<'h> Key<'h> {
     /// with what became of it ([`crate::observers`]).
     pub fn pairs(&self) -> &[Pair] {
         self.pairs.get_or_init(|| {
-            let committed = crate::observers::committed(self.history, self.key, self.ops, |v, op| {
-                self.is_lost(v, op)
-            });
+            let committed =
+                crate::observers::committed(self.history, self.key, self.ops, |v, op| {
+                    self.is_lost(v, op)
+                });
             crate::observers::pairs(self.ctx, self.key, self.ops, &committed)
         })
     }

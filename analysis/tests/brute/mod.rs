@@ -62,7 +62,9 @@ pub fn history(steps: &[Step]) -> Vec<String> {
         if (23..=26).contains(&s.action) && !pending.contains_key(&slot) {
             let key = format!("k{}", s.a % 2);
             let ev = match s.action {
-                23 => json!({"process": "monitor:n", "type": "info", "f": "invalidate", "key": key, "node": "n"}),
+                23 => {
+                    json!({"process": "monitor:n", "type": "info", "f": "invalidate", "key": key, "node": "n"})
+                }
                 24 => {
                     let f = ["set", "expire", "evict"][s.b as usize % 3];
                     json!({"process": "monitor:n", "type": "info", "f": f, "key": key, "node": "n"})
@@ -457,7 +459,9 @@ fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<F
             .max_by_key(|o| o.complete_index)
     };
     let is_lost = |w: &Op| -> bool {
-        let Some(d) = final_of(&w.key) else { return false };
+        let Some(d) = final_of(&w.key) else {
+            return false;
+        };
         let (v, id) = wval(w);
         match &d.log {
             Some(log) => !log.contains(&(v, id)),
@@ -471,7 +475,9 @@ fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<F
         }
     }
     // missing-invalidation and slow-invalidation: every pair's fate, by the definitions
-    let pairs = fates(&ops, &watched, &seen, &gaps, &commits, final_time, end_time, &is_lost);
+    let pairs = fates(
+        &ops, &watched, &seen, &gaps, &commits, final_time, end_time, &is_lost,
+    );
     let all_fates: Vec<Fate> = pairs.iter().map(|p| p.3).collect();
     for (key, version, w, fate) in pairs {
         match fate {
@@ -556,7 +562,9 @@ fn fates<'o>(
         let first_commit = |id: &str| commits.iter().find(|c| c.0 == key && c.1 == id);
         let mut committed: Vec<(i64, u64, &Op)> = Vec::new();
         for w in ops.iter().filter(|o| o.f == "write" && o.key == key) {
-            let Some(id) = w.write_id.as_deref() else { continue };
+            let Some(id) = w.write_id.as_deref() else {
+                continue;
+            };
             let c = first_commit(id);
             let version = match w.kind.as_str() {
                 "ok" if !is_lost(w) => w.value.as_ref().unwrap().0,
@@ -578,18 +586,24 @@ fn fates<'o>(
             for &(version, commit, w) in &committed {
                 let began = w.invoke;
                 // the holding evidence before W began: (time, version or None for a miss)
-                let evidence = ops.iter().filter(|o| o.key == key && o.node.as_deref() == Some(node) && o.kind == "ok").filter_map(|o| match o.f.as_str() {
-                    "fill" => Some((o.complete.unwrap(), o.value.as_ref().map(|v| v.0))),
-                    "read" | "final-read" => Some((o.invoke, o.value.as_ref().map(|v| v.0))),
-                    _ => None,
-                });
-                let Some(last) = evidence.filter(|e| e.0 < began).max() else { continue };
+                let evidence = ops
+                    .iter()
+                    .filter(|o| o.key == key && o.node.as_deref() == Some(node) && o.kind == "ok")
+                    .filter_map(|o| match o.f.as_str() {
+                        "fill" => Some((o.complete.unwrap(), o.value.as_ref().map(|v| v.0))),
+                        "read" | "final-read" => Some((o.invoke, o.value.as_ref().map(|v| v.0))),
+                        _ => None,
+                    });
+                let Some(last) = evidence.filter(|e| e.0 < began).max() else {
+                    continue;
+                };
                 let (t_e, Some(held)) = last else { continue };
                 if held >= version {
                     continue;
                 }
                 let changes: Vec<&(String, String, u64, u64, String)> = {
-                    let mut c: Vec<_> = seen.iter().filter(|c| c.0 == key && &c.1 == node).collect();
+                    let mut c: Vec<_> =
+                        seen.iter().filter(|c| c.0 == key && &c.1 == node).collect();
                     c.sort_by_key(|c| (c.2, c.3));
                     c
                 };
@@ -597,7 +611,10 @@ fn fates<'o>(
                     continue;
                 }
                 let mut fate = None;
-                for c in changes.iter().filter(|c| c.2 > t_e && final_time.is_none_or(|f| c.2 <= f)) {
+                for c in changes
+                    .iter()
+                    .filter(|c| c.2 > t_e && final_time.is_none_or(|f| c.2 <= f))
+                {
                     match c.4.as_str() {
                         "invalidate" => {
                             fate = Some((Fate::Invalidated(c.2.saturating_sub(commit)), c.2));
@@ -614,7 +631,8 @@ fn fates<'o>(
                                     && o.key == key
                                     && o.node.as_deref() == Some(node)
                                     && o.value.as_ref().is_some_and(|v| v.0 >= version)
-                                    && o.complete.is_some_and(|t| t >= c.2 && t <= c.2 + 1_000_000_000)
+                                    && o.complete
+                                        .is_some_and(|t| t >= c.2 && t <= c.2 + 1_000_000_000)
                             });
                             if newer {
                                 fate = Some((Fate::Overwritten, c.2));
@@ -627,8 +645,15 @@ fn fates<'o>(
                     Some(f) => (Fate::Missing, f),
                     None => (Fate::Pending, end_time),
                 });
-                let blind = gaps.iter().any(|g| &g.0 == node && g.1 <= until && g.2 >= t_e);
-                out.push((key.to_string(), version, w, if blind { Fate::Blind } else { fate }));
+                let blind = gaps
+                    .iter()
+                    .any(|g| &g.0 == node && g.1 <= until && g.2 >= t_e);
+                out.push((
+                    key.to_string(),
+                    version,
+                    w,
+                    if blind { Fate::Blind } else { fate },
+                ));
             }
         }
     }
@@ -639,8 +664,10 @@ fn fates<'o>(
 /// each check's status, then the whole.
 pub fn verdict(text: &str, bound: u64) -> (&'static str, BTreeMap<&'static str, &'static str>) {
     let (found, fates, watching) = analyse(text, bound);
-    let counts: BTreeMap<&'static str, u64> =
-        found.into_iter().map(|(n, f)| (n, f.len() as u64)).collect();
+    let counts: BTreeMap<&'static str, u64> = found
+        .into_iter()
+        .map(|(n, f)| (n, f.len() as u64))
+        .collect();
     let count_fates = |pred: &dyn Fn(&Fate) -> bool| fates.iter().filter(|f| pred(f)).count();
     let events: Vec<Value> = text
         .lines()
