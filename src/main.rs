@@ -2,6 +2,7 @@
 //! progress. No checking or fault logic lives here.
 
 mod nemesis;
+mod observers;
 mod progress;
 mod run;
 mod serve;

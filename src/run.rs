@@ -189,7 +189,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
             bail!("faults ([nemesis]) on staging need the nodes to reach: add [[cluster.nodes]] with their ssh settings (see campaigns/staging-example.toml)");
         }
     }
-    let (endpoints, design, dir, rec) = if lab {
+    // What the observers watch ([observe]; the lab's default when absent), named per run.
+    let observe = campaign.observe();
+    let observe_tag = format!("{}_{}", campaign.name, std::process::id());
+    let (endpoints, design, dir, rec, observers) = if lab {
         let design: coherence_lab::Design = match &campaign.cluster {
             Cluster::Lab { invalidator } => invalidator.parse().map_err(anyhow::Error::msg)?,
             Cluster::Staging { .. } => bail!(
@@ -230,28 +233,41 @@ pub fn run(args: RunArgs) -> Result<u8> {
         // Clients follow failovers: the primary among both database servers, a
         // region's primary through its Sentinels.
         let (primary, standby) = (node(&lab.db_primary), node(&lab.db_standby));
-        (
-            Endpoints {
-                db_writers: vec![primary.clone(), standby.clone()],
-                db_readers: vec![standby, primary],
-                db_params: "user=postgres dbname=postgres".into(),
-                regions: lab
-                    .regions
-                    .iter()
-                    .map(|r| RegionNodes {
-                        name: r.name.clone(),
-                        primary: node(&r.primary),
-                        replica: r.replica.as_ref().map(node),
-                        sentinels: r.sentinels.clone(),
-                        master_name: r.master_name.clone(),
-                        nodes: Vec::new(),
-                    })
-                    .collect(),
-            },
-            Some(design),
-            dir,
-            rec,
-        )
+        let endpoints = Endpoints {
+            db_writers: vec![primary.clone(), standby.clone()],
+            db_readers: vec![standby.clone(), primary.clone()],
+            db_params: "user=postgres dbname=postgres".into(),
+            regions: lab
+                .regions
+                .iter()
+                .map(|r| RegionNodes {
+                    name: r.name.clone(),
+                    primary: node(&r.primary),
+                    replica: r.replica.as_ref().map(node),
+                    sentinels: r.sentinels.clone(),
+                    master_name: r.master_name.clone(),
+                    nodes: Vec::new(),
+                })
+                .collect(),
+        };
+        // The lab turns on what its observers need.
+        let plan = match &observe {
+            Some(o) => {
+                let mut o = o.clone();
+                o.configure = true;
+                let db = crate::observers::Database {
+                    nodes: vec![primary.clone(), standby.clone()],
+                    user: "postgres".into(),
+                    password: None,
+                    dbname: "postgres".into(),
+                };
+                let plan = crate::observers::Plan::new(&o, &endpoints, db, &observe_tag)?;
+                plan.check()?;
+                Some(plan)
+            }
+            None => None,
+        };
+        (endpoints, Some(design), dir, rec, plan)
     } else {
         let Cluster::Staging {
             postgres, regions, ..
@@ -307,8 +323,27 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     )
                 })?;
         }
+        // The observers' settings are checked (or configured) before anything runs.
+        let plan = match &observe {
+            Some(o) => {
+                let mut db_nodes = vec![node(&postgres.writer, Some("db"))];
+                if let Some(reader) = postgres.reader.as_deref().filter(|r| *r != postgres.writer) {
+                    db_nodes.push(node(reader, Some("db-reader")));
+                }
+                let db = crate::observers::Database {
+                    nodes: db_nodes,
+                    user: postgres.user.clone(),
+                    password: password.password.clone(),
+                    dbname: postgres.dbname.clone(),
+                };
+                let plan = crate::observers::Plan::new(o, &endpoints, db, &observe_tag)?;
+                plan.check()?;
+                Some(plan)
+            }
+            None => None,
+        };
         let (dir, rec) = open_run(&args.store, &campaign.name, &stored_campaign)?;
-        (endpoints, None, dir, rec)
+        (endpoints, None, dir, rec, plan)
     };
 
     // run.json, now that the nodes are known.
@@ -357,6 +392,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
         )
         .value(topology(&endpoints)),
     );
+    // The observers watch from before the workload to after the final phase.
+    let observers = match observers {
+        Some(plan) => Some(plan.start(rec.clone())?),
+        None => None,
+    };
 
     // Faults: a thread of their own, journaled in the run directory, healed on every
     // way out (the guard covers a panic).
@@ -537,6 +577,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
         bar.finish_and_clear();
     }
     drop(rt);
+    if let Some(o) = observers {
+        o.stop();
+    }
     // However the workload ended, no fault outlives it.
     stop_faults.store(true, Ordering::Relaxed);
     if let Some(t) = nemesis_thread.lock().ok().and_then(|mut t| t.take()) {

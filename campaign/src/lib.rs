@@ -31,6 +31,9 @@ pub struct Campaign {
     /// Faults, and when.
     #[serde(default)]
     pub nemesis: Option<coherence_nemeses::schedule::NemesisConfig>,
+    /// What to watch from outside (the lab's default when absent: [`Campaign::observe`]).
+    #[serde(default)]
+    pub observe: Option<coherence_workloads::campaign::Observe>,
 }
 
 /// Which cluster.
@@ -94,6 +97,18 @@ pub struct CampaignError {
 }
 
 impl Campaign {
+    /// What the run watches: the campaign's `[observe]`, else in the lab both observers,
+    /// else nothing.
+    pub fn observe(&self) -> Option<coherence_workloads::campaign::Observe> {
+        match (&self.observe, &self.cluster) {
+            (Some(o), _) => Some(o.clone()),
+            (None, Cluster::Lab { .. }) => {
+                Some(coherence_workloads::campaign::Observe::lab_default())
+            }
+            (None, Cluster::Staging { .. }) => None,
+        }
+    }
+
     /// Reads and validates a campaign file.
     pub fn load(path: &Path) -> Result<Campaign, CampaignError> {
         let text = std::fs::read_to_string(path).map_err(|e| CampaignError {
@@ -137,6 +152,25 @@ impl Campaign {
                 return Err(format!(
                     "{}field `cluster.invalidator`: unknown invalidator {invalidator:?}: use notify, outbox or none",
                     line_of(text, "invalidator").map(|l| format!("line {l}: ")).unwrap_or_default()
+                ));
+            }
+        }
+        if let Some(o) = &campaign.observe {
+            if o.value != "versioned-json" {
+                return Err(format!(
+                    "{}field `observe.value`: unknown value format {:?}: use versioned-json",
+                    line_of(text, "value")
+                        .map(|l| format!("line {l}: "))
+                        .unwrap_or_default(),
+                    o.value
+                ));
+            }
+            if o.pattern.is_empty() {
+                return Err(format!(
+                    "{}field `observe.pattern`: give a glob of the keys to watch, e.g. \"k*\"",
+                    line_of(text, "pattern")
+                        .map(|l| format!("line {l}: "))
+                        .unwrap_or_default()
                 ));
             }
         }

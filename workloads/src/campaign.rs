@@ -515,3 +515,92 @@ mod tests {
         assert_eq!(pg.conninfo(None), "user='tester' dbname='coherence'");
     }
 }
+
+/// `[observe]`: what coherence watches from outside while the run goes on
+/// ([`crate::observe`], [`crate::commits`]). The lab turns both observers on when the
+/// campaign says nothing; on staging they are on only when the campaign has this section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Observe {
+    /// Watch the cache nodes through their keyspace notifications.
+    #[serde(default = "yes")]
+    pub caches: bool,
+    /// Only these cache nodes, by name (default: every cache node of the cluster).
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
+    /// The keys to watch, as a glob (default: the workload's keys, `k*`).
+    #[serde(default = "key_pattern")]
+    pub pattern: String,
+    /// How a cached value is decoded: `versioned-json` (`{"version", "write"}`), the
+    /// only one so far; the observer records what changed, the workload what it read.
+    #[serde(default = "versioned_json")]
+    pub value: String,
+    /// Turn keyspace notifications on where they are off (the lab always does); without
+    /// it, a node that sends none is refused, naming the `CONFIG SET` line to run.
+    #[serde(default)]
+    pub configure: bool,
+    /// The commit observer: the table whose committed changes to follow (none when
+    /// absent).
+    #[serde(default)]
+    pub database: Option<ObserveDatabase>,
+}
+
+/// `[observe.database]`: the watched table of the commit observer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObserveDatabase {
+    /// The table.
+    #[serde(default = "items")]
+    pub table: String,
+    /// Its key column.
+    #[serde(default = "key_column")]
+    pub key_column: String,
+    /// The column that holds the write id of the change.
+    #[serde(default = "write_column")]
+    pub write_column: String,
+    /// The column that holds the version, if the table has one (`""`: none).
+    #[serde(default = "version_column")]
+    pub version_column: String,
+}
+
+impl Observe {
+    /// What the lab watches when the campaign says nothing: every cache node, and the
+    /// workload's table.
+    pub fn lab_default() -> Observe {
+        Observe {
+            caches: true,
+            nodes: None,
+            pattern: key_pattern(),
+            value: versioned_json(),
+            configure: true,
+            database: Some(ObserveDatabase {
+                table: items(),
+                key_column: key_column(),
+                write_column: write_column(),
+                version_column: version_column(),
+            }),
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn key_pattern() -> String {
+    "k*".into()
+}
+fn versioned_json() -> String {
+    "versioned-json".into()
+}
+fn items() -> String {
+    "items".into()
+}
+fn key_column() -> String {
+    "key".into()
+}
+fn write_column() -> String {
+    "write_id".into()
+}
+fn version_column() -> String {
+    "version".into()
+}

@@ -33,7 +33,8 @@
 //! stopped while blind, the gap ends at the stop, with `node` null (and process `cdc:<the
 //! node it lost>`, or `cdc` if it never saw one).
 //!
-//! Not yet wired into `coherence run` (issue 12): this is the observer and its test.
+//! `coherence run` starts it before the workload (waiting until it streams) and stops it
+//! after the final phase (`src/observers.rs`), as the campaign's `[observe.database]` says.
 
 use coherence_store::recorder::Recorder;
 use coherence_store::{Event, EventType, Process};

@@ -10,7 +10,8 @@
 //! recorded as an `observer-gap` event (`{"node", "from", "to"}`, ns on the run's
 //! clock), for the checker to know where the observer was blind.
 //!
-//! Not yet wired into `coherence run` (issue 12): this is the observer and its test.
+//! `coherence run` starts one per watched cache node before the workload and stops them
+//! after the final phase (`src/observers.rs`), as the campaign's `[observe]` says.
 
 use coherence_store::recorder::Recorder;
 use coherence_store::{Event, EventType, Process};
@@ -113,7 +114,18 @@ fn process(node: &str) -> Process {
 
 /// Watches `w` until `stop` is set: records what the node's notifications say, and
 /// every time the subscription was down as an `observer-gap`. Returns when stopped.
-pub async fn watch(w: CacheWatch, rec: Arc<Recorder>, mut stop: watch::Receiver<bool>) {
+pub async fn watch(w: CacheWatch, rec: Arc<Recorder>, stop: watch::Receiver<bool>) {
+    watch_ready(w, rec, stop, None).await
+}
+
+/// As [`watch`], and says on `ready` when it first subscribed (or first went blind, so
+/// that a caller waiting for it never waits for a node that is down: the gap says so).
+pub async fn watch_ready(
+    w: CacheWatch,
+    rec: Arc<Recorder>,
+    mut stop: watch::Receiver<bool>,
+    mut ready: Option<tokio::sync::oneshot::Sender<()>>,
+) {
     let channel = format!("__keyspace@{}__:", w.db);
     // When the observer went blind (None: it sees, or has not started yet).
     let mut blind_since: Option<u64> = None;
@@ -132,6 +144,9 @@ pub async fn watch(w: CacheWatch, rec: Arc<Recorder>, mut stop: watch::Receiver<
                     // Blind from the start: the gap begins now.
                     blind_since.get_or_insert(rec.elapsed().as_nanos() as u64);
                     started = true;
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
                 }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -141,6 +156,9 @@ pub async fn watch(w: CacheWatch, rec: Arc<Recorder>, mut stop: watch::Receiver<
             }
         };
         started = true;
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
         if let Some(from) = blind_since.take() {
             let to = rec.elapsed().as_nanos() as u64;
             rec.log(
