@@ -392,6 +392,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
         )
         .value(topology(&endpoints)),
     );
+    // Where the lab invalidator's deletion log stands before anything is watched, so
+    // that its witness and the observers' start at the same point.
+    let deletions_from = coherence_lab::cluster::deletions_end();
     // The observers watch from before the workload to after the final phase.
     let observers = match observers {
         Some(plan) => Some(plan.start(rec.clone())?),
@@ -497,7 +500,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
         let pipeline = lab && work.invalidation == Invalidation::Pipeline;
         let tail = pipeline.then(|| {
             let rec = rec.clone();
-            let mut offset = coherence_lab::cluster::deletions_end();
+            let mut offset = deletions_from;
             tokio::spawn(async move {
                 loop {
                     if let Ok((deletions, next)) = coherence_lab::cluster::read_deletions(offset) {

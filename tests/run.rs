@@ -242,6 +242,97 @@ fn campaigns_against_the_lab() {
         "{writes} writes, {invalidations} invalidations"
     );
 
+    // The observers watched it from outside (the lab's default [observe]): every cache
+    // node, and the change stream of the items table.
+    let events: Vec<serde_json::Value> = history
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let observe = events
+        .iter()
+        .find(|e| e["f"] == "observe")
+        .expect("an observe event");
+    assert_eq!(
+        observe["value"]["caches"],
+        serde_json::json!(["r1a", "r1b", "r2a", "r2b"]),
+        "{observe}"
+    );
+    let workload_start = events.iter().position(|e| e["process"].is_i64()).unwrap();
+    assert!(
+        events.iter().position(|e| e["f"] == "observe").unwrap() < workload_start,
+        "observers start before the workload"
+    );
+    // Every acknowledged write is in the change stream, with its version.
+    let commits: std::collections::HashSet<(String, String, i64)> = events
+        .iter()
+        .filter(|e| e["f"] == "commit" && e["process"].as_str().unwrap().starts_with("cdc:"))
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap().to_string(),
+                e["value"]["write"].as_str().unwrap().to_string(),
+                e["value"]["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let acked: Vec<(String, String, i64)> = events
+        .iter()
+        .filter(|e| e["f"] == "write" && e["type"] == "ok")
+        .map(|e| {
+            (
+                e["key"].as_str().unwrap().to_string(),
+                e["value"]["write"].as_str().unwrap().to_string(),
+                e["value"]["version"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!acked.is_empty());
+    for w in &acked {
+        assert!(commits.contains(w), "the change stream lacks {w:?}");
+    }
+    // The observed deletions agree with the invalidator's own log: per primary, the
+    // keys the observer saw deleted are, in order, among those the invalidator logged
+    // (Redis tells nothing of a deletion of a key it does not hold, so the log has more).
+    for node in ["r1a", "r2a"] {
+        let of = |process: &dyn Fn(&str) -> bool| -> Vec<String> {
+            events
+                .iter()
+                .filter(|e| {
+                    e["f"] == "invalidate"
+                        && e["node"] == node
+                        && e["process"].as_str().is_some_and(process)
+                })
+                .map(|e| e["key"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let seen = of(&|p| p == format!("monitor:{node}"));
+        let logged = of(&|p| p == "invalidator");
+        assert!(!seen.is_empty(), "the observer of {node} saw no deletion");
+        let mut rest = logged.iter();
+        for k in &seen {
+            assert!(
+                rest.any(|l| l == k),
+                "{node}: the observer saw {k} deleted out of the invalidator's order ({} seen, {} logged)",
+                seen.len(),
+                logged.len()
+            );
+        }
+    }
+    let r = results(&run_dir(&o));
+    let lag = &r["invalidation_lag"];
+    for region in ["r1", "r2"] {
+        assert!(
+            lag["per_region"][region]["invalidated"].as_u64().unwrap() > 0,
+            "{lag}"
+        );
+    }
+    let missing = r["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "missing-invalidation")
+        .unwrap();
+    assert_eq!(missing["status"], "valid", "{missing}");
+
     // SIGKILL of `coherence run` mid-way leaves a history that `check` reads.
     let child = Command::new(env!("CARGO_BIN_EXE_coherence"))
         .args([
