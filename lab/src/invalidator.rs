@@ -514,9 +514,9 @@ fn region_nodes(hosts: &[Host], region: &str) -> RegionNodes {
 /// stderr) for a payload that is not ours.
 fn announced(payload: &str) -> Option<(String, i64)> {
     let change = serde_json::from_str::<serde_json::Value>(payload).ok();
-    let parsed = change.as_ref().and_then(|c| {
-        Some((c["key"].as_str()?.to_string(), c["version"].as_i64()?))
-    });
+    let parsed = change
+        .as_ref()
+        .and_then(|c| Some((c["key"].as_str()?.to_string(), c["version"].as_i64()?)));
     if parsed.is_none() {
         eprintln!("notify: ignoring a payload that is not ours: {payload}");
     }
@@ -658,8 +658,11 @@ async fn outbox(opts: &Options, invalidator: &mut Invalidator) -> Result<()> {
                 }
                 if frontier.durable() != durable {
                     durable = frontier.durable();
-                    within("advancing the cursor", client.execute(&advance, &[&durable]))
-                        .await?;
+                    within(
+                        "advancing the cursor",
+                        client.execute(&advance, &[&durable]),
+                    )
+                    .await?;
                 }
                 if rows.is_empty() {
                     tokio::time::sleep(idle).await;
@@ -777,13 +780,18 @@ mod tests {
         f.relayed(&[1, 3], t0);
         let later = t0 + Duration::from_secs(1);
         f.relayed(&[6], later);
-        assert!(f.expire(t0 + Duration::from_secs(5), Duration::from_secs(10)).is_empty());
+        assert!(f
+            .expire(t0 + Duration::from_secs(5), Duration::from_secs(10))
+            .is_empty());
         assert_eq!(f.durable(), 1);
         // 2 was missed at t0, 4 and 5 a second later.
         let expired = f.expire(t0 + Duration::from_millis(10_500), Duration::from_secs(10));
         assert_eq!(expired, vec![2]);
         assert_eq!(f.durable(), 3);
-        assert_eq!(f.expire(later + Duration::from_secs(11), Duration::from_secs(10)), vec![4, 5]);
+        assert_eq!(
+            f.expire(later + Duration::from_secs(11), Duration::from_secs(10)),
+            vec![4, 5]
+        );
         assert_eq!(f.durable(), 6);
     }
 
@@ -795,6 +803,150 @@ mod tests {
         assert_eq!(f.durable(), 1_000_000_000 - GAP_LIMIT - 1);
     }
 
+    /// A `redis-server` on a free loopback port, killed when dropped.
+    struct Redis(std::process::Child);
+
+    impl Drop for Redis {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    async fn redis_server(dir: &std::path::Path) -> (Redis, MultiplexedConnection) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/setup installs it)");
+        let addr = format!("127.0.0.1:{port}");
+        let server = Redis(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(con) = coherence_cache::connect(addr.clone()).await {
+                return (server, con);
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn get(con: &mut MultiplexedConnection, key: &str) -> Option<String> {
+        redis::cmd("GET").arg(key).query_async(con).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_pipeline_invalidates_a_batch_for_the_highest_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_server, mut con) = redis_server(dir.path()).await;
+        let value = |v: i64| format!(r#"{{"version":{v},"write":"w{v}"}}"#);
+        assert!(versioned::fill(&mut con, "k", &value(3), 3, 60_000)
+            .await
+            .unwrap());
+        assert!(versioned::fill(&mut con, "j", &value(1), 1, 60_000)
+            .await
+            .unwrap());
+        // A server that never ran the script (a primary just promoted, say): the
+        // pipeline loads it first.
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+
+        let batch = coalesce(changes(&[("k", 4), ("j", 2), ("k", 6), ("k", 5)]));
+        let refs: Vec<&Invalidation> = batch.iter().collect();
+        invalidate_pipelined(&mut con, &refs).await.unwrap();
+        assert_eq!(get(&mut con, "k").await, None);
+        assert_eq!(get(&mut con, "j").await, None);
+        assert_eq!(
+            get(&mut con, &versioned::tombstone("k")).await.as_deref(),
+            Some("6")
+        );
+        assert_eq!(
+            get(&mut con, &versioned::tombstone("j")).await.as_deref(),
+            Some("2")
+        );
+        // The invalidation for 6 covers the versions before it: a fill of 5 (read from
+        // the database before 6 committed) is refused, one of 6 is not.
+        assert!(!versioned::fill(&mut con, "k", &value(5), 5, 60_000)
+            .await
+            .unwrap());
+        assert!(versioned::fill(&mut con, "k", &value(6), 6, 60_000)
+            .await
+            .unwrap());
+
+        // A key the script fails on fails the whole pipeline, so the relay retries it
+        // rather than logging a deletion that did not happen.
+        let _: () = redis::cmd("SET")
+            .arg(versioned::tombstone("j"))
+            .arg("not a number")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        let batch = coalesce(changes(&[("k", 7), ("j", 3)]));
+        let refs: Vec<&Invalidation> = batch.iter().collect();
+        assert!(invalidate_pipelined(&mut con, &refs).await.is_err());
+    }
+
+    #[test]
+    fn the_log_has_a_line_per_version_a_deletion_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deletions.jsonl");
+        let log = Log {
+            design: Design::Outbox,
+            file: Mutex::new(std::fs::File::create(&path).unwrap()),
+        };
+        let batch = coalesce(changes(&[("a", 2), ("b", 9), ("a", 3)]));
+        let refs: Vec<&Invalidation> = batch.iter().collect();
+        let node = Node {
+            name: "r1a".into(),
+            addr: "10.77.0.21:6379".into(),
+        };
+        log.record("r1", &refs, Ok(&node));
+        log.record("r2", &refs[1..], Err("timed out"));
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let got: Vec<(&str, i64, i64, &str, bool)> = lines
+            .iter()
+            .map(|l| {
+                (
+                    l["key"].as_str().unwrap(),
+                    l["version"].as_i64().unwrap(),
+                    l["tombstone"].as_i64().unwrap(),
+                    l["region"].as_str().unwrap(),
+                    l["deleted"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a", 2, 3, "r1", true),
+                ("a", 3, 3, "r1", true),
+                ("b", 9, 9, "r1", true),
+                ("b", 9, 9, "r2", false),
+            ]
+        );
+        assert!(lines[..3]
+            .iter()
+            .all(|l| l["node"] == "r1a" && l["design"] == "outbox"));
+        assert_eq!(lines[3]["error"], "timed out");
+        assert_eq!(lines[0]["time_unix_ns"], lines[2]["time_unix_ns"]);
+    }
+
     #[tokio::test]
     async fn joined_futures_run_concurrently_and_keep_their_order() {
         let started = tokio::time::Instant::now();
@@ -804,6 +956,10 @@ mod tests {
         }))
         .await;
         assert_eq!(out, vec![30, 10, 20]);
-        assert!(started.elapsed() < Duration::from_millis(55), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_millis(55),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
