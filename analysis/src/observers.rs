@@ -24,7 +24,10 @@
 //!   `final-phase`, *pending*). Other sets (a fill of an older version) do not end it.
 //! - When an `observer-gap` of the node's cache observer overlaps the time from the
 //!   holding evidence to that end (to the final phase when missing), the observer may
-//!   have missed the change that decides: the pair is *blind* and cannot be judged.
+//!   have missed the change that decides: the pair is *blind* and cannot be judged. So
+//!   it is when a kill or a failover of the node (or of the primary it follows) falls
+//!   in that time: the node came back empty or resynced wholesale, which notifications
+//!   do not tell.
 
 use crate::check::Context;
 use crate::model::{Change, History, Outcome};
@@ -59,9 +62,10 @@ pub enum Fate {
     Missing,
     /// Not yet by the end of a history without a `final-phase`.
     Pending,
-    /// The observer was blind over the time that decides (the gap's event index).
+    /// The observer was blind over the time that decides, or the node was killed or
+    /// failed over then (its content changed unseen).
     Blind {
-        /// The `observer-gap` event.
+        /// The `observer-gap` event, or the fault's opening event.
         index: u64,
     },
 }
@@ -254,7 +258,10 @@ pub fn pairs(
                 .find(|g| g.cache && g.node == node && g.from <= until && g.to >= t_e);
             let fate = match blind {
                 Some(g) => Fate::Blind { index: g.index },
-                None => fate,
+                None => match disrupted(ctx, node, t_e, until) {
+                    Some(index) => Fate::Blind { index },
+                    None => fate,
+                },
             };
             out.push(Pair {
                 key,
@@ -270,6 +277,50 @@ pub fn pairs(
         }
     }
     out
+}
+
+/// A fault that changed what `node` holds without its observer seeing it, in force
+/// (or, for an instant, happening) between `from` and `to`: a kill of the node or of
+/// the primary it follows (it comes back empty, or resyncs from an empty primary), or a
+/// failover naming either (a demoted node resyncs from its new primary wholesale).
+/// Its event index.
+fn disrupted(ctx: &Context<'_>, node: u32, from: u64, to: u64) -> Option<u64> {
+    use coherence_store::faults::Family;
+    let h = ctx.history;
+    let primary = ctx.topology.follows(node, from);
+    let names: Vec<&str> = std::iter::once(node)
+        .chain(primary)
+        .map(|n| h.nodes.name(n))
+        .collect();
+    ctx.nemesis
+        .faults
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.family,
+                Some(Family::Kill | Family::RedisFailover | Family::ReplicaofNoOne)
+            )
+        })
+        .filter(|f| {
+            f.active_during(from, to) || (!f.interval && f.start_ns >= from && f.start_ns <= to)
+        })
+        .find(|f| {
+            [f.value.as_ref(), f.outcome.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|v| names_any(v, &names))
+        })
+        .map(|f| f.index)
+}
+
+/// True when some string in `v` is one of `names`.
+fn names_any(v: &serde_json::Value, names: &[&str]) -> bool {
+    match v {
+        serde_json::Value::String(s) => names.contains(&s.as_str()),
+        serde_json::Value::Array(a) => a.iter().any(|v| names_any(v, names)),
+        serde_json::Value::Object(o) => o.values().any(|v| names_any(v, names)),
+        _ => false,
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -316,6 +316,56 @@ fn example_slow_invalidation() {
 }
 
 #[test]
+fn a_killed_node_leaves_its_invalidations_undecided_not_missing() {
+    // The missing-invalidation example, with r1a killed and restarted in between: it
+    // came back empty (or resynced), which its observer cannot see, so the missing
+    // invalidation is not proven.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/examples/missing-invalidation.jsonl");
+    let mut events: Vec<serde_json::Value> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = events
+        .iter()
+        .position(|e| e["time"].as_u64().unwrap() >= 100_000_000)
+        .unwrap();
+    let kill = serde_json::json!({"time": 100_000_000u64, "process": "nemesis", "type": "info", "f": "kill",
+        "value": {"seq": 0, "fault": {"kill": {"node": "r1a", "service": "redis", "pids": [1]}}}});
+    let restart = serde_json::json!({"time": 200_000_000u64, "process": "nemesis", "type": "info", "f": "restart",
+        "value": {"seq": 0, "healed": true}});
+    events.insert(at, restart);
+    events.insert(at, kill);
+    let text: String = events
+        .iter_mut()
+        .enumerate()
+        .map(|(i, e)| {
+            e["index"] = i.into();
+            format!("{e}\n")
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("killed.jsonl");
+    std::fs::write(&file, text).unwrap();
+    let r = check_file(&file, &Options::default(), &NoProgress).unwrap();
+    assert_eq!(r.anomaly_counts["missing-invalidation"], 0);
+    let c = r
+        .checks
+        .iter()
+        .find(|c| c.name == MissingInvalidation)
+        .unwrap();
+    assert_eq!(c.status, Status::Unknown, "{c:?}");
+    assert!(
+        c.reason
+            .as_deref()
+            .unwrap()
+            .contains("killed or failed over"),
+        "{c:?}"
+    );
+}
+
+#[test]
 fn example_observer_gap_is_unknown_not_valid() {
     let r = observer_example("observer-gap.jsonl");
     assert_eq!(counts(&r), expect(&[]));

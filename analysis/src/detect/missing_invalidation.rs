@@ -63,7 +63,7 @@ impl Detector for Check {
                 )
             } else {
                 format!(
-                    "{} commit(s) on watched nodes fell where the node's observer was blind (observer-gap), so whether they were invalidated cannot be told",
+                    "{} commit(s) on watched nodes fell where the node's observer was blind (observer-gap) or the node was killed or failed over (its content changed unseen), so whether they were invalidated cannot be told",
                     evidence.undecidable
                 )
             })

@@ -51,7 +51,7 @@ impl Detector for Check {
     fn undecided(&self, _: &History, evidence: &Evidence) -> Option<String> {
         if evidence.undecidable > 0 {
             Some(format!(
-                "{} commit(s) on watched nodes fell where the node's observer was blind (observer-gap), so when they were invalidated cannot be told",
+                "{} commit(s) on watched nodes fell where the node's observer was blind (observer-gap) or the node was killed or failed over (its content changed unseen), so when they were invalidated cannot be told",
                 evidence.undecidable
             ))
         } else if evidence.judged == 0 {
