@@ -213,6 +213,7 @@ pub fn render(history: &History, results: &Results, ctx: &RunContext) -> String 
                 nav {
                     a href="#checks" { "Checks" } a href="#context" { "Campaign" }
                     a href="#anomalies" { "Anomalies" } a href="#staleness" { "Staleness" }
+                    a href="#invalidation-lag" { "Invalidation lag" }
                     a href="#timeline" { "Timeline" } a href="#breakdown" { "Breakdown" }
                     a href="#integrity" { "Integrity" }
                 }
@@ -226,6 +227,7 @@ pub fn render(history: &History, results: &Results, ctx: &RunContext) -> String 
                 (context(results, ctx))
                 (anomalies(results, total))
                 (staleness(results))
+                (invalidation_lag(results))
                 (timeline(history, results))
                 (breakdown(history, results))
                 (integrity(ctx))
@@ -643,9 +645,8 @@ fn chart(
     }
 }
 
-fn staleness(r: &Results) -> Markup {
-    let st = &r.staleness;
-    let hist = &st.histogram;
+/// A histogram of `hist` (log counts), its buckets labelled by their bounds.
+fn histogram_chart(hist: &[crate::results::Bucket], x_desc: &str, y_desc: &str) -> Markup {
     let bucket_label = |i: usize| -> String {
         hist.get(i).map_or(String::new(), |b| {
             if b.le_ns == 0 {
@@ -656,7 +657,7 @@ fn staleness(r: &Results) -> Markup {
         })
     };
     let max_count = hist.iter().map(|b| b.count).max().unwrap_or(1).max(1) as f64;
-    let distribution = chart(760, 260, |root| {
+    chart(760, 260, |root| {
         root.fill(&WHITE)?;
         let mut c = ChartBuilder::on(root)
             .margin(10)
@@ -670,8 +671,8 @@ fn staleness(r: &Results) -> Markup {
             .disable_x_mesh()
             .x_labels(hist.len().clamp(1, 24))
             .x_label_formatter(&|x| bucket_label(x.floor() as usize))
-            .x_desc("staleness")
-            .y_desc("reads (log)")
+            .x_desc(x_desc)
+            .y_desc(y_desc)
             .draw()?;
         c.draw_series(
             hist.iter()
@@ -685,26 +686,30 @@ fn staleness(r: &Results) -> Markup {
                 }),
         )?;
         Ok(())
-    });
-    // Fresh within Δ as nines, at each bucket bound above 0.
-    let n = st.reads.max(1) as f64;
+    })
+}
+
+/// The share of `n` samples within Δ as nines, at each bucket bound above 0 of `hist`
+/// (whose counts may sum to less than `n`: the rest are never within), drawn against Δ;
+/// and the most nines `n` samples can show.
+fn nines_chart(hist: &[crate::results::Bucket], n: u64, y_desc: &str) -> (Markup, f64) {
+    let n = n.max(1) as f64;
     let cap = n.log10().max(1.0);
     let mut cum = 0u64;
     let mut curve: Vec<(f64, f64)> = Vec::new();
     for b in hist {
         cum += b.count;
         if b.le_ns > 0 {
-            let stale = 1.0 - cum as f64 / n;
-            let nines = if stale <= 0.0 {
+            let outside = 1.0 - cum as f64 / n;
+            let nines = if outside <= 0.0 {
                 cap
             } else {
-                (-stale.log10()).min(cap)
+                (-outside.log10()).min(cap)
             };
             curve.push((b.le_ns as f64 / 1e6, nines));
         }
     }
-    let fresh0 = hist.first().map_or(1.0, |b| b.count as f64 / n);
-    let nines_chart = chart(760, 260, |root| {
+    let svg = chart(760, 260, |root| {
         root.fill(&WHITE)?;
         let x_max = curve.last().map_or(10.0, |p| p.0).max(0.01);
         let mut c = ChartBuilder::on(root)
@@ -714,7 +719,7 @@ fn staleness(r: &Results) -> Markup {
             .build_cartesian_2d((0.001f64..x_max).log_scale(), 0f64..cap.ceil())?;
         c.configure_mesh()
             .x_desc("Δ (ms, log)")
-            .y_desc("nines fresh within Δ")
+            .y_desc(y_desc)
             .draw()?;
         c.draw_series(LineSeries::new(
             curve.iter().copied(),
@@ -722,6 +727,15 @@ fn staleness(r: &Results) -> Markup {
         ))?;
         Ok(())
     });
+    (svg, cap)
+}
+
+fn staleness(r: &Results) -> Markup {
+    let st = &r.staleness;
+    let hist = &st.histogram;
+    let distribution = histogram_chart(hist, "staleness", "reads (log)");
+    let (nines_chart, cap) = nines_chart(hist, st.reads, "nines fresh within Δ");
+    let fresh0 = hist.first().map_or(1.0, |b| b.count as f64 / st.reads.max(1) as f64);
     html! {
         section id="staleness" {
             h2 { "Staleness" }
@@ -741,6 +755,59 @@ fn staleness(r: &Results) -> Markup {
             p.note { "The share of reads no staler than Δ, as nines (2 = 99 %); the curve tops out at "
                 (format!("{cap:.1}")) " nines, all that " (st.reads) " reads can show." }
             (nines_chart)
+        }
+    }
+}
+
+/// The invalidation lag the cache observers saw: per region and per node, its
+/// histogram, and the share invalidated within Δ as nines.
+fn invalidation_lag(r: &Results) -> Markup {
+    let Some(lag) = &r.invalidation_lag else {
+        return html! {
+            section id="invalidation-lag" {
+                h2 { "Invalidation lag" }
+                p.note { "No cache observer watched this run (no `observe` event), so no invalidation was seen from outside." }
+            }
+        };
+    };
+    let row = |name: &str, l: &crate::results::Lag| {
+        html! {
+            tr { td { (shown(name)) } td.n { (l.awaited) } td.n { (l.invalidated) } td.n { (l.missing) }
+                td.n { (l.overwritten + l.expired) } td.n { (l.undecided) }
+                td.n { (duration(l.p50_ns)) } td.n { (duration(l.p99_ns)) } td.n { (duration(l.p999_ns)) } td.n { (duration(l.max_ns)) }
+                @for w in &l.within { td.n { (format!("{:.3} %", w.fraction * 100.0)) } } }
+        }
+    };
+    let all = &lag.all;
+    let distribution = histogram_chart(&all.histogram, "invalidation lag", "invalidations (log)");
+    let (nines, cap) = nines_chart(
+        &all.histogram,
+        all.invalidated + all.missing,
+        "nines invalidated within Δ",
+    );
+    html! {
+        section id="invalidation-lag" {
+            h2 { "Invalidation lag" }
+            p { "From each commit (the change stream's commit event, else the write's acknowledgement) to the first invalidation of the key that the node's observer saw, over the commits on a watched node that held an older version: "
+                (all.invalidated) " invalidated of " (all.awaited) " awaited; p50 " (duration(all.p50_ns)) ", p99 " (duration(all.p99_ns))
+                ", p99.9 " (duration(all.p999_ns)) ", max " (duration(all.max_ns)) "; " (all.missing) " never invalidated." }
+            table {
+                thead { tr { th { "" } th.n { "awaited" } th.n { "invalidated" } th.n { "missing" } th.n { "overwritten or expired" } th.n { "undecided" }
+                    th.n { "p50" } th.n { "p99" } th.n { "p99.9" } th.n { "max" }
+                    @for w in &all.within { th.n { "within " (w.within) } } } }
+                tbody {
+                    (row("all nodes", all))
+                    @for (region, l) in &lag.per_region { (row(&format!("region {region}"), l)) }
+                    @for (node, l) in &lag.per_node { (row(node, l)) }
+                }
+            }
+            p.note { "Undecided: the node's observer was blind (an observer-gap), or the node was killed or failed over, while the invalidation was due. The shares within Δ are of the invalidated and the missing together (a missing one never is)." }
+            h3 { "Distribution" }
+            (distribution)
+            h3 { "Invalidated within Δ" }
+            p.note { "The share invalidated within Δ, as nines (2 = 99 %); the curve tops out at "
+                (format!("{cap:.1}")) " nines, all that " (all.invalidated + all.missing) " commits can show." }
+            (nines)
         }
     }
 }
