@@ -63,7 +63,7 @@ fn unknown_history_exits_3_and_chosen_checks_decide() {
     let out = stdout(&o);
     assert!(out.starts_with("VALID"), "{out}");
     assert!(
-        out.contains("non-convergence           0  not run"),
+        out.contains("non-convergence             0  not run"),
         "{out}"
     );
     // An unknown check name is a usage error that lists the names.
@@ -115,13 +115,17 @@ fn no_evidence_is_unknown_not_valid() {
         let out = stdout(&o);
         assert!(out.starts_with("UNKNOWN"), "{path}: {out}");
         assert!(out.contains("unknown: no evidence"), "{path}: {out}");
-        // Every check is undecided; the JSON says so too.
+        // Every check is undecided (the observer checks do not apply: no observer
+        // watched); the JSON says so too.
         let o = coherence(&["check", path, "--format", "json"]);
         let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["verdict"], "unknown", "{path}");
         assert_eq!(v["valid"], false, "{path}");
         for c in v["checks"].as_array().unwrap() {
-            assert_eq!(c["status"], "unknown", "{path}: {c}");
+            let observer = ["missing-invalidation", "slow-invalidation"]
+                .contains(&c["name"].as_str().unwrap());
+            let want = if observer { "not-run" } else { "unknown" };
+            assert_eq!(c["status"], want, "{path}: {c}");
         }
     }
 }
@@ -163,7 +167,7 @@ fn staleness_bound_takes_durations() {
 }
 
 #[test]
-fn json_output_is_only_json_with_all_seven_counts() {
+fn json_output_is_only_json_with_every_count() {
     let o = coherence(&[
         "check",
         &example("session.jsonl"),
@@ -185,6 +189,8 @@ fn json_output_is_only_json_with_all_seven_counts() {
         "monotonic-read",
         "read-your-writes",
         "non-convergence",
+        "missing-invalidation",
+        "slow-invalidation",
     ];
     assert_eq!(counts.len(), names.len());
     for n in names {
@@ -525,7 +531,8 @@ fn check_writes_junit_for_ci() {
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let xml = std::fs::read_to_string(&file).unwrap();
     assert!(xml.starts_with("<?xml"), "{xml}");
-    assert_eq!(xml.matches("<testcase ").count(), 8, "{xml}");
+    // one per check (nine), and the verdict's
+    assert_eq!(xml.matches("<testcase ").count(), 10, "{xml}");
     assert!(xml.contains(r#"<failure message=""#), "{xml}");
     let o = coherence(&[
         "check",

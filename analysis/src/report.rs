@@ -735,7 +735,9 @@ fn staleness(r: &Results) -> Markup {
     let hist = &st.histogram;
     let distribution = histogram_chart(hist, "staleness", "reads (log)");
     let (nines_chart, cap) = nines_chart(hist, st.reads, "nines fresh within Δ");
-    let fresh0 = hist.first().map_or(1.0, |b| b.count as f64 / st.reads.max(1) as f64);
+    let fresh0 = hist
+        .first()
+        .map_or(1.0, |b| b.count as f64 / st.reads.max(1) as f64);
     html! {
         section id="staleness" {
             h2 { "Staleness" }

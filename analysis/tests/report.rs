@@ -561,3 +561,32 @@ fn a_phantom_read_says_it_is_no_cycle() {
         "the phantom's note is missing"
     );
 }
+
+#[test]
+fn the_invalidation_lag_is_shown_per_region_and_node_with_its_charts() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/examples/slow-invalidation.jsonl");
+    let html = render(&path);
+    let section = html
+        .split("<section id=\"invalidation-lag\">")
+        .nth(1)
+        .expect("an invalidation lag section")
+        .split("</section>")
+        .next()
+        .unwrap();
+    assert!(section.contains("region r1"), "{section}");
+    assert!(section.contains("<td>r1a</td>"), "{section}");
+    assert!(
+        section.contains("389 ms"),
+        "the lag of the example: {section}"
+    );
+    assert_eq!(
+        section.matches("<svg").count(),
+        2,
+        "a histogram and a nines curve"
+    );
+    assert!(section.contains("nines invalidated within Δ"), "{section}");
+    // A history without an observer says why it has no lag.
+    let html = render(&example("fill-race.jsonl"));
+    assert!(html.contains("No cache observer watched this run"));
+}
