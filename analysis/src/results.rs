@@ -323,14 +323,16 @@ impl Options {
     }
 }
 
-fn staleness(samples: Vec<u64>) -> Staleness {
-    let samples = dist::Exact::new(samples);
-    let n = samples.len();
-    let fresh_within = [0u64, 10_000_000, 100_000_000, 1_000_000_000, 10_000_000_000]
+/// The share of `total` that `samples` has at or below each limit (1 when `total` is 0).
+fn within(samples: &dist::Exact, limits: &[u64], total: u64) -> Vec<Within> {
+    limits
         .iter()
         .map(|&limit| {
-            let fresh = samples.at_most(limit);
-            let fraction = if n == 0 { 1.0 } else { fresh as f64 / n as f64 };
+            let fraction = if total == 0 {
+                1.0
+            } else {
+                samples.at_most(limit) as f64 / total as f64
+            };
             Within {
                 within_ns: limit,
                 within: explain::duration(limit),
@@ -338,13 +340,28 @@ fn staleness(samples: Vec<u64>) -> Staleness {
                 nines: (fraction < 1.0).then(|| -(1.0 - fraction).log10()),
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The samples counted in the buckets of [`bucket_bounds`].
+fn histogram(samples: &dist::Exact) -> Vec<Bucket> {
     let bounds = bucket_bounds(samples.max());
-    let histogram = bounds
+    bounds
         .iter()
         .zip(samples.buckets(&bounds))
         .map(|(&le_ns, count)| Bucket { le_ns, count })
-        .collect();
+        .collect()
+}
+
+fn staleness(samples: Vec<u64>) -> Staleness {
+    let samples = dist::Exact::new(samples);
+    let n = samples.len();
+    let fresh_within = within(
+        &samples,
+        &[0, 10_000_000, 100_000_000, 1_000_000_000, 10_000_000_000],
+        n,
+    );
+    let histogram = histogram(&samples);
     Staleness {
         histogram,
         reads: n,
@@ -418,29 +435,9 @@ fn lag(pairs: &[&crate::observers::Pair]) -> Lag {
     }
     let samples = dist::Exact::new(samples);
     let n = samples.len();
-    let within = LAG_WITHIN
-        .iter()
-        .map(|&limit| {
-            let total = n + missing;
-            let fraction = if total == 0 {
-                1.0
-            } else {
-                samples.at_most(limit) as f64 / total as f64
-            };
-            Within {
-                within_ns: limit,
-                within: explain::duration(limit),
-                fraction,
-                nines: (fraction < 1.0).then(|| -(1.0 - fraction).log10()),
-            }
-        })
-        .collect();
-    let bounds = bucket_bounds(samples.max());
-    let histogram = bounds
-        .iter()
-        .zip(samples.buckets(&bounds))
-        .map(|(&le_ns, count)| Bucket { le_ns, count })
-        .collect();
+    // A missing invalidation is never within any limit.
+    let within = within(&samples, &LAG_WITHIN, n + missing);
+    let histogram = histogram(&samples);
     Lag {
         awaited: pairs.len() as u64,
         invalidated: n,
