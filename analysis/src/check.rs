@@ -127,6 +127,11 @@ impl std::fmt::Debug for Judged {
 impl Judged {
     /// Why the detector cannot vouch for the history, having found nothing.
     pub fn undecided(&self, h: &History) -> Option<String> {
+        // Values whose versions the commit order could not give with certainty leave
+        // every check undecided.
+        if let Some(blind) = &h.unversioned.blind {
+            return Some(blind.clone());
+        }
         self.detector.undecided(h, &self.evidence)
     }
 }
