@@ -1194,8 +1194,9 @@ mod unversioned {
     }
 
     /// The history with a commit observer: an `observe` event first, and the `commit`
-    /// of every write the database committed (each acknowledged one, and each in a
-    /// final log), each key's in version order, just before the final phase. Without
+    /// of every write the database committed (each acknowledged one, each a read saw,
+    /// and each in a final log), each key's in version order, just before the final
+    /// phase. Without
     /// the final logs (a client that knows no versions has none to send).
     fn with_commits(events: &[Value], stated: bool) -> Vec<Value> {
         // (key, version, write): a forked version was committed by two writes.
@@ -1210,6 +1211,16 @@ mod unversioned {
                     v["version"].as_i64().unwrap(),
                     v["write"].as_str().unwrap().into(),
                 ));
+            }
+            // A write of unknown outcome that a read saw committed (and a failover
+            // may have lost since): the change stream showed it.
+            let v = &e["value"];
+            if ["read", "db-read", "final-read", "fill"].contains(&f)
+                && v["write"].as_str().is_some_and(|w| w != "init")
+            {
+                if let Some(version) = v["version"].as_i64() {
+                    commits.insert((key.clone(), version, v["write"].as_str().unwrap().into()));
+                }
             }
             if kind == "ok" && f == "db-final-read" {
                 for entry in e["value"]["log"].as_array().into_iter().flatten() {
