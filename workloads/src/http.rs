@@ -253,8 +253,9 @@ pub struct Compiled {
     unique: Extract,
     ok: Vec<u16>,
     fail: Vec<u16>,
-    /// Header names and their templates (`${NAME}` unresolved).
-    headers: Vec<(reqwest::header::HeaderName, String)>,
+    /// Header names (as the campaign writes them, and parsed) and their templates
+    /// (`${NAME}` unresolved).
+    headers: Vec<(String, reqwest::header::HeaderName, String)>,
     regions: Vec<HttpRegion>,
 }
 
@@ -337,7 +338,7 @@ impl Compiled {
             let n = reqwest::header::HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| (field("headers"), format!("{name:?} is not a header name")))?;
             env_names(value).map_err(|e| (field("headers"), format!("header {name}: {e}")))?;
-            headers.push((n, value.clone()));
+            headers.push((name.clone(), n, value.clone()));
         }
         let mut regions = Vec::new();
         for r in &h.regions {
@@ -375,7 +376,7 @@ impl Compiled {
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<reqwest::header::HeaderMap> {
         let mut map = reqwest::header::HeaderMap::new();
-        for (name, template) in &self.headers {
+        for (name, header, template) in &self.headers {
             let mut value = String::new();
             let mut rest = template.as_str();
             while let Some(at) = rest.find("${") {
@@ -395,7 +396,7 @@ impl Compiled {
                 anyhow::anyhow!("header {name} of [workload.http]: its value (from the environment) is not a valid header value")
             })?;
             v.set_sensitive(true);
-            map.insert(name.clone(), v);
+            map.insert(header.clone(), v);
         }
         Ok(map)
     }
