@@ -46,10 +46,7 @@ impl Target {
                     names: lab.names(),
                     redis: regions
                         .iter()
-                        .map(|(r, m)| {
-                            let redis = m.iter().filter(|n| !n.ends_with('s')).cloned();
-                            (r.clone(), redis.collect())
-                        })
+                        .map(|(r, _)| (r.clone(), lab.redis(r)))
                         .collect(),
                     sentinel: regions
                         .iter()

@@ -79,6 +79,7 @@ fn lab_processes() -> Vec<String> {
         if cmd.contains("10.77.0.")
             || cmd.contains("coherence-lab")
             || cmd.contains("lab invalidator")
+            || cmd.contains("lab service")
         {
             found.push(format!("{pid}: {cmd}"));
         }
@@ -131,10 +132,10 @@ fn the_lab_end_to_end() {
     assert_eq!(o.status.code(), Some(0), "{status}");
     assert!(!status.contains(" NO "), "{status}");
     for line in [
-        "db2   10.77.0.12",
-        "r2b   10.77.0.32",
-        "r1s   10.77.0.23",
-        "inv   10.77.0.5",
+        "db2    10.77.0.12",
+        "r2b    10.77.0.32",
+        "r1s    10.77.0.23",
+        "inv    10.77.0.5",
     ] {
         assert!(status.contains(line), "{line} in {status}");
     }
