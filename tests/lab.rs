@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{coherence, is_root, require_root, text, Down};
+use common::{coherence, is_root, lab_processes, require_root, text, Down};
 
 use coherence_lab::cluster::{self, State};
 use coherence_lab::Design;
@@ -60,31 +60,6 @@ fn write(key: &str, version: i64) {
 
 fn cached(host: &str, key: &str) -> bool {
     !redis(host, &["GET", key]).is_empty()
-}
-
-/// Processes that are alive (not zombies) and belong to the lab.
-fn lab_processes() -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let pid = entry.file_name().to_string_lossy().to_string();
-        if !pid.chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
-            continue;
-        }
-        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("10.77.0.")
-            || cmd.contains("coherence-lab")
-            || cmd.contains("lab invalidator")
-            || cmd.contains("lab service")
-        {
-            found.push(format!("{pid}: {cmd}"));
-        }
-    }
-    found
 }
 
 /// Without root, `lab up` refuses with a clear message before it touches anything (so
