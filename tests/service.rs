@@ -47,7 +47,8 @@ fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     while !done() {
         assert!(
             Instant::now() < deadline,
-            "{what} did not happen within {within:?}"
+            "{what} did not happen within {within:?}; lab processes: {:?}",
+            lab_processes()
         );
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -69,6 +69,9 @@ pub const DB_PATIENCE: Duration = Duration::from_secs(5);
 /// How long one cache command (or connecting, or asking a Sentinel) may take.
 pub const CACHE_PATIENCE: Duration = Duration::from_secs(1);
 
+/// How long `/health` waits for the database's answer.
+pub const HEALTH_PATIENCE: Duration = Duration::from_secs(1);
+
 /// How the service keeps its cache coherent: each design is one arm here and one write
 /// function below (and, if it fills differently, an arm of [`ServiceDesign::fill`]).
 #[derive(
@@ -815,6 +818,32 @@ impl Pool {
     }
 
     async fn connect_to(&self, addr: &str) -> Result<Db> {
+        let client = self.open(addr).await?;
+        let step = |e: StepError| anyhow!(e.message);
+        let write = bounded("preparing", client.prepare(sql::WRITE))
+            .await
+            .map_err(step)?;
+        let create = bounded("preparing", client.prepare(sql::CREATE))
+            .await
+            .map_err(step)?;
+        let create_log = bounded("preparing", client.prepare(sql::CREATE_LOG))
+            .await
+            .map_err(step)?;
+        let read = bounded("preparing", client.prepare(sql::READ))
+            .await
+            .map_err(step)?;
+        Ok(Db {
+            client,
+            write,
+            create,
+            create_log,
+            read,
+        })
+    }
+
+    /// A connection to `addr`, if it is a primary (asked when there are candidates to
+    /// choose from).
+    async fn open(&self, addr: &str) -> Result<tokio_postgres::Client> {
         let (host, port) = addr.rsplit_once(':').unwrap_or((addr, "5432"));
         let (client, conn) = tokio::time::timeout(
             DB_PATIENCE,
@@ -841,25 +870,7 @@ impl Pool {
                 bail!("a standby");
             }
         }
-        let write = bounded("preparing", client.prepare(sql::WRITE))
-            .await
-            .map_err(step)?;
-        let create = bounded("preparing", client.prepare(sql::CREATE))
-            .await
-            .map_err(step)?;
-        let create_log = bounded("preparing", client.prepare(sql::CREATE_LOG))
-            .await
-            .map_err(step)?;
-        let read = bounded("preparing", client.prepare(sql::READ))
-            .await
-            .map_err(step)?;
-        Ok(Db {
-            client,
-            write,
-            create,
-            create_log,
-            read,
-        })
+        Ok(client)
     }
 
     /// Commits `value` as the new version of `key`; the version.
@@ -936,20 +947,22 @@ impl Pool {
         result
     }
 
+    /// Whether a primary answers a new connection within [`HEALTH_PATIENCE`]: a new
+    /// one, so that the answer says whether the database can be reached now, and a
+    /// connection of the pool stuck on a request is not taken for the database.
     async fn ping(&self) -> Result<()> {
-        let mut slot = self.slot().await;
-        let result = async {
-            let db = self.connected(&mut slot).await?;
-            bounded("SELECT 1", db.client.simple_query("SELECT 1"))
-                .await
-                .map_err(|e| anyhow!(e.message))?;
-            anyhow::Ok(())
-        }
-        .await;
-        if result.is_err() {
-            *slot = None;
-        }
-        result
+        tokio::time::timeout(HEALTH_PATIENCE, async {
+            let mut errors = Vec::new();
+            for addr in &self.candidates {
+                match self.open(addr).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => errors.push(format!("{addr}: {e:#}")),
+                }
+            }
+            bail!("no PostgreSQL primary answers ({})", errors.join("; "))
+        })
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("no answer within {HEALTH_PATIENCE:?}")))
     }
 }
 

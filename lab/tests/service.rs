@@ -13,6 +13,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+/// A version and its write id.
+type Version = (i64, String);
+
 /// A service of `design` over its own Redis and PostgreSQL.
 struct Env {
     rt: tokio::runtime::Runtime,
@@ -105,7 +108,7 @@ impl Env {
     }
 
     /// The row and the version log of `key`.
-    fn db(&self, key: &str) -> (Option<(i64, String)>, Vec<(i64, String)>) {
+    fn db(&self, key: &str) -> (Option<Version>, Vec<Version>) {
         self.rt.block_on(async {
             let c = self.pg.client().await;
             let row = c

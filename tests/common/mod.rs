@@ -107,7 +107,8 @@ pub fn lab_processes() -> Vec<String> {
         let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         if cmd.contains("10.77.0.")
-            || cmd.contains("coherence-lab")
+            // The lab's directory (not a lock file named after it).
+            || cmd.contains("coherence-lab/")
             || cmd.contains("lab invalidator")
             || cmd.contains("lab service")
         {
