@@ -43,7 +43,9 @@ impl Target {
                     })
                     .collect();
                 Cluster {
-                    names: lab.names(),
+                    // The app hosts go with their region's partition, but are no target
+                    // of their own (and the schedules of a seed stay as they were).
+                    names: lab.data_hosts(),
                     redis: regions
                         .iter()
                         .map(|(r, _)| (r.clone(), lab.redis(r)))

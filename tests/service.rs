@@ -1,9 +1,11 @@
-//! The lab's HTTP services against the real lab: after `lab up` every region's service
-//! answers /health (and `lab status` says so), a PUT then a GET round-trips through
-//! each region's service into the lab's database and cache, `restart_services` changes
-//! the design, a killed service is reported down and restarted by the repair a run
-//! does, and `lab down` leaves no process behind. Needs root, so it is `#[ignore]`d and
-//! `scripts/test` runs it as root.
+//! The lab's HTTP service as a command: `coherence lab service` with --redis and --db
+//! serves against any Redis and PostgreSQL (here throwaway ones on loopback), and bad
+//! flags are refused with exit status 2. And against the real lab: after `lab up` every
+//! region's service answers /health (and `lab status` says so), a PUT then a GET
+//! round-trips through each region's service into the lab's database and cache,
+//! `restart_services` changes the design, a killed service is reported down and
+//! restarted by the repair a run does, and `lab down` leaves no process behind. The lab
+//! test needs root, so it is `#[ignore]`d and `scripts/test` runs it as root.
 
 mod common;
 
@@ -51,6 +53,109 @@ fn eventually(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
             lab_processes()
         );
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_service_command_serves_any_redis_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = coherence_loopback::Redis::start(dir.path());
+    let pg = coherence_loopback::Pg::primary("db1", &[]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        pg.client()
+            .await
+            .batch_execute(coherence_lab::schema::SCHEMA)
+            .await
+            .unwrap()
+    });
+    let port = coherence_loopback::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args([
+            "lab",
+            "service",
+            "--design",
+            "update-cache",
+            "--region",
+            "eu-west",
+        ])
+        .args([
+            "--listen",
+            &listen,
+            "--redis",
+            &redis.addr(),
+            "--db",
+            &pg.addr(),
+        ])
+        .args(["--fill-ttl-ms", "5000"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(&mut child);
+    let base = format!("http://{listen}");
+    eventually("the service listening", Duration::from_secs(10), || {
+        std::net::TcpStream::connect(&listen).is_ok()
+    });
+    assert_eq!(
+        request(&base, "GET", "/health", ""),
+        (200, json!({"db": "ok", "cache": "ok"}))
+    );
+    let (code, body) = request(&base, "PUT", "/items/a", r#"{"value": "u-1"}"#);
+    assert_eq!((code, &body["version"]), (200, &json!(1)), "{body}");
+    assert_eq!(redis.cli(&["GET", "a"]), r#"{"version":1,"write":"u-1"}"#);
+    let ttl: i64 = redis.cli(&["PTTL", "a"]).parse().unwrap();
+    assert!(ttl > 0 && ttl <= 5000, "{ttl}");
+    let (code, body) = request(&base, "GET", "/items/a", "");
+    assert_eq!((code, &body["source"]), (200, &json!("cache")), "{body}");
+    drop(child);
+}
+
+#[test]
+fn bad_service_flags_are_refused_with_exit_status_2() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let cases: [(Vec<&str>, String); 3] = [
+        (
+            vec!["--design", "write-through", "--region", "r1"],
+            "use delete-after-commit, delete-before-commit".into(),
+        ),
+        (
+            vec!["--design", "versioned", "--region", "r0"],
+            r#"no lab region "r0""#.into(),
+        ),
+        (
+            vec![
+                "--design",
+                "versioned",
+                "--region",
+                "r1",
+                "--listen",
+                &taken,
+                "--redis",
+                "127.0.0.1:1",
+                "--db",
+                "127.0.0.1:1",
+            ],
+            format!("cannot listen on {taken}"),
+        ),
+    ];
+    for (args, says) in cases {
+        let mut argv = vec!["lab", "service"];
+        argv.extend(&args);
+        let o = coherence(&argv);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        assert!(text(&o).contains(&says), "{args:?}: {}", text(&o));
     }
 }
 

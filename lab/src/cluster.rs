@@ -1499,6 +1499,18 @@ impl LabNodes {
         self.hosts.iter().map(|h| h.name.clone()).collect()
     }
 
+    /// Every host but the regions' app hosts: the nodes that whole-cluster partition
+    /// shapes, node partitions and clock faults are drawn from. (A region's partition
+    /// takes its app host with it: see [`LabNodes::region`].) Keeping the app hosts out
+    /// keeps the schedules a seed draws as they were before the lab had them.
+    pub fn data_hosts(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|h| h.role != Role::Service)
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
     /// The database hosts.
     pub fn databases(&self) -> Vec<String> {
         self.hosts
