@@ -199,7 +199,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
                 "--lab runs a campaign whose cluster is the lab: set `kind = \"lab\"` in [cluster]"
             ),
         };
-        if design == coherence_lab::Design::None && work.invalidation == Invalidation::Pipeline {
+        if design == coherence_lab::Design::None && work.invalidation() == Invalidation::Pipeline {
             bail!("invalidation = \"pipeline\" needs an invalidator in the lab: set [cluster] invalidator = \"notify\" or \"outbox\"");
         }
         let (dir, rec) = open_run(&args.store, &campaign.name, &stored_campaign)?;
@@ -249,6 +249,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     nodes: Vec::new(),
                 })
                 .collect(),
+            apps: Vec::new(),
+            table: observe.as_ref().and_then(|o| o.database.clone()),
+            cached_value: observe
+                .as_ref()
+                .map_or_else(|| "versioned-json".to_string(), |o| o.value.clone()),
         };
         // The lab turns on what its observers need.
         let plan = match &observe {
@@ -307,6 +312,12 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     nodes: Vec::new(),
                 })
                 .collect(),
+            // The http workload names its service's instances in [workload.http].
+            apps: Vec::new(),
+            table: observe.as_ref().and_then(|o| o.database.clone()),
+            cached_value: observe
+                .as_ref()
+                .map_or_else(|| "versioned-json".to_string(), |o| o.value.clone()),
         };
         // Refuse endpoints and nodes that do not answer, before anything runs.
         tokio::runtime::Builder::new_current_thread()
@@ -497,7 +508,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             });
         }
         // The lab's invalidator logs its deletions; record them as they happen.
-        let pipeline = lab && work.invalidation == Invalidation::Pipeline;
+        let pipeline = lab && work.invalidation() == Invalidation::Pipeline;
         let tail = pipeline.then(|| {
             let rec = rec.clone();
             let mut offset = deletions_from;

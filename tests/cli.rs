@@ -427,7 +427,12 @@ fn every_shipped_campaign_is_valid() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         names.push(entry.file_name().to_string_lossy().into_owned());
     }
-    for required in ["lab-writer.toml", "lab-outbox.toml", "staging-example.toml"] {
+    for required in [
+        "lab-writer.toml",
+        "lab-outbox.toml",
+        "staging-example.toml",
+        "staging-http-example.toml",
+    ] {
         assert!(
             names.iter().any(|n| n == required),
             "campaigns/{required} is missing"
@@ -485,6 +490,109 @@ time_limit = "1s"
     let o = coherence(&["run", campaign.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stderr(&o).contains("[[cluster.nodes]]"), "{}", stderr(&o));
+}
+
+/// An http workload's campaign mistakes are refused before anything runs, each naming
+/// its line and field: exit 2, no run directory.
+#[test]
+fn a_bad_http_campaign_is_refused_naming_its_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = "name = \"svc\"\n[cluster]\nkind = \"lab\"\n[workload]\nkind = \"http\"\n\
+                keys = 1\nconcurrency = 1\ntime_limit = \"1s\"\n";
+    let http = "[workload.http]\nread = \"GET {base}/items/{key}\"\n\
+                write = \"PUT {base}/items/{key}\"\nwrite_body = '{\"value\": \"{unique}\"}'\n\
+                unique = \"/value\"\n";
+    let cases: Vec<(String, &str, &str)> = vec![
+        (
+            format!("{base}{}", http.replace("{key}\"\nwrite", "{id}\"\nwrite")),
+            "line 10: field `workload.http.read`",
+            "unknown placeholder {id}",
+        ),
+        (
+            format!("{base}{}", http.replace("{unique}", "x")),
+            "field `workload.http.write`",
+            "put {unique} in its URL or write_body",
+        ),
+        (
+            format!("{base}invalidation = \"writer\"\n{http}"),
+            "field `workload.invalidation`",
+            "with kind = \"http\" the service itself invalidates",
+        ),
+        (
+            base.to_string(),
+            "field `workload.http`",
+            "needs a [workload.http] section",
+        ),
+        (
+            format!(
+                "{base}{http}[[workload.http.regions]]\nname = \"r1\"\nbase = [\"https://x:1\"]\n"
+            ),
+            "field `workload.http.regions`",
+            "https is not built in",
+        ),
+    ];
+    let store = dir.path().join("runs");
+    for (text, at, what) in cases {
+        let campaign = write(dir.path(), "svc.toml", &text);
+        let o = coherence(&[
+            "run",
+            campaign.to_str().unwrap(),
+            "--store",
+            store.to_str().unwrap(),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{text}\n{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(at) && e.contains(what), "{text}\n{e}");
+        assert!(!store.exists(), "a run directory was made");
+    }
+}
+
+/// A staging http campaign whose service does not answer is refused before anything
+/// runs, naming the URL: exit 2, no run directory.
+#[test]
+fn an_http_service_that_does_not_answer_is_refused_naming_its_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let campaign = write(
+        dir.path(),
+        "svc.toml",
+        r#"name = "svc"
+[cluster]
+kind = "staging"
+[cluster.postgres]
+writer = "127.0.0.1:1"
+[[cluster.regions]]
+name = "eu"
+primary = "127.0.0.1:2"
+[workload]
+kind = "http"
+keys = 10
+concurrency = 1
+time_limit = "1s"
+[workload.http]
+read = "GET {base}/items/{key}"
+write = "PUT {base}/items/{key}"
+write_body = '{"value": "{unique}"}'
+unique = "/value"
+[[workload.http.regions]]
+name = "eu"
+base = ["http://127.0.0.1:9"]
+"#,
+    );
+    let store = dir.path().join("runs");
+    let o = coherence(&[
+        "run",
+        campaign.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("the service of region eu at http://127.0.0.1:9 does not answer")
+            && e.contains("GET http://127.0.0.1:9/items/k0"),
+        "{e}"
+    );
+    assert!(!store.join("svc").exists(), "a run directory was made");
 }
 
 /// A campaign whose `[workload] kind` is unknown is refused before anything runs: exit

@@ -257,7 +257,7 @@ pub fn cache_cause(
         Ok(c) => return c,
         Err(w) => w,
     };
-    let node = read.node;
+    let node = ctx.cache_of(read);
     let hold = holder(ctx, node, read.invoke_time);
     let replica = hold != node;
     // Invalidations are in history order, so in time order. The first one of the
@@ -307,6 +307,21 @@ pub fn cache_cause(
         if let Some(i) = dropped {
             let mut c = base.event(i.index);
             c.kind = CauseKind::ReplicaRead;
+            return with_fault(c, w.invoke_time);
+        }
+    }
+    // No fill recorded: a set the holder's observer saw in the same window (the
+    // service's own fill, which no client of the history recorded).
+    if fill.is_none() {
+        let set = h.observed[key as usize].iter().find(|o| {
+            o.node == hold
+                && o.change == crate::model::Change::Set
+                && o.time > landed_after
+                && o.time <= read.complete_time
+        });
+        if let Some(s) = set {
+            let mut c = base.event(s.index);
+            c.kind = CauseKind::FillRace;
             return with_fault(c, w.invoke_time);
         }
     }

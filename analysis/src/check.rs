@@ -41,6 +41,11 @@ pub struct Context<'h> {
     pub records_invalidations: bool,
     /// The invalidation bound in ns, when one is set (`slow-invalidation`).
     pub invalidation_bound: Option<u64>,
+    /// The cache nodes the topology names, by region (interned), for reads served by
+    /// a service instance rather than a cache node ([`Context::cache_of`]).
+    region_caches: rustc_hash::FxHashMap<u32, Vec<u32>>,
+    /// Every cache node the topology names with a region.
+    declared_caches: rustc_hash::FxHashSet<u32>,
 }
 
 impl<'h> Context<'h> {
@@ -69,6 +74,17 @@ impl<'h> Context<'h> {
         let topology = Topology::read(history, &nemesis);
         let records_invalidations = history.invalidations.iter().any(|i| !i.is_empty())
             || history.ops.iter().any(|o| o.kind == OpKind::Invalidate);
+        let mut region_caches: rustc_hash::FxHashMap<u32, Vec<u32>> = Default::default();
+        let mut declared_caches = rustc_hash::FxHashSet::default();
+        let mut regions: Vec<(u32, String)> =
+            crate::topology::regions(history).into_iter().collect();
+        regions.sort();
+        for (node, region) in regions {
+            declared_caches.insert(node);
+            if let Some(r) = history.regions.get(&region) {
+                region_caches.entry(r).or_default().push(node);
+            }
+        }
         Context {
             history,
             bound,
@@ -77,7 +93,33 @@ impl<'h> Context<'h> {
             topology,
             records_invalidations,
             invalidation_bound: None,
+            region_caches,
+            declared_caches,
         }
+    }
+
+    /// The cache node whose state `read` saw: its own node, or, for a read served by
+    /// a service instance (a node that is not a cache node of the topology, e.g.
+    /// `app:r1`), the cache node of its client's region that follows no one then.
+    pub fn cache_of(&self, read: &crate::model::Op) -> u32 {
+        let h = self.history;
+        if read.node == NONE || self.declared_caches.contains(&read.node) {
+            return read.node;
+        }
+        let region = h
+            .process_regions
+            .get(read.process as usize)
+            .copied()
+            .unwrap_or(NONE);
+        self.region_caches
+            .get(&region)
+            .and_then(|nodes| {
+                nodes
+                    .iter()
+                    .find(|&&n| self.topology.follows(n, read.invoke_time).is_none())
+            })
+            .copied()
+            .unwrap_or(read.node)
     }
 
     /// The same context with an invalidation bound (ns).
@@ -127,6 +169,11 @@ impl std::fmt::Debug for Judged {
 impl Judged {
     /// Why the detector cannot vouch for the history, having found nothing.
     pub fn undecided(&self, h: &History) -> Option<String> {
+        // Values whose versions the commit order could not give with certainty leave
+        // every check undecided.
+        if let Some(blind) = &h.unversioned.blind {
+            return Some(blind.clone());
+        }
         self.detector.undecided(h, &self.evidence)
     }
 }

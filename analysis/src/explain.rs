@@ -463,6 +463,18 @@ fn cause_view(
         }
     }
     let mut text = match c.kind {
+        CauseKind::FillRace if c.op == NONE => {
+            // A set the holder's cache observer saw, which no client recorded.
+            let set_at = h.observed[key as usize]
+                .iter()
+                .find(|o| o.index == c.event)
+                .map_or(0, |o| o.time);
+            format!(
+                "the cache-aside fill race: {holder_name}'s cache observer saw the key set at {} (line {}), after version {newer_version} was acknowledged or invalidated ({newer_name}) and before the read returned; no client of the history recorded that fill (the service's own), and the read shows it installed the old version",
+                at(set_at),
+                line(c.event)
+            )
+        }
         CauseKind::FillRace | CauseKind::DatabaseReplicaFill => {
             let fill = &h.ops[c.op as usize];
             let after = match inval_at(c.event) {

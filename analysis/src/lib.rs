@@ -29,6 +29,7 @@ pub mod report;
 pub mod results;
 pub mod text;
 pub mod topology;
+pub mod versions;
 
 pub use check::{AnomalyKind, CauseKind};
 pub use results::{Options, Results, Status, Verdict};

@@ -253,6 +253,8 @@ pub struct History {
     pub gaps: Vec<Gap>,
     /// What the observers watched.
     pub watched: Watched,
+    /// The values that named only their write, and what became of them.
+    pub unversioned: crate::versions::Unversioned,
     /// The last ok `db-final-read` per key.
     pub finals: Vec<Option<Final>>,
     /// The log of every ok `db-final-read` that sent one, by op id.
@@ -338,13 +340,17 @@ impl Builder {
     }
 
     fn val(&mut self, v: &coherence_store::reader::VersionedRef<'_>) -> Val {
+        if v.version == coherence_store::UNVERSIONED {
+            self.history.unversioned.values += 1;
+        }
         Val {
             version: v.version,
             write: self.history.writes.intern(&v.write),
         }
     }
 
-    /// Finishes: builds the per-key index.
+    /// Finishes: builds the per-key index, and gives the values without a version
+    /// their version from the commit order ([`crate::versions`]).
     pub fn finish(mut self) -> History {
         let h = &mut self.history;
         for (id, op) in h.ops.iter().enumerate() {
@@ -352,7 +358,28 @@ impl Builder {
                 h.key_ops[op.key as usize].push(id as u32);
             }
         }
+        crate::versions::resolve(h);
         self.history
+    }
+
+    /// Refuses a value without a version in a history whose commit order nobody
+    /// watched: nothing could give it its version.
+    fn versionable(&self, value: &ValueRef<'_>) -> Result<(), String> {
+        let unversioned = value
+            .versioned()
+            .is_some_and(|v| v.version == coherence_store::UNVERSIONED);
+        if unversioned && self.history.watched.databases.is_empty() {
+            return Err(
+                "the value names only its write (it has no \"version\"), but no \
+                        commit observer watched the database: such a value's version is its \
+                        write's place in the commit order, which only `commit` events tell. \
+                        Log an `observe` event of `control` naming the database before the \
+                        workload, and the commit observer's `commit` events (docs/history.md, \
+                        *Values without versions*), or give every value its version"
+                    .into(),
+            );
+        }
+        Ok(())
     }
 }
 
@@ -474,6 +501,7 @@ impl Visitor for Builder {
                 Ok(())
             }
             ProcessRef::Client(p) => {
+                self.versionable(&ev.value)?;
                 if ev.kind == EventType::Invoke {
                     let next = self.process_ids.len() as u32;
                     let process = *self.process_ids.entry(*p).or_insert(next);

@@ -127,7 +127,8 @@ pub fn committed(
         let Some(val) = op.value else { continue };
         let commit = seen.get(&val.write).copied();
         let version = match op.outcome {
-            Outcome::Ok if !lost(val.version, id) => val.version,
+            // (An ok write no commit shows, in a history without versions, has none.)
+            Outcome::Ok if val.version >= 0 && !lost(val.version, id) => val.version,
             // A write of unknown outcome that the change stream shows committed.
             Outcome::Info => match commit.and_then(|c| c.2) {
                 Some(v) => v,

@@ -278,6 +278,38 @@ fn example_missing_invalidation() {
 }
 
 #[test]
+fn example_unversioned() {
+    // The same history as missing-invalidation.jsonl, with no version anywhere: the
+    // commit order gives them, and the same anomalies come out; plus what no commit shows.
+    let r = observer_example("unversioned.jsonl");
+    assert_eq!(r.verdict, Verdict::Invalid);
+    assert_eq!(
+        counts(&r),
+        expect(&[
+            (StaleRead, 1),
+            (NonConvergence, 1),
+            (MissingInvalidation, 1),
+            (LostWrite, 1),
+            (PhantomRead, 1)
+        ])
+    );
+    let versioned = observer_example("missing-invalidation.jsonl");
+    for kind in [StaleRead, NonConvergence, MissingInvalidation] {
+        let a = |r: &Results| {
+            let a = r.anomalies.iter().find(|a| a.name == kind).unwrap();
+            (
+                a.staleness_ns,
+                a.cause.as_ref().map(|c| c.kind),
+                a.node.clone(),
+            )
+        };
+        assert_eq!(a(&r), a(&versioned), "{kind:?}");
+    }
+    let lost = r.anomalies.iter().find(|a| a.name == LostWrite).unwrap();
+    assert!(lost.summary.contains("never committed"), "{}", lost.summary);
+}
+
+#[test]
 fn example_slow_invalidation() {
     let r = observer_example("slow-invalidation.jsonl");
     assert_eq!(r.verdict, Verdict::Invalid);
@@ -737,6 +769,26 @@ fn random_histories_exercise_every_anomaly() {
             "no random history is {v}: {verdicts:?}"
         );
     }
+    // Values without versions: some get their version from the commit order, some name
+    // writes no commit shows (phantom reads, lost writes), and some orders are not
+    // certain; and some such histories are decided (valid or invalid) all the same.
+    let (mut placed, mut phantoms, mut lost, mut blind, mut decided) = (0, 0, 0, 0, 0);
+    for _ in 0..400 {
+        let steps = strategy.new_tree(&mut runner).unwrap().current();
+        let text = brute::history(&steps).join("\n") + "\n";
+        let (p, ph, l, b) = brute::resolution(&text);
+        placed += p;
+        phantoms += ph;
+        lost += l;
+        blind += b as usize;
+        if p > 0 && !b && brute::verdict(&text, 0).0 != "unknown" {
+            decided += 1;
+        }
+    }
+    assert!(
+        placed > 0 && phantoms > 0 && lost > 0 && blind > 0 && decided > 0,
+        "placed {placed}, phantoms {phantoms}, lost {lost}, blind {blind}, decided {decided}"
+    );
 }
 
 mod causes {
@@ -1106,5 +1158,265 @@ fn final_reads_that_miss_make_convergence_decidable() {
     // It holds no read at all: the read checks had nothing to judge.
     for k in [StaleRead, PhantomRead, MonotonicRead, ReadYourWrites] {
         assert_eq!(status(k), Status::Unknown, "{k:?}");
+    }
+}
+
+/// Values without versions (docs/history.md, *Values without versions*): a history
+/// whose clients log only write ids, plus the commit observer's events, checks exactly
+/// as the versioned history it came from.
+mod unversioned {
+    use super::*;
+    use coherence_analysis::{check_history, model::Builder};
+    use coherence_sim::{generate, FaultLevel, Mode, SimConfig};
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    /// A simulated history, as JSON events.
+    fn simulated(mode: Mode, faults: FaultLevel, seed: u64) -> Vec<Value> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let mut w = coherence_store::HistoryWriter::create(&path).unwrap();
+        let config = SimConfig {
+            seed,
+            ops: 1500,
+            keys: 30,
+            mode,
+            faults,
+            ..SimConfig::default()
+        };
+        generate(&config, &mut w).unwrap();
+        w.finish().unwrap();
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// The history with a commit observer: an `observe` event first, and the `commit`
+    /// of every write the database committed (each acknowledged one, each a read saw,
+    /// and each in a final log), each key's in version order, just before the final
+    /// phase. Without
+    /// the final logs (a client that knows no versions has none to send).
+    fn with_commits(events: &[Value], stated: bool) -> Vec<Value> {
+        // (key, version, write): a forked version was committed by two writes.
+        let mut commits: std::collections::BTreeSet<(String, i64, String)> = Default::default();
+        for e in events {
+            let (f, kind) = (e["f"].as_str().unwrap(), e["type"].as_str().unwrap());
+            let key = e["key"].as_str().unwrap_or_default().to_string();
+            if kind == "ok" && f == "write" {
+                let v = &e["value"];
+                commits.insert((
+                    key.clone(),
+                    v["version"].as_i64().unwrap(),
+                    v["write"].as_str().unwrap().into(),
+                ));
+            }
+            // A write of unknown outcome that a read saw committed (and a failover
+            // may have lost since): the change stream showed it.
+            let v = &e["value"];
+            if ["read", "db-read", "final-read", "fill"].contains(&f)
+                && v["write"].as_str().is_some_and(|w| w != "init")
+            {
+                if let Some(version) = v["version"].as_i64() {
+                    commits.insert((key.clone(), version, v["write"].as_str().unwrap().into()));
+                }
+            }
+            if kind == "ok" && f == "db-final-read" {
+                for entry in e["value"]["log"].as_array().into_iter().flatten() {
+                    let (v, w) = (entry[0].as_i64().unwrap(), entry[1].as_str().unwrap());
+                    if v > 0 {
+                        commits.insert((key.clone(), v, w.into()));
+                    }
+                }
+            }
+        }
+        let mut out = vec![
+            json!({"process": "control", "type": "info", "f": "observe", "time": 0, "value": {"caches": [], "databases": ["db"]}}),
+        ];
+        for e in events {
+            if e["f"] == "final-phase" {
+                for (key, version, write) in &commits {
+                    let mut value = json!({"write": write, "lsn": "0/1"});
+                    if stated {
+                        value["version"] = json!(version);
+                    }
+                    out.push(json!({"process": "cdc:db", "type": "info", "f": "commit", "key": key, "node": "db", "time": e["time"], "value": value}));
+                }
+            }
+            let mut e = e.clone();
+            if e["f"] == "db-final-read" && e["type"] == "ok" {
+                e["value"].as_object_mut().unwrap().remove("log");
+            }
+            out.push(e);
+        }
+        for (i, e) in out.iter_mut().enumerate() {
+            e["index"] = json!(i);
+        }
+        out
+    }
+
+    /// The same history with every client value naming only its write.
+    fn stripped(events: &[Value]) -> Vec<Value> {
+        events
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                if e["process"].is_i64()
+                    && e["value"].get("version").is_some()
+                    && e["value"]["write"].is_string()
+                {
+                    e["value"].as_object_mut().unwrap().remove("version");
+                }
+                e
+            })
+            .collect()
+    }
+
+    fn check(events: &[Value]) -> Value {
+        let text: String = events.iter().map(|e| format!("{e}\n")).collect();
+        let mut b = Builder::new();
+        coherence_store::reader::read_from(
+            text.as_bytes(),
+            std::path::Path::new("h.jsonl"),
+            &mut b,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let results = check_history(&b.finish(), &Options::default(), "h", vec![], 0);
+        serde_json::to_value(&results).unwrap()
+    }
+
+    fn same(mode: Mode, faults: FaultLevel, seed: u64, stated: bool) -> Result<(), TestCaseError> {
+        let versioned = with_commits(&simulated(mode, faults, seed), stated);
+        let unversioned = stripped(&versioned);
+        prop_assert!(unversioned != versioned);
+        let (a, b) = (check(&versioned), check(&unversioned));
+        for field in [
+            "verdict",
+            "anomaly_counts",
+            "checks",
+            "anomalies",
+            "unknown_reasons",
+            "staleness",
+        ] {
+            prop_assert_eq!(
+                &a[field],
+                &b[field],
+                "{} differs ({:?}, {:?}, seed {})",
+                field,
+                mode,
+                faults,
+                seed
+            );
+        }
+        prop_assert_eq!(a, b);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+        /// Versions stated in the commit events (a table with a version column): the
+        /// same results even with database failovers, lost writes and forks.
+        #[test]
+        fn stated_commit_versions_check_as_the_versioned_history(seed in any::<u64>(), buggy in any::<bool>()) {
+            let mode = if buggy { Mode::Buggy } else { Mode::Correct };
+            same(mode, FaultLevel::Some, seed, true)?;
+        }
+
+        /// Versions from places in the commit order (no version column), where the
+        /// database never forks.
+        #[test]
+        fn commit_order_checks_as_the_versioned_history(seed in any::<u64>(), buggy in any::<bool>()) {
+            let mode = if buggy { Mode::Buggy } else { Mode::Correct };
+            same(mode, FaultLevel::None, seed, false)?;
+        }
+    }
+
+    /// What no commit shows, and a blind commit observer.
+    #[test]
+    fn uncommitted_writes_are_lost_and_their_reads_phantoms_unless_the_observer_was_blind() {
+        let lines = |gap: bool| {
+            let mut l = vec![
+                r#"{"process":"control","type":"info","f":"observe","time":0,"value":{"caches":[],"databases":["db"]}}"#.to_string(),
+                r#"{"process":1,"type":"invoke","f":"write","key":"k","time":1,"value":{"write":"a"}}"#.into(),
+                r#"{"process":1,"type":"ok","f":"write","key":"k","time":2,"value":{"write":"a"}}"#.into(),
+                r#"{"process":"cdc:db","type":"info","f":"commit","key":"k","node":"db","time":2,"value":{"write":"a"}}"#.into(),
+                r#"{"process":1,"type":"invoke","f":"write","key":"k","time":3,"value":{"write":"b"}}"#.into(),
+                r#"{"process":1,"type":"ok","f":"write","key":"k","time":4,"value":{"write":"b"}}"#.into(),
+                r#"{"process":2,"type":"invoke","f":"read","key":"k","node":"c1","time":5}"#.into(),
+                r#"{"process":2,"type":"ok","f":"read","key":"k","node":"c1","time":6,"value":{"write":"b"}}"#.into(),
+                r#"{"process":2,"type":"invoke","f":"read","key":"k","node":"c1","time":7}"#.into(),
+                r#"{"process":2,"type":"ok","f":"read","key":"k","node":"c1","time":8,"value":{"write":"init"}}"#.into(),
+            ];
+            if gap {
+                l.push(r#"{"process":"cdc:db","type":"info","f":"observer-gap","node":"db","time":9,"value":{"node":"db","from":3,"to":9}}"#.into());
+            }
+            l.iter()
+                .enumerate()
+                .map(|(i, l)| l.replacen('{', &format!("{{\"index\":{i},"), 1) + "\n")
+                .collect::<String>()
+        };
+        let check = |text: &str| {
+            let mut b = Builder::new();
+            coherence_store::reader::read_from(
+                text.as_bytes(),
+                std::path::Path::new("h.jsonl"),
+                &mut b,
+            )
+            .unwrap();
+            check_history(&b.finish(), &Options::default(), "h", vec![], 0)
+        };
+        let r = check(&lines(false));
+        let c = counts(&r);
+        assert_eq!(
+            (c["lost-write"], c["phantom-read"], c["stale-read"]),
+            (1, 1, 1),
+            "{c:?}"
+        );
+        assert_eq!(r.verdict, Verdict::Invalid);
+        let shown = serde_json::to_string(&r.anomalies).unwrap();
+        assert!(
+            shown.contains("no commit in the database's change stream shows it"),
+            "{shown}"
+        );
+        assert!(shown.contains(r#"returned {\"write\": \"b\"}"#), "{shown}");
+        // The observer blind from before b's commit: b may have been committed unseen.
+        let r = check(&lines(true));
+        let c = counts(&r);
+        assert_eq!((c["lost-write"], c["phantom-read"]), (0, 0), "{c:?}");
+        assert_eq!(r.verdict, Verdict::Invalid, "the stale read of init stands");
+        let status = |k: AnomalyKind| r.checks.iter().find(|s| s.name == k).unwrap().status;
+        assert_eq!(status(LostWrite), Status::Unknown);
+        assert_eq!(status(PhantomRead), Status::Unknown);
+        assert!(
+            r.unknown_reasons
+                .iter()
+                .any(|u| u.contains("commit observer of db was blind")),
+            "{:?}",
+            r.unknown_reasons
+        );
+    }
+
+    #[test]
+    fn values_without_versions_need_a_commit_observer() {
+        let text = concat!(
+            r#"{"index":0,"time":0,"process":1,"type":"invoke","f":"read","key":"k","node":"c1"}"#,
+            "\n",
+            r#"{"index":1,"time":1,"process":1,"type":"ok","f":"read","key":"k","node":"c1","value":{"write":"a"}}"#,
+            "\n",
+        );
+        let mut b = Builder::new();
+        let err = coherence_store::reader::read_from(
+            text.as_bytes(),
+            std::path::Path::new("h.jsonl"),
+            &mut b,
+        )
+        .unwrap_err();
+        let shown = format!("{err:#}");
+        assert!(shown.contains("h.jsonl:2:"), "{shown}");
+        assert!(
+            shown.contains("no commit observer watched the database"),
+            "{shown}"
+        );
     }
 }

@@ -155,14 +155,21 @@ impl Campaign {
                 ));
             }
         }
+        if let Err((field, message)) = campaign.workload.validate() {
+            let leaf = field.rsplit('.').next().unwrap_or(&field);
+            let line = line_of(text, leaf).or_else(|| line_of_section(text, &field));
+            return Err(format!(
+                "{}field `{field}`: {message}",
+                line.map(|l| format!("line {l}: ")).unwrap_or_default()
+            ));
+        }
         if let Some(o) = &campaign.observe {
-            if o.value != "versioned-json" {
+            if let Err(e) = coherence_workloads::http::Decode::new(&o.value) {
                 return Err(format!(
-                    "{}field `observe.value`: unknown value format {:?}: use versioned-json",
+                    "{}field `observe.value`: {e}",
                     line_of(text, "value")
                         .map(|l| format!("line {l}: "))
                         .unwrap_or_default(),
-                    o.value
                 ));
             }
             if o.pattern.is_empty() {
@@ -175,6 +182,22 @@ impl Campaign {
             }
         }
         Ok(campaign)
+    }
+}
+
+/// The line (from 1) of the section `[a.b]` (or `[[a.b]]`) that `field` names, or of
+/// its parent section, if there is one.
+fn line_of_section(text: &str, field: &str) -> Option<usize> {
+    let mut name = field;
+    loop {
+        let found = text.lines().position(|l| {
+            let l = l.trim();
+            l == format!("[{name}]") || l == format!("[[{name}]]")
+        });
+        if let Some(i) = found {
+            return Some(i + 1);
+        }
+        name = name.rsplit_once('.')?.0;
     }
 }
 

@@ -30,6 +30,6 @@ pub use event::{Event, EventType, OpKind, Process, Versioned};
 pub use progress::{NoProgress, Progress};
 pub use reader::{
     cut, escape, quote, read_history, EventRef, ProcessRef, ReadError, ReadSummary, ValueRef,
-    Visitor, Warning, MAX_LINE,
+    Visitor, Warning, MAX_LINE, UNVERSIONED,
 };
 pub use writer::HistoryWriter;

@@ -192,10 +192,16 @@ impl<'de: 'a, 'a> Deserialize<'de> for ProcessRef<'a> {
     }
 }
 
+/// The `version` of a value that names only its write (`{"write": id}`): its version
+/// is the place of its write in the database's commit order, which only the commit
+/// observer's `commit` events tell (docs/history.md, *Values without versions*). A
+/// version stated in the file is never negative.
+pub const UNVERSIONED: i64 = -1;
+
 /// A versioned value borrowed from the line.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct VersionedRef<'a> {
-    /// The database version.
+    /// The database version, or [`UNVERSIONED`] for a value that names only its write.
     pub version: i64,
     /// The id of the write that produced it.
     pub write: Cow<'a, str>,
@@ -208,7 +214,7 @@ pub enum ValueRef<'a> {
     Absent,
     /// `{"write": id}`: the value of a write's invoke.
     WriteRequest(Cow<'a, str>),
-    /// `{"version": v, "write": id}`.
+    /// `{"version": v, "write": id}`, or `{"write": id}` (version [`UNVERSIONED`]).
     Versioned(VersionedRef<'a>),
     /// The value of an ok `db-final-read`: the final state and, when present, the log
     /// of every version the database still holds, oldest first.
@@ -1019,28 +1025,30 @@ fn parse_fast(line: Line<'_>) -> Option<EventRef<'_>> {
         (
             Shape::Versioned | Shape::VersionedOrNull,
             Some(ValueField::Object {
-                version: Some(version),
+                version,
                 write: Some(write),
                 ..
             }),
-        ) if version >= 0 => ValueRef::Versioned(VersionedRef {
-            version,
+        ) if version.is_none_or(|v| v >= 0) => ValueRef::Versioned(VersionedRef {
+            version: version.unwrap_or(UNVERSIONED),
             write: write.0,
         }),
         (
             Shape::Final,
             Some(ValueField::Object {
-                version: Some(version),
+                version,
                 write: Some(write),
                 log,
             }),
-        ) if version >= 0 && first_negative(log.as_deref()).is_none() => ValueRef::Final {
-            value: VersionedRef {
-                version,
-                write: write.0,
-            },
-            log,
-        },
+        ) if version.is_none_or(|v| v >= 0) && first_negative(log.as_deref()).is_none() => {
+            ValueRef::Final {
+                value: VersionedRef {
+                    version: version.unwrap_or(UNVERSIONED),
+                    write: write.0,
+                },
+                log,
+            }
+        }
         // anything else (a negative version too), and values kept raw, take the slow path
         _ => return None,
     };
@@ -1144,10 +1152,11 @@ fn typed_value<'a>(
                         strip_position(&e)
                     )
                 })?;
-            let (Some(version), Some(write)) = (parsed.version, cow(parsed.write)) else {
+            let Some(write) = cow(parsed.write) else {
                 return Err(format!("{} must be {VERSIONED}, found {}", what(), found()));
             };
-            if version < 0 {
+            let version = parsed.version.unwrap_or(UNVERSIONED);
+            if parsed.version.is_some_and(|v| v < 0) {
                 return Err(format!(
                     "{} has `version` {version}, but versions start at 0 (the key's initial \
                      state) and each committed write adds 1: fix the client that logged it",

@@ -780,18 +780,41 @@ fn write_invoke_without_a_write_request_is_rejected() {
 }
 
 #[test]
-fn ok_read_with_a_value_lacking_version_is_rejected() {
-    assert_rejected(
-        &after_head(&[
+fn values_naming_only_their_write_are_read_as_unversioned() {
+    // A client that does not know versions (a user's service) logs {"write": id}; the
+    // checker places it in the commit order. Every shape that takes a versioned value
+    // takes it, on both paths (the fast one, and the slow one with an extra field).
+    for extra in ["", r#","payload":"x""#] {
+        let text = after_head(&[
             r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
-            r#"{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{"write":"a"}}"#,
-        ]),
-        4,
-        &[
-            "the value of `read` ok must be {\"version\": <integer>, \"write\": \"<write id>\"}",
-            r#"found {"write":"a"}"#,
-        ],
-    );
+            &format!(
+                r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{{"write":"a"{extra}}}}}"#
+            ),
+            r#"{"index":4,"time":40,"process":1,"type":"invoke","f":"write","key":"k","value":{"write":"b"}}"#,
+            r#"{"index":5,"time":50,"process":1,"type":"ok","f":"write","key":"k","value":{"write":"b"}}"#,
+            r#"{"index":6,"time":60,"process":1,"type":"invoke","f":"fill","key":"k","node":"c1","value":{"write":"b"}}"#,
+            r#"{"index":7,"time":70,"process":1,"type":"ok","f":"fill","key":"k","node":"c1","value":{"write":"b"}}"#,
+            r#"{"index":8,"time":80,"process":1,"type":"invoke","f":"db-final-read","key":"k"}"#,
+            r#"{"index":9,"time":90,"process":1,"type":"ok","f":"db-final-read","key":"k","value":{"write":"b"}}"#,
+        ]);
+        let (seen, _) = read(&text).expect("unversioned values are allowed");
+        let values: Vec<&str> = seen[2..].iter().map(|s| s.value.as_str()).collect();
+        assert_eq!(
+            values,
+            [
+                "absent",
+                "versioned -1 a",
+                "write-request b",
+                "versioned -1 b",
+                "versioned -1 b",
+                "versioned -1 b",
+                "absent",
+                "final -1 b log None",
+            ],
+            "{text}"
+        );
+        assert_eq!(coherence_store::UNVERSIONED, -1);
+    }
 }
 
 #[test]
@@ -835,11 +858,11 @@ fn ok_read_with_a_mistyped_version_is_rejected() {
 }
 
 #[test]
-fn ok_write_without_a_versioned_value_is_rejected() {
+fn ok_write_without_a_write_id_is_rejected() {
     assert_rejected(
         &after_head(&[
             r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"write","key":"k","value":{"write":"b"}}"#,
-            r#"{"index":3,"time":30,"process":1,"type":"ok","f":"write","key":"k","value":{"write":"b"}}"#,
+            r#"{"index":3,"time":30,"process":1,"type":"ok","f":"write","key":"k","value":{"version":1}}"#,
         ]),
         4,
         &["the value of `write` ok must be {\"version\": <integer>, \"write\": \"<write id>\"}"],
@@ -2090,7 +2113,7 @@ fn errors_echo_user_strings_every_message_stays_short() {
         after_head(&[
             r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
             &format!(
-                r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{{"write":"{big}"}}}}"#
+                r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{{"version":1,"payload":"{big}"}}}}"#
             ),
         ]),
         // serde's own message, which quotes the value it refused
@@ -2145,12 +2168,12 @@ fn errors_echo_user_strings_control_characters_never_reach_an_error_raw() {
         ]),
         after_head(&[
             r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
-            &format!(r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{{"write":"{evil}"}}}}"#),
+            &format!(r#"{{"index":3,"time":30,"process":1,"type":"ok","f":"read","key":"k","value":{{"version":1,"payload":"{evil}"}}}}"#),
         ]),
         // A raw CR inside a value (JSON whitespace) and a raw override in a found value.
         after_head(&[
             r#"{"index":2,"time":20,"process":1,"type":"invoke","f":"read","key":"k"}"#,
-            "{\"index\":3,\"time\":30,\"process\":1,\"type\":\"ok\",\"f\":\"read\",\"key\":\"k\",\"value\":{\"write\":\"\u{202e}a\",\r\"x\":1}}",
+            "{\"index\":3,\"time\":30,\"process\":1,\"type\":\"ok\",\"f\":\"read\",\"key\":\"k\",\"value\":{\"version\":1,\"x\":\"\u{202e}a\",\r\"y\":1}}",
         ]),
     ];
     for text in &texts {

@@ -144,7 +144,10 @@ struct Client {
     id: u32,
 }
 
-async fn pg_connect(node: &Node, params: &str) -> Result<tokio_postgres::Client, OpError> {
+pub(crate) async fn pg_connect(
+    node: &Node,
+    params: &str,
+) -> Result<tokio_postgres::Client, OpError> {
     let (host, port) = node.addr.rsplit_once(':').unwrap_or((&node.addr, "5432"));
     let (client, conn) = tokio_postgres::connect(
         &format!("host={host} port={port} {params} connect_timeout=2"),
@@ -418,7 +421,7 @@ impl Client {
                 },
             )
             .await;
-        if let (Outcome::Ok(v), Invalidation::Writer) = (outcome, self.work.invalidation) {
+        if let (Outcome::Ok(v), Invalidation::Writer) = (outcome, self.work.invalidation()) {
             let version = v["version"].as_i64().unwrap_or(0);
             for r in 0..self.ends.regions.len() {
                 self.invalidate(key, r, version).await;
@@ -429,7 +432,7 @@ impl Client {
     async fn invalidate(&mut self, key: &str, region: usize, version: i64) {
         let node = self.topo.now(region, key).primary;
         let (k, n) = (key.to_string(), node.clone());
-        let fill = self.work.fill;
+        let fill = self.work.fill();
         let ttl = self.work.ttl.as_millis() as u64;
         self.op(
             "invalidate",
@@ -508,7 +511,7 @@ impl Client {
         let primary_name = primary.name.clone();
         let (k, text) = (key.to_string(), value.to_string());
         let version = value["version"].as_i64().unwrap_or(0);
-        let fill = self.work.fill;
+        let fill = self.work.fill();
         let ttl = self.work.ttl.as_millis() as u64;
         self.op(
             "fill",

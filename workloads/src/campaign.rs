@@ -293,10 +293,15 @@ pub struct Workload {
     /// Which workload ([`crate::registry`]); `cache-aside` when absent.
     #[serde(default)]
     pub kind: crate::registry::Kind,
-    /// Who invalidates.
-    pub invalidation: Invalidation,
-    /// How misses are filled.
-    pub fill: Fill,
+    /// Who invalidates (cache-aside only: required there, refused for `http`).
+    #[serde(default)]
+    pub invalidation: Option<Invalidation>,
+    /// How misses are filled (cache-aside only: required there, refused for `http`).
+    #[serde(default)]
+    pub fill: Option<Fill>,
+    /// `[workload.http]`: the user's service and how to drive it (`kind = "http"` only).
+    #[serde(default)]
+    pub http: Option<crate::http::Http>,
     /// Where cache reads go.
     #[serde(default = "primary")]
     pub cache_reads: CacheReads,
@@ -333,6 +338,68 @@ pub struct Workload {
     /// The random seed (operations, keys, timing).
     #[serde(default = "seed")]
     pub seed: u64,
+}
+
+impl Workload {
+    /// Who invalidates: the campaign's choice (validated to be there for cache-aside),
+    /// else the pipeline (the `http` workload's service and its pipeline do).
+    pub fn invalidation(&self) -> Invalidation {
+        self.invalidation.unwrap_or(Invalidation::Pipeline)
+    }
+
+    /// How misses are filled (plain when not given: only cache-aside fills).
+    pub fn fill(&self) -> Fill {
+        self.fill.unwrap_or(Fill::Plain)
+    }
+
+    /// What is wrong with the workload's fields for its kind: (the field, why).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        use crate::registry::Kind;
+        match self.kind {
+            Kind::CacheAside => {
+                let need = |field: &str, what: &str| {
+                    (
+                        format!("workload.{field}"),
+                        format!("the cache-aside workload needs `{field}`: {what}"),
+                    )
+                };
+                if self.invalidation.is_none() {
+                    return Err(need("invalidation", "\"writer\" or \"pipeline\""));
+                }
+                if self.fill.is_none() {
+                    return Err(need("fill", "\"plain\" or \"versioned\""));
+                }
+                if self.http.is_some() {
+                    return Err((
+                        "workload.http".into(),
+                        "[workload.http] is for kind = \"http\"; this workload is cache-aside"
+                            .into(),
+                    ));
+                }
+                Ok(())
+            }
+            Kind::Http => {
+                for (field, given) in [
+                    ("invalidation", self.invalidation.is_some()),
+                    ("fill", self.fill.is_some()),
+                ] {
+                    if given {
+                        return Err((
+                            format!("workload.{field}"),
+                            format!("`{field}` is for the cache-aside workload; with kind = \"http\" the service itself invalidates and fills: remove it"),
+                        ));
+                    }
+                }
+                match &self.http {
+                    Some(http) => crate::http::Compiled::new(http).map(|_| ()),
+                    None => Err((
+                        "workload.http".into(),
+                        "kind = \"http\" needs a [workload.http] section: the service's read and write requests (see campaigns/staging-http-example.toml)".into(),
+                    )),
+                }
+            }
+        }
+    }
 }
 
 fn primary() -> CacheReads {
@@ -531,8 +598,10 @@ pub struct Observe {
     /// The keys to watch, as a glob (default: the workload's keys, `k*`).
     #[serde(default = "key_pattern")]
     pub pattern: String,
-    /// How a cached value is decoded: `versioned-json` (`{"version", "write"}`), the
-    /// only one so far; the observer records what changed, the workload what it read.
+    /// How a cached value is decoded: `versioned-json` (`{"version", "write"}`), or
+    /// `json:<pointer>` (JSON whose string at the JSON pointer is the write's unique
+    /// value, e.g. `json:/value`); the observer records what changed, the final phase
+    /// what each node holds.
     #[serde(default = "versioned_json")]
     pub value: String,
     /// Turn keyspace notifications on where they are off (the lab always does); without

@@ -100,7 +100,7 @@ pub struct CommitWatch {
 }
 
 /// `s` as a quoted SQL identifier.
-fn ident(s: &str) -> String {
+pub(crate) fn ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 

@@ -8,6 +8,7 @@
 pub mod cache_aside;
 pub mod campaign;
 pub mod commits;
+pub mod http;
 pub mod observe;
 pub mod pgpass;
 pub mod registry;

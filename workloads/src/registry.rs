@@ -40,6 +40,8 @@ kinds! {
     /// Our own cache-aside client ([`crate::cache_aside`]), the default.
     #[default]
     CacheAside = "cache-aside" => crate::cache_aside::CacheAside::new,
+    /// The user's own service, driven through its HTTP API ([`crate::http`]).
+    Http = "http" => crate::http::HttpWorkload::new,
 }
 
 #[cfg(test)]
@@ -49,7 +51,7 @@ mod tests {
     #[test]
     fn kinds_are_named_as_campaigns_write_them() {
         assert_eq!(Kind::default().name(), "cache-aside");
-        assert_eq!(Kind::NAMES, &["cache-aside"]);
+        assert_eq!(Kind::NAMES, &["cache-aside", "http"]);
         let kind: Kind = serde_json::from_str("\"cache-aside\"").unwrap();
         assert_eq!(kind, Kind::CacheAside);
     }

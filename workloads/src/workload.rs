@@ -41,6 +41,23 @@ pub struct Endpoints {
     pub db_params: String,
     /// Cache regions.
     pub regions: Vec<RegionNodes>,
+    /// The service under test, per region (the `http` workload's, when the cluster
+    /// provides it: the lab's reference service; staging names it in the campaign).
+    pub apps: Vec<AppRegion>,
+    /// The table of the service's items, as `[observe.database]` names it: where the
+    /// final phase reads each key's state in the database.
+    pub table: Option<crate::campaign::ObserveDatabase>,
+    /// How the final phase decodes a cached value (`[observe] value`).
+    pub cached_value: String,
+}
+
+/// The instances of the service under test in one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppRegion {
+    /// The region's name (as its cache region is named).
+    pub name: String,
+    /// Base URLs of its instances (`http://host:port`), none ending in `/`.
+    pub bases: Vec<String>,
 }
 
 /// A workload: the template its clients are opened from.

@@ -1,10 +1,12 @@
 //! `lost-write`: an ok `write` whose `(version, write)` is missing from the key's final
 //! database `log`; without a `log`, one whose version is above the final database
 //! version. A key with acknowledged writes but no ok `db-final-read` cannot be judged.
+//! In a history whose values name only their write, an ok write that no `commit` event
+//! shows is lost too (docs/history.md, *Values without versions*).
 
 use super::{AnomalyKind, Detector, Evidence, Found, Key, Sink};
 use crate::explain::{at, Explaining, Explanation};
-use crate::model::History;
+use crate::model::{History, NONE};
 
 /// The lost-write check.
 pub struct Check;
@@ -26,6 +28,15 @@ impl Detector for Check {
     }
 
     fn detect(&self, k: &Key<'_>, out: &mut Sink<'_>) {
+        let uncommitted = k.history.unversioned.uncommitted.get(&k.key);
+        for &write in uncommitted.into_iter().flatten() {
+            out.judged(1);
+            out.found(LostWrite {
+                write,
+                final_read: NONE,
+                version: coherence_store::UNVERSIONED,
+            });
+        }
         let Some(fin) = k.final_value else {
             // Keys, not writes: "n key(s) ... cannot be judged".
             if !k.acked.is_empty() {
@@ -75,6 +86,15 @@ impl Found for LostWrite {
     fn explain(&self, ex: &Explaining<'_>) -> Explanation {
         let h = ex.history();
         let op = &h.ops[self.write as usize];
+        if self.final_read == NONE {
+            let summary = format!(
+                "{} of key {} was acknowledged at {}, but no commit in the database's change stream shows it: the database never committed it.",
+                ex.name(self.write),
+                ex.key_name(),
+                at(op.complete_time),
+            );
+            return Explanation::new(summary, vec![self.write], Vec::new(), self.version);
+        }
         let how = match h.finals[ex.key as usize].as_ref() {
             Some(fin) if fin.log.is_some() => {
                 "its log of every version it still holds lacks it".to_string()

@@ -369,6 +369,9 @@ impl<'h> Key<'h> {
             }
             let Some(val) = op.value else { continue };
             match op.outcome {
+                // Acknowledged, but no commit shows it (a history without versions): a
+                // lost write with no place in the version order.
+                Outcome::Ok if val.version < 0 => {}
                 Outcome::Ok => {
                     acked.push((val.version, op.complete_time, id));
                     states.insert(

@@ -1,7 +1,9 @@
 //! `phantom-read`: an ok `read`, `final-read` or `db-read` returned a versioned value
 //! that no write produced: its write id belongs to no `write` (nor `"init"`), or to one
 //! that failed, or it pairs a write id with a version other than the one that write was
-//! acknowledged with. A phantom read is no cycle.
+//! acknowledged with; or, in a history whose values name only their write, its write id
+//! no `commit` event shows (docs/history.md, *Values without versions*). A phantom read
+//! is no cycle.
 
 use super::{AnomalyKind, Detector, Evidence, Found, Key, Sink, WriteState};
 use crate::explain::{line, Explaining, Explanation};
@@ -20,6 +22,9 @@ pub enum PhantomWhy {
     FailedWrite,
     /// The write was acknowledged with another version.
     WrongVersion,
+    /// No commit in the database's change stream shows the write (a value without a
+    /// version).
+    NeverCommitted,
 }
 
 /// A phantom read.
@@ -67,12 +72,43 @@ impl Detector for Check {
                 });
             }
         }
+        // Values without a version whose write no commit shows.
+        let h = k.history;
+        for &(read, write) in h.unversioned.phantoms.get(&k.key).into_iter().flatten() {
+            out.judged(1);
+            let write_op = match k.states.get(&write) {
+                Some(
+                    WriteState::Ok { op, .. } | WriteState::Fail { op } | WriteState::Info { op },
+                ) => *op,
+                None => NONE,
+            };
+            out.found(PhantomRead {
+                read,
+                write: write_op,
+                version: coherence_store::UNVERSIONED,
+                why: PhantomWhy::NeverCommitted,
+            });
+        }
     }
 
     fn undecided(&self, _: &History, evidence: &Evidence) -> Option<String> {
         (evidence.judged == 0).then(|| {
             "no read, db-read or final-read returned a value, so there was no value to trace to its write".into()
         })
+    }
+}
+
+impl PhantomRead {
+    /// The write id it read.
+    fn written(&self, h: &History) -> u32 {
+        h.unversioned
+            .phantoms
+            .get(&h.ops[self.read as usize].key)
+            .and_then(|l| l.iter().find(|p| p.0 == self.read))
+            .map_or_else(
+                || h.ops[self.read as usize].value.map_or(INIT, |v| v.write),
+                |p| p.1,
+            )
     }
 }
 
@@ -107,17 +143,35 @@ impl Found for PhantomRead {
                 ex.name(self.write),
                 write.and_then(|o| o.value).map_or(0, |v| v.version)
             ),
+            PhantomWhy::NeverCommitted => format!(
+                "no commit in the database's change stream shows that write{}",
+                match write.map(|w| w.outcome) {
+                    Some(crate::model::Outcome::Ok) => " (its client was told it happened)",
+                    Some(crate::model::Outcome::Fail) => " (it failed)",
+                    Some(crate::model::Outcome::Info) => " (its outcome was unknown)",
+                    None => " (nor does any write of the history have that id)",
+                }
+            ),
             PhantomWhy::NoSuchWrite => format!(
                 "no write of key {} in the history has that id",
                 ex.key_name()
             ),
         };
+        // A value without a version no commit shows was taken from the read (every
+        // other check sees a miss): name the write it returned.
+        let seen = if self.why == PhantomWhy::NeverCommitted {
+            format!(
+                "{{\"write\": {}}}",
+                coherence_store::quote(h.writes.name(self.written(h)))
+            )
+        } else {
+            ex.seen(self.read)
+        };
         let summary = format!(
-            "{} of key {}{} returned {}, but {why}.",
+            "{} of key {}{} returned {seen}, but {why}.",
             ex.name(self.read),
             ex.key_name(),
             ex.on_node(self.read),
-            ex.seen(self.read)
         );
         Explanation {
             no_cycle: Some(

@@ -46,8 +46,17 @@ pub fn history(steps: &[Step]) -> Vec<String> {
         ev["time"] = json!(time);
         lines.push(ev.to_string());
     };
+    // One history in three has values without versions (and so a commit observer).
+    let unversioned = steps.first().is_some_and(|s| s.a % 3 == 0);
+    let value = |version: u8, write: &str| {
+        if unversioned {
+            json!({"write": write})
+        } else {
+            json!({"version": version, "write": write})
+        }
+    };
     // Two histories in three have a cache observer watching node n.
-    if steps.first().is_some_and(|s| s.b % 3 != 0) {
+    if unversioned || steps.first().is_some_and(|s| s.b % 3 != 0) {
         emit(
             &mut lines,
             0,
@@ -78,7 +87,12 @@ pub fn history(steps: &[Step]) -> Vec<String> {
                 _ => {
                     let id = writes[s.a as usize % writes.len()].clone();
                     let key = key_of.get(&id).cloned().unwrap_or(key);
-                    json!({"process": "cdc:db", "type": "info", "f": "commit", "key": key, "node": "db", "value": {"write": id, "version": s.b % 4, "lsn": "0/1"}})
+                    let mut ev = json!({"process": "cdc:db", "type": "info", "f": "commit", "key": key, "node": "db", "value": {"write": id, "version": s.b % 4, "lsn": "0/1"}});
+                    // A table without a version column: the commit order gives them.
+                    if unversioned && s.b % 8 < 5 {
+                        ev["value"].as_object_mut().unwrap().remove("version");
+                    }
+                    ev
                 }
             };
             emit(&mut lines, time, ev);
@@ -91,15 +105,15 @@ pub fn history(steps: &[Step]) -> Vec<String> {
                 _ => "info",
             };
             let id = writes[s.a as usize % writes.len()].clone();
-            let versioned = json!({"version": s.b % 4, "write": id});
+            let versioned = value(s.b % 4, &id);
             let mut ev = json!({"process": process, "type": kind, "f": f, "key": key, "node": "n"});
             if kind == "ok" {
                 ev["value"] = match f.as_str() {
-                    "write" => json!({"version": s.b % 4, "write": own}),
+                    "write" => value(s.b % 4, &own),
                     "read" | "final-read" if s.b % 5 == 4 => Value::Null,
                     "db-final-read" => {
                         let mut v = versioned.clone();
-                        if s.b % 3 != 0 {
+                        if s.b % 3 != 0 && !unversioned {
                             let log: Vec<Value> = (0..=s.b % 4)
                                 .map(|v| {
                                     json!([v, writes[(s.a as usize + v as usize) % writes.len()]])
@@ -201,7 +215,7 @@ pub fn history(steps: &[Step]) -> Vec<String> {
             own = id;
         }
         if f == "fill" {
-            ev["value"] = json!({"version": s.b % 4, "write": writes[s.a as usize % writes.len()]});
+            ev["value"] = value(s.b % 4, &writes[s.a as usize % writes.len()]);
         }
         emit(&mut lines, time, ev);
         pending.insert(slot, (f.to_string(), key, own));
@@ -232,6 +246,208 @@ fn versioned(v: &Value) -> Option<(i64, String)> {
     ))
 }
 
+/// A history whose values without a version got theirs from the commit order, by the
+/// definitions of *Values without versions*: the versioned text, the phantom reads and
+/// lost writes of what no commit shows, and whether the order was not certain.
+struct Resolved {
+    text: String,
+    found: Vec<(&'static str, Found)>,
+    blind: bool,
+    /// Values that got a version.
+    placed: usize,
+}
+
+/// What resolution did to a history's values without a version: how many got a version,
+/// the phantom reads and lost writes of the writes no commit shows, and whether the
+/// order was not certain (so that a test can see the generator reaches each case).
+pub fn resolution(text: &str) -> (usize, usize, usize, bool) {
+    let r = resolve(text);
+    let count = |name: &str| r.found.iter().filter(|f| f.0 == name).count();
+    (
+        r.placed,
+        count("phantom-read"),
+        count("lost-write"),
+        r.blind,
+    )
+}
+
+/// True for a value that names its write but no version.
+fn unversioned(v: &Value) -> bool {
+    v.is_object() && v["write"].is_string() && v.get("version").is_none()
+}
+
+fn resolve(text: &str) -> Resolved {
+    let mut events: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let valued = |e: &Value| -> bool {
+        let f = e["f"].as_str().unwrap_or("");
+        match e["type"].as_str().unwrap_or("") {
+            "invoke" => f == "fill",
+            "ok" => [
+                "read",
+                "final-read",
+                "db-read",
+                "fill",
+                "write",
+                "db-final-read",
+            ]
+            .contains(&f),
+            _ => false,
+        }
+    };
+    let any = events
+        .iter()
+        .any(|e| e["process"].is_i64() && valued(e) && unversioned(&e["value"]));
+    if !any {
+        return Resolved {
+            text: text.to_string(),
+            found: Vec::new(),
+            blind: false,
+            placed: 0,
+        };
+    }
+    // Each key's commit order: write id -> version (stated, else its place).
+    let mut order: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
+    let mut positional = false;
+    for e in &events {
+        if e["process"].is_string() && e["f"] == "commit" && e["key"].is_string() {
+            let Some(id) = e["value"]["write"].as_str() else {
+                continue;
+            };
+            if id == "init" {
+                continue;
+            }
+            let list = order.entry(e["key"].as_str().unwrap().into()).or_default();
+            if !list.iter().any(|(w, _)| w == id) {
+                let place = list.len() as i64 + 1;
+                let v = match e["value"]["version"].as_i64() {
+                    Some(v) => v,
+                    None => {
+                        positional = true;
+                        place
+                    }
+                };
+                list.push((id.to_string(), v));
+            }
+        }
+    }
+    let version_of = |key: &str, id: &str| -> Option<i64> {
+        if id == "init" {
+            return Some(0);
+        }
+        order
+            .get(key)?
+            .iter()
+            .find(|(w, _)| w == id)
+            .map(|(_, v)| *v)
+    };
+    let gap = events.iter().any(|e| {
+        e["f"] == "observer-gap"
+            && e["process"]
+                .as_str()
+                .is_some_and(|a| !a.starts_with("monitor:"))
+            && e["node"].is_string()
+            && e["value"]["from"].is_u64()
+            && e["value"]["to"].is_u64()
+    });
+    let mut found = Vec::new();
+    let mut unresolved = 0;
+    let mut placed = 0;
+    let mut final_unseen = false;
+    // The write id a write's invoke carried, by process, to name an ok write's value.
+    let mut invoked: HashMap<i64, (u64, String)> = HashMap::new();
+    // Processes with a fill outstanding whose invoke's value no commit shows.
+    let mut fill_invoked: HashMap<i64, bool> = HashMap::new();
+    for e in events.iter_mut() {
+        if e["process"].is_string() {
+            if e["f"] == "commit"
+                && e["key"].is_string()
+                && e["value"]["write"].is_string()
+                && e["value"].get("version").is_none()
+            {
+                let v = version_of(
+                    e["key"].as_str().unwrap(),
+                    e["value"]["write"].as_str().unwrap(),
+                );
+                e["value"]["version"] = json!(v.unwrap_or(0));
+            }
+            continue;
+        }
+        let p = e["process"].as_i64().unwrap();
+        if e["type"] == "invoke" {
+            invoked.insert(
+                p,
+                (
+                    e["index"].as_u64().unwrap(),
+                    e["value"]["write"].as_str().unwrap_or("").to_string(),
+                ),
+            );
+        } else if let Some(unseen) = fill_invoked.remove(&p) {
+            // A fill's value is its ok's; one that did not end ok keeps its invoke's.
+            if unseen && e["type"] != "ok" {
+                unresolved += 1;
+            }
+        }
+        if !valued(e) || !unversioned(&e["value"]) {
+            continue;
+        }
+        if e["type"] == "invoke" {
+            let (key, id) = (
+                e["key"].as_str().unwrap(),
+                e["value"]["write"].as_str().unwrap(),
+            );
+            let v = version_of(key, id);
+            fill_invoked.insert(p, v.is_none());
+            e["value"] = v.map_or(Value::Null, |v| json!({"version": v, "write": id}));
+            continue;
+        }
+        let f = e["f"].as_str().unwrap().to_string();
+        let key = e["key"].as_str().unwrap().to_string();
+        let id = if f == "write" {
+            invoked[&p].1.clone() // an ok write's value is its invoke's write id
+        } else {
+            e["value"]["write"].as_str().unwrap().to_string()
+        };
+        match version_of(&key, &id) {
+            Some(v) => {
+                placed += 1;
+                e["value"]["version"] = json!(v);
+            }
+            None => {
+                unresolved += 1;
+                let at = invoked[&p].0;
+                match f.as_str() {
+                    "read" | "final-read" | "db-read" => {
+                        found.push(("phantom-read", (key, Some(at), -1)));
+                        e["value"] = Value::Null;
+                    }
+                    // acknowledged, never committed: lost, and judged by nothing else
+                    "write" => {
+                        found.push(("lost-write", (key, Some(at), -1)));
+                        e["type"] = json!("info");
+                    }
+                    "db-final-read" => final_unseen = true,
+                    _ => e["value"] = Value::Null, // a fill installs nothing
+                }
+            }
+        }
+    }
+    let blind = final_unseen || (gap && (positional || unresolved > 0));
+    if blind {
+        found.clear();
+    }
+    let text = events.iter().map(|e| format!("{e}\n")).collect();
+    Resolved {
+        text,
+        found,
+        blind,
+        placed,
+    }
+}
+
 /// One anomaly by the definitions: the key, the offending operation's invoke index
 /// (`None` for the anomalies counted per (key, version): [`counted_per_op`]), and the
 /// version at stake (read, written or forked).
@@ -259,6 +475,8 @@ pub fn findings(text: &str, bound: u64) -> BTreeMap<&'static str, Vec<Found>> {
 /// The anomalies by name, the fate of every awaited invalidation, and whether the
 /// history watches any cache node.
 fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<Fate>, bool) {
+    let resolved = resolve(text);
+    let text = resolved.text.as_str();
     let events: Vec<Value> = text
         .lines()
         .filter(|l| !l.is_empty())
@@ -454,9 +672,11 @@ fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<F
     }
     // the last ok db-final-read of each key, by completion (in file order)
     let final_of = |key: &str| -> Option<&Op> {
+        // (one whose write no commit shows has no version: no state to judge against)
         ops.iter()
-            .filter(|o| ok(o, "db-final-read") && o.key == key && o.value.is_some())
+            .filter(|o| ok(o, "db-final-read") && o.key == key)
             .max_by_key(|o| o.complete_index)
+            .filter(|o| o.value.is_some())
     };
     let is_lost = |w: &Op| -> bool {
         let Some(d) = final_of(&w.key) else {
@@ -517,6 +737,9 @@ fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<F
                 }
             }
         }
+    }
+    for (name, f) in resolved.found {
+        c.get_mut(name).unwrap().push(f);
     }
     (c, all_fates, !watched.is_empty())
 }
@@ -664,6 +887,8 @@ fn fates<'o>(
 /// each check's status, then the whole.
 pub fn verdict(text: &str, bound: u64) -> (&'static str, BTreeMap<&'static str, &'static str>) {
     let (found, fates, watching) = analyse(text, bound);
+    let resolved = resolve(text);
+    let text = resolved.text.as_str();
     let counts: BTreeMap<&'static str, u64> = found
         .into_iter()
         .map(|(n, f)| (n, f.len() as u64))
@@ -784,7 +1009,7 @@ pub fn verdict(text: &str, bound: u64) -> (&'static str, BTreeMap<&'static str, 
                 "not-run"
             } else if n > 0 {
                 "invalid"
-            } else if undecided(name) {
+            } else if resolved.blind || undecided(name) {
                 "unknown"
             } else {
                 "valid"
