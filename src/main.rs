@@ -95,6 +95,10 @@ enum LabCommand {
         /// Replicate to the standby synchronously.
         #[arg(long)]
         sync_replication: bool,
+        /// The design the regions' HTTP services start in (delete-after-commit,
+        /// delete-before-commit, update-cache, delayed-double-delete, versioned, pipeline).
+        #[arg(long, default_value = "delete-after-commit")]
+        service: coherence_lab::service::ServiceDesign,
     },
     /// Show every host, its address, role and ports, and whether it answers.
     ///
@@ -111,6 +115,12 @@ enum LabCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Run the lab's HTTP service: cache-aside over a region's Redis and the lab's
+    /// PostgreSQL in a chosen design (`lab up` starts one per region, inside its app
+    /// host). With --redis and --db it runs against any Redis and PostgreSQL.
+    ///
+    /// GET /items/{key}, PUT /items/{key} with {"value": "..."}, GET /health.
+    Service(ServiceArgs),
     /// Run an invalidator (started by `lab up` inside its host).
     #[command(hide = true)]
     Invalidator {
@@ -121,6 +131,35 @@ enum LabCommand {
         #[arg(long)]
         log: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ServiceArgs {
+    /// How it keeps its cache coherent: delete-after-commit, delete-before-commit,
+    /// update-cache, delayed-double-delete, versioned or pipeline.
+    #[arg(long)]
+    design: coherence_lab::service::ServiceDesign,
+    /// Its region (r1, r2, ...): in the lab, its cache is the region's Redis, found
+    /// through the region's Sentinels.
+    #[arg(long)]
+    region: String,
+    /// Where to listen (default: the region's app host in the lab, port 8080).
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Option<std::net::SocketAddr>,
+    /// TTL of filled values, in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_name = "N")]
+    fill_ttl_ms: u64,
+    /// delayed-double-delete's delay before the second DEL, in milliseconds.
+    #[arg(long, default_value_t = 500, value_name = "N")]
+    double_delete_delay_ms: u64,
+    /// A Redis primary (host:port) to use instead of the lab region's, found through no
+    /// Sentinel.
+    #[arg(long, value_name = "ADDR")]
+    redis: Option<String>,
+    /// A PostgreSQL server (host:port, user postgres, trust) to use instead of the lab's;
+    /// give it more than once to follow whichever of them is the primary.
+    #[arg(long, value_name = "ADDR")]
+    db: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -271,11 +310,13 @@ fn lab(cmd: LabCommand) -> anyhow::Result<u8> {
             regions,
             invalidator,
             sync_replication,
+            service,
         } => {
             let opts = cluster::UpOptions {
                 regions,
                 design: invalidator,
                 sync_replication,
+                service,
             };
             match cluster::up(&opts)? {
                 cluster::UpOutcome::AlreadyUp(state) => println!(
@@ -290,7 +331,7 @@ fn lab(cmd: LabCommand) -> anyhow::Result<u8> {
                         println!("cleaned the remains of an earlier lab");
                     }
                     println!(
-                        "the lab is up in {:.1} s: {regions} regions, invalidator {invalidator}{}",
+                        "the lab is up in {:.1} s: {regions} regions, invalidator {invalidator}, services {service}{}",
                         took.as_secs_f64(),
                         if sync_replication { ", synchronous replication" } else { "" }
                     );
@@ -316,6 +357,10 @@ fn lab(cmd: LabCommand) -> anyhow::Result<u8> {
             let code = cluster::exec(&host, &command)?;
             Ok(u8::try_from(code).unwrap_or(1))
         }
+        LabCommand::Service(args) => {
+            service(args)?;
+            Ok(EXIT_VALID)
+        }
         LabCommand::Invalidator {
             design,
             regions,
@@ -332,6 +377,34 @@ fn lab(cmd: LabCommand) -> anyhow::Result<u8> {
     }
 }
 
+/// `lab service`: the options as the flags say (the lab region's by default), then run.
+fn service(args: ServiceArgs) -> anyhow::Result<()> {
+    use coherence_lab::service::{self, Options};
+    let mut opts = match (&args.redis, args.db.is_empty(), args.listen) {
+        // Nothing of the lab is used: any region name goes.
+        (Some(redis), false, Some(listen)) => Options::new(
+            args.design,
+            listen,
+            Options::fixed_cache(&args.region, redis),
+            args.db.clone(),
+        ),
+        _ => Options::lab(args.design, &args.region)?,
+    };
+    if let Some(listen) = args.listen {
+        opts.listen = listen;
+    }
+    if let Some(redis) = &args.redis {
+        opts.cache = Options::fixed_cache(&args.region, redis);
+    }
+    if !args.db.is_empty() {
+        opts.db = args.db;
+    }
+    anyhow::ensure!(args.fill_ttl_ms > 0, "--fill-ttl-ms must be at least 1");
+    opts.fill_ttl = Duration::from_millis(args.fill_ttl_ms);
+    opts.double_delete_delay = Duration::from_millis(args.double_delete_delay_ms);
+    service::run(opts)
+}
+
 /// `lab status`: what every server is; exit 0 when all answer, 1 when some do not
 /// (named on the last line), 3 when the lab is not up.
 fn print_status() -> anyhow::Result<u8> {
@@ -340,14 +413,14 @@ fn print_status() -> anyhow::Result<u8> {
         return Ok(EXIT_UNKNOWN);
     };
     println!(
-        "{:<5} {:<12} {:<26} {:<12} {:>6}  {:<8} now",
+        "{:<6} {:<12} {:<26} {:<12} {:>6}  {:<8} now",
         "host", "address", "role at start", "server", "port", "answers"
     );
     let mut down = Vec::new();
     for h in hosts {
         for s in &h.servers {
             println!(
-                "{:<5} {:<12} {:<26} {:<12} {:>6}  {:<8} {}",
+                "{:<6} {:<12} {:<26} {:<12} {:>6}  {:<8} {}",
                 h.host.name,
                 h.host.addr,
                 h.host.role.describe(),
@@ -366,8 +439,9 @@ fn print_status() -> anyhow::Result<u8> {
         }
     }
     println!(
-        "invalidator: {}; lab files in {}",
+        "invalidator: {}; services: {}; lab files in {}",
         state.design,
+        state.service,
         coherence_lab::lab_dir().display()
     );
     if down.is_empty() {

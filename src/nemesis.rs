@@ -43,13 +43,12 @@ impl Target {
                     })
                     .collect();
                 Cluster {
-                    names: lab.names(),
+                    // The app hosts go with their region's partition, but are no target
+                    // of their own (and the schedules of a seed stay as they were).
+                    names: lab.data_hosts(),
                     redis: regions
                         .iter()
-                        .map(|(r, m)| {
-                            let redis = m.iter().filter(|n| !n.ends_with('s')).cloned();
-                            (r.clone(), redis.collect())
-                        })
+                        .map(|(r, _)| (r.clone(), lab.redis(r)))
                         .collect(),
                     sentinel: regions
                         .iter()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{coherence, is_root, require_root, text, Down};
+use common::{coherence, is_root, lab_processes, require_root, text, Down};
 
 use coherence_lab::cluster::{self, State};
 use coherence_lab::Design;
@@ -62,30 +62,6 @@ fn cached(host: &str, key: &str) -> bool {
     !redis(host, &["GET", key]).is_empty()
 }
 
-/// Processes that are alive (not zombies) and belong to the lab.
-fn lab_processes() -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let pid = entry.file_name().to_string_lossy().to_string();
-        if !pid.chars().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
-        if stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
-            continue;
-        }
-        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains("10.77.0.")
-            || cmd.contains("coherence-lab")
-            || cmd.contains("lab invalidator")
-        {
-            found.push(format!("{pid}: {cmd}"));
-        }
-    }
-    found
-}
-
 /// Without root, `lab up` refuses with a clear message before it touches anything (so
 /// this may run beside the lab test). As root, it drops to `nobody` to try.
 #[test]
@@ -131,10 +107,10 @@ fn the_lab_end_to_end() {
     assert_eq!(o.status.code(), Some(0), "{status}");
     assert!(!status.contains(" NO "), "{status}");
     for line in [
-        "db2   10.77.0.12",
-        "r2b   10.77.0.32",
-        "r1s   10.77.0.23",
-        "inv   10.77.0.5",
+        "db2    10.77.0.12",
+        "r2b    10.77.0.32",
+        "r1s    10.77.0.23",
+        "inv    10.77.0.5",
     ] {
         assert!(status.contains(line), "{line} in {status}");
     }

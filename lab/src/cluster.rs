@@ -8,7 +8,9 @@
 
 use crate::layout::{
     self, Host, Role, BRIDGE, BRIDGE_ADDR, NS_PREFIX, PG_PORT, REDIS_PORT, SENTINEL_PORT,
+    SERVICE_PORT,
 };
+use crate::service::ServiceDesign;
 use crate::{clock, lab_dir, schema, Design};
 use anyhow::{anyhow, bail, Context, Result};
 use coherence_nemeses::clock::Skew;
@@ -29,6 +31,8 @@ pub struct UpOptions {
     pub design: Design,
     /// Synchronous streaming replication to the standby.
     pub sync_replication: bool,
+    /// The design the regions' HTTP services start in.
+    pub service: ServiceDesign,
 }
 
 /// What `up` did.
@@ -71,8 +75,12 @@ pub struct State {
     pub sync_replication: bool,
     /// The PostgreSQL binaries used.
     pub pg_bin: PathBuf,
-    /// The `coherence` executable that runs the invalidator.
+    /// The `coherence` executable that runs the invalidator and the services.
     pub exe: PathBuf,
+    /// The design the regions' HTTP services run (a state written before there were
+    /// services reads as the default).
+    #[serde(default)]
+    pub service: ServiceDesign,
 }
 
 impl State {
@@ -292,6 +300,7 @@ pub fn up(opts: &UpOptions) -> Result<UpOutcome> {
         sync_replication: opts.sync_replication,
         pg_bin,
         exe,
+        service: opts.service,
     };
     std::fs::create_dir_all(lab_dir())
         .with_context(|| format!("cannot create {}", lab_dir().display()))?;
@@ -381,6 +390,7 @@ fn build(state: &State) -> Result<()> {
         })?;
     }
     start_invalidator(state)?;
+    start_services(state, state.service)?;
     // Ready to fail over: every Sentinel knows its region's replica.
     for h in hosts.iter().filter(|h| h.ports().contains(&SENTINEL_PORT)) {
         let region = h.region.clone().unwrap_or_default();
@@ -680,6 +690,119 @@ pub fn start_invalidator(state: &State) -> Result<()> {
     )
 }
 
+/// Starts the HTTP service of every region in `design`, waits until each answers
+/// `/health` with 200, and records the design in the lab's state (returned). Services
+/// that run already are left alone: [`restart_services`] changes the design. An error
+/// names the host that does not answer and the end of its log.
+pub fn start_services(state: &State, design: ServiceDesign) -> Result<State> {
+    let mut state = state.clone();
+    state.service = design;
+    state.save()?;
+    let hosts = crate::service::hosts(state.regions);
+    for h in &hosts {
+        if !service_pids(h)?.is_empty() {
+            continue;
+        }
+        start_service(&state, h)?;
+    }
+    for h in &hosts {
+        wait_for_service(h)?;
+    }
+    Ok(state)
+}
+
+/// Stops every region's HTTP service (kills every process on its host).
+pub fn stop_services(state: &State) -> Result<()> {
+    for h in crate::service::hosts(state.regions) {
+        kill_namespace(&h.namespace())?;
+    }
+    Ok(())
+}
+
+/// Stops every region's HTTP service and starts it again in `design`, as a campaign
+/// wants it; waits until each answers `/health` with 200. The lab's state, updated.
+pub fn restart_services(state: &State, design: ServiceDesign) -> Result<State> {
+    stop_services(state)?;
+    start_services(state, design)
+}
+
+/// The base URL of a region's HTTP service (`http://10.77.0.24:8080`).
+pub fn service_url(host: &Host) -> String {
+    format!("http://{}:{SERVICE_PORT}", host.addr)
+}
+
+/// How long a service may take to answer `/health` after it was started.
+const SERVICE_START: Duration = Duration::from_secs(20);
+
+fn service_log(h: &Host) -> PathBuf {
+    host_dir(h).join("service.log")
+}
+
+fn service_pids(h: &Host) -> Result<Vec<i32>> {
+    Ok(namespace_pids(&h.namespace())?
+        .into_iter()
+        .filter(|pid| {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains("lab service")
+        })
+        .collect())
+}
+
+/// Starts the service of one app host in the state's design (without waiting).
+fn start_service(state: &State, h: &Host) -> Result<()> {
+    let exe = state.exe.display().to_string();
+    let design = state.service.to_string();
+    let region = h.region.clone().unwrap_or_default();
+    let listen = format!("{}:{SERVICE_PORT}", h.addr);
+    spawn_server(
+        h,
+        &[
+            &exe, "lab", "service", "--design", &design, "--region", &region, "--listen", &listen,
+        ],
+        &service_log(h),
+    )
+}
+
+fn wait_for_service(h: &Host) -> Result<()> {
+    wait_until(
+        &format!("the service on {} answering /health", h.name),
+        SERVICE_START,
+        || service_health(h.addr),
+    )
+    .map_err(|e| {
+        let log = service_log(h);
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(8).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        anyhow!(
+            "{e}; see its log {}:\n  {}",
+            log.display(),
+            tail.join("\n  ")
+        )
+    })
+}
+
+/// Whether the service at `addr` answers `GET /health` with 200 (within a second).
+pub fn service_health(addr: std::net::Ipv4Addr) -> bool {
+    use std::io::{Read, Write};
+    let ask = || -> std::io::Result<bool> {
+        let sock = std::net::SocketAddr::from((addr, SERVICE_PORT));
+        let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(1))?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.set_write_timeout(Some(Duration::from_secs(1)))?;
+        write!(
+            s,
+            "GET /health HTTP/1.1\r\nHost: {addr}:{SERVICE_PORT}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.1 200"))
+    };
+    ask().unwrap_or(false)
+}
+
 /// Starts a server on a host in the background, with the clock shim preloaded (so
 /// clock faults reach it) and its output appended to `log`.
 fn spawn_server(h: &Host, argv: &[&str], log: &Path) -> Result<()> {
@@ -763,7 +886,7 @@ pub struct HostStatus {
 /// One server on a host.
 #[derive(Debug, Clone)]
 pub struct ServerStatus {
-    /// `postgres`, `redis`, `sentinel` or `invalidator`.
+    /// `postgres`, `redis`, `sentinel`, `invalidator` or `service`.
     pub kind: &'static str,
     /// Its port (0 for the invalidator).
     pub port: u16,
@@ -815,6 +938,12 @@ pub fn status() -> Result<Option<(State, Vec<HostStatus>)>> {
                     port: 0,
                     answers: state.design == Design::None || running_invalidator(&h),
                     role: state.design.to_string(),
+                }),
+                Role::Service => servers.push(ServerStatus {
+                    kind: "service",
+                    port: SERVICE_PORT,
+                    answers: service_health(h.addr),
+                    role: state.service.to_string(),
                 }),
                 _ => {}
             }
@@ -949,6 +1078,8 @@ pub struct RegionEndpoints {
     pub sentinels: Vec<String>,
     /// The region's name at the Sentinels.
     pub master_name: String,
+    /// The base URL of the region's HTTP service (`http://10.77.0.24:8080`).
+    pub service: String,
 }
 
 /// The running lab's endpoints.
@@ -1035,7 +1166,12 @@ pub fn endpoints(state: &State) -> Result<Endpoints> {
             .iter()
             .find(|h| h.name != primary.name)
             .map(|h| endpoint(h));
+        let app = hosts
+            .iter()
+            .find(|h| h.region.as_deref() == Some(&region) && h.role == Role::Service)
+            .expect("an app host");
         regions.push(RegionEndpoints {
+            service: service_url(app),
             master_name: layout::master_name(&region).to_string(),
             name: region,
             primary: endpoint(primary),
@@ -1321,6 +1457,7 @@ const LOGS: &[&str] = &[
     "sentinel.log",
     "postgres.log",
     "invalidator.log",
+    "service.log",
 ];
 
 /// Fetches every host's server logs into `dest/<host>/`, through the host's remote;
@@ -1362,6 +1499,18 @@ impl LabNodes {
         self.hosts.iter().map(|h| h.name.clone()).collect()
     }
 
+    /// Every host but the regions' app hosts: the nodes that whole-cluster partition
+    /// shapes, node partitions and clock faults are drawn from. (A region's partition
+    /// takes its app host with it: see [`LabNodes::region`].) Keeping the app hosts out
+    /// keeps the schedules a seed draws as they were before the lab had them.
+    pub fn data_hosts(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|h| h.role != Role::Service)
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
     /// The database hosts.
     pub fn databases(&self) -> Vec<String> {
         self.hosts
@@ -1371,7 +1520,16 @@ impl LabNodes {
             .collect()
     }
 
-    /// The hosts of a region.
+    /// The Redis hosts of a region.
+    pub fn redis(&self, region: &str) -> Vec<String> {
+        self.hosts
+            .iter()
+            .filter(|h| h.region.as_deref() == Some(region) && h.ports().contains(&REDIS_PORT))
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
+    /// The hosts of a region: its caches, Sentinel and app host.
     pub fn region(&self, region: &str) -> Vec<String> {
         self.hosts
             .iter()
@@ -1410,6 +1568,7 @@ impl coherence_nemeses::fault::Nodes for LabNodes {
                     "sentinel" => cmd.starts_with("redis-sentinel"),
                     "postgres" => cmd.contains("postgres"),
                     "invalidator" => cmd.contains("lab invalidator"),
+                    "service" => cmd.contains("lab service"),
                     _ => false,
                 }
             })
@@ -1425,6 +1584,7 @@ impl coherence_nemeses::fault::Nodes for LabNodes {
         let hosts = state.hosts();
         let result = match service {
             "invalidator" => start_invalidator(&state),
+            "service" => start_service(&state, host).and_then(|()| wait_for_service(host)),
             // In the role it has now: the primary its region's Sentinels name, or a
             // replica of that primary.
             "redis" => current_primary(&hosts, host).and_then(|primary| {

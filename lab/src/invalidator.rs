@@ -477,7 +477,7 @@ impl Log {
 
 /// A lab region's caches as its backend sees them: the hosts of its Redis servers and
 /// Sentinels, by their lab names.
-fn region_nodes(hosts: &[Host], region: &str) -> RegionNodes {
+pub(crate) fn region_nodes(hosts: &[Host], region: &str) -> RegionNodes {
     let in_region = |h: &&Host| h.region.as_deref() == Some(region);
     let node = |h: &Host| Node {
         name: h.name.clone(),

@@ -21,6 +21,8 @@ pub const PG_PORT: u16 = 5432;
 pub const REDIS_PORT: u16 = 6379;
 /// Sentinel's port.
 pub const SENTINEL_PORT: u16 = 26379;
+/// The port of the lab's HTTP service ([`crate::service`]) on each region's app host.
+pub const SERVICE_PORT: u16 = 8080;
 /// The most regions the lab lays out.
 pub const MAX_REGIONS: u32 = 9;
 
@@ -40,6 +42,8 @@ pub enum Role {
     Sentinel,
     /// The invalidation pipeline under test.
     Invalidator,
+    /// A region's app server: the lab's HTTP service ([`crate::service`]).
+    Service,
 }
 
 impl Role {
@@ -52,6 +56,7 @@ impl Role {
             Role::RedisReplica => "redis replica + sentinel",
             Role::Sentinel => "sentinel",
             Role::Invalidator => "invalidator",
+            Role::Service => "app service (http)",
         }
     }
 }
@@ -65,7 +70,7 @@ pub struct Host {
     pub addr: Ipv4Addr,
     /// What it runs at start.
     pub role: Role,
-    /// Its region (`r1`, ...), for cache hosts.
+    /// Its region (`r1`, ...), for cache and app hosts.
     pub region: Option<String>,
 }
 
@@ -87,6 +92,7 @@ impl Host {
             Role::RedisPrimary | Role::RedisReplica => vec![REDIS_PORT, SENTINEL_PORT],
             Role::Sentinel => vec![SENTINEL_PORT],
             Role::Invalidator => vec![],
+            Role::Service => vec![SERVICE_PORT],
         }
     }
 }
@@ -100,7 +106,9 @@ pub fn region(n: u32) -> String {
     format!("r{n}")
 }
 
-/// Every host of a lab with `regions` regions.
+/// Every host of a lab with `regions` regions: the invalidator's and the databases',
+/// then per region its Redis primary `rNa`, replica `rNb` and Sentinel `rNs`, and its
+/// app host `rN-app` (the HTTP service).
 pub fn hosts(regions: u32) -> Vec<Host> {
     assert!(
         (1..=MAX_REGIONS).contains(&regions),
@@ -132,6 +140,7 @@ pub fn hosts(regions: u32) -> Vec<Host> {
             ("a", Role::RedisPrimary, 1),
             ("b", Role::RedisReplica, 2),
             ("s", Role::Sentinel, 3),
+            ("-app", Role::Service, 4),
         ] {
             hosts.push(Host {
                 name: format!("r{n}{suffix}"),
@@ -158,7 +167,7 @@ mod tests {
     fn addresses_and_names_are_unique_and_inside_the_subnet() {
         for regions in 1..=MAX_REGIONS {
             let hosts = hosts(regions);
-            assert_eq!(hosts.len(), 3 + 3 * regions as usize);
+            assert_eq!(hosts.len(), 3 + 4 * regions as usize);
             let addrs: HashSet<_> = hosts.iter().map(|h| h.addr).collect();
             let names: HashSet<_> = hosts.iter().map(|h| h.name.clone()).collect();
             assert_eq!(addrs.len(), hosts.len());
@@ -189,6 +198,11 @@ mod tests {
                 .filter(|h| h.region.as_deref() == Some(r) && h.ports().contains(&SENTINEL_PORT))
                 .count();
             assert_eq!(sentinels, 3);
+            assert_eq!(of(Role::Service), 1);
         }
+        let app = hosts.iter().find(|h| h.name == "r2-app").unwrap();
+        assert_eq!(app.addr, Ipv4Addr::new(10, 77, 0, 34));
+        assert_eq!(app.ports(), [SERVICE_PORT]);
+        assert_eq!(app.region.as_deref(), Some("r2"));
     }
 }

@@ -3,7 +3,8 @@
 //! `up` builds hosts as Linux network namespaces joined by a bridge and starts real
 //! servers from the distribution's packages in them: a PostgreSQL primary and streaming
 //! standby, per region a Redis primary, a replica and three Sentinels, and the
-//! invalidation pipeline under test ([`invalidator`]). Its state is kept on disk, so
+//! invalidation pipeline under test ([`invalidator`]), and per region an app host running
+//! the lab's HTTP service ([`service`]). Its state is kept on disk, so
 //! `down` removes everything the lab made even after the tool itself was killed. Hosts
 //! are reached through the `nemeses` remote, as faults will reach them. Every server
 //! has the lab's [`clock`] shim preloaded, so a host's clock can be skewed.
@@ -17,6 +18,7 @@ pub mod cluster;
 pub mod invalidator;
 pub mod layout;
 pub mod schema;
+pub mod service;
 
 use std::fmt;
 use std::path::PathBuf;

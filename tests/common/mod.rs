@@ -91,3 +91,29 @@ pub fn our_rules(nodes: &LabNodes) -> Vec<String> {
     }
     found
 }
+
+/// Processes that are alive (not zombies) and belong to the lab.
+pub fn lab_processes() -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        if !pid.chars().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat.split(") ").nth(1).is_some_and(|s| s.starts_with('Z')) {
+            continue;
+        }
+        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains("10.77.0.")
+            // The lab's directory (not a lock file named after it).
+            || cmd.contains("coherence-lab/")
+            || cmd.contains("lab invalidator")
+            || cmd.contains("lab service")
+        {
+            found.push(format!("{pid}: {cmd}"));
+        }
+    }
+    found
+}

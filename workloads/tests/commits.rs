@@ -6,228 +6,21 @@
 //! follows a failover to the promoted standby and records the gap, and leaves no slot
 //! and no publication behind when stopped.
 
+use coherence_loopback::{free_port, Pg};
 use coherence_store::recorder::Recorder;
 use coherence_store::HistoryWriter;
 use coherence_workloads::commits::{watch, CommitWatch, DbNode};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn is_root() -> bool {
-    let out = Command::new("id").arg("-u").output().expect("id");
-    String::from_utf8_lossy(&out.stdout).trim() == "0"
-}
-
-/// The newest installed PostgreSQL's `tool` (scripts/setup installs PostgreSQL 15).
-fn pg_tool(tool: &str) -> PathBuf {
-    let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL under /usr/lib/postgresql (scripts/setup installs it)")
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    versions.sort();
-    let v = versions.last().expect("a PostgreSQL version");
-    PathBuf::from(format!("/usr/lib/postgresql/{v}/bin/{tool}"))
-}
-
-/// Runs a PostgreSQL tool, as `postgres` when we are root; panics with its output if it
-/// fails.
-fn pg_run(tool: &str, args: &[&str], cwd: &Path) {
-    let bin = pg_tool(tool);
-    let mut cmd = if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(&bin);
-        c
-    } else {
-        Command::new(&bin)
-    };
-    let out = cmd
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run a tool");
-    assert!(
-        out.status.success(),
-        "{tool} {args:?}: {}\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A throwaway PostgreSQL server on 127.0.0.1; stopped when dropped.
-struct Pg {
-    name: String,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Pg {
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn data_str(&self) -> String {
-        self.data().display().to_string()
-    }
-
-    fn new_dir() -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        if is_root() {
-            let ok = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(dir.path())
-                .status()
-                .unwrap()
-                .success();
-            assert!(ok, "chown the server's directory to postgres");
-        }
-        dir
-    }
-
-    /// Appends this server's own settings to its configuration.
-    fn configure(&self, settings: &[&str]) {
-        let mut conf = format!(
-            "\nlisten_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n\
-             fsync = off\nhot_standby = on\nmax_wal_senders = 10\n",
-            self.port,
-            self.dir.path().display()
-        );
-        for s in settings {
-            conf.push_str(s);
-            conf.push('\n');
-        }
-        let path = self.data().join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&path).unwrap();
-        text.push_str(&conf);
-        std::fs::write(&path, text).unwrap();
-    }
-
-    /// A new primary with these settings.
-    fn primary(name: &str, settings: &[&str]) -> Pg {
-        let pg = Pg {
-            name: name.into(),
-            port: free_port(),
-            dir: Pg::new_dir(),
-        };
-        let data = pg.data_str();
-        pg_run(
-            "initdb",
-            &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8"],
-            pg.dir.path(),
-        );
-        pg.configure(settings);
-        pg.start();
-        pg
-    }
-
-    /// A streaming standby of `primary`, from a base backup.
-    fn standby(name: &str, primary: &Pg) -> Pg {
-        let pg = Pg {
-            name: name.into(),
-            port: free_port(),
-            dir: Pg::new_dir(),
-        };
-        let data = pg.data_str();
-        let port = primary.port.to_string();
-        pg_run(
-            "pg_basebackup",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-U",
-                "postgres",
-                "-D",
-                &data,
-                "-R",
-                "-X",
-                "stream",
-            ],
-            pg.dir.path(),
-        );
-        pg.configure(&[]);
-        pg.start();
-        pg
-    }
-
-    fn start(&self) {
-        let log = self.dir.path().join("server.log").display().to_string();
-        pg_run(
-            "pg_ctl",
-            &["-D", &self.data_str(), "-l", &log, "-w", "start"],
-            self.dir.path(),
-        );
-    }
-
-    /// Kills the postmaster (SIGKILL): a crash, not a shutdown.
-    fn kill(&self) {
-        let pid = std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap();
-        let pid = pid.lines().next().unwrap().trim().to_string();
-        let ok = Command::new("kill")
-            .args(["-9", &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -9 {pid}");
-    }
-
-    fn promote(&self) {
-        pg_run(
-            "pg_ctl",
-            &["-D", &self.data_str(), "-w", "promote"],
-            self.dir.path(),
-        );
-    }
-
-    fn node(&self) -> DbNode {
-        DbNode {
-            name: self.name.clone(),
-            host: "127.0.0.1".into(),
-            port: self.port,
-        }
-    }
-
-    async fn client(&self) -> tokio_postgres::Client {
-        let (client, connection) = tokio_postgres::connect(
-            &format!(
-                "host=127.0.0.1 port={} user=postgres dbname=postgres",
-                self.port
-            ),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", self.name));
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        client
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        let bin = pg_tool("pg_ctl");
-        let data = self.data_str();
-        let args = ["-D", data.as_str(), "-m", "immediate", "-w", "stop"];
-        let mut cmd = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&bin);
-            c
-        } else {
-            Command::new(&bin)
-        };
-        let _ = cmd.args(args).current_dir(self.dir.path()).output();
+/// The observer's name for a server.
+fn node(pg: &Pg) -> DbNode {
+    DbNode {
+        name: pg.name.clone(),
+        host: "127.0.0.1".into(),
+        port: pg.port,
     }
 }
 
@@ -325,7 +118,7 @@ async fn stop_and_join(stop: tokio::sync::watch::Sender<bool>, task: tokio::task
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_logical_decoding_is_refused_naming_the_setting() {
     let db = Pg::primary("db1", &["wal_level = replica"]);
-    let w = items_watch(vec![db.node()], "refusal");
+    let w = items_watch(vec![node(&db)], "refusal");
     let e = w.check().await.unwrap_err();
     assert!(
         e.contains("db1") && e.contains("wal_level = logical") && e.contains("replica"),
@@ -358,7 +151,7 @@ async fn the_commit_observer_records_committed_rows_in_commit_order_and_cleans_u
         ],
     );
     let sql = db.client().await;
-    let w = items_watch(vec![db.node()], "Events-1");
+    let w = items_watch(vec![node(&db)], "Events-1");
     assert_eq!(w.object_name(), "coherence_events_1");
     // A missing table, then missing columns, then a table without replica identity.
     let e = w.check().await.unwrap_err();
@@ -596,7 +389,7 @@ async fn the_commit_observer_follows_a_failover_and_records_the_gap() {
     );
     a.client().await.batch_execute(SCHEMA).await.unwrap();
     let b = Pg::standby("B", &a);
-    let w = items_watch(vec![a.node(), b.node()], "failover");
+    let w = items_watch(vec![node(&a), node(&b)], "failover");
     w.prepare().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -728,17 +521,8 @@ async fn an_observer_blind_from_the_start_records_the_gap() {
     let task = tokio::spawn(watch(w.clone(), rec.clone(), stop_rx));
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The server comes up on the port the observer keeps trying.
-    let db = Pg {
-        name: "db1".into(),
-        port,
-        dir: Pg::new_dir(),
-    };
-    let data = db.data_str();
-    pg_run(
-        "initdb",
-        &["-D", &data, "-U", "postgres", "-A", "trust", "-E", "UTF8"],
-        db.dir.path(),
-    );
+    let db = Pg::at("db1", port);
+    db.init();
     db.configure(&["wal_level = logical", "max_replication_slots = 10"]);
     db.start();
     db.client().await.batch_execute(SCHEMA).await.unwrap();
@@ -785,7 +569,7 @@ async fn how_late_commit_events_are_stamped() {
     );
     let sql = db.client().await;
     sql.batch_execute(SCHEMA).await.unwrap();
-    let w = items_watch(vec![db.node()], "latency");
+    let w = items_watch(vec![node(&db)], "latency");
     w.prepare().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("history.jsonl");

@@ -3,61 +3,12 @@
 //! the node's notifications say under `monitor:<node>`, and after the server goes away
 //! and comes back it records the gap it was blind for, then goes on.
 
+use coherence_loopback::{free_port, redis_cli, Redis};
 use coherence_store::recorder::Recorder;
 use coherence_store::HistoryWriter;
 use coherence_workloads::observe::{watch, CacheWatch};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli (scripts/setup installs it)");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn start(port: u16, dir: &std::path::Path) -> Server {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args(["--appendonly", "no", "--dir", dir.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server (scripts/setup installs it)");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while redis_cli(port, &["PING"]) != "PONG" {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Server(child)
-}
 
 fn events(path: &std::path::Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)
@@ -79,7 +30,7 @@ fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
 async fn the_cache_observer_records_changes_and_where_it_was_blind() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = start(port, dir.path());
+    let server = Redis::start_on(port, dir.path());
     let w = CacheWatch {
         node: "r1a".into(),
         addr: format!("127.0.0.1:{port}"),
@@ -129,7 +80,7 @@ async fn the_cache_observer_records_changes_and_where_it_was_blind() {
     let before_gap = rec.elapsed().as_nanos() as u64;
     drop(server);
     std::thread::sleep(Duration::from_millis(300));
-    let _server = start(port, dir.path());
+    let _server = Redis::start_on(port, dir.path());
     redis_cli(port, &["CONFIG", "SET", "notify-keyspace-events", "K$gxe"]);
     wait_for("a set after the restart", || {
         redis_cli(port, &["SET", "k3", "v"]);
