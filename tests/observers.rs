@@ -13,6 +13,11 @@
 //! - notify, `kill-redis`: the killed node's observer logs an `observer-gap` over the
 //!   kill, and no missing-invalidation is claimed there that the kill could explain
 //!   (its pairs are blind).
+//! - notify, `kill-redis`, also: when the killed primary restarted before Sentinel
+//!   failed over, it stays a primary after the failover, with what it held, and the
+//!   clients still use it while the invalidator follows Sentinel to the promoted node:
+//!   a true missing-invalidation there (the final read shows the stale entry). The
+//!   outbox run leaves the Redis kill out for that reason.
 //! - outbox: the relay retries across the partition and the failover, so no
 //!   missing-invalidation at all, and a lag distribution in both regions.
 //! - outbox, `postgres-failover`: the commit observer logs the gap of the failover
@@ -25,6 +30,7 @@ mod common;
 
 use common::{coherence, lab_up, run_dir, text};
 
+use coherence_nemeses::fault::sentinel_primary;
 use coherence_nemeses::runner::scheduled;
 use coherence_nemeses::schedule::{plan, FaultKind, NemesisConfig, Targets};
 use serde_json::Value;
@@ -89,6 +95,54 @@ impl Run {
                     && e["value"]["healed"] == true
             })
             .unwrap_or_else(|| panic!("fault {} never healed:\n{}", start, self.said))
+    }
+
+    /// The Redis primaries the run began with (its topology) that were no longer their
+    /// region's primary at the end, as Sentinel says: Sentinel failed them over, on its
+    /// own or after a kill.
+    fn demoted(&self, nodes: &coherence_lab::cluster::LabNodes) -> Vec<String> {
+        let topology = self.of_f("topology").next().expect("a topology event");
+        let mut demoted = Vec::new();
+        for c in topology["value"]["caches"].as_array().unwrap() {
+            if c["replica_of"].is_string() {
+                continue;
+            }
+            let region = c["region"].as_str().unwrap();
+            let redis: Vec<String> = ["a", "b"].map(|x| format!("{region}{x}")).to_vec();
+            let now = sentinel_primary(region, &format!("{region}s"), &redis, nodes).unwrap();
+            if now != c["node"].as_str().unwrap() {
+                demoted.push(c["node"].as_str().unwrap().to_string());
+            }
+        }
+        demoted
+    }
+
+    /// Whether a missing-invalidation `a` is borne out by the end of the run: the final
+    /// read of its key on its node shows a version older than the one committed (the
+    /// stale entry is still there), and the node's observer watched when it saw the
+    /// node hold it.
+    fn stale_at_the_end(&self, a: &Value) -> bool {
+        let ops = a["ops"].as_array().unwrap();
+        let write = ops.iter().find(|o| o["f"] == "write").unwrap();
+        let held = ops.iter().find(|o| o["node"] == a["node"]).unwrap();
+        let held_at = if held["f"] == "fill" {
+            ns(&held["complete_ns"])
+        } else {
+            ns(&held["invoke_ns"])
+        };
+        let blind = self.of_f("observer-gap").any(|g| {
+            g["node"] == a["node"]
+                && (ns(&g["value"]["from"])..=ns(&g["value"]["to"])).contains(&held_at)
+        });
+        let last = self
+            .of_f("final-read")
+            .find(|e| e["type"] == "ok" && e["key"] == a["key"] && e["node"] == a["node"]);
+        !blind
+            && last.is_some_and(|l| {
+                l["value"]["version"]
+                    .as_i64()
+                    .is_some_and(|v| v < write["version"].as_i64().unwrap())
+            })
     }
 
     fn check(&self, name: &str) -> &Value {
@@ -176,11 +230,7 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
     );
     assert_eq!(
         planned(outbox, &nodes, state.regions),
-        [
-            (PartitionRegion, r("r1")),
-            (KillRedis, r("r1")),
-            (PostgresFailover, None)
-        ]
+        [(PartitionRegion, r("r1")), (PostgresFailover, None)]
     );
 
     // --- notify ---
@@ -212,8 +262,21 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
         "{causes}"
     );
     // Every one is a commit of the invalidator's last moments (a notification still
-    // being acted on when it was killed at most a second before) or later: none comes
-    // from the Redis kill before, nor from anywhere the invalidator was up.
+    // being acted on when it was killed at most a second before) or later, or else one
+    // on the killed Redis that its observer saw it hold once it watched it again: the
+    // restarted server came back an empty primary, took fills, and stayed one after
+    // Sentinel promoted its replica a moment later, so the invalidator, following
+    // Sentinel, never deleted there again (the final read shows the stale entry: a
+    // true anomaly). None is claimed where the observer was blind or the invalidator up.
+    let killed_redis = run.nemesis("kill", "redis");
+    let killed_node = killed_redis["value"]["fault"]["node"].as_str().unwrap();
+    let watched_again = run
+        .of_f("observer-gap")
+        .find(|g| g["node"] == killed_node && ns(&g["time"]) > ns(&killed_redis["time"]))
+        .map(|g| ns(&g["value"]["to"]))
+        .unwrap_or_else(|| panic!("no observer-gap of {killed_node}:\n{}", run.said));
+    let demoted = run.demoted(&nodes);
+    eprintln!("notify: Sentinel had demoted {demoted:?} by the end");
     let listed: Vec<&Value> = run.results["anomalies"]
         .as_array()
         .unwrap()
@@ -222,12 +285,29 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
         .collect();
     assert!(!listed.is_empty());
     for a in &listed {
-        let write = a["ops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["f"] == "write")
-            .unwrap();
+        let ops = a["ops"].as_array().unwrap();
+        let write = ops.iter().find(|o| o["f"] == "write").unwrap();
+        let held = ops.iter().find(|o| o["node"] == a["node"]).unwrap();
+        let held_at = if held["f"] == "fill" {
+            ns(&held["complete_ns"])
+        } else {
+            ns(&held["invoke_ns"])
+        };
+        let node = a["node"].as_str().unwrap();
+        if (node == killed_node || demoted.iter().any(|d| d == node))
+            && ns(&write["complete_ns"]) + 1_000_000_000 < inv_down
+        {
+            assert!(
+                held_at >= watched_again || node != killed_node,
+                "a missing invalidation on {killed_node} where its observer was blind (until {:.1} ms): {a}",
+                watched_again as f64 / 1e6
+            );
+            assert!(
+                run.stale_at_the_end(a),
+                "{a}\nyet the final read shows no stale entry there"
+            );
+            continue;
+        }
         assert!(
             ns(&write["complete_ns"]) + 1_000_000_000 >= inv_down,
             "a missing invalidation of a write acknowledged at {:.1} ms, long before the invalidator was killed at {:.1} ms: {a}",
@@ -319,16 +399,39 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
     let run = Run::of(outbox, &store);
     assert!(run.of_f("start-partition").next().is_some(), "{}", run.said);
     // The relay retries until every region acknowledged: nothing is missing, whatever
-    // the faults (the pairs hidden by the Redis kill and the failover are undecided).
+    // the faults (the pairs the failover hides are undecided).
+    // (Under load Sentinel sometimes fails a region over on its own, and the demoted
+    // primary stays one, with what it held, still used by the clients: what it holds
+    // then is missing for good, whatever the relay does. Only there is any allowed, each
+    // borne out by the final read.)
+    let demoted = run.demoted(&nodes);
+    eprintln!("outbox: Sentinel had demoted {demoted:?} by the end");
     let missing = run.check("missing-invalidation");
-    assert_eq!(missing["count"], 0, "{missing}");
-    assert!(
-        ["valid", "unknown"].contains(&missing["status"].as_str().unwrap()),
-        "{missing}"
-    );
+    if demoted.is_empty() {
+        assert_eq!(missing["count"], 0, "{missing}");
+        assert!(
+            ["valid", "unknown"].contains(&missing["status"].as_str().unwrap()),
+            "{missing}"
+        );
+    }
+    for (node, l) in run.results["invalidation_lag"]["per_node"]
+        .as_object()
+        .unwrap()
+    {
+        if !demoted.contains(node) {
+            assert_eq!(l["missing"], 0, "{node}: {l}");
+        }
+    }
+    for a in run.results["anomalies"].as_array().unwrap() {
+        if a["name"] == "missing-invalidation" {
+            assert!(
+                demoted.iter().any(|d| a["node"] == d.as_str()) && run.stale_at_the_end(a),
+                "{a}"
+            );
+        }
+    }
     for region in ["r1", "r2"] {
         let l = run.lag("per_region", region);
-        assert_eq!(l["missing"], 0, "{region}: {l}");
         assert!(ns(&l["invalidated"]) > 0, "{region}: {l}");
         eprintln!(
             "outbox {region}: {} awaited, {} invalidated, {} missing, {} undecided; lag p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
@@ -336,17 +439,6 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
             ms(&l["p50_ns"]), ms(&l["p99_ns"]), ms(&l["max_ns"])
         );
     }
-    let kill = run.nemesis("kill", "redis");
-    let monitor = format!(
-        "monitor:{}",
-        kill["value"]["fault"]["node"].as_str().unwrap()
-    );
-    assert!(
-        run.of_f("observer-gap")
-            .any(|g| g["process"] == monitor.as_str()),
-        "no observer-gap of {monitor}"
-    );
-
     // The failover: the commit observer lost the old primary, says so, and follows
     // the promoted one.
     let failover = run
