@@ -67,6 +67,7 @@ impl Plan {
                     addr: n.addr,
                     pattern: observe.pattern.clone(),
                     db: 0,
+                    configure: observe.configure,
                 })
                 .collect()
         } else {

@@ -48,6 +48,11 @@ pub struct CacheWatch {
     pub pattern: String,
     /// Database number.
     pub db: u32,
+    /// Whether to turn the notifications on whenever the observer (re)subscribes, as
+    /// the lab does: a restarted Redis comes back with its configuration file's
+    /// setting, which may be off. Without it the setting is checked instead, and while
+    /// it is off the observer counts itself blind.
+    pub configure: bool,
 }
 
 impl CacheWatch {
@@ -132,9 +137,25 @@ pub async fn watch_ready(
     let mut started = false;
     while !*stop.borrow() {
         let subscribed = async {
-            let mut pubsub = w.client()?.get_async_pubsub().await?;
-            pubsub.psubscribe(format!("{channel}{}", w.pattern)).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            // A node that came back (restarted) may send no notifications any more:
+            // subscribed to it, the observer would hear nothing and not know it.
+            if w.configure {
+                w.configure().await?;
+            } else {
+                w.check_setting().await?;
+            }
+            let redis = |e: redis::RedisError| e.to_string();
+            let mut pubsub = w
+                .client()
+                .map_err(redis)?
+                .get_async_pubsub()
+                .await
+                .map_err(redis)?;
+            pubsub
+                .psubscribe(format!("{channel}{}", w.pattern))
+                .await
+                .map_err(redis)?;
+            Ok::<_, String>(pubsub)
         }
         .await;
         let mut pubsub = match subscribed {
@@ -160,12 +181,7 @@ pub async fn watch_ready(
             let _ = r.send(());
         }
         if let Some(from) = blind_since.take() {
-            let to = rec.elapsed().as_nanos() as u64;
-            rec.log(
-                Event::new(0, process(&w.node), EventType::Info, "observer-gap")
-                    .node(w.node.clone())
-                    .value(json!({"node": w.node, "from": from, "to": to})),
-            );
+            log_gap(&rec, &w.node, from);
         }
         let mut messages = pubsub.on_message();
         loop {
@@ -190,6 +206,20 @@ pub async fn watch_ready(
         // The subscription dropped: blind until it is back.
         blind_since = Some(rec.elapsed().as_nanos() as u64);
     }
+    // Stopped while blind: the gap lasted until now.
+    if let Some(from) = blind_since {
+        log_gap(&rec, &w.node, from);
+    }
+}
+
+/// Logs that the observer of `node` was blind from `from` until now.
+fn log_gap(rec: &Recorder, node: &str, from: u64) {
+    let to = rec.elapsed().as_nanos() as u64;
+    rec.log(
+        Event::new(0, process(node), EventType::Info, "observer-gap")
+            .node(node.to_string())
+            .value(json!({"node": node, "from": from, "to": to})),
+    );
 }
 
 #[cfg(test)]

@@ -36,6 +36,7 @@ async fn the_cache_observer_records_changes_and_where_it_was_blind() {
         addr: format!("127.0.0.1:{port}"),
         pattern: "k*".into(),
         db: 0,
+        configure: false,
     };
     // A node that sends no notifications is refused, with the line to run.
     let e = w.check_setting().await.unwrap_err();
@@ -107,4 +108,89 @@ async fn the_cache_observer_records_changes_and_where_it_was_blind() {
         .await
         .expect("the observer stops when told")
         .unwrap();
+}
+
+/// Regression: a Redis restarted by a `kill-redis` fault comes back with notifications
+/// off (they were turned on with `CONFIG SET`, which a restart forgets); the observer
+/// resubscribed to it, heard nothing, and logged a gap that ended at the resubscription,
+/// so every later invalidation there was a false `missing-invalidation`. Now, told to
+/// configure (as the lab is), it turns them on again before it resubscribes; told not
+/// to, it stays blind while they are off, and a gap still open when it stops is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_that_forgot_its_notifications_is_not_watched_blindly() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = start(port, dir.path());
+    let path = dir.path().join("history.jsonl");
+    let rec = Arc::new(Recorder::new(HistoryWriter::create(&path).unwrap()));
+    let watch_of = |node: &str, configure: bool| CacheWatch {
+        node: node.into(),
+        addr: format!("127.0.0.1:{port}"),
+        pattern: "k*".into(),
+        db: 0,
+        configure,
+    };
+    watch_of("lab", true).configure().await.unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let lab = tokio::spawn(watch(watch_of("lab", true), rec.clone(), stop_rx.clone()));
+    let staging = tokio::spawn(watch(watch_of("staging", false), rec.clone(), stop_rx));
+    let seen = |process: &str, f: &str, key: &str| {
+        rec.flush();
+        events(&path)
+            .iter()
+            .any(|e| e["f"] == f && e["key"] == key && e["process"] == process)
+    };
+    wait_for("both observers to subscribe", || {
+        redis_cli(port, &["SET", "k0", "v"]);
+        seen("monitor:lab", "set", "k0") && seen("monitor:staging", "set", "k0")
+    });
+
+    // Restarted with its configuration file's setting: no notifications.
+    drop(server);
+    std::thread::sleep(Duration::from_millis(300));
+    let _server = start(port, dir.path());
+    wait_for(
+        "a set after the restart, seen by the observer that configures",
+        || {
+            redis_cli(port, &["SET", "k1", "v"]);
+            seen("monitor:lab", "set", "k1")
+        },
+    );
+    redis_cli(port, &["DEL", "k1"]);
+    wait_for("the deletion after the restart", || {
+        seen("monitor:lab", "invalidate", "k1")
+    });
+    assert!(
+        !seen("monitor:staging", "set", "k1"),
+        "notifications are off: the other observer cannot have heard it"
+    );
+    let gaps = |process: &str| -> Vec<serde_json::Value> {
+        rec.flush();
+        events(&path)
+            .into_iter()
+            .filter(|e| e["f"] == "observer-gap" && e["process"] == process)
+            .collect()
+    };
+    assert_eq!(gaps("monitor:lab").len(), 1, "{:?}", gaps("monitor:lab"));
+    assert!(
+        gaps("monitor:staging").is_empty(),
+        "the observer that may not configure is still blind: {:?}",
+        gaps("monitor:staging")
+    );
+
+    // Stopped while blind: the gap is logged, up to the stop.
+    let stopped_at = rec.elapsed().as_nanos() as u64;
+    stop_tx.send(true).unwrap();
+    for task in [lab, staging] {
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the observer stops when told")
+            .unwrap();
+    }
+    let gap = gaps("monitor:staging");
+    assert_eq!(gap.len(), 1, "{gap:?}");
+    assert!(
+        gap[0]["value"]["to"].as_u64().unwrap() >= stopped_at,
+        "{gap:?}"
+    );
 }
