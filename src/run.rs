@@ -194,14 +194,37 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let observe_tag = format!("{}_{}", campaign.name, std::process::id());
     let (endpoints, design, dir, rec, observers) = if lab {
         let design: coherence_lab::Design = match &campaign.cluster {
-            Cluster::Lab { invalidator } => invalidator.parse().map_err(anyhow::Error::msg)?,
+            Cluster::Lab { invalidator, .. } => invalidator.parse().map_err(anyhow::Error::msg)?,
             Cluster::Staging { .. } => bail!(
                 "--lab runs a campaign whose cluster is the lab: set `kind = \"lab\"` in [cluster]"
             ),
         };
-        if design == coherence_lab::Design::None && work.invalidation() == Invalidation::Pipeline {
+        if design == coherence_lab::Design::None
+            && work.kind == coherence_workloads::registry::Kind::CacheAside
+            && work.invalidation() == Invalidation::Pipeline
+        {
             bail!("invalidation = \"pipeline\" needs an invalidator in the lab: set [cluster] invalidator = \"notify\" or \"outbox\"");
         }
+        // The http workload drives the lab's reference service, in the campaign's design.
+        let service = match &campaign.cluster {
+            Cluster::Lab {
+                service: Some(name),
+                ..
+            } => Some(
+                name.parse::<coherence_lab::service::ServiceDesign>()
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}: {}field `cluster.service`: {e}",
+                            args.campaign.display(),
+                            Campaign::line_of_field(&text, "service")
+                                .map(|l| format!("line {l}: "))
+                                .unwrap_or_default()
+                        )
+                    })?,
+            ),
+            _ => None,
+        };
+        let http = work.kind == coherence_workloads::registry::Kind::Http;
         let (dir, rec) = open_run(&args.store, &campaign.name, &stored_campaign)?;
         let mut journal = Journal::open(&dir.journal())
             .with_context(|| format!("cannot open the heal journal in {}", dir.path().display()))?;
@@ -225,6 +248,11 @@ pub fn run(args: RunArgs) -> Result<u8> {
             Err(e) => return Err(e),
         };
         drop(journal);
+        let state = if http {
+            coherence_lab::cluster::restart_services(&state, service.unwrap_or_default())?
+        } else {
+            state
+        };
         let lab = coherence_lab::cluster::endpoints(&state)?;
         let node = |e: &coherence_lab::cluster::Endpoint| Node {
             name: e.name.clone(),
@@ -249,12 +277,32 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     nodes: Vec::new(),
                 })
                 .collect(),
-            apps: Vec::new(),
+            apps: lab
+                .regions
+                .iter()
+                .map(|r| coherence_workloads::workload::AppRegion {
+                    name: r.name.clone(),
+                    bases: vec![r.service.clone()],
+                })
+                .collect(),
             table: observe.as_ref().and_then(|o| o.database.clone()),
             cached_value: observe
                 .as_ref()
                 .map_or_else(|| "versioned-json".to_string(), |o| o.value.clone()),
         };
+        // The service must answer before the run: else no run directory stays behind.
+        if http {
+            let checked = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(work.kind.open(&work, &endpoints).preflight());
+            if let Err(e) = checked {
+                drop(rec);
+                let _ = std::fs::remove_dir_all(dir.path());
+                return Err(e);
+            }
+        }
         // The lab turns on what its observers need.
         let plan = match &observe {
             Some(o) => {
@@ -508,7 +556,9 @@ pub fn run(args: RunArgs) -> Result<u8> {
             });
         }
         // The lab's invalidator logs its deletions; record them as they happen.
-        let pipeline = lab && work.invalidation() == Invalidation::Pipeline;
+        let pipeline = lab
+            && design.is_some_and(|d| d != coherence_lab::Design::None)
+            && work.invalidation() == Invalidation::Pipeline;
         let tail = pipeline.then(|| {
             let rec = rec.clone();
             let mut offset = deletions_from;

@@ -45,6 +45,10 @@ pub enum Cluster {
         /// The invalidator the lab runs for this campaign.
         #[serde(default = "default_invalidator")]
         invalidator: String,
+        /// The design the lab's reference HTTP service runs in for this campaign (the
+        /// `http` workload's system under test): `delete-after-commit` when absent.
+        #[serde(default)]
+        service: Option<String>,
     },
     /// Endpoints given here.
     Staging {
@@ -147,7 +151,7 @@ impl Campaign {
                 ));
             }
         }
-        if let Cluster::Lab { invalidator } = &campaign.cluster {
+        if let Cluster::Lab { invalidator, .. } = &campaign.cluster {
             if !["notify", "outbox", "none"].contains(&invalidator.as_str()) {
                 return Err(format!(
                     "{}field `cluster.invalidator`: unknown invalidator {invalidator:?}: use notify, outbox or none",

@@ -1,0 +1,248 @@
+//! The `http` workload against the lab's reference service, as a user runs it: one run
+//! per design, each showing its own anomaly with its likely cause (or none, for the
+//! coherent design), a service killed mid-run, and convergence under faults. One test,
+//! since there is one lab per machine; it brings the lab up and takes it down.
+
+mod common;
+
+use common::{coherence, lab_up, run_dir, text};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn results(run: &str) -> serde_json::Value {
+    let path = Path::new(run).join("results.json");
+    serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn count(r: &serde_json::Value, kind: &str) -> u64 {
+    r["anomaly-counts"][kind].as_u64().unwrap_or(0)
+}
+
+fn causes(r: &serde_json::Value, kind: &str) -> serde_json::Value {
+    r["causes"][kind].clone()
+}
+
+/// lab-http.toml in `design`, with the lab's invalidator `invalidator`, as a file.
+fn campaign(dir: &Path, design: &str, invalidator: &str) -> PathBuf {
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("campaigns/lab-http.toml"),
+    )
+    .unwrap();
+    let text = base
+        .replace(
+            "service = \"delete-after-commit\"",
+            &format!("service = \"{design}\""),
+        )
+        .replace(
+            "invalidator = \"none\"",
+            &format!("invalidator = \"{invalidator}\""),
+        );
+    let path = dir.join(format!("{design}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(campaign: &Path, store: &str, limit: &str) -> (std::process::Output, String) {
+    let o = coherence(&[
+        "run",
+        campaign.to_str().unwrap(),
+        "--time-limit",
+        limit,
+        "--store",
+        store,
+    ]);
+    let dir = run_dir(&text(&o));
+    (o, dir)
+}
+
+/// Every event of a run's history.
+fn history(run: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(Path::new(run).join("history.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root: the lab (network namespaces, a bridge, iptables); scripts/test runs it as root"]
+fn the_http_workload_judges_each_design_of_the_lab_service() {
+    let (_down, state, _nodes) = lab_up(&[]);
+    let store = tempfile::tempdir().unwrap();
+    let store_s = store.path().to_str().unwrap();
+    let dir = store.path();
+
+    // delete-after-commit: stale reads, the fill race among their causes, and the
+    // values traced to writes by the commit order (no phantom).
+    let (o, after) = run(&campaign(dir, "delete-after-commit", "none"), store_s, "6s");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = results(&after);
+    assert!(count(&r, "stale-read") > 0, "{r:#}");
+    assert_eq!(count(&r, "phantom-read"), 0, "{:#}", r["anomaly-counts"]);
+    assert_eq!(count(&r, "lost-write"), 0, "{:#}", r["anomaly-counts"]);
+    assert!(
+        causes(&r, "stale-read")["fill-race"].as_u64().unwrap_or(0) > 0,
+        "{:#}",
+        r["causes"]
+    );
+    let events = history(&after);
+    let app_reads = events
+        .iter()
+        .filter(|e| e["f"] == "read" && e["type"] == "ok" && e["node"] == "app:r1")
+        .count();
+    assert!(app_reads > 100, "reads through r1's service: {app_reads}");
+    assert!(
+        events
+            .iter()
+            .filter(|e| e["f"] == "read" && e["type"] == "ok")
+            .all(|e| e["value"].get("version").is_none()),
+        "the service knows no versions: values name only their write"
+    );
+    assert!(
+        events.iter().any(|e| e["f"] == "commit"),
+        "no commit observed"
+    );
+    let stale_after = count(&r, "stale-read");
+
+    // delete-before-commit: a reader refills the old row before the commit.
+    let (o, before) = run(
+        &campaign(dir, "delete-before-commit", "none"),
+        store_s,
+        "6s",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = results(&before);
+    assert!(count(&r, "stale-read") > 0, "{r:#}");
+    assert!(
+        causes(&r, "stale-read")["fill-race"].as_u64().unwrap_or(0) > 0,
+        "{:#}",
+        r["causes"]
+    );
+
+    // update-cache: concurrent SETs land out of order and a cache keeps an old value.
+    let (o, update) = run(&campaign(dir, "update-cache", "none"), store_s, "6s");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = results(&update);
+    assert!(
+        count(&r, "non-convergence") > 0,
+        "{:#}",
+        r["anomaly-counts"]
+    );
+
+    // delayed-double-delete: fewer stale reads than delete-after-commit at the same
+    // seed, but not none (the other region is never deleted; the window stays).
+    let (o, double) = run(
+        &campaign(dir, "delayed-double-delete", "none"),
+        store_s,
+        "6s",
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let r = results(&double);
+    let stale_double = count(&r, "stale-read");
+    assert!(
+        stale_double > 0 && stale_double < stale_after,
+        "delayed double delete {stale_double}, delete-after-commit {stale_after}"
+    );
+
+    // versioned with the outbox relay, no faults: valid at Δ = 0 in the writer's
+    // region, and valid within the relay's bound everywhere.
+    let versioned = Path::new(env!("CARGO_MANIFEST_DIR")).join("campaigns/lab-http-versioned.toml");
+    let (o, v) = run(&versioned, store_s, "6s");
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let r = results(&v);
+    assert_eq!(r["verdict"], "valid", "{r:#}");
+
+    // A service killed mid-run: its clients' outstanding requests are info (or fail),
+    // the other region's go on, and the history checks.
+    let app = state
+        .hosts()
+        .into_iter()
+        .find(|h| h.name == "r1-app")
+        .expect("the lab has r1's app host");
+    let runs = store.path().join("lab-http");
+    let before: Vec<PathBuf> = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let kill = std::thread::spawn(move || {
+        // Once the new run's clients are reading through r1's service, and 2 s on.
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(60) {
+            let busy = std::fs::read_dir(&runs).unwrap().flatten().any(|e| {
+                !before.contains(&e.path())
+                    && std::fs::read_to_string(e.path().join("history.jsonl"))
+                        .is_ok_and(|h| h.contains("\"node\":\"app:r1\""))
+            });
+            if busy {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        // Every process of r1's app host: its service.
+        let pids = coherence_lab::cluster::namespace_pids(&app.namespace()).unwrap();
+        for pid in &pids {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        pids.len()
+    });
+    let (o, killed) = run(&campaign(dir, "pipeline", "outbox"), store_s, "8s");
+    let k = kill.join().unwrap();
+    assert!(k > 0, "nothing ran on r1-app");
+    assert!(
+        [Some(0), Some(1)].contains(&o.status.code()),
+        "{}",
+        text(&o)
+    );
+    let events = history(&killed);
+    // The workload began at the observe event; the kill came 4 s after the run began,
+    // which the preparation precedes: take the first failed request of r1 as its time.
+    let kill_at = events
+        .iter()
+        .filter(|e| e["node"] == "app:r1" && (e["type"] == "info" || e["type"] == "fail"))
+        .filter_map(|e| e["time"].as_u64())
+        .next()
+        .expect("no failed request of r1's clients");
+    let after_kill = |node: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e["node"] == node
+                    && e["f"] == "read"
+                    && e["time"].as_u64().unwrap_or(0) > kill_at + 1_000_000_000
+            })
+            .filter(|e| e["type"] == "ok")
+            .count()
+    };
+    assert_eq!(
+        after_kill("app:r1"),
+        0,
+        "r1's service answered after its kill"
+    );
+    assert!(
+        after_kill("app:r2") > 0,
+        "r2's clients stopped with r1's service"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["node"] == "app:r1" && (e["type"] == "info" || e["type"] == "fail")),
+        "no failed request of r1's clients"
+    );
+    assert!(Path::new(&killed).join("results.json").exists());
+
+    // versioned under a partition and a Redis failover: converges.
+    let partitions =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("campaigns/lab-http-partitions.toml");
+    let (o, p) = run(&partitions, store_s, "14s");
+    let r = results(&p);
+    assert_eq!(count(&r, "non-convergence"), 0, "{}\n{r:#}", text(&o));
+    let faults = r["faults"]["faults"].as_array().map_or(0, |f| f.len());
+    assert!(faults > 0, "no fault happened: {:#}", r["faults"]);
+}
