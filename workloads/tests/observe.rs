@@ -120,7 +120,7 @@ async fn the_cache_observer_records_changes_and_where_it_was_blind() {
 async fn a_restarted_node_that_forgot_its_notifications_is_not_watched_blindly() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let server = start(port, dir.path());
+    let server = Redis::start_on(port, dir.path());
     let path = dir.path().join("history.jsonl");
     let rec = Arc::new(Recorder::new(HistoryWriter::create(&path).unwrap()));
     let watch_of = |node: &str, configure: bool| CacheWatch {
@@ -148,7 +148,7 @@ async fn a_restarted_node_that_forgot_its_notifications_is_not_watched_blindly()
     // Restarted with its configuration file's setting: no notifications.
     drop(server);
     std::thread::sleep(Duration::from_millis(300));
-    let _server = start(port, dir.path());
+    let _server = Redis::start_on(port, dir.path());
     wait_for(
         "a set after the restart, seen by the observer that configures",
         || {
