@@ -75,6 +75,29 @@ fn the_http_workload_judges_each_design_of_the_lab_service() {
     let store_s = store.path().to_str().unwrap();
     let dir = store.path();
 
+    // A response without the unique value where the campaign says it is: refused
+    // before the workload, naming the field and the URL; exit 2, no run directory left.
+    let bad = dir.join("bad-pointer.toml");
+    let good = std::fs::read_to_string(campaign(dir, "delete-after-commit", "none")).unwrap();
+    std::fs::write(
+        &bad,
+        good.replace("unique = \"/value\"", "unique = \"/item/value\""),
+    )
+    .unwrap();
+    let o = coherence(&["run", bad.to_str().unwrap(), "--store", store_s]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("field `workload.http.unique`")
+            && text(&o).contains("/items/k0")
+            && text(&o).contains("\"/item/value\""),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !Path::new(&run_dir(&text(&o))).exists(),
+        "a run directory was left"
+    );
+
     // delete-after-commit: stale reads, the fill race among their causes, and the
     // values traced to writes by the commit order (no phantom).
     let (o, after) = run(&campaign(dir, "delete-after-commit", "none"), store_s, "6s");

@@ -191,7 +191,7 @@ fn planned(
     let c = coherence_campaign::Campaign::parse(&std::fs::read_to_string(file).unwrap()).unwrap();
     let config: NemesisConfig = c.nemesis.expect("a [nemesis] section");
     let targets = Targets {
-        nodes: nodes.names(),
+        nodes: nodes.data_hosts(),
         regions: (1..=regions)
             .map(|n| {
                 let r = coherence_lab::layout::region(n);
