@@ -332,29 +332,12 @@ fn campaigns_against_the_lab() {
         .find(|c| c["name"] == "missing-invalidation")
         .unwrap();
     if missing["status"] != "valid" {
-        // Sentinel fails a loaded region over by itself now and then (no fault asked
-        // for it); the old primary, cut off, goes on taking fills the relay no longer
-        // reaches: real missing invalidations of the lab, not of the relay. Only such
-        // a failover, seen in the nodes' roles, excuses them.
-        let state = coherence_lab::cluster::State::load()
-            .unwrap()
-            .expect("the lab is up");
-        let roles: Vec<(String, String)> = state
-            .hosts()
-            .into_iter()
-            .filter(|h| h.name.ends_with('a') || h.name.ends_with('b'))
-            .filter(|h| h.name.starts_with('r') && !h.name.contains('-'))
-            .map(|h| {
-                let role = coherence_lab::cluster::redis_role(h.addr).unwrap_or_default();
-                (h.name, role)
-            })
-            .collect();
-        let failed_over = roles.iter().any(|(n, role)| {
-            (n.ends_with('a') && role != "primary") || (n.ends_with('b') && role == "primary")
-        });
+        // Only Sentinel moving a primary by itself (a known defect of the lab under
+        // load, see common::sentinel_moved_a_primary) excuses them.
+        let moved = common::sentinel_moved_a_primary();
         assert!(
-            failed_over,
-            "missing invalidations without a failover: {missing}\nroles: {roles:?}\n{}",
+            !moved.is_empty(),
+            "missing invalidations, and Sentinel moved no primary: {missing}\n{}",
             serde_json::to_string_pretty(
                 &r["anomalies"]
                     .as_array()
@@ -366,7 +349,7 @@ fn campaigns_against_the_lab() {
             )
             .unwrap()
         );
-        eprintln!("warning: Sentinel failed a region over during the run ({roles:?}): {missing}");
+        eprintln!("warning: Sentinel moved a primary during the run: {moved:?}; {missing}");
     }
 
     // SIGKILL of `coherence run` mid-way leaves a history that `check` reads.
