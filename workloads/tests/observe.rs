@@ -118,22 +118,34 @@ async fn the_cache_observer_records_changes_and_where_it_was_blind() {
 /// to, it stays blind while they are off, and a gap still open when it stops is logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_node_that_forgot_its_notifications_is_not_watched_blindly() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    // Two servers: `CONFIG SET` is server-wide, so the observer that configures would
+    // turn notifications on for the one that may not, had they watched the same one.
+    let (dir, dir2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (port, port2) = (free_port(), free_port());
     let server = Redis::start_on(port, dir.path());
+    let server2 = Redis::start_on(port2, dir2.path());
     let path = dir.path().join("history.jsonl");
     let rec = Arc::new(Recorder::new(HistoryWriter::create(&path).unwrap()));
-    let watch_of = |node: &str, configure: bool| CacheWatch {
+    let watch_of = |node: &str, port: u16, configure: bool| CacheWatch {
         node: node.into(),
         addr: format!("127.0.0.1:{port}"),
         pattern: "k*".into(),
         db: 0,
         configure,
     };
-    watch_of("lab", true).configure().await.unwrap();
+    watch_of("lab", port, true).configure().await.unwrap();
+    watch_of("staging", port2, true).configure().await.unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let lab = tokio::spawn(watch(watch_of("lab", true), rec.clone(), stop_rx.clone()));
-    let staging = tokio::spawn(watch(watch_of("staging", false), rec.clone(), stop_rx));
+    let lab = tokio::spawn(watch(
+        watch_of("lab", port, true),
+        rec.clone(),
+        stop_rx.clone(),
+    ));
+    let staging = tokio::spawn(watch(
+        watch_of("staging", port2, false),
+        rec.clone(),
+        stop_rx,
+    ));
     let seen = |process: &str, f: &str, key: &str| {
         rec.flush();
         events(&path)
@@ -142,13 +154,16 @@ async fn a_restarted_node_that_forgot_its_notifications_is_not_watched_blindly()
     };
     wait_for("both observers to subscribe", || {
         redis_cli(port, &["SET", "k0", "v"]);
+        redis_cli(port2, &["SET", "k0", "v"]);
         seen("monitor:lab", "set", "k0") && seen("monitor:staging", "set", "k0")
     });
 
-    // Restarted with its configuration file's setting: no notifications.
+    // Restarted with their configuration file's setting: no notifications.
     drop(server);
+    drop(server2);
     std::thread::sleep(Duration::from_millis(300));
     let _server = Redis::start_on(port, dir.path());
+    let _server2 = Redis::start_on(port2, dir2.path());
     wait_for(
         "a set after the restart, seen by the observer that configures",
         || {
@@ -160,6 +175,8 @@ async fn a_restarted_node_that_forgot_its_notifications_is_not_watched_blindly()
     wait_for("the deletion after the restart", || {
         seen("monitor:lab", "invalidate", "k1")
     });
+    redis_cli(port2, &["SET", "k1", "v"]);
+    std::thread::sleep(Duration::from_millis(300));
     assert!(
         !seen("monitor:staging", "set", "k1"),
         "notifications are off: the other observer cannot have heard it"
