@@ -52,6 +52,7 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use coherence_cache::{versioned, Backend, Node, RegionNodes};
+use coherence_store::with_sources;
 use redis::aio::MultiplexedConnection;
 use serde_json::{json, Value};
 use std::fmt;
@@ -759,21 +760,6 @@ struct StepError {
     /// The server refused it (and rolled its transaction back).
     refused: bool,
     message: String,
-}
-
-/// An error and what caused it, as one line.
-fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }
 
 impl Pool {

@@ -33,3 +33,20 @@ pub use reader::{
     Visitor, Warning, MAX_LINE, UNVERSIONED,
 };
 pub use writer::HistoryWriter;
+
+/// An error and every error that caused it, as one line ("error connecting to server:
+/// Connection refused (os error 111)"), a cause left out where the message above
+/// already says it.
+pub fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}

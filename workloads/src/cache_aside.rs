@@ -19,6 +19,7 @@ use crate::workload::{self, key_name, BoxFuture, Endpoints, Keys, Node, Op, OpEr
 use crate::workload::{Recording, Who};
 use anyhow::{Context, Result};
 use coherence_cache::{versioned, Backend, Shard};
+use coherence_store::with_sources;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use redis::aio::MultiplexedConnection;
@@ -159,22 +160,6 @@ pub(crate) async fn pg_connect(
         let _ = conn.await;
     });
     Ok(client)
-}
-
-/// An error and what caused it, as one line: "error connecting to server: Connection
-/// refused (os error 111)".
-fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// The cache-aside workload of a campaign, against its endpoints: the template its

@@ -27,6 +27,7 @@ use crate::campaign::{ObserveDatabase, Workload};
 use crate::workload::{self, key_name, BoxFuture, Endpoints, Keys, Op, OpError};
 use crate::workload::{Recording, Who};
 use anyhow::{bail, Context, Result};
+use coherence_store::with_sources;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::Deserialize;
@@ -899,20 +900,6 @@ fn send_error(e: reqwest::Error) -> OpError {
     } else {
         OpError::unknown(with_sources(&e))
     }
-}
-
-fn with_sources(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let more = s.to_string();
-        if !text.contains(&more) {
-            text.push_str(": ");
-            text.push_str(&more);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// At most 200 characters of a response body, as text.
