@@ -445,6 +445,9 @@ pub struct HttpWorkload {
     work: Workload,
     ends: Endpoints,
     http: Option<Arc<Compiled>>,
+    /// Why the workload cannot run, found once when it is opened (a campaign field, a
+    /// header's environment variable); [`HttpWorkload::preflight`] says it.
+    refused: Option<String>,
     /// Per region: its name, base URLs and shared connection pool.
     regions: Vec<(String, Vec<String>, reqwest::Client)>,
     /// Makes the run's unique values unlike any earlier run's.
@@ -454,16 +457,18 @@ pub struct HttpWorkload {
 impl HttpWorkload {
     /// The workload `work` configures against `ends`.
     pub fn new(work: &Workload, ends: &Endpoints) -> HttpWorkload {
-        let http = work
-            .http
-            .as_ref()
-            .and_then(|h| Compiled::new(h).ok())
-            .map(Arc::new);
+        let compiled = match &work.http {
+            Some(h) => Compiled::new(h).map_err(|(field, e)| format!("field `{field}`: {e}")),
+            None => Err("kind = \"http\" needs a [workload.http] section".to_string()),
+        };
         let env = |n: &str| std::env::var(n).ok();
-        let headers = http
+        let headers = compiled
             .as_ref()
-            .and_then(|h| h.resolve_headers(&env).ok())
-            .unwrap_or_default();
+            .map_err(String::clone)
+            .and_then(|h| h.resolve_headers(&env).map_err(|e| e.to_string()));
+        let refused = compiled.as_ref().err().or(headers.as_ref().err()).cloned();
+        let http = compiled.ok().map(Arc::new);
+        let headers = headers.unwrap_or_default();
         let client = || {
             reqwest::Client::builder()
                 .no_proxy()
@@ -498,25 +503,17 @@ impl HttpWorkload {
             work: work.clone(),
             ends: ends.clone(),
             http,
+            refused,
             regions,
             nonce,
         }
     }
 
-    fn compiled(&self) -> Result<&Arc<Compiled>> {
-        match (&self.http, &self.work.http) {
-            (Some(c), _) => Ok(c),
-            (None, Some(h)) => match Compiled::new(h) {
-                Err((field, e)) => bail!("field `{field}`: {e}"),
-                Ok(_) => unreachable!("compiled when valid"),
-            },
-            (None, None) => bail!("kind = \"http\" needs a [workload.http] section"),
-        }
-    }
-
     async fn preflight(&self) -> Result<()> {
-        let http = self.compiled()?;
-        http.resolve_headers(&|n| std::env::var(n).ok())?;
+        if let Some(why) = &self.refused {
+            bail!("{why}");
+        }
+        let http = self.http.as_ref().expect("compiled when not refused");
         if self.regions.is_empty() {
             bail!("[workload.http] names no region: add [[workload.http.regions]] with each region's base URL(s)");
         }
