@@ -313,12 +313,13 @@ pub fn cache_cause(
     // No fill recorded: a set the holder's observer saw in the same window (the
     // service's own fill, which no client of the history recorded).
     if fill.is_none() {
-        let set = h.observed[key as usize].iter().find(|o| {
-            o.node == hold
-                && o.change == crate::model::Change::Set
-                && o.time > landed_after
-                && o.time <= read.complete_time
-        });
+        // In history order, so in time order: from the window's start only.
+        let observed = &h.observed[key as usize];
+        let from = observed.partition_point(|o| o.time <= landed_after);
+        let set = observed[from..]
+            .iter()
+            .take_while(|o| o.time <= read.complete_time)
+            .find(|o| o.node == hold && o.change == crate::model::Change::Set);
         if let Some(s) = set {
             let mut c = base.event(s.index);
             c.kind = CauseKind::FillRace;
