@@ -30,6 +30,7 @@ async fn main() {
         pattern: "k*".into(),
         db: 0,
         configure: true,
+        read_back: None,
     };
     w().configure().await.unwrap();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -143,6 +143,9 @@ struct ServiceArgs {
     /// through the region's Sentinels.
     #[arg(long)]
     region: String,
+    /// How many regions the lab has (`versioned` invalidates every region's cache).
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    regions: u32,
     /// Where to listen (default: the region's app host in the lab, port 8080).
     #[arg(long, value_name = "ADDR:PORT")]
     listen: Option<std::net::SocketAddr>,
@@ -388,7 +391,7 @@ fn service(args: ServiceArgs) -> anyhow::Result<()> {
             Options::fixed_cache(&args.region, redis),
             args.db.clone(),
         ),
-        _ => Options::lab(args.design, &args.region)?,
+        _ => Options::lab(args.design, &args.region, args.regions)?,
     };
     if let Some(listen) = args.listen {
         opts.listen = listen;

@@ -41,7 +41,16 @@ pub struct Plan {
 impl Plan {
     /// The observers `observe` asks for on the cluster of `endpoints`; `tag` names the
     /// commit observer's publication and slot. An unknown node name is refused.
-    pub fn new(observe: &Observe, endpoints: &Endpoints, db: Database, tag: &str) -> Result<Plan> {
+    /// `unseen_fills`: the workload records no fills of its own (a service driven
+    /// through its API), so the cache observer reads back what was set unless
+    /// `[observe] read_back` says otherwise.
+    pub fn new(
+        observe: &Observe,
+        endpoints: &Endpoints,
+        db: Database,
+        tag: &str,
+        unseen_fills: bool,
+    ) -> Result<Plan> {
         let all: Vec<Node> = endpoints.regions.iter().flat_map(|r| r.all()).collect();
         if let Some(names) = &observe.nodes {
             for n in names {
@@ -54,6 +63,16 @@ impl Plan {
                 }
             }
         }
+        // A workload that records no fills of its own (a service's API) needs the
+        // read-backs; `[observe] value` says how to read them.
+        let read_back = if observe.read_back.unwrap_or(unseen_fills) {
+            Some(
+                coherence_workloads::http::Decode::new(&observe.value)
+                    .context("[observe] value")?,
+            )
+        } else {
+            None
+        };
         let caches = if observe.caches {
             all.into_iter()
                 .filter(|n| {
@@ -68,6 +87,7 @@ impl Plan {
                     pattern: observe.pattern.clone(),
                     db: 0,
                     configure: observe.configure,
+                    read_back: read_back.clone(),
                 })
                 .collect()
         } else {

@@ -314,7 +314,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     password: None,
                     dbname: "postgres".into(),
                 };
-                let plan = crate::observers::Plan::new(&o, &endpoints, db, &observe_tag)?;
+                let plan = crate::observers::Plan::new(
+                    &o,
+                    &endpoints,
+                    db,
+                    &observe_tag,
+                    work.kind == coherence_workloads::registry::Kind::Http,
+                )?;
                 plan.check()?;
                 Some(plan)
             }
@@ -395,7 +401,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     password: password.password.clone(),
                     dbname: postgres.dbname.clone(),
                 };
-                let plan = crate::observers::Plan::new(o, &endpoints, db, &observe_tag)?;
+                let plan = crate::observers::Plan::new(
+                    o,
+                    &endpoints,
+                    db,
+                    &observe_tag,
+                    work.kind == coherence_workloads::registry::Kind::Http,
+                )?;
                 plan.check()?;
                 Some(plan)
             }

@@ -129,6 +129,20 @@ fn the_http_workload_judges_each_design_of_the_lab_service() {
         "no commit observed"
     );
     let stale_after = count(&r, "stale-read");
+    // The cache observer read back what the service set: samples show what the nodes
+    // held, and the region the service never deletes misses invalidations.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["f"] == "sample" && e["value"]["held"]["write"].is_string()),
+        "no read-back of a set value"
+    );
+    assert!(
+        r["invalidation_lag"]["all"]["awaited"].as_u64() > Some(0)
+            && count(&r, "missing-invalidation") > 0,
+        "{:#}",
+        r["invalidation_lag"]["all"]
+    );
 
     // delete-before-commit: a reader refills the old row before the commit.
     let (o, before) = run(
@@ -177,6 +191,9 @@ fn the_http_workload_judges_each_design_of_the_lab_service() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     let r = results(&v);
     assert_eq!(r["verdict"], "valid", "{r:#}");
+    // At Δ = 0, with every commit judged on every node (the read-backs show holders).
+    assert_eq!(r["staleness_bound_ns"], 0, "{r:#}");
+    assert!(r["invalidation_lag"]["all"]["awaited"].as_u64() > Some(0));
 
     // A service killed mid-run: its clients' outstanding requests are info (or fail),
     // the other region's go on, and the history checks.
@@ -266,6 +283,8 @@ fn the_http_workload_judges_each_design_of_the_lab_service() {
     let (o, p) = run(&partitions, store_s, "14s");
     let r = results(&p);
     assert_eq!(count(&r, "non-convergence"), 0, "{}\n{r:#}", text(&o));
+    assert_eq!(count(&r, "missing-invalidation"), 0, "{}\n{r:#}", text(&o));
+    assert!(r["invalidation_lag"]["all"]["invalidated"].as_u64() > Some(0));
     let faults = r["faults"]["faults"].as_array().map_or(0, |f| f.len());
     assert!(faults > 0, "no fault happened: {:#}", r["faults"]);
 }

@@ -248,14 +248,22 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
     };
     let o = run("campaigns/lab-notify-partitions.toml");
     let r = results(&o);
+    // Its 1000 keys: the tail keys written while the invalidator is down are written
+    // no more, so the loss shows for good (with 50 hot keys, later writes' deletions
+    // covered every loss, and only late invalidations showed).
     let nc = r["anomaly-counts"]["non-convergence"].as_u64().unwrap();
-    let lost = r["causes"]["stale-read"]["lost-invalidation"]
+    let missing = r["anomaly-counts"]["missing-invalidation"]
         .as_u64()
-        .unwrap_or(0);
+        .unwrap();
     assert!(
-        nc > 0 || lost > 0,
-        "notify under partitions lost no invalidation: {}",
+        nc > 0 && missing > 0,
+        "notify under partitions lost no invalidation for good: {}",
         text(&o)
+    );
+    assert!(
+        r["causes"]["missing-invalidation"]["invalidator-down"].as_u64() > Some(0),
+        "{}",
+        r["causes"]
     );
     assert!(r["stats"]["nemesis_events"].as_u64().unwrap() >= 2);
     assert!(our_rules(&nodes).is_empty());

@@ -45,7 +45,7 @@ pub struct Context<'h> {
     /// a service instance rather than a cache node ([`Context::cache_of`]).
     region_caches: rustc_hash::FxHashMap<u32, Vec<u32>>,
     /// Every cache node the topology names with a region.
-    declared_caches: rustc_hash::FxHashSet<u32>,
+    pub(crate) declared_caches: rustc_hash::FxHashSet<u32>,
 }
 
 impl<'h> Context<'h> {

@@ -420,12 +420,20 @@ fn cause_view(
     } else {
         c.holder
     };
-    // "r1a" for a primary read, "r1a (the primary r1b replicates)" for a replica's.
+    // "r1a" for a primary read, "r1a (the primary r1b replicates)" for a replica's,
+    // "r1a (the cache app:r1 reads through)" for a service's.
     let holder_name = if holder != read.node && holder != NONE {
-        format!(
-            "{} (the primary {node} replicates)",
-            prose(h.node_name(holder))
-        )
+        if ctx.declared_caches.contains(&read.node) {
+            format!(
+                "{} (the primary {node} replicates)",
+                prose(h.node_name(holder))
+            )
+        } else {
+            format!(
+                "{} (the cache {node} reads through)",
+                prose(h.node_name(holder))
+            )
+        }
     } else {
         node.clone()
     };

@@ -164,6 +164,22 @@ pub struct Observed {
     pub change: Change,
 }
 
+/// What a cache observer read back of a key on a node (`sample` by an actor
+/// `monitor:<node>`): holding evidence, never judged as a user's read.
+#[derive(Debug, Clone, Copy)]
+pub struct Sample {
+    /// Index of the event.
+    pub index: u64,
+    /// When the observer sent the read (`from`): the evidence's time, as a read's invoke.
+    pub from: u64,
+    /// When the answer came (the event's time).
+    pub time: u64,
+    /// Interned node.
+    pub node: u32,
+    /// What the node held (`None`: nothing).
+    pub held: Option<Val>,
+}
+
 /// A committed change of a key, as the commit observer saw it in the database's
 /// change stream (`commit` by an actor `cdc:<node>`).
 #[derive(Debug, Clone, Copy)]
@@ -247,6 +263,8 @@ pub struct History {
     pub invalidations: Vec<Vec<Invalidation>>,
     /// What cache observers saw besides invalidations, per key.
     pub observed: Vec<Vec<Observed>>,
+    /// What cache observers read back, per key, in history order.
+    pub samples: Vec<Vec<Sample>>,
     /// Commits the commit observer saw, per key, in the order it saw them.
     pub commits: Vec<Vec<Commit>>,
     /// Where observers were blind.
@@ -291,6 +309,13 @@ impl History {
     }
 }
 
+/// Why a value without a version cannot be read in a history with no commit observer.
+const UNWATCHED_ORDER: &str = "the value names only its write (it has no \"version\"), but no \
+     commit observer watched the database: such a value's version is its write's place in \
+     the commit order, which only `commit` events tell. Log an `observe` event of `control` \
+     naming the database before the workload, and the commit observer's `commit` events \
+     (docs/history.md, *Values without versions*), or give every value its version";
+
 /// Builds a [`History`] from the events the store reader hands out.
 #[derive(Debug)]
 pub struct Builder {
@@ -325,6 +350,7 @@ impl Builder {
                 if id as usize == self.history.invalidations.len() {
                     self.history.invalidations.push(Vec::new());
                     self.history.observed.push(Vec::new());
+                    self.history.samples.push(Vec::new());
                     self.history.commits.push(Vec::new());
                     self.history.finals.push(None);
                     self.history.key_ops.push(Vec::new());
@@ -369,15 +395,7 @@ impl Builder {
             .versioned()
             .is_some_and(|v| v.version == coherence_store::UNVERSIONED);
         if unversioned && self.history.watched.databases.is_empty() {
-            return Err(
-                "the value names only its write (it has no \"version\"), but no \
-                        commit observer watched the database: such a value's version is its \
-                        write's place in the commit order, which only `commit` events tell. \
-                        Log an `observe` event of `control` naming the database before the \
-                        workload, and the commit observer's `commit` events (docs/history.md, \
-                        *Values without versions*), or give every value its version"
-                    .into(),
-            );
+            return Err(UNWATCHED_ORDER.into());
         }
         Ok(())
     }
@@ -423,6 +441,49 @@ impl Visitor for Builder {
                             } else {
                                 Change::Removed
                             },
+                        });
+                    }
+                    _ if monitor && key != NONE && node != NONE && ev.f == "sample" => {
+                        let v = value();
+                        let from = v.as_ref().and_then(|v| v.get("from")?.as_u64());
+                        let held = v.as_ref().and_then(|v| v.get("held").cloned());
+                        let held = match held {
+                            Some(serde_json::Value::Null) => Some(None),
+                            Some(h) => match h.get("write").and_then(|w| w.as_str()) {
+                                Some(write) => {
+                                    let version = match h.get("version") {
+                                        None => coherence_store::UNVERSIONED,
+                                        Some(v) => v.as_i64().filter(|v| *v >= 0).ok_or(
+                                            "a sample's \"held\" value has a \"version\" that \
+                                             is not an integer ≥ 0",
+                                        )?,
+                                    };
+                                    let vr = coherence_store::reader::VersionedRef {
+                                        version,
+                                        write: write.into(),
+                                    };
+                                    if version == coherence_store::UNVERSIONED
+                                        && self.history.watched.databases.is_empty()
+                                    {
+                                        return Err(UNWATCHED_ORDER.into());
+                                    }
+                                    Some(Some(self.val(&vr)))
+                                }
+                                None => None,
+                            },
+                            None => None,
+                        };
+                        let (Some(from), Some(held)) = (from, held) else {
+                            return Err("a `sample` needs a value {\"from\": ns, \"held\": \
+                                        versioned value or null} (docs/history.md, *Observers*)"
+                                .into());
+                        };
+                        self.history.samples[key as usize].push(Sample {
+                            index: ev.index,
+                            from: from.min(ev.time),
+                            time: ev.time,
+                            node,
+                            held,
                         });
                     }
                     _ if ev.f == "commit" && key != NONE => {

@@ -13,13 +13,17 @@
 //!   evidence* before the write W began shows a version below v, and the node's
 //!   observer saw no change of the key there (`invalidate`, `set`, `expire`, `evict`)
 //!   after that evidence and before W began. Holding evidence is an ok `fill` of the
-//!   node (at its completion: it installed its version) or an ok `read` or `final-read`
+//!   node (at its completion: it installed its version; not when the observer saw an
+//!   `invalidate`, `expire` or `evict` of the key there, or more than one `set`,
+//!   between its invoke and its completion: what it installed may be gone) or an ok `read` or `final-read`
 //!   of the node (at its invoke: it held what it returned, and a miss shows it held
-//!   nothing); among several of the latest time, the highest version counts.
+//!   nothing), or a cache observer's `sample` of the node (at its `from`, as a read);
+//!   among several of the latest time, the highest version counts.
 //! - What became of the entry is the first of these after W began: an observed
 //!   `invalidate` (*invalidated*; its lag is its time minus C, or 0 when it came before
 //!   C); an observed `set` that an ok fill of version v or above on the node completed
-//!   within 1 s after (*overwritten*); an observed `expire` or `evict` (*expired*: gone,
+//!   within 1 s after, or that a `sample` sent within 1 s after shows at version v or
+//!   above (*overwritten*); an observed `expire` or `evict` (*expired*: gone,
 //!   not invalidated, and not judged); none by the `final-phase` (*missing*; without a
 //!   `final-phase`, *pending*). Other sets (a fill of an older version) do not end it.
 //! - When an `observer-gap` of the node's cache observer overlaps the time from the
@@ -51,7 +55,7 @@ pub enum Fate {
     /// Overwritten by a fill of the new version (or a later one): this op.
     Overwritten {
         /// The fill.
-        op: u32,
+        by: Holding,
     },
     /// Gone by expiry or eviction before any invalidation: not judged.
     Expired {
@@ -70,6 +74,15 @@ pub enum Fate {
     },
 }
 
+/// What shows that a node held a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Holding {
+    /// An ok fill, read or final-read (the op).
+    Op(u32),
+    /// A cache observer's `sample` (its event index).
+    Sample(u64),
+}
+
 /// One committed version of a key on one watched node that held an older version of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Pair {
@@ -85,8 +98,8 @@ pub struct Pair {
     pub commit_index: u64,
     /// The watched node (interned).
     pub node: u32,
-    /// The op that shows the node held an older version (a fill or a read).
-    pub evidence: u32,
+    /// What shows the node held an older version (a fill, a read or a sample).
+    pub evidence: Holding,
     /// The older version it held.
     pub held: i64,
     /// What became of the entry.
@@ -163,30 +176,6 @@ pub fn pairs(
     }
     let end = h.final_phase.map(|f| f.1);
     for &node in &h.watched.caches {
-        // The node's holding evidence: (time, version held or None for a miss, op), in
-        // time order, the highest version last among those of one time.
-        let mut evidence: Vec<(u64, Option<i64>, u32)> = Vec::new();
-        let mut fills: Vec<(u64, i64, u32)> = Vec::new();
-        for &id in ops {
-            let op = &h.ops[id as usize];
-            if op.node != node || op.outcome != Outcome::Ok {
-                continue;
-            }
-            match (op.kind, op.value) {
-                (OpKind::Fill, Some(v)) => {
-                    evidence.push((op.complete_time, Some(v.version), id));
-                    fills.push((op.complete_time, v.version, id));
-                }
-                (OpKind::Read | OpKind::FinalRead, v) => {
-                    evidence.push((op.invoke_time, v.map(|v| v.version), id))
-                }
-                _ => {}
-            }
-        }
-        if evidence.is_empty() {
-            continue;
-        }
-        evidence.sort_unstable();
         // The changes the node's observer saw: (time, index, what).
         let mut changes: Vec<(u64, u64, Seen)> = h.invalidations[key as usize]
             .iter()
@@ -206,6 +195,53 @@ pub fn pairs(
             )
             .collect();
         changes.sort_unstable_by_key(|c| (c.0, c.1));
+        // The node's holding evidence: (time, version held or None for a miss, op), in
+        // time order, the highest version last among those of one time.
+        let mut evidence: Vec<(u64, Option<i64>, Holding)> = Vec::new();
+        let mut fills: Vec<(u64, i64, Holding)> = Vec::new();
+        for s in h.samples[key as usize].iter().filter(|s| s.node == node) {
+            evidence.push((s.from, s.held.map(|v| v.version), Holding::Sample(s.index)));
+            if let Some(v) = s.held {
+                // Sent after a set and showing its version: the set installed it (or
+                // something newer came meanwhile).
+                fills.push((s.from, v.version, Holding::Sample(s.index)));
+            }
+        }
+        for &id in ops {
+            let op = &h.ops[id as usize];
+            if op.node != node || op.outcome != Outcome::Ok {
+                continue;
+            }
+            match (op.kind, op.value) {
+                (OpKind::Fill, Some(v)) => {
+                    fills.push((op.complete_time, v.version, Holding::Op(id)));
+                    // What it installed may be gone by its completion: not evidence when
+                    // the observer saw the key removed, or set twice, meanwhile.
+                    let from = changes.partition_point(|c| c.0 <= op.invoke_time);
+                    let during = changes[from..]
+                        .iter()
+                        .take_while(|c| c.0 < op.complete_time);
+                    let (mut sets, mut removed) = (0, false);
+                    for c in during {
+                        match c.2 {
+                            Seen::Set => sets += 1,
+                            Seen::Invalidate | Seen::Removed => removed = true,
+                        }
+                    }
+                    if !removed && sets <= 1 {
+                        evidence.push((op.complete_time, Some(v.version), Holding::Op(id)));
+                    }
+                }
+                (OpKind::Read | OpKind::FinalRead, v) => {
+                    evidence.push((op.invoke_time, v.map(|v| v.version), Holding::Op(id)))
+                }
+                _ => {}
+            }
+        }
+        if evidence.is_empty() {
+            continue;
+        }
+        evidence.sort_unstable();
         for &(version, write, commit, commit_index) in committed {
             let began = h.ops[write as usize].invoke_time;
             // The last holding evidence before the write began.
@@ -239,8 +275,8 @@ pub fn pairs(
                         let newer = fills
                             .iter()
                             .find(|f| f.0 >= t && f.0 <= t + SET_TO_FILL && f.1 >= version);
-                        if let Some(&(_, _, op)) = newer {
-                            fate = Some((Fate::Overwritten { op }, t));
+                        if let Some(&(_, _, by)) = newer {
+                            fate = Some((Fate::Overwritten { by }, t));
                             break;
                         }
                     }

@@ -122,6 +122,17 @@ pub fn resolve(h: &mut History) {
                 }
             }
         }
+        // A read-back of a value no commit shows is no evidence of anything.
+        h.samples[key as usize].retain_mut(|s| match s.held {
+            Some(val) if val.version == UNVERSIONED => match version_of(val.write) {
+                Some(version) => {
+                    s.held = Some(Val { version, ..val });
+                    true
+                }
+                None => false,
+            },
+            _ => true,
+        });
         let fin = &mut h.finals[key as usize];
         if let Some(f) = fin.as_mut().filter(|f| f.value.version == UNVERSIONED) {
             match version_of(f.value.write) {

@@ -759,10 +759,21 @@ fn start_service(state: &State, h: &Host) -> Result<()> {
     let design = state.service.to_string();
     let region = h.region.clone().unwrap_or_default();
     let listen = format!("{}:{SERVICE_PORT}", h.addr);
+    let regions = state.regions.to_string();
     spawn_server(
         h,
         &[
-            &exe, "lab", "service", "--design", &design, "--region", &region, "--listen", &listen,
+            &exe,
+            "lab",
+            "service",
+            "--design",
+            &design,
+            "--region",
+            &region,
+            "--regions",
+            &regions,
+            "--listen",
+            &listen,
         ],
         &service_log(h),
     )

@@ -23,6 +23,14 @@
 //!   database failover it starts again from the durable cursor: rows it had relayed
 //!   beyond it are relayed again, harmlessly.
 //!
+//!   It also follows a Redis failover without waiting for an error: every
+//!   [`SWITCH_CHECK`] it asks each region's Sentinels for the primary, and when the
+//!   primary changed it relays again, to the new one, every key it relayed in the last
+//!   [`REPLAY_WINDOW`], at the highest version it relayed. Sentinel promotes a replica
+//!   before it names it (and demotes the old primary seconds later): the invalidations
+//!   that reached the old primary meanwhile never replicate, and without the replay the
+//!   new primary keeps what they deleted.
+//!
 //! Both invalidate a batch the same way, so that one round trip per region serves the
 //! whole batch:
 //! - Coalesced by key: one invalidation per key, for the highest version of the key in
@@ -91,6 +99,12 @@ const NOTIFY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Between two attempts at a region that failed.
 const RETRY: Duration = Duration::from_millis(100);
+
+/// How often the outbox relay asks the Sentinels whether a region's primary changed.
+pub const SWITCH_CHECK: Duration = Duration::from_millis(250);
+
+/// How far back the outbox relay replays its invalidations to a new primary.
+pub const REPLAY_WINDOW: Duration = Duration::from_secs(30);
 
 /// The relay's pause when the outbox had nothing new: from the first, doubled while it
 /// stays empty, up to the second.
@@ -246,6 +260,8 @@ async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Out
 struct Invalidator {
     regions: Vec<Region>,
     log: Log,
+    /// The keys invalidated lately: the highest version, and when.
+    recent: HashMap<String, (i64, Instant)>,
 }
 
 impl Invalidator {
@@ -274,7 +290,53 @@ impl Invalidator {
                 design: opts.design,
                 file: Mutex::new(file),
             },
+            recent: HashMap::new(),
         })
+    }
+
+    /// Asks each region's Sentinels for the primaries it invalidates on; where one
+    /// changed, invalidates there again every key of the last [`REPLAY_WINDOW`].
+    async fn follow_switches(&mut self) {
+        let now = Instant::now();
+        self.recent
+            .retain(|_, (_, at)| now.duration_since(*at) <= REPLAY_WINDOW);
+        let log = &self.log;
+        for region in &mut self.regions {
+            let known: Vec<(usize, Node)> = region
+                .primaries
+                .iter()
+                .map(|(s, n)| (*s, n.clone()))
+                .collect();
+            for (shard, node) in known {
+                let Some(found) = region.backend.primary(shard).await else {
+                    continue;
+                };
+                if found.primary.addr == node.addr {
+                    continue;
+                }
+                let replay: Vec<Invalidation> = self
+                    .recent
+                    .iter()
+                    .filter(|(k, _)| region.backend.route(k) == shard)
+                    .map(|(k, (v, _))| Invalidation {
+                        key: k.clone(),
+                        version: *v,
+                        covers: vec![*v],
+                    })
+                    .collect();
+                eprintln!(
+                    "outbox: {} is the primary of {} now (was {}): relaying the {} keys of the last {:?} there again",
+                    found.primary.addr,
+                    region.name,
+                    node.addr,
+                    replay.len(),
+                    REPLAY_WINDOW
+                );
+                region.forget(shard, &node);
+                region.primaries.insert(shard, found.primary);
+                region.invalidate(&replay, None, log).await;
+            }
+        }
     }
 
     /// Invalidates `batch` in every region at once. `patience`: how long to retry a
@@ -283,6 +345,14 @@ impl Invalidator {
     async fn invalidate(&mut self, batch: &[Invalidation], patience: Option<Duration>) -> bool {
         if batch.is_empty() {
             return true;
+        }
+        let now = Instant::now();
+        for inv in batch {
+            let e = self
+                .recent
+                .entry(inv.key.clone())
+                .or_insert((inv.version, now));
+            *e = (e.0.max(inv.version), now);
         }
         let log = &self.log;
         let done = join_all(
@@ -634,7 +704,12 @@ async fn outbox(opts: &Options, invalidator: &mut Invalidator) -> Result<()> {
             let mut frontier = Frontier::new(position);
             let mut durable = position;
             let mut idle = IDLE.0;
+            let mut checked = Instant::now();
             loop {
+                if checked.elapsed() >= SWITCH_CHECK {
+                    invalidator.follow_switches().await;
+                    checked = Instant::now();
+                }
                 let rows = within(
                     "reading the outbox",
                     client.query(

@@ -104,9 +104,11 @@ pub enum ServiceDesign {
     /// DEL, commit, answer, and DEL again after [`Options::double_delete_delay`]: fewer
     /// stale fills survive, not none.
     DelayedDoubleDelete,
-    /// Commit, then a versioned invalidation (a tombstone of the version); reads fill
-    /// with the versioned fill, which refuses an older version. Coherent under faults
-    /// together with the lab's outbox pipeline for the other regions.
+    /// Commit, then a versioned invalidation (a tombstone of the version) of its own
+    /// region's cache and of every other region's ([`Options::remote`]) before it
+    /// answers; reads fill with the versioned fill, which refuses an older version.
+    /// Fresh at once without faults; coherent under faults together with the lab's
+    /// outbox pipeline, which covers a region the service could not reach.
     Versioned,
     /// The service never deletes (the lab's invalidator does); reads fill plainly.
     Pipeline,
@@ -177,6 +179,9 @@ pub struct Options {
     pub listen: SocketAddr,
     /// Its region's caches: the primary and its Sentinels (none: the primary is fixed).
     pub cache: RegionNodes,
+    /// The other regions' caches, which `versioned` invalidates too before it answers
+    /// (none: only its own).
+    pub remote: Vec<RegionNodes>,
     /// PostgreSQL servers (`host:port`); it writes to the one that is a primary (the
     /// first in this order that is), and looks again after an error.
     pub db: Vec<String>,
@@ -200,6 +205,7 @@ impl Options {
             design,
             listen,
             cache,
+            remote: Vec::new(),
             db,
             fill_ttl: Duration::from_secs(60),
             double_delete_delay: Duration::from_millis(500),
@@ -207,24 +213,34 @@ impl Options {
         }
     }
 
-    /// The service of `region` in the lab (`rN`): listening on its app host, its cache
-    /// the region's Redis through the region's Sentinels, its database the lab's.
-    pub fn lab(design: ServiceDesign, region: &str) -> Result<Options> {
+    /// The service of `region` in a lab of `regions` regions (`rN`): listening on its
+    /// app host, its cache the region's Redis through the region's Sentinels (and the
+    /// other regions' for `versioned`), its database the lab's.
+    pub fn lab(design: ServiceDesign, region: &str, regions: u32) -> Result<Options> {
         let n = region_number(region)?;
-        let hosts = layout::hosts(n);
+        if n > regions {
+            bail!("the lab has {regions} regions: it has no {region}");
+        }
+        let hosts = layout::hosts(regions);
         let app = hosts
             .iter()
             .find(|h| h.role == Role::Service && h.region.as_deref() == Some(region))
             .ok_or_else(|| anyhow!("the lab has no service host in {region}"))?;
-        Ok(Options::new(
+        let mut opts = Options::new(
             design,
             SocketAddr::from((app.addr, SERVICE_PORT)),
             crate::invalidator::region_nodes(&hosts, region),
-            crate::invalidator::db_servers(n)
+            crate::invalidator::db_servers(regions)
                 .iter()
                 .map(|a| format!("{a}:{}", layout::PG_PORT))
                 .collect(),
-        ))
+        );
+        opts.remote = (1..=regions)
+            .map(|i| format!("r{i}"))
+            .filter(|r| r != region)
+            .map(|r| crate::invalidator::region_nodes(&hosts, &r))
+            .collect();
+        Ok(opts)
     }
 
     /// A fixed Redis primary at `addr` (`host:port`), found through no Sentinel.
@@ -524,10 +540,18 @@ async fn versioned_invalidation(
     value: &str,
 ) -> Result<Written, WriteError> {
     let version = svc.db.write(key, value).await?;
-    Ok(committed(
+    // Every region at once; an error names the region (the outbox relay still covers it).
+    let all = std::iter::once(&svc.cache).chain(&svc.remote);
+    let results =
+        futures_util::future::join_all(all.map(|c| c.invalidate_versioned(key, version))).await;
+    let errors: Vec<String> = results
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| format!("{e:#}")))
+        .collect();
+    Ok(Written {
         version,
-        svc.cache.invalidate_versioned(key, version).await,
-    ))
+        cache_error: (!errors.is_empty()).then(|| errors.join("; ")),
+    })
 }
 
 async fn pipeline(svc: &Service, key: &str, value: &str) -> Result<Written, WriteError> {
@@ -541,6 +565,8 @@ struct Service {
     fill_ttl_ms: u64,
     double_delete_delay: Duration,
     cache: Arc<Cache>,
+    /// The other regions' caches (`versioned` only).
+    remote: Vec<Arc<Cache>>,
     db: Pool,
 }
 
@@ -556,6 +582,14 @@ impl Service {
                 .max(1),
             double_delete_delay: opts.double_delete_delay,
             cache: Arc::new(Cache::new(&opts.cache)),
+            remote: match opts.design {
+                ServiceDesign::Versioned => opts
+                    .remote
+                    .iter()
+                    .map(|r| Arc::new(Cache::new(r)))
+                    .collect(),
+                _ => Vec::new(),
+            },
             db: Pool::new(opts.db.clone(), opts.connections.max(1)),
         })
     }
@@ -993,13 +1027,23 @@ mod tests {
 
     #[test]
     fn a_lab_service_listens_on_its_regions_app_host() {
-        let o = Options::lab(ServiceDesign::Versioned, "r2").unwrap();
+        let o = Options::lab(ServiceDesign::Versioned, "r2", 2).unwrap();
         assert_eq!(o.listen.to_string(), "10.77.0.34:8080");
         assert_eq!(o.cache.primary.addr, "10.77.0.31:6379");
         assert_eq!(o.cache.sentinels.len(), 3);
         assert_eq!(o.db, ["10.77.0.11:5432", "10.77.0.12:5432"]);
+        let remote: Vec<&str> = o.remote.iter().map(|r| r.primary.addr.as_str()).collect();
+        assert_eq!(remote, ["10.77.0.21:6379"]);
+        // r1's service reaches r2's cache too (the region count is the lab's).
+        let o = Options::lab(ServiceDesign::Versioned, "r1", 2).unwrap();
+        let remote: Vec<&str> = o.remote.iter().map(|r| r.primary.addr.as_str()).collect();
+        assert_eq!(remote, ["10.77.0.31:6379"]);
+        assert!(Options::lab(ServiceDesign::Versioned, "r3", 2).is_err());
         for bad in ["r0", "x1", "r10", ""] {
-            assert!(Options::lab(ServiceDesign::Pipeline, bad).is_err(), "{bad}");
+            assert!(
+                Options::lab(ServiceDesign::Pipeline, bad, 2).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -608,6 +608,12 @@ pub struct Observe {
     /// it, a node that sends none is refused, naming the `CONFIG SET` line to run.
     #[serde(default)]
     pub configure: bool,
+    /// Read each key the cache observer saw set back on its node and record what it
+    /// held (`sample`): what shows a node held an older version when the workload
+    /// records no fills of its own (a user's service). Default: on for the `http`
+    /// workload, off otherwise. Costs a GET per SET on the node.
+    #[serde(default)]
+    pub read_back: Option<bool>,
     /// The commit observer: the table whose committed changes to follow (none when
     /// absent).
     #[serde(default)]
@@ -641,6 +647,7 @@ impl Observe {
             nodes: None,
             pattern: key_pattern(),
             value: versioned_json(),
+            read_back: None,
             configure: true,
             database: Some(ObserveDatabase {
                 table: items(),

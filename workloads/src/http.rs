@@ -866,6 +866,23 @@ impl Decode {
         }
     }
 
+    /// The value a cached string stands for in the history: `{"version", "write"}`
+    /// (`versioned-json` with a version) or `{"write"}`; `None` when it names none.
+    pub fn held(&self, cached: &str) -> Option<Value> {
+        let write = self.write_of(cached).ok()?;
+        let version = match self {
+            Decode::VersionedJson => serde_json::from_str::<Value>(cached)
+                .ok()
+                .and_then(|v| v.get("version")?.as_i64())
+                .filter(|v| *v >= 0),
+            Decode::Pointer(_) => None,
+        };
+        Some(match version {
+            Some(v) => json!({"version": v, "write": write}),
+            None => json!({"write": write}),
+        })
+    }
+
     /// The unique value a cached string names.
     pub fn write_of(&self, cached: &str) -> Result<String, OpError> {
         let v: Value = serde_json::from_str(cached)

@@ -5,6 +5,12 @@
 //! clock when it is received: a `del`/`unlink` as `invalidate`, `expired` as `expire`,
 //! `evicted` as `evict`, a `set` as `set`.
 //!
+//! A notification does not say what was set. When the campaign asks for it
+//! ([`CacheWatch::read_back`]), the observer reads each set key back on its node and
+//! records what the node held as a `sample` (`{"from", "held"}`: sent at `from`, the
+//! value or null): holding evidence for the checker where the workload records no
+//! fills (a user's service fills its cache unseen).
+//!
 //! Notifications are fire-and-forget: while the subscription is down, changes happen
 //! unseen. So a dropped subscription is reconnected, and the time it was down is
 //! recorded as an `observer-gap` event (`{"node", "from", "to"}`, ns on the run's
@@ -53,7 +59,13 @@ pub struct CacheWatch {
     /// setting, which may be off. Without it the setting is checked instead, and while
     /// it is off the observer counts itself blind.
     pub configure: bool,
+    /// Read each set key back and record what the node held (`sample`), decoding the
+    /// cached value so; `None`: record only that it was set.
+    pub read_back: Option<crate::http::Decode>,
 }
+
+/// Read-backs in flight per node at most: more wait for one to finish.
+const READ_BACKS_IN_FLIGHT: usize = 32;
 
 impl CacheWatch {
     fn client(&self) -> redis::RedisResult<redis::Client> {
@@ -132,6 +144,44 @@ pub async fn watch_ready(
     mut ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) {
     let channel = format!("__keyspace@{}__:", w.db);
+    // The read-backs, on a task of their own so that they never delay stamping.
+    let (sample_tx, sampler) = match &w.read_back {
+        Some(decode) => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+            let task = tokio::spawn(read_back(w.clone(), decode.clone(), rec.clone(), rx));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    watch_notifications(
+        &w,
+        &rec,
+        &mut stop,
+        &mut ready,
+        &channel,
+        sample_tx.as_ref(),
+    )
+    .await;
+    // The read-backs asked for are answered (or given up) before the observer stops.
+    drop(sample_tx);
+    if let Some(task) = sampler {
+        if tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .is_err()
+        {
+            eprintln!("the read-backs of {} did not finish in 2 s", w.node);
+        }
+    }
+}
+
+async fn watch_notifications(
+    w: &CacheWatch,
+    rec: &Arc<Recorder>,
+    stop: &mut watch::Receiver<bool>,
+    ready: &mut Option<tokio::sync::oneshot::Sender<()>>,
+    channel: &str,
+    samples: Option<&tokio::sync::mpsc::UnboundedSender<String>>,
+) {
     // When the observer went blind (None: it sees, or has not started yet).
     let mut blind_since: Option<u64> = None;
     let mut started = false;
@@ -196,6 +246,9 @@ pub async fn watch_ready(
                                 .key(key.to_string())
                                 .node(w.node.clone()),
                         );
+                        if let (Some(tx), "set") = (samples, f) {
+                            let _ = tx.send(key.to_string());
+                        }
                     }
                 }
                 _ = stop.changed() => {
@@ -210,6 +263,75 @@ pub async fn watch_ready(
     if let Some(from) = blind_since {
         log_gap(&rec, &w.node, from);
     }
+}
+
+/// Reads back each key `keys` names on `w`'s node and logs what it held, as a
+/// `sample`, until the channel closes. A read-back that fails logs nothing: it shows
+/// nothing held.
+async fn read_back(
+    w: CacheWatch,
+    decode: crate::http::Decode,
+    rec: Arc<Recorder>,
+    keys: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let Ok(client) = w.client() else { return };
+    let con: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>> =
+        tokio::sync::Mutex::new(None);
+    let stream =
+        futures_util::stream::unfold(
+            keys,
+            |mut rx| async move { rx.recv().await.map(|k| (k, rx)) },
+        );
+    stream
+        .for_each_concurrent(READ_BACKS_IN_FLIGHT, |key| {
+            let (client, con, w, decode, rec) = (&client, &con, &w, &decode, &rec);
+            async move {
+                let from = rec.elapsed().as_nanos() as u64;
+                let mut c = {
+                    let mut slot = con.lock().await;
+                    if slot.is_none() {
+                        let opened = tokio::time::timeout(
+                            Duration::from_secs(1),
+                            client.get_multiplexed_async_connection(),
+                        )
+                        .await;
+                        if let Ok(Ok(c)) = opened {
+                            *slot = Some(c);
+                        }
+                    }
+                    match slot.clone() {
+                        Some(c) => c,
+                        None => return,
+                    }
+                };
+                let got = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    redis::cmd("GET")
+                        .arg(&key)
+                        .query_async::<Option<String>>(&mut c),
+                )
+                .await;
+                let held = match got {
+                    Ok(Ok(None)) => serde_json::Value::Null,
+                    Ok(Ok(Some(cached))) => match decode.held(&cached) {
+                        Some(v) => v,
+                        // Not a value of the workload's: it shows nothing.
+                        None => return,
+                    },
+                    _ => {
+                        *con.lock().await = None;
+                        return;
+                    }
+                };
+                rec.log(
+                    Event::new(0, process(&w.node), EventType::Info, "sample")
+                        .key(key)
+                        .node(w.node.clone())
+                        .value(json!({"from": from, "held": held})),
+                );
+            }
+        })
+        .await;
 }
 
 /// Logs that the observer of `node` was blind from `from` until now.

@@ -37,6 +37,7 @@ async fn the_cache_observer_records_changes_and_where_it_was_blind() {
         pattern: "k*".into(),
         db: 0,
         configure: false,
+        read_back: None,
     };
     // A node that sends no notifications is refused, with the line to run.
     let e = w.check_setting().await.unwrap_err();
@@ -132,6 +133,7 @@ async fn a_restarted_node_that_forgot_its_notifications_is_not_watched_blindly()
         pattern: "k*".into(),
         db: 0,
         configure,
+        read_back: None,
     };
     watch_of("lab", port, true).configure().await.unwrap();
     watch_of("staging", port2, true).configure().await.unwrap();

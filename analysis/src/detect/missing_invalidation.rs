@@ -9,7 +9,7 @@ use crate::causes::{Cause, CauseKind};
 use crate::check::Context;
 use crate::explain::{at, duration, line, CauseView, Explaining, Explanation};
 use crate::model::History;
-use crate::observers::{missing_cause, Fate, MissingCause, Pair};
+use crate::observers::{missing_cause, Fate, Holding, MissingCause, Pair};
 use coherence_store::quote;
 
 /// The missing-invalidation check.
@@ -136,24 +136,22 @@ impl Found for Awaited {
         let committed = committed_words(ex, p);
         let summary = match p.fate {
             Fate::Invalidated { time, index } => format!(
-                "version {} of key {} was {committed}, when {node} held version {} ({} at line {}); {node}'s observer saw its invalidation only at {} (line {}), {} after the commit: later than the bound of {}.",
+                "version {} of key {} was {committed}, when {node} held version {} ({}); {node}'s observer saw its invalidation only at {} (line {}), {} after the commit: later than the bound of {}.",
                 p.version,
                 ex.key_name(),
                 p.held,
-                ex.name(p.evidence),
-                line(h.ops[p.evidence as usize].invoke_index),
+                holding_words(ex, p.evidence),
                 at(time),
                 line(index),
                 duration(time.saturating_sub(p.commit)),
                 duration(ex.ctx.invalidation_bound.unwrap_or(0)),
             ),
             _ => format!(
-                "version {} of key {} was {committed}, when {node} held version {} ({} at line {}); {node}'s observer, watching without a gap, saw no invalidation of the key there (and no fill of the new version) by {}.",
+                "version {} of key {} was {committed}, when {node} held version {} ({}); {node}'s observer, watching without a gap, saw no invalidation of the key there (and no fill of the new version) by {}.",
                 p.version,
                 ex.key_name(),
                 p.held,
-                ex.name(p.evidence),
-                line(h.ops[p.evidence as usize].invoke_index),
+                holding_words(ex, p.evidence),
                 match h.final_phase {
                     Some((i, t)) => format!("the final phase at {} (line {})", at(t), line(i)),
                     None => "the end of the history".into(),
@@ -178,6 +176,11 @@ impl Found for Awaited {
         if c.event != u64::MAX {
             indices.push(c.event);
         }
+        let mut proof = vec![p.write];
+        match p.evidence {
+            Holding::Op(op) => proof.push(op),
+            Holding::Sample(index) => indices.push(index),
+        }
         Explanation {
             cause: Some((c, p.write)),
             cause_view: Some(CauseView {
@@ -189,8 +192,20 @@ impl Found for Awaited {
                 "an invalidation that never came (or came late) is no cycle of operations: the proof is the commit, what the node held, and what its observer saw after",
             ),
             cycle: false,
-            ..Explanation::new(summary, vec![p.write, p.evidence], Vec::new(), p.version)
+            ..Explanation::new(summary, proof, Vec::new(), p.version)
         }
+    }
+}
+
+/// "read 12 at line 40", or "its observer's read-back at line 41".
+pub(crate) fn holding_words(ex: &Explaining<'_>, by: Holding) -> String {
+    match by {
+        Holding::Op(op) => format!(
+            "{} at line {}",
+            ex.name(op),
+            line(ex.history().ops[op as usize].invoke_index)
+        ),
+        Holding::Sample(index) => format!("its observer's read-back at line {}", line(index)),
     }
 }
 

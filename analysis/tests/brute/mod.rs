@@ -74,8 +74,19 @@ pub fn history(steps: &[Step]) -> Vec<String> {
                 23 => {
                     json!({"process": "monitor:n", "type": "info", "f": "invalidate", "key": key, "node": "n"})
                 }
+                24 if s.b % 4 >= 2 => {
+                    // A read-back: what n held, asked a little earlier.
+                    let from = time.saturating_sub((s.a % 3) as u64 * 1_000_000);
+                    let id = &writes[s.a as usize % writes.len()];
+                    let held = if s.a % 7 == 0 {
+                        Value::Null
+                    } else {
+                        value(s.b % 5, id)
+                    };
+                    json!({"process": "monitor:n", "type": "info", "f": "sample", "key": key, "node": "n", "value": {"from": from, "held": held}})
+                }
                 24 => {
-                    let f = ["set", "expire", "evict"][s.b as usize % 3];
+                    let f = ["set", "expire", "evict"][s.b as usize % 4];
                     json!({"process": "monitor:n", "type": "info", "f": f, "key": key, "node": "n"})
                 }
                 25 => {
@@ -298,9 +309,11 @@ fn resolve(text: &str) -> Resolved {
             _ => false,
         }
     };
-    let any = events
-        .iter()
-        .any(|e| e["process"].is_i64() && valued(e) && unversioned(&e["value"]));
+    let sample = |e: &Value| e["process"].is_string() && e["f"] == "sample";
+    let any = events.iter().any(|e| {
+        (e["process"].is_i64() && valued(e) && unversioned(&e["value"]))
+            || (sample(e) && unversioned(&e["value"]["held"]))
+    });
     if !any {
         return Resolved {
             text: text.to_string(),
@@ -373,6 +386,16 @@ fn resolve(text: &str) -> Resolved {
                     e["value"]["write"].as_str().unwrap(),
                 );
                 e["value"]["version"] = json!(v.unwrap_or(0));
+            }
+            // A read-back of a write no commit shows is no evidence: dropped.
+            if sample(e) && unversioned(&e["value"]["held"]) {
+                match version_of(
+                    e["key"].as_str().unwrap(),
+                    e["value"]["held"]["write"].as_str().unwrap(),
+                ) {
+                    Some(v) => e["value"]["held"]["version"] = json!(v),
+                    None => e["f"] = json!("dropped-sample"),
+                }
             }
             continue;
         }
@@ -492,6 +515,8 @@ fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<F
     let mut seen: Vec<(String, String, u64, u64, String)> = Vec::new();
     // (node, from, to) of cache observers' gaps
     let mut gaps: Vec<(String, u64, u64)> = Vec::new();
+    // (key, node, from, version held or None) of cache observers' read-backs
+    let mut samples: Vec<(String, String, u64, Option<i64>)> = Vec::new();
     // (key, write id, version, time) of commit events
     let mut commits: Vec<(String, String, Option<i64>, u64)> = Vec::new();
     let mut end_time = 0;
@@ -522,6 +547,15 @@ fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<F
                     time,
                     index,
                     f.into(),
+                ));
+            }
+            if f == "sample" && actor.starts_with("monitor:") {
+                let held = &e["value"]["held"];
+                samples.push((
+                    e["key"].as_str().unwrap().into(),
+                    e["node"].as_str().unwrap().into(),
+                    e["value"]["from"].as_u64().unwrap().min(time),
+                    held["version"].as_i64().filter(|_| !held.is_null()),
                 ));
             }
             if f == "observer-gap" && actor.starts_with("monitor:") && e["node"].is_string() {
@@ -696,7 +730,7 @@ fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<F
     }
     // missing-invalidation and slow-invalidation: every pair's fate, by the definitions
     let pairs = fates(
-        &ops, &watched, &seen, &gaps, &commits, final_time, end_time, &is_lost,
+        &ops, &watched, &seen, &samples, &gaps, &commits, final_time, end_time, &is_lost,
     );
     let all_fates: Vec<Fate> = pairs.iter().map(|p| p.3).collect();
     for (key, version, w, fate) in pairs {
@@ -771,6 +805,7 @@ fn fates<'o>(
     ops: &'o [Op],
     watched: &[String],
     seen: &[(String, String, u64, u64, String)],
+    samples: &[(String, String, u64, Option<i64>)],
     gaps: &[(String, u64, u64)],
     commits: &[(String, String, Option<i64>, u64)],
     final_time: Option<u64>,
@@ -813,10 +848,29 @@ fn fates<'o>(
                     .iter()
                     .filter(|o| o.key == key && o.node.as_deref() == Some(node) && o.kind == "ok")
                     .filter_map(|o| match o.f.as_str() {
-                        "fill" => Some((o.complete.unwrap(), o.value.as_ref().map(|v| v.0))),
+                        // not when, between its invoke and its completion, the
+                        // observer saw the key removed, or set more than once
+                        "fill" => {
+                            let t = o.complete.unwrap();
+                            let during: Vec<&str> = seen
+                                .iter()
+                                .filter(|c| c.0 == key && &c.1 == node && c.2 > o.invoke && c.2 < t)
+                                .map(|c| c.4.as_str())
+                                .collect();
+                            let removed = during.iter().any(|f| *f != "set");
+                            let sets = during.iter().filter(|f| **f == "set").count();
+                            (!removed && sets <= 1).then(|| (t, o.value.as_ref().map(|v| v.0)))
+                        }
                         "read" | "final-read" => Some((o.invoke, o.value.as_ref().map(|v| v.0))),
                         _ => None,
-                    });
+                    })
+                    // and the observer's read-backs of the node, at their `from`
+                    .chain(
+                        samples
+                            .iter()
+                            .filter(|x| x.0 == key && &x.1 == node)
+                            .map(|x| (x.2, x.3)),
+                    );
                 let Some(last) = evidence.filter(|e| e.0 < began).max() else {
                     continue;
                 };
@@ -856,6 +910,12 @@ fn fates<'o>(
                                     && o.value.as_ref().is_some_and(|v| v.0 >= version)
                                     && o.complete
                                         .is_some_and(|t| t >= c.2 && t <= c.2 + 1_000_000_000)
+                            }) || samples.iter().any(|x| {
+                                x.0 == key
+                                    && &x.1 == node
+                                    && x.3.is_some_and(|v| v >= version)
+                                    && x.2 >= c.2
+                                    && x.2 <= c.2 + 1_000_000_000
                             });
                             if newer {
                                 fate = Some((Fate::Overwritten, c.2));
