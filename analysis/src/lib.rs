@@ -21,6 +21,7 @@ pub mod explain;
 pub mod faults;
 pub mod graph;
 pub mod index;
+pub mod live;
 pub mod junit;
 pub mod model;
 pub mod observers;

@@ -944,6 +944,14 @@ struct RawVersioned<'a> {
 
 /// Parses one line into an event, checking fields and value shape; `line` and
 /// `invoke_index` are filled in later.
+/// Parses one line of a history (without its newline) into an event, checking its
+/// shape as [`read_from`] does but not its place in the file: the `index` is not
+/// checked against the line's position, and a completion's `invoke_index` is left
+/// unset. For a reader that takes lines as they come (the online checker).
+pub fn parse_event(line: &str) -> Result<EventRef<'_>, String> {
+    parse_line(Line::Text(trim_cr_str(line)))
+}
+
 fn parse_line(line: Line<'_>) -> Result<EventRef<'_>, String> {
     match parse_fast(line) {
         Some(event) => Ok(event),

@@ -1,0 +1,479 @@
+//! The online checker: anomalies as the history is written, not after.
+//!
+//! [`Live`] takes a history's events one at a time, in file order (from `coherence run`'s
+//! recorder, or from a file another process is still writing: `check --follow`), and
+//! flags an anomaly as soon as the events so far make it certain, never earlier. Its
+//! state is per key and per (process, key), so each event costs a few map lookups and
+//! its memory is bounded by the keys, the processes and the operations in flight.
+//!
+//! What it decides, by the definitions of `docs/history.md` (*Anomalies*), each at the
+//! completion of the read that shows it:
+//!
+//! - `stale-read`: an ok `read` or `db-read` R of version v, when an ok write of a
+//!   version above v completed more than Δ before R was invoked. Every such write
+//!   completed before R did, so its `ok` is already in the history when R's is: the
+//!   read is judged once, at its completion, exactly as the offline check judges it.
+//! - `monotonic-read`: the process read the key at a higher version earlier.
+//! - `read-your-writes`: the process wrote the key at a higher version earlier (ok).
+//! - `non-convergence`: a `final-read` after the `final-phase` that returned a value
+//!   other than the key's ok `db-final-read` (whichever of the two comes second).
+//!
+//! Values without versions take the version their write's `commit` event states; a
+//! value whose write no `commit` with a version has shown yet is not judged (live says
+//! nothing rather than guess). The checks that need the whole history (phantoms, lost
+//! writes, forks, missing and slow invalidations) are left to the offline check.
+//! Every live detection is also an offline finding of the same history (same kind,
+//! same operation): `analysis/tests/live.rs` holds it to that.
+
+use crate::detect::AnomalyKind;
+use coherence_store::reader::{EventRef, ProcessRef, ValueRef};
+use coherence_store::{EventType, OpKind, UNVERSIONED};
+use rustc_hash::FxHashMap;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// The anomalies the online checker decides.
+pub const LIVE_KINDS: [AnomalyKind; 4] = [
+    AnomalyKind::StaleRead,
+    AnomalyKind::MonotonicRead,
+    AnomalyKind::ReadYourWrites,
+    AnomalyKind::NonConvergence,
+];
+
+/// One anomaly, flagged when the history made it certain.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detection {
+    /// Which anomaly.
+    pub kind: AnomalyKind,
+    /// The key.
+    pub key: String,
+    /// The index of the offending operation's invoke (the offline finding's `index`).
+    pub index: u64,
+    /// The index of the event that made it certain (the read's completion).
+    pub certain_index: u64,
+    /// When that event arrived (ns on the caller's clock).
+    pub arrived_ns: u64,
+    /// When it was flagged (same clock).
+    pub detected_ns: u64,
+    /// One line saying what was seen.
+    pub summary: String,
+}
+
+/// What the online checker found: `results.json`'s `live` section.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct LiveSummary {
+    /// Detections per kind.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Time from the event that made each detection certain to the detection, in ns.
+    pub mttd_ns: Mttd,
+    /// Events taken.
+    pub events: u64,
+}
+
+/// Percentiles of the time to detection.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Mttd {
+    /// Median.
+    pub p50: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+/// A value as live knows it: its version (if known) and its write id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Value {
+    version: Option<i64>,
+    write: String,
+}
+
+impl Value {
+    fn of(v: &coherence_store::reader::VersionedRef<'_>) -> Value {
+        Value {
+            version: (v.version != UNVERSIONED).then_some(v.version),
+            write: v.write.to_string(),
+        }
+    }
+}
+
+/// An operation in flight.
+#[derive(Debug)]
+struct Pending {
+    index: u64,
+    time: u64,
+    op: OpKind,
+    key: String,
+    /// A write's id.
+    write: Option<String>,
+    /// Invoked after the final phase began.
+    after_final: bool,
+}
+
+/// A key's state.
+#[derive(Debug, Default)]
+struct KeyState {
+    /// The ok writes that matter for staleness: (version, completion), both increasing
+    /// (a write of a lower version completed later is dominated by one above it that
+    /// completed earlier, and dropped).
+    frontier: Vec<(i64, u64)>,
+    /// Write ids whose version a `commit` event stated.
+    versions: FxHashMap<String, i64>,
+    /// Ok writes waiting for their version: write id -> completion time.
+    awaiting: FxHashMap<String, u64>,
+    /// The database's final value (ok `db-final-read`).
+    db_final: Option<Value>,
+    /// Final reads after the final phase, waiting for the database's final value:
+    /// (invoke index, completion index, value).
+    final_reads: Vec<(u64, u64, Value)>,
+}
+
+impl KeyState {
+    fn version(&self, v: &Value) -> Option<i64> {
+        match v.version {
+            Some(n) => Some(n),
+            None if v.write == "init" => Some(0),
+            None => self.versions.get(&v.write).copied(),
+        }
+    }
+
+    /// Adds an ok write of `version` completed at `t` to the frontier.
+    fn acked(&mut self, version: i64, t: u64) {
+        let f = &mut self.frontier;
+        // Dominated: a write of a version at least as high completed no later.
+        let at = f.partition_point(|e| e.0 < version);
+        if f[at..].first().is_some_and(|e| e.1 <= t) {
+            return;
+        }
+        // It dominates those of lower versions that completed no earlier.
+        let mut start = at;
+        while start > 0 && f[start - 1].1 >= t {
+            start -= 1;
+        }
+        let end = if f.get(at).is_some_and(|e| e.0 == version) {
+            at + 1
+        } else {
+            at
+        };
+        f.splice(start..end, [(version, t)]);
+    }
+
+    /// The earliest completion of an ok write of a version above `v`.
+    fn newer_acked(&self, v: i64) -> Option<(i64, u64)> {
+        let at = self.frontier.partition_point(|e| e.0 <= v);
+        self.frontier.get(at).copied()
+    }
+}
+
+/// The online checker.
+#[derive(Debug)]
+pub struct Live {
+    bound: u64,
+    keys: FxHashMap<String, KeyState>,
+    pending: FxHashMap<i64, Pending>,
+    /// Per (process, key): the highest version read, and written (ok).
+    sessions: FxHashMap<(i64, String), (Option<i64>, Option<i64>)>,
+    final_phase: bool,
+    counts: BTreeMap<&'static str, u64>,
+    mttd: hdrhistogram::Histogram<u64>,
+    events: u64,
+}
+
+impl Live {
+    /// A checker with staleness bound `bound` (ns).
+    pub fn new(bound: u64) -> Live {
+        Live {
+            bound,
+            keys: FxHashMap::default(),
+            pending: FxHashMap::default(),
+            sessions: FxHashMap::default(),
+            final_phase: false,
+            counts: BTreeMap::new(),
+            mttd: hdrhistogram::Histogram::new(3).expect("3 significant figures"),
+            events: 0,
+        }
+    }
+
+    /// Takes the next event, which arrived at `arrived` (ns on the clock `now` reads);
+    /// the anomalies it made certain.
+    pub fn feed(
+        &mut self,
+        ev: &EventRef<'_>,
+        arrived: u64,
+        now: &dyn Fn() -> u64,
+    ) -> Vec<Detection> {
+        self.events += 1;
+        let mut found: Vec<(AnomalyKind, String, u64, String)> = Vec::new();
+        match &ev.process {
+            ProcessRef::Actor(actor) => {
+                if ev.op == OpKind::FinalPhase {
+                    self.final_phase = true;
+                }
+                if ev.f == "commit" {
+                    self.commit(ev, actor);
+                }
+            }
+            ProcessRef::Client(p) => {
+                if ev.kind == EventType::Invoke {
+                    let write = match &ev.value {
+                        ValueRef::WriteRequest(id) => Some(id.to_string()),
+                        _ => None,
+                    };
+                    if let Some(key) = &ev.key {
+                        self.pending.insert(
+                            *p,
+                            Pending {
+                                index: ev.index,
+                                time: ev.time,
+                                op: ev.op,
+                                key: key.to_string(),
+                                write,
+                                after_final: self.final_phase,
+                            },
+                        );
+                    }
+                } else if let Some(inv) = self.pending.remove(p) {
+                    if ev.kind == EventType::Ok {
+                        self.completed(*p, inv, ev, &mut found);
+                    }
+                }
+            }
+        }
+        if found.is_empty() {
+            return Vec::new();
+        }
+        let detected = now();
+        found
+            .into_iter()
+            .map(|(kind, key, index, summary)| {
+                *self.counts.entry(kind.name()).or_default() += 1;
+                let _ = self.mttd.record(detected.saturating_sub(arrived));
+                Detection {
+                    kind,
+                    key,
+                    index,
+                    certain_index: ev.index,
+                    arrived_ns: arrived,
+                    detected_ns: detected,
+                    summary,
+                }
+            })
+            .collect()
+    }
+
+    /// A commit event of the commit observer: a write id's stated version.
+    fn commit(&mut self, ev: &EventRef<'_>, _actor: &str) {
+        let (Some(key), ValueRef::Raw(raw)) = (&ev.key, &ev.value) else {
+            return;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+            return;
+        };
+        let (Some(write), Some(version)) = (
+            v.get("write").and_then(|w| w.as_str()),
+            v.get("version").and_then(|n| n.as_i64()),
+        ) else {
+            return;
+        };
+        let k = self.keys.entry(key.to_string()).or_default();
+        // The first commit of a write id states its version.
+        if k.versions.contains_key(write) {
+            return;
+        }
+        k.versions.insert(write.to_string(), version);
+        if let Some(t) = k.awaiting.remove(write) {
+            k.acked(version, t);
+        }
+    }
+
+    fn completed(
+        &mut self,
+        process: i64,
+        inv: Pending,
+        ev: &EventRef<'_>,
+        found: &mut Vec<(AnomalyKind, String, u64, String)>,
+    ) {
+        let ms = |ns: u64| ns as f64 / 1e6;
+        let node = ev.node.as_deref().unwrap_or("?");
+        let key = inv.key;
+        let k = self.keys.entry(key.clone()).or_default();
+        match inv.op {
+            OpKind::Write => {
+                let Some(v) = ev.value.versioned().map(Value::of) else {
+                    return;
+                };
+                let write = inv.write.unwrap_or(v.write.clone());
+                let value = Value {
+                    version: v.version,
+                    write,
+                };
+                match k.version(&value) {
+                    Some(n) => {
+                        k.acked(n, ev.time);
+                        let s = self.sessions.entry((process, key)).or_default();
+                        s.1 = s.1.max(Some(n));
+                    }
+                    None => {
+                        k.awaiting.insert(value.write, ev.time);
+                    }
+                }
+            }
+            OpKind::Read | OpKind::DbRead => {
+                let Some(v) = ev.value.versioned().map(Value::of) else {
+                    return; // a miss is never stale
+                };
+                let Some(version) = k.version(&v) else {
+                    return; // not known yet: say nothing
+                };
+                if let Some((newer, done)) = k.newer_acked(version) {
+                    if done.saturating_add(self.bound) < inv.time {
+                        found.push((
+                            AnomalyKind::StaleRead,
+                            key.clone(),
+                            inv.index,
+                            format!(
+                                "read of key {} on {node} (line {}) returned version {version}, but version {newer} had been acknowledged {:.3} ms before it began",
+                                coherence_store::quote(&key),
+                                ev.index + 1,
+                                ms(inv.time - done)
+                            ),
+                        ));
+                    }
+                }
+                let s = self.sessions.entry((process, key.clone())).or_default();
+                if let Some(read) = s.0.filter(|r| *r > version) {
+                    found.push((
+                        AnomalyKind::MonotonicRead,
+                        key.clone(),
+                        inv.index,
+                        format!(
+                            "process {process} read key {} at version {version} on {node} (line {}) after reading version {read}",
+                            coherence_store::quote(&key),
+                            ev.index + 1
+                        ),
+                    ));
+                }
+                if let Some(wrote) = s.1.filter(|w| *w > version) {
+                    found.push((
+                        AnomalyKind::ReadYourWrites,
+                        key.clone(),
+                        inv.index,
+                        format!(
+                            "process {process} read key {} at version {version} on {node} (line {}) after writing version {wrote}",
+                            coherence_store::quote(&key),
+                            ev.index + 1
+                        ),
+                    ));
+                }
+                s.0 = s.0.max(Some(version));
+            }
+            OpKind::FinalRead if inv.after_final => {
+                let Some(v) = ev.value.versioned().map(Value::of) else {
+                    return; // a miss has converged
+                };
+                match &k.db_final {
+                    Some(db) => {
+                        if let Some(d) = diverged(k, &v, db, &key, node, ev.index) {
+                            found.push((AnomalyKind::NonConvergence, key, inv.index, d));
+                        }
+                    }
+                    None => k.final_reads.push((inv.index, ev.index, v)),
+                }
+            }
+            OpKind::DbFinalRead => {
+                let Some(db) = ev.value.versioned().map(Value::of) else {
+                    return;
+                };
+                let waiting = std::mem::take(&mut k.final_reads);
+                for (index, at, v) in waiting {
+                    if let Some(d) = diverged(k, &v, &db, &key, node, at) {
+                        found.push((AnomalyKind::NonConvergence, key.clone(), index, d));
+                    }
+                }
+                k.db_final = Some(db);
+            }
+            _ => {}
+        }
+    }
+
+    /// What it found so far.
+    pub fn summary(&self) -> LiveSummary {
+        let q = |p: f64| {
+            if self.mttd.is_empty() {
+                0
+            } else {
+                self.mttd.value_at_quantile(p)
+            }
+        };
+        LiveSummary {
+            counts: self.counts.clone(),
+            mttd_ns: Mttd {
+                p50: q(0.5),
+                p99: q(0.99),
+                max: self.mttd.max(),
+            },
+            events: self.events,
+        }
+    }
+
+    /// Detections so far, in all.
+    pub fn total(&self) -> u64 {
+        self.counts.values().sum()
+    }
+}
+
+/// Whether a final read of `v` differs from the database's final value `db`, in words;
+/// `None` when it agrees or cannot be told (a version not known yet).
+fn diverged(
+    k: &KeyState,
+    v: &Value,
+    db: &Value,
+    key: &str,
+    node: &str,
+    line_index: u64,
+) -> Option<String> {
+    let (a, b) = (k.version(v), k.version(db));
+    let differs = match (v.version, db.version) {
+        (Some(x), Some(y)) => x != y || v.write != db.write,
+        // Values without versions: a write id names one version.
+        _ => {
+            if a.is_none() || b.is_none() {
+                return None;
+            }
+            v.write != db.write
+        }
+    };
+    differs.then(|| {
+        format!(
+            "after the final phase, {node} held key {} at version {} (line {}), but the database's final version is {}",
+            coherence_store::quote(key),
+            a.map_or("?".into(), |n| n.to_string()),
+            line_index + 1,
+            b.map_or("?".into(), |n| n.to_string()),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeyState;
+
+    #[test]
+    fn the_frontier_keeps_the_earliest_ack_above_each_version() {
+        let mut k = KeyState::default();
+        k.acked(2, 20);
+        k.acked(1, 30); // dominated by version 2 at 20
+        assert_eq!(k.frontier, [(2, 20)]);
+        k.acked(3, 10); // dominates version 2
+        assert_eq!(k.frontier, [(3, 10)]);
+        k.acked(1, 5);
+        k.acked(5, 40);
+        assert_eq!(k.frontier, [(1, 5), (3, 10), (5, 40)]);
+        assert_eq!(k.newer_acked(0), Some((1, 5)));
+        assert_eq!(k.newer_acked(1), Some((3, 10)));
+        assert_eq!(k.newer_acked(4), Some((5, 40)));
+        assert_eq!(k.newer_acked(5), None);
+        k.acked(3, 8);
+        assert_eq!(k.frontier, [(1, 5), (3, 8), (5, 40)]);
+    }
+}
