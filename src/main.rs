@@ -1,6 +1,8 @@
 //! The `coherence` command line: parses arguments, wires the crates together, shows
 //! progress. No checking or fault logic lives here.
 
+mod follow;
+mod live;
 mod nemesis;
 mod observers;
 mod progress;
@@ -201,6 +203,14 @@ struct CheckArgs {
     /// others are listed as not run and the verdict is over the chosen ones.
     #[arg(long, value_delimiter = ',', value_name = "CHECKS")]
     checks: Option<Vec<coherence_analysis::AnomalyKind>>,
+    /// Follow a history that another process is still writing: check each event as it
+    /// is appended, print every anomaly as soon as it is certain, and give the offline
+    /// verdict once the file has not grown for --until-idle.
+    #[arg(long)]
+    follow: bool,
+    /// With --follow: how long the file may stay the same before it is taken as done.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = coherence_store::duration::parse)]
+    until_idle: Duration,
 }
 
 #[derive(clap::Args)]
@@ -458,6 +468,22 @@ fn print_status() -> anyhow::Result<u8> {
 }
 
 fn check(args: CheckArgs) -> anyhow::Result<u8> {
+    let bound = u64::try_from(args.staleness_bound.as_nanos()).unwrap_or(u64::MAX);
+    let live = if args.follow {
+        let file = if args.path.is_dir() {
+            RunDir::new(&args.path).history()
+        } else {
+            args.path.clone()
+        };
+        Some(follow::follow(
+            &file,
+            bound,
+            args.checks.as_deref(),
+            args.until_idle,
+        )?)
+    } else {
+        None
+    };
     let path = resolve_history(&args.path).map_err(anyhow::Error::msg)?;
     let inputs = inputs_of(&path);
     let inputs: Vec<&std::path::Path> = inputs.iter().map(PathBuf::as_path).collect();
@@ -483,6 +509,7 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
             dir: out.as_ref(),
             junit: &junit,
             inputs: &inputs,
+            live,
         },
     )?;
     let mut stdout = std::io::stdout().lock();

@@ -61,6 +61,35 @@ pub struct RunArgs {
     /// Override the checks that count ([checker] checks), e.g. non-convergence,lost-write.
     #[arg(long, value_delimiter = ',', value_name = "CHECKS")]
     checks: Option<Vec<coherence_analysis::AnomalyKind>>,
+    /// Stop at the first anomaly the online checker detects (of these kinds, e.g.
+    /// `--fail-fast=stale-read,read-your-writes`; alone: any it decides): the workload
+    /// stops, every fault heals, the final phase runs, the run directory and report are
+    /// written as usual, and the exit status is 1. A release gate.
+    #[arg(long, value_name = "KINDS", num_args = 0..=1, require_equals = true, default_missing_value = "")]
+    fail_fast: Option<String>,
+}
+
+/// The kinds `--fail-fast` names (all the online checker decides when it names none);
+/// an error naming one it cannot decide.
+fn fail_fast_kinds(arg: &str) -> Result<Vec<coherence_analysis::AnomalyKind>> {
+    use coherence_analysis::live::LIVE_KINDS;
+    if arg.trim().is_empty() {
+        return Ok(LIVE_KINDS.to_vec());
+    }
+    let live: Vec<&str> = LIVE_KINDS.iter().map(|k| k.name()).collect();
+    arg.split(',')
+        .map(|name| {
+            let kind: coherence_analysis::AnomalyKind = name.trim().parse().map_err(|_| {
+                anyhow::anyhow!("--fail-fast: no anomaly is named {name:?}; the online checker decides {}", live.join(", "))
+            })?;
+            anyhow::ensure!(
+                LIVE_KINDS.contains(&kind),
+                "--fail-fast: {name} is judged only once the run is over; the online checker decides {}",
+                live.join(", ")
+            );
+            Ok(kind)
+        })
+        .collect()
 }
 
 /// Whether a progress bar may be drawn.
@@ -96,6 +125,22 @@ pub fn run(args: RunArgs) -> Result<u8> {
             )
         })?;
     let checks = args.checks.clone().or(from_campaign);
+    let mut fail_fast = args.fail_fast.as_deref().map(fail_fast_kinds).transpose()?;
+    if let (Some(kinds), Some(checks)) = (fail_fast.as_mut(), &checks) {
+        let named = args
+            .fail_fast
+            .as_deref()
+            .is_some_and(|a| !a.trim().is_empty());
+        if named {
+            if let Some(k) = kinds.iter().find(|k| !checks.contains(k)) {
+                anyhow::bail!(
+                    "--fail-fast: {} is not among the checks that count ([checker] checks, --checks)",
+                    k.name()
+                );
+            }
+        }
+        kinds.retain(|k| checks.contains(k));
+    }
     // What the run directory stores: secrets redacted, at any depth.
     let stored_campaign = redact_toml(&text)
         .map_err(|e| {
@@ -243,7 +288,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             Err(e) if e.is::<coherence_lab::cluster::Interrupted>() => {
                 eprintln!("interrupted while preparing the lab; the invalidator runs again");
                 signals.log(&rec);
-                return Conclude::of(&args, &campaign, checks, dir, rec).conclude(Ok(()));
+                return Conclude::of(&args, &campaign, checks, dir, rec).conclude(Ok(()), None);
             }
             Err(e) => return Err(e),
         };
@@ -453,6 +498,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
         server_versions: server_versions(&endpoints),
     };
     write_output(&dir.run_json(), &run_info.to_json(), &[])?;
+    // The online checker follows every event from here on.
+    let live = crate::live::LiveRun::start(
+        &rec,
+        campaign.checker.staleness_bound.as_nanos() as u64,
+        checks.clone(),
+        fail_fast,
+        |line| eprintln!("{line}"),
+    );
     // Who replicates whom, for the checker's causes (failovers change it later).
     rec.log(
         Event::new(
@@ -557,12 +610,24 @@ pub fn run(args: RunArgs) -> Result<u8> {
         {
             // Ctrl-C or SIGTERM: the workload stops, faults heal, the final phase runs.
             let (stop_faults, rec, signals) = (stop_faults.clone(), rec.clone(), signals.clone());
+            let (hit, tripped) = (live.hit.clone(), live.tripped.clone());
             tokio::spawn(async move {
-                while !signals.interrupted.load(Ordering::Relaxed) {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                while !signals.interrupted.load(Ordering::Relaxed) && !hit.load(Ordering::Relaxed) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                eprintln!("stopping: healing the faults, then the final phase (press Ctrl-C again to quit at once, then `coherence heal`)");
-                signals.log(&rec);
+                if signals.interrupted.load(Ordering::Relaxed) {
+                    eprintln!("stopping: healing the faults, then the final phase (press Ctrl-C again to quit at once, then `coherence heal`)");
+                    signals.log(&rec);
+                } else {
+                    let t = tripped.lock().ok().and_then(|t| t.clone());
+                    if let Some(t) = t {
+                        eprintln!("fail-fast: {} detected (line {}); stopping: healing the faults, then the final phase", t.kind.name(), t.index + 1);
+                        rec.log(
+                            Event::new(0, Process::Actor("control".into()), EventType::Info, "fail-fast")
+                                .value(json!({"kind": t.kind.name(), "index": t.index, "summary": t.summary})),
+                        );
+                    }
+                }
                 stop_faults.store(true, Ordering::Relaxed);
                 let _ = stop_tx.send(true);
             });
@@ -600,6 +665,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             let rec = rec.clone();
             let phase = phase.clone();
             let limit = work.time_limit;
+            let counts = live.counts.clone();
             tokio::spawn(async move {
                 let mut last = (0u64, std::time::Instant::now());
                 loop {
@@ -608,12 +674,13 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     let rate = (done - last.0) as f64 / last.1.elapsed().as_secs_f64();
                     last = (done, std::time::Instant::now());
                     bar.set_message(format!(
-                        "{} {:.0}/{:.0} s, {done} ops, {rate:.0} ops/s, {} failed, {} unknown",
+                        "{} {:.0}/{:.0} s, {done} ops, {rate:.0} ops/s, {} failed, {} unknown; live: {}",
                         phase.lock().map(|p| *p).unwrap_or("?"),
                         rec.elapsed().as_secs_f64().min(limit.as_secs_f64()),
                         limit.as_secs_f64(),
                         rec.counters.failed.load(Ordering::Relaxed),
                         rec.counters.unknown.load(Ordering::Relaxed),
+                        crate::live::LiveRun::so_far(&counts),
                     ));
                 }
             })
@@ -672,7 +739,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     // The last holder of the recorder besides us.
     drop(nemesis_after);
-    Conclude::of(&args, &campaign, checks, dir, rec).conclude(result)
+    Conclude::of(&args, &campaign, checks, dir, rec).conclude(result, Some(live))
 }
 
 /// The end of every run: the history finished, checked, results, report and JUnit
@@ -711,7 +778,7 @@ impl<'a> Conclude<'a> {
 
     /// Finishes the history, then fails with the workload's error if it had one, else
     /// checks and stores; returns the exit status.
-    fn conclude(self, workload: Result<()>) -> Result<u8> {
+    fn conclude(self, workload: Result<()>, live: Option<crate::live::LiveRun>) -> Result<u8> {
         let Conclude {
             dir,
             rec,
@@ -724,6 +791,7 @@ impl<'a> Conclude<'a> {
         } = self;
         let rec = Arc::into_inner(rec).expect("every task has ended");
         let events = rec.finish().context("cannot finish the history")?;
+        let live = live.map(crate::live::LiveRun::finish);
         workload?;
         let options = Options {
             staleness_bound: bound.as_nanos() as u64,
@@ -743,6 +811,7 @@ impl<'a> Conclude<'a> {
                 dir: Some(&dir),
                 junit: &junit,
                 inputs: &inputs,
+                live,
             },
         )?;
         let report_file = report.unwrap_or_else(|| dir.report());

@@ -1372,3 +1372,97 @@ fn a_one_megabyte_key_is_cut_in_every_output() {
         assert!(size < limit, "{name}: {size} bytes");
     }
 }
+
+/// `check --follow` over a history another process is still writing: detections are
+/// printed while it grows, the offline verdict comes once it stops growing, and every
+/// live detection is an offline finding (equal counts at bound 0 for the kinds live
+/// decides, on this versioned history).
+#[test]
+fn check_follow_detects_while_the_history_grows() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.jsonl");
+    let o = coherence(&[
+        "gen",
+        "--ops",
+        "4000",
+        "--seed",
+        "3",
+        "--mode",
+        "buggy",
+        "--out",
+        source.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let text = std::fs::read_to_string(&source).unwrap();
+    let growing = dir.path().join("growing.jsonl");
+    std::fs::write(&growing, "").unwrap();
+    // The writer: the lines in bursts, with pauses shorter than the idle time.
+    let writer = {
+        let growing = growing.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&growing)
+                .unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            for chunk in lines.chunks(500) {
+                // A line cut in two by the writer's pause is read whole.
+                let joined = chunk.join("\n") + "\n";
+                let (a, b) = joined.split_at(joined.len() / 2);
+                f.write_all(a.as_bytes()).unwrap();
+                f.flush().unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(30));
+                f.write_all(b.as_bytes()).unwrap();
+                f.flush().unwrap();
+            }
+        })
+    };
+    let out = dir.path().join("out");
+    let o = coherence(&[
+        "check",
+        growing.to_str().unwrap(),
+        "--follow",
+        "--until-idle",
+        "1s",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert!(stderr.contains("live: stale-read: read of key"), "{stderr}");
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let live = &r["live"];
+    assert!(live["events"].as_u64().unwrap() > 4000, "{live}");
+    for (kind, n) in live["counts"].as_object().unwrap() {
+        assert_eq!(
+            n.as_u64(),
+            r["anomaly-counts"][kind].as_u64(),
+            "{kind}: live {n}, offline {}",
+            r["anomaly-counts"][kind]
+        );
+    }
+    assert!(live["counts"]["stale-read"].as_u64() > Some(0), "{live}");
+    // The same file, no longer growing, checked offline: the same verdict.
+    let o2 = coherence(&["check", growing.to_str().unwrap()]);
+    assert_eq!(o2.status.code(), Some(1));
+    // A compressed file cannot be followed: a clear error, exit 2.
+    let gz = dir.path().join("h.jsonl.gz");
+    std::fs::write(&gz, b"").unwrap();
+    let o = coherence(&[
+        "check",
+        gz.to_str().unwrap(),
+        "--follow",
+        "--until-idle",
+        "10ms",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("compressed"));
+}

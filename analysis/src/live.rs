@@ -177,6 +177,8 @@ pub struct Live {
     counts: BTreeMap<&'static str, u64>,
     mttd: hdrhistogram::Histogram<u64>,
     events: u64,
+    /// The kinds that count (the others are not flagged).
+    kinds: Vec<AnomalyKind>,
 }
 
 impl Live {
@@ -191,7 +193,16 @@ impl Live {
             counts: BTreeMap::new(),
             mttd: hdrhistogram::Histogram::new(3).expect("3 significant figures"),
             events: 0,
+            kinds: LIVE_KINDS.to_vec(),
         }
+    }
+
+    /// Flags only the kinds among `checks` (the checks that count; `None`: all).
+    pub fn counting(mut self, checks: Option<&[AnomalyKind]>) -> Live {
+        if let Some(c) = checks {
+            self.kinds.retain(|k| c.contains(k));
+        }
+        self
     }
 
     /// Takes the next event, which arrived at `arrived` (ns on the clock `now` reads);
@@ -239,6 +250,7 @@ impl Live {
                 }
             }
         }
+        found.retain(|f| self.kinds.contains(&f.0));
         if found.is_empty() {
             return Vec::new();
         }

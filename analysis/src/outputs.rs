@@ -13,7 +13,7 @@ use coherence_store::{Progress, ReadError};
 use std::path::{Path, PathBuf};
 
 /// Where the outputs go.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outputs<'a> {
     /// The directory `results.json` and `report.html` go to (created when missing), if
     /// any: a run directory, or `check --out`'s.
@@ -24,6 +24,9 @@ pub struct Outputs<'a> {
     /// The files no output may overwrite: the history and what the check reads beside
     /// it ([`coherence_store::run::inputs_of`]), or the campaign file.
     pub inputs: &'a [&'a Path],
+    /// What the online checker found while the history was written (`results.json`'s
+    /// `live` section), if it ran.
+    pub live: Option<crate::live::LiveSummary>,
 }
 
 /// What [`check_and_write`] concluded and wrote.
@@ -85,7 +88,8 @@ pub fn check_and_write<P: Progress>(
     for output in files {
         refuse_input(&output, outputs.inputs)?;
     }
-    let (history, results, summary) = check_file_keeping(path, options, &progress)?;
+    let (history, mut results, summary) = check_file_keeping(path, options, &progress)?;
+    results.live = outputs.live.clone();
     drop(progress);
     let mut report_path = None;
     if let Some(dir) = outputs.dir {

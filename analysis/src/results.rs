@@ -287,6 +287,10 @@ pub struct Results {
     pub faults: crate::faults::NemesisLog,
     /// Reader warnings (e.g. a cut-short last line).
     pub warnings: Vec<String>,
+    /// What the online checker detected while the history was written (`run`,
+    /// `check --follow`): counts per kind and the time to detection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub live: Option<crate::live::LiveSummary>,
 }
 
 /// How results are built.
@@ -765,6 +769,7 @@ pub fn build(
         events,
         faults: nemesis,
         warnings: warnings.iter().map(|w| bound::text(w)).collect(),
+        live: None,
     }
 }
 

@@ -124,6 +124,26 @@ pub fn render(r: &Results, explain: usize) -> String {
             let _ = writeln!(s, "  region {}: {}", shown(region), line(l));
         }
     }
+    if let Some(live) = &r.live {
+        let total: u64 = live.counts.values().sum();
+        let kinds: Vec<String> = live
+            .counts
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "live: {total} detections while the history was written{}; time to detection p50 {}, p99 {}, max {}",
+            if kinds.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", kinds.join(", "))
+            },
+            duration(live.mttd_ns.p50),
+            duration(live.mttd_ns.p99),
+            duration(live.mttd_ns.max),
+        );
+    }
     if !r.per_node.is_empty() {
         let nodes: Vec<String> = r
             .per_node

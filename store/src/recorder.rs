@@ -23,6 +23,8 @@ struct Inner {
     writer: HistoryWriter,
     last_flush: Instant,
     error: Option<std::io::Error>,
+    /// Where each written line goes too ([`Recorder::tap`]).
+    tap: Option<std::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// Writes a history from many tasks.
@@ -42,6 +44,7 @@ impl Recorder {
                 writer,
                 last_flush: Instant::now(),
                 error: None,
+                tap: None,
             }),
             start: Instant::now(),
             next_process: AtomicI64::new(0),
@@ -52,6 +55,21 @@ impl Recorder {
     /// A fresh client process number (after an `info`, a client continues under one).
     pub fn new_process(&self) -> i64 {
         self.next_process.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Every event logged from now on, as its line in the file (without the newline),
+    /// in file order: for a reader that follows the run as it goes (the online
+    /// checker). The channel closes when the recorder finishes.
+    pub fn tap(&self) -> std::sync::mpsc::Receiver<Vec<u8>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.tap = Some(tx);
+        rx
+    }
+
+    /// When the run started: time 0 of the history.
+    pub fn started(&self) -> Instant {
+        self.start
     }
 
     /// Time since the run started.
@@ -72,8 +90,18 @@ impl Recorder {
                 _ => 0,
             };
         }
-        if let Err(e) = inner.writer.append(event) {
-            inner.error.get_or_insert(e);
+        match inner.writer.append(event) {
+            Ok(_) => {
+                if let Some(tap) = &inner.tap {
+                    // A tap whose reader is gone is dropped.
+                    if tap.send(inner.writer.last_line().to_vec()).is_err() {
+                        inner.tap = None;
+                    }
+                }
+            }
+            Err(e) => {
+                inner.error.get_or_insert(e);
+            }
         }
         if inner.last_flush.elapsed() > Duration::from_millis(100) {
             inner.last_flush = Instant::now();

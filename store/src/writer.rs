@@ -66,6 +66,11 @@ impl HistoryWriter {
         Ok(event.index)
     }
 
+    /// The last line written, without its newline.
+    pub fn last_line(&self) -> &[u8] {
+        self.line.strip_suffix(b"\n").unwrap_or(&self.line)
+    }
+
     /// Appends one line the caller serialised itself (without the newline). The caller
     /// promises it is one JSON event whose `index` is [`HistoryWriter::next_index`].
     pub fn append_raw(&mut self, json: &[u8]) -> io::Result<u64> {

@@ -231,14 +231,14 @@ async fn watch_notifications(
             let _ = r.send(());
         }
         if let Some(from) = blind_since.take() {
-            log_gap(&rec, &w.node, from);
+            log_gap(rec, &w.node, from);
         }
         let mut messages = pubsub.on_message();
         loop {
             tokio::select! {
                 msg = messages.next() => {
                     let Some(msg) = msg else { break };
-                    let Some(key) = msg.get_channel_name().strip_prefix(&channel) else { continue };
+                    let Some(key) = msg.get_channel_name().strip_prefix(channel) else { continue };
                     let Ok(event) = msg.get_payload::<String>() else { continue };
                     if let Some(f) = notice_of(&event) {
                         rec.log(
@@ -261,7 +261,7 @@ async fn watch_notifications(
     }
     // Stopped while blind: the gap lasted until now.
     if let Some(from) = blind_since {
-        log_gap(&rec, &w.node, from);
+        log_gap(rec, &w.node, from);
     }
 }
 
