@@ -8,6 +8,7 @@ mod observers;
 mod progress;
 mod run;
 mod serve;
+mod watch;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -64,6 +65,11 @@ enum Command {
     /// Run a campaign: drive clients against a real cluster, record the history in a
     /// run directory, then check it. Exit status as `check`.
     Run(run::RunArgs),
+    /// Watch a system that serves its own traffic: observers only, no workload of ours
+    /// and no fault. After each commit, every cache node is sampled after each of a few
+    /// delays; prints "N nines of writes consistent within M" per region, and the keys
+    /// that were not. Exit status 0 all consistent, 1 some not, 3 nothing sampled.
+    Watch(run::WatchArgs),
     /// Serve the run store read-only over HTTP on loopback: the run index, every report.
     Serve {
         /// The run store.
@@ -267,6 +273,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Gen(args) => gen(args),
         Command::Lab(cmd) => lab(cmd),
         Command::Run(args) => run::run(args),
+        Command::Watch(args) => run::watch(args),
         Command::Heal { run_dir } => heal(&run_dir),
         Command::Serve { store, addr } => serve::serve(&store, addr),
     }

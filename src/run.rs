@@ -67,6 +67,44 @@ pub struct RunArgs {
     /// written as usual, and the exit status is 1. A release gate.
     #[arg(long, value_name = "KINDS", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     fail_fast: Option<String>,
+    /// `coherence watch`: observers only, the lab left as it is.
+    #[arg(skip)]
+    watch: bool,
+}
+
+/// `coherence watch`'s arguments.
+#[derive(clap::Args)]
+pub struct WatchArgs {
+    /// The campaign file, its workload `kind = "watch"` (see campaigns/lab-watch.toml).
+    campaign: PathBuf,
+    /// Override the campaign's time limit, e.g. 2m.
+    #[arg(long, value_parser = coherence_store::duration::parse, value_name = "DURATION")]
+    time_limit: Option<Duration>,
+    /// Where runs are stored.
+    #[arg(long, default_value = "runs", value_name = "DIR")]
+    store: PathBuf,
+}
+
+/// Watches a system that serves its own traffic: observers and the cache samples after
+/// each commit, no workload of ours and no fault; the lab is not prepared. Exit status
+/// 0 when every sample was consistent, 1 when some were not, 3 when none was taken.
+pub fn watch(args: WatchArgs) -> Result<u8> {
+    run(RunArgs {
+        campaign: args.campaign,
+        junit: None,
+        lab: false,
+        time_limit: args.time_limit,
+        concurrency: None,
+        rate: None,
+        seed: None,
+        store: args.store,
+        nemesis: None,
+        nemesis_interval: None,
+        nemesis_duration: None,
+        checks: None,
+        fail_fast: None,
+        watch: true,
+    })
 }
 
 /// The kinds `--fail-fast` names (all the online checker decides when it names none);
@@ -90,6 +128,11 @@ fn fail_fast_kinds(arg: &str) -> Result<Vec<coherence_analysis::AnomalyKind>> {
             Ok(kind)
         })
         .collect()
+}
+
+/// Whether the campaign's workload is `watch`.
+fn work_kind_is_watch(campaign: &Campaign) -> bool {
+    campaign.workload.kind == coherence_workloads::registry::Kind::Watch
 }
 
 /// Whether a progress bar may be drawn.
@@ -220,6 +263,25 @@ pub fn run(args: RunArgs) -> Result<u8> {
             "[nemesis] clock_offset and clock_period must be between 1 ms and 24 days"
         );
     }
+    let watching = work_kind_is_watch(&campaign);
+    if args.watch && !watching {
+        bail!(
+            "{}: `coherence watch` runs a campaign whose [workload] kind = \"watch\" (see campaigns/lab-watch.toml)",
+            args.campaign.display()
+        );
+    }
+    if !args.watch && watching {
+        bail!(
+            "{}: a campaign of [workload] kind = \"watch\" drives nothing: run it with `coherence watch`",
+            args.campaign.display()
+        );
+    }
+    if args.watch {
+        // Observers only: no fault, one watcher, nothing to wait for at the end.
+        campaign.nemesis = None;
+        campaign.workload.concurrency = 1;
+        campaign.workload.quiesce = Duration::ZERO;
+    }
     let work = campaign.workload.clone();
     let keys: Vec<String> = (0..work.keys).map(key_name).collect();
     // From here on Ctrl-C and SIGTERM stop the run gracefully (whatever it is doing, it
@@ -274,15 +336,21 @@ pub fn run(args: RunArgs) -> Result<u8> {
         let mut journal = Journal::open(&dir.journal())
             .with_context(|| format!("cannot open the heal journal in {}", dir.path().display()))?;
         let say = |m: &str| eprintln!("preparing the lab: {m}");
-        let prepared = coherence_lab::cluster::prepare(
-            &keys,
-            design,
-            coherence_lab::cluster::Preparing {
-                journal: &mut journal,
-                stop: &signals.interrupted,
-                say: &say,
-            },
-        );
+        let prepared = if args.watch {
+            // The lab serves another run's traffic: left as it is.
+            coherence_lab::cluster::State::load()?
+                .ok_or_else(|| anyhow::anyhow!("the lab is not up: `coherence lab up` first"))
+        } else {
+            coherence_lab::cluster::prepare(
+                &keys,
+                design,
+                coherence_lab::cluster::Preparing {
+                    journal: &mut journal,
+                    stop: &signals.interrupted,
+                    say: &say,
+                },
+            )
+        };
         let state = match prepared {
             Ok(state) => state,
             Err(e) if e.is::<coherence_lab::cluster::Interrupted>() => {
@@ -293,7 +361,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             Err(e) => return Err(e),
         };
         drop(journal);
-        let state = if http {
+        let state = if http && !args.watch {
             coherence_lab::cluster::restart_services(&state, service.unwrap_or_default())?
         } else {
             state
@@ -745,6 +813,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
 /// The end of every run: the history finished, checked, results, report and JUnit
 /// written, runs/latest and the index refreshed, the verdict printed.
 struct Conclude<'a> {
+    /// `coherence watch`: its own summary and exit status.
+    watch: bool,
     dir: RunDir,
     rec: Arc<Recorder>,
     checks: Option<Vec<coherence_analysis::AnomalyKind>>,
@@ -765,6 +835,7 @@ impl<'a> Conclude<'a> {
         rec: Arc<Recorder>,
     ) -> Conclude<'a> {
         Conclude {
+            watch: args.watch,
             dir,
             rec,
             checks,
@@ -780,6 +851,7 @@ impl<'a> Conclude<'a> {
     /// checks and stores; returns the exit status.
     fn conclude(self, workload: Result<()>, live: Option<crate::live::LiveRun>) -> Result<u8> {
         let Conclude {
+            watch,
             dir,
             rec,
             checks,
@@ -825,6 +897,22 @@ impl<'a> Conclude<'a> {
         );
         println!("report: {}", report_file.display());
         println!("all runs: {}", index.display());
+        if watch {
+            let summary = crate::watch::summarize(&history_file)?;
+            let json = serde_json::to_vec_pretty(&summary)?;
+            write_output(&dir.path().join("watch.json"), &json, &[])?;
+            for line in summary.lines() {
+                println!("{line}");
+            }
+            println!("watch: {}", dir.path().join("watch.json").display());
+            return Ok(if summary.samples == 0 {
+                3
+            } else if summary.inconsistent() {
+                1
+            } else {
+                0
+            });
+        }
         Ok(crate::exit_status(results.verdict))
     }
 }

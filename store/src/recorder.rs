@@ -24,7 +24,7 @@ struct Inner {
     last_flush: Instant,
     error: Option<std::io::Error>,
     /// Where each written line goes too ([`Recorder::tap`]).
-    tap: Option<std::sync::mpsc::Sender<Vec<u8>>>,
+    taps: Vec<std::sync::mpsc::Sender<Vec<u8>>>,
 }
 
 /// Writes a history from many tasks.
@@ -44,7 +44,7 @@ impl Recorder {
                 writer,
                 last_flush: Instant::now(),
                 error: None,
-                tap: None,
+                taps: Vec::new(),
             }),
             start: Instant::now(),
             next_process: AtomicI64::new(0),
@@ -63,7 +63,7 @@ impl Recorder {
     pub fn tap(&self) -> std::sync::mpsc::Receiver<Vec<u8>> {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        inner.tap = Some(tx);
+        inner.taps.push(tx);
         rx
     }
 
@@ -92,11 +92,10 @@ impl Recorder {
         }
         match inner.writer.append(event) {
             Ok(_) => {
-                if let Some(tap) = &inner.tap {
+                if !inner.taps.is_empty() {
+                    let line = inner.writer.last_line().to_vec();
                     // A tap whose reader is gone is dropped.
-                    if tap.send(inner.writer.last_line().to_vec()).is_err() {
-                        inner.tap = None;
-                    }
+                    inner.taps.retain(|tap| tap.send(line.clone()).is_ok());
                 }
             }
             Err(e) => {

@@ -302,6 +302,9 @@ pub struct Workload {
     /// `[workload.http]`: the user's service and how to drive it (`kind = "http"` only).
     #[serde(default)]
     pub http: Option<crate::http::Http>,
+    /// `[workload.watch]`: when to sample the caches after each commit (`kind = "watch"`).
+    #[serde(default)]
+    pub watch: Option<crate::watch::WatchConfig>,
     /// Where cache reads go.
     #[serde(default = "primary")]
     pub cache_reads: CacheReads,
@@ -397,6 +400,20 @@ impl Workload {
                         "kind = \"http\" needs a [workload.http] section: the service's read and write requests (see campaigns/staging-http-example.toml)".into(),
                     )),
                 }
+            }
+            Kind::Watch => {
+                if self.http.is_some() || self.invalidation.is_some() || self.fill.is_some() {
+                    return Err((
+                        "workload".into(),
+                        "kind = \"watch\" drives nothing: remove invalidation, fill and [workload.http]".into(),
+                    ));
+                }
+                self.watch
+                    .clone()
+                    .unwrap_or_default()
+                    .parsed_delays()
+                    .map(|_| ())
+                    .map_err(|e| ("workload.watch.delays".into(), e))
             }
         }
     }

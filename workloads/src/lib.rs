@@ -12,4 +12,5 @@ pub mod http;
 pub mod observe;
 pub mod pgpass;
 pub mod registry;
+pub mod watch;
 pub mod workload;

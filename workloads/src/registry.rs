@@ -42,6 +42,9 @@ kinds! {
     CacheAside = "cache-aside" => crate::cache_aside::CacheAside::new,
     /// The user's own service, driven through its HTTP API ([`crate::http`]).
     Http = "http" => crate::http::HttpWorkload::new,
+    /// No workload of ours: samples the caches after each commit ([`crate::watch`],
+    /// `coherence watch`).
+    Watch = "watch" => crate::watch::Watch::new,
 }
 
 #[cfg(test)]
@@ -51,7 +54,7 @@ mod tests {
     #[test]
     fn kinds_are_named_as_campaigns_write_them() {
         assert_eq!(Kind::default().name(), "cache-aside");
-        assert_eq!(Kind::NAMES, &["cache-aside", "http"]);
+        assert_eq!(Kind::NAMES, &["cache-aside", "http", "watch"]);
         let kind: Kind = serde_json::from_str("\"cache-aside\"").unwrap();
         assert_eq!(kind, Kind::CacheAside);
     }

@@ -1,0 +1,89 @@
+//! The online checker's cost and its time to detection while a history is recorded at
+//! full speed: a simulated buggy history is logged through the recorder as fast as one
+//! thread can (far above the lab's recording rate), once without the online checker
+//! and once with it following the recorder's tap on a thread of its own, as
+//! `coherence run` does. Reports events per second both ways, and the time from each
+//! detection's certain event being recorded to its detection (p50, p99, max).
+//!
+//! `cargo bench --bench live` (`COHERENCE_BENCH_OPS`, 200000, tunes it).
+
+use coherence_analysis::live::Live;
+use coherence_store::recorder::Recorder;
+use coherence_store::{Event, HistoryWriter};
+use std::time::Instant;
+
+fn main() {
+    let ops: u64 = std::env::var("COHERENCE_BENCH_OPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.jsonl");
+    let mut w = HistoryWriter::create(&source).unwrap();
+    let config = coherence_sim::SimConfig {
+        seed: 7,
+        ops,
+        keys: 200,
+        mode: coherence_sim::Mode::Buggy,
+        ..coherence_sim::SimConfig::default()
+    };
+    coherence_sim::generate(&config, &mut w).unwrap();
+    w.finish().unwrap();
+    let events: Vec<Event> = std::fs::read_to_string(&source)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let n = events.len() as f64;
+
+    // Without the online checker.
+    let rec = Recorder::new(HistoryWriter::create(&dir.path().join("plain.jsonl")).unwrap());
+    let started = Instant::now();
+    for e in events.iter().cloned() {
+        rec.log(e);
+    }
+    rec.finish().unwrap();
+    let plain = n / started.elapsed().as_secs_f64();
+
+    // With it, on its own thread, fed by the tap.
+    let rec = Recorder::new(HistoryWriter::create(&dir.path().join("live.jsonl")).unwrap());
+    let lines = rec.tap();
+    let start = rec.started();
+    let checker = std::thread::spawn(move || {
+        let mut live = Live::new(0);
+        let now = || start.elapsed().as_nanos() as u64;
+        for line in lines {
+            let text = std::str::from_utf8(&line).unwrap();
+            let ev = coherence_store::reader::parse_event(text).unwrap();
+            live.feed(&ev, ev.time, &now);
+        }
+        live.summary()
+    });
+    let started = Instant::now();
+    for e in events.iter().cloned() {
+        rec.log(e);
+    }
+    let recorded = started.elapsed();
+    rec.finish().unwrap();
+    let summary = checker.join().unwrap();
+    let caught_up = started.elapsed();
+    let with = n / recorded.as_secs_f64();
+    let ms = |ns: u64| ns as f64 / 1e6;
+    println!(
+        "{} events ({ops} operations), recorded by one thread:",
+        events.len()
+    );
+    println!("  without the online checker: {plain:.0} events/s");
+    println!(
+        "  with it: {with:.0} events/s recorded; the checker caught up {:.1} ms after the last",
+        (caught_up - recorded).as_secs_f64() * 1e3
+    );
+    println!(
+        "  {} detections ({:?}); time to detection p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+        summary.counts.values().sum::<u64>(),
+        summary.counts,
+        ms(summary.mttd_ns.p50),
+        ms(summary.mttd_ns.p99),
+        ms(summary.mttd_ns.max)
+    );
+}

@@ -1,0 +1,193 @@
+//! What `coherence watch` saw: for each delay M and each region, the share of the
+//! watched commits whose every sample in the region, M after the commit, was
+//! consistent — the node held the committed version or a newer one, or nothing (a
+//! miss is fine) — as "N nines of writes consistent within M", and the keys that were
+//! not. Read from the run's history: the commit observer's `commit` events and the
+//! watcher's `sample` events (`after`: the commit's index, `delay_ms`).
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::BufRead;
+use std::path::Path;
+
+/// One (region, delay): what the samples showed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Within {
+    /// Commits sampled in the region at this delay.
+    pub commits: u64,
+    /// Of which every sample was consistent.
+    pub consistent: u64,
+    /// `-log10` of the inconsistent share (`null` when none was inconsistent: as many
+    /// nines as the commits can show).
+    pub nines: Option<f64>,
+    /// Keys with an inconsistent sample (at most 20).
+    pub keys: Vec<String>,
+}
+
+/// `watch.json`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WatchSummary {
+    /// Commits seen.
+    pub commits: u64,
+    /// Samples taken.
+    pub samples: u64,
+    /// Per region, per delay (ms).
+    pub regions: BTreeMap<String, BTreeMap<u64, Within>>,
+    /// Samples the rate limit did not allow, and samples still due at the end.
+    pub skipped: u64,
+    /// Samples still due when the watch ended.
+    pub pending: u64,
+}
+
+impl WatchSummary {
+    /// Whether some sample was inconsistent.
+    pub fn inconsistent(&self) -> bool {
+        self.regions
+            .values()
+            .flat_map(|d| d.values())
+            .any(|w| w.consistent < w.commits)
+    }
+
+    /// The lines to print.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "watch: {} commits, {} samples ({} skipped by the rate limit, {} still due at the end)",
+            self.commits, self.samples, self.skipped, self.pending
+        )];
+        for (region, delays) in &self.regions {
+            for (ms, w) in delays {
+                let m = coherence_analysis::explain::duration(ms * 1_000_000);
+                let nines = match w.nines {
+                    Some(n) => format!("{n:.2} nines"),
+                    None => "all".to_string(),
+                };
+                let mut line = format!(
+                    "  {region}: {nines} of writes consistent within {m} ({} of {} commits)",
+                    w.consistent, w.commits
+                );
+                if !w.keys.is_empty() {
+                    line.push_str(&format!("; not: {}", w.keys.join(", ")));
+                }
+                out.push(line);
+            }
+        }
+        out
+    }
+}
+
+/// Reads the history at `path`.
+pub fn summarize(path: &Path) -> Result<WatchSummary> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut region_of: HashMap<String, String> = HashMap::new();
+    // commit index -> (key, write, stated version)
+    let mut commits: HashMap<u64, (String, String, Option<i64>)> = HashMap::new();
+    // key -> write id -> place in the commit order
+    let mut order: HashMap<String, HashMap<String, i64>> = HashMap::new();
+    // (commit index, delay, region) -> consistent so far
+    let mut judged: BTreeMap<(u64, u64, String), bool> = BTreeMap::new();
+    let mut s = WatchSummary::default();
+    let mut samples: Vec<(u64, u64, String, Value)> = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        match v["f"].as_str().unwrap_or("") {
+            "topology" => {
+                for c in v["value"]["caches"].as_array().into_iter().flatten() {
+                    if let (Some(n), Some(r)) = (c["node"].as_str(), c["region"].as_str()) {
+                        region_of.insert(n.into(), r.into());
+                    }
+                }
+            }
+            "commit" => {
+                let (Some(index), Some(key), Some(write)) = (
+                    v["index"].as_u64(),
+                    v["key"].as_str(),
+                    v["value"]["write"].as_str(),
+                ) else {
+                    continue;
+                };
+                s.commits += 1;
+                let places = order.entry(key.into()).or_default();
+                let next = places.len() as i64 + 1;
+                places.entry(write.into()).or_insert(next);
+                commits.insert(
+                    index,
+                    (key.into(), write.into(), v["value"]["version"].as_i64()),
+                );
+            }
+            "sample" => {
+                let (Some(after), Some(delay), Some(node)) = (
+                    v["after"].as_u64(),
+                    v["delay_ms"].as_u64(),
+                    v["node"].as_str(),
+                ) else {
+                    continue;
+                };
+                s.samples += 1;
+                samples.push((after, delay, node.to_string(), v["value"]["held"].clone()));
+            }
+            "watch-end" => {
+                s.skipped += v["value"]["skipped_samples"].as_u64().unwrap_or(0);
+                s.pending += v["value"]["pending_samples"].as_u64().unwrap_or(0);
+            }
+            _ => {}
+        }
+    }
+    let version_of = |key: &str, write: &str, stated: Option<i64>| -> Option<i64> {
+        if write == "init" {
+            return Some(0);
+        }
+        stated.or_else(|| order.get(key)?.get(write).copied())
+    };
+    let mut bad_keys: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
+    for (after, delay, node, held) in samples {
+        let Some((key, write, stated)) = commits.get(&after) else {
+            continue;
+        };
+        let Some(committed) = version_of(key, write, *stated) else {
+            continue;
+        };
+        let region = region_of.get(&node).cloned().unwrap_or(node.clone());
+        let consistent = if held.is_null() {
+            true
+        } else {
+            let w = held["write"].as_str().unwrap_or("");
+            match version_of(key, w, held["version"].as_i64()) {
+                Some(v) => v >= committed,
+                // A value no commit shows: not the committed one.
+                None => false,
+            }
+        };
+        let e = judged.entry((after, delay, region.clone())).or_insert(true);
+        *e &= consistent;
+        if !consistent {
+            bad_keys
+                .entry((region, delay))
+                .or_default()
+                .insert(key.clone());
+        }
+    }
+    for ((_, delay, region), ok) in judged {
+        let w = s
+            .regions
+            .entry(region.clone())
+            .or_default()
+            .entry(delay)
+            .or_default();
+        w.commits += 1;
+        w.consistent += ok as u64;
+        if let Some(keys) = bad_keys.get(&(region, delay)) {
+            w.keys = keys.iter().take(20).cloned().collect();
+        }
+    }
+    for w in s.regions.values_mut().flat_map(|d| d.values_mut()) {
+        let bad = w.commits - w.consistent;
+        w.nines = (bad > 0).then(|| -((bad as f64) / (w.commits as f64)).log10());
+    }
+    Ok(s)
+}
