@@ -33,6 +33,8 @@ pub struct LiveRun {
     pub tripped: Arc<Mutex<Option<Tripped>>>,
     /// Whether `tripped` is set (cheap to poll).
     pub hit: Arc<AtomicBool>,
+    /// The faults in force, by the nemesis's sequence number: their family's name.
+    pub faults: Arc<Mutex<BTreeMap<u64, &'static str>>>,
 }
 
 impl LiveRun {
@@ -51,7 +53,8 @@ impl LiveRun {
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
         let tripped = Arc::new(Mutex::new(None));
         let hit = Arc::new(AtomicBool::new(false));
-        let (c, t, h) = (counts.clone(), tripped.clone(), hit.clone());
+        let faults = Arc::new(Mutex::new(BTreeMap::new()));
+        let (c, t, h, f) = (counts.clone(), tripped.clone(), hit.clone(), faults.clone());
         let thread = std::thread::spawn(move || {
             let mut live = Live::new(bound).counting(checks.as_deref());
             let now = || start.elapsed().as_nanos() as u64;
@@ -63,6 +66,10 @@ impl LiveRun {
                 let Ok(ev) = coherence_store::reader::parse_event(text) else {
                     continue;
                 };
+                if matches!(&ev.process, coherence_store::reader::ProcessRef::Actor(a) if a == "nemesis")
+                {
+                    track_fault(&f, &ev);
+                }
                 let found: Vec<Detection> = live.feed(&ev, ev.time, &now);
                 for d in found {
                     let name = d.kind.name();
@@ -98,7 +105,17 @@ impl LiveRun {
             counts,
             tripped,
             hit,
+            faults,
         }
+    }
+
+    /// "partition, redis-failover", or "none".
+    pub fn faults_now(faults: &Mutex<BTreeMap<u64, &'static str>>) -> String {
+        let f = faults.lock().map(|f| f.clone()).unwrap_or_default();
+        if f.is_empty() {
+            return "none".into();
+        }
+        f.values().copied().collect::<Vec<_>>().join(", ")
     }
 
     /// "3 stale-read, 1 read-your-writes", or "none".
@@ -116,5 +133,33 @@ impl LiveRun {
     /// Waits until the recorder finished (its channel closed); what it found.
     pub fn finish(self) -> LiveSummary {
         self.thread.join().unwrap_or_default()
+    }
+}
+
+/// Keeps `faults` up to date with a nemesis event: a fault opened (by its sequence
+/// number) or closed; `heal` closes every one.
+fn track_fault(
+    faults: &Mutex<BTreeMap<u64, &'static str>>,
+    ev: &coherence_store::reader::EventRef<'_>,
+) {
+    use coherence_store::faults::Family;
+    let Ok(mut open) = faults.lock() else { return };
+    if ev.f == "heal" {
+        open.clear();
+        return;
+    }
+    let seq = match &ev.value {
+        coherence_store::reader::ValueRef::Raw(raw) => {
+            serde_json::from_str::<serde_json::Value>(raw.get())
+                .ok()
+                .and_then(|v| v.get("seq")?.as_u64())
+        }
+        _ => None,
+    };
+    let Some(seq) = seq else { return };
+    if let Some(family) = Family::of_start(&ev.f) {
+        open.insert(seq, family.name());
+    } else if !Family::closed_by(&ev.f).is_empty() {
+        open.remove(&seq);
     }
 }

@@ -734,6 +734,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
             let phase = phase.clone();
             let limit = work.time_limit;
             let counts = live.counts.clone();
+            let faults = live.faults.clone();
             tokio::spawn(async move {
                 let mut last = (0u64, std::time::Instant::now());
                 loop {
@@ -742,13 +743,14 @@ pub fn run(args: RunArgs) -> Result<u8> {
                     let rate = (done - last.0) as f64 / last.1.elapsed().as_secs_f64();
                     last = (done, std::time::Instant::now());
                     bar.set_message(format!(
-                        "{} {:.0}/{:.0} s, {done} ops, {rate:.0} ops/s, {} failed, {} unknown; live: {}",
+                        "{} {:.0}/{:.0} s, {done} ops, {rate:.0} ops/s, {} failed, {} unknown; live: {}; faults: {}",
                         phase.lock().map(|p| *p).unwrap_or("?"),
                         rec.elapsed().as_secs_f64().min(limit.as_secs_f64()),
                         limit.as_secs_f64(),
                         rec.counters.failed.load(Ordering::Relaxed),
                         rec.counters.unknown.load(Ordering::Relaxed),
                         crate::live::LiveRun::so_far(&counts),
+                        crate::live::LiveRun::faults_now(&faults),
                     ));
                 }
             })

@@ -236,8 +236,10 @@ fn partitions_have_their_effect_and_heal_without_a_trace() {
             .lines()
             .find_map(|l| l.strip_prefix("run directory: "))
             .unwrap_or_else(|| panic!("{t}"));
-        serde_json::from_slice(&std::fs::read(Path::new(&dir).join("results.json")).unwrap())
-            .unwrap()
+        let r =
+            serde_json::from_slice(&std::fs::read(Path::new(&dir).join("results.json")).unwrap())
+                .unwrap();
+        common::live_agrees(r, true)
     };
     let run = |campaign: &str| {
         Command::new(env!("CARGO_BIN_EXE_coherence"))

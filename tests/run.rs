@@ -11,7 +11,9 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 fn results(run: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(run.join("results.json")).expect("results.json")).unwrap()
+    let r = serde_json::from_slice(&std::fs::read(run.join("results.json")).expect("results.json"))
+        .unwrap();
+    common::live_agrees(r, true)
 }
 
 /// The run directory a `coherence run` printed.

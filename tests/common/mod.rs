@@ -159,3 +159,31 @@ pub fn sentinel_moved_a_primary() -> Vec<String> {
     }
     seen
 }
+
+/// Holds a run's online checker to its offline check (issue 14): every live count is
+/// at most the offline count of its kind, and with `exact` (a history whose values
+/// carry their versions, at any bound) equal to it. Returns `results` for chaining.
+#[allow(dead_code)]
+pub fn live_agrees(results: serde_json::Value, exact: bool) -> serde_json::Value {
+    // A run stopped before its workload (interrupted while preparing) has none.
+    let Some(live) = results["live"]["counts"].as_object().cloned() else {
+        return results;
+    };
+    let live = &live;
+    for (kind, n) in live {
+        let offline = results["anomaly-counts"][kind].as_u64().unwrap_or(0);
+        let n = n.as_u64().unwrap();
+        assert!(n <= offline, "{kind}: live {n} > offline {offline}");
+        if exact {
+            assert_eq!(n, offline, "{kind}: live {n}, offline {offline}");
+        }
+    }
+    if exact && results["staleness_bound_ns"] == 0 {
+        let offline = results["anomaly-counts"]["stale-read"]
+            .as_u64()
+            .unwrap_or(0);
+        let n = live.get("stale-read").and_then(|v| v.as_u64()).unwrap_or(0);
+        assert_eq!(n, offline, "stale-read: live {n}, offline {offline}");
+    }
+    results
+}

@@ -130,12 +130,16 @@ impl Workload for Watch {
             decode: self.decode.clone().unwrap_or(Decode::VersionedJson),
             recording,
             skipped: 0,
+            printed: std::sync::atomic::AtomicU64::new(0),
         })
     }
 }
 
-/// A sample to take: when, the commit's key and index, its delay.
-type Due = Reverse<(Instant, u64, String, u64)>;
+/// A sample to take: when, the commit's index and key, its delay, the committed version.
+type Due = Reverse<(Instant, u64, String, u64, Option<i64>)>;
+
+/// Inconsistent samples printed as they are taken; the rest are counted in watch.json.
+const PRINTED: u64 = 20;
 
 struct Watcher {
     /// Only the first worker watches; the others have nothing to do.
@@ -151,6 +155,8 @@ struct Watcher {
     decode: Decode,
     recording: Recording,
     skipped: u64,
+    /// Inconsistent samples seen (the first [`PRINTED`] are printed).
+    printed: std::sync::atomic::AtomicU64,
 }
 
 impl Watcher {
@@ -169,12 +175,14 @@ impl Watcher {
             let (Some(key), Some(index)) = (v["key"].as_str(), v["index"].as_u64()) else {
                 continue;
             };
+            let version = v["value"]["version"].as_i64();
             for d in &self.delays {
                 self.due.push(Reverse((
                     now + *d,
                     index,
                     key.to_string(),
                     d.as_millis() as u64,
+                    version,
                 )));
             }
         }
@@ -224,8 +232,8 @@ async fn sample(
     decode: &Decode,
     node: &str,
     key: &str,
-    after: u64,
-    delay_ms: u64,
+    (after, delay_ms, version): (u64, u64, Option<i64>),
+    printed: &std::sync::atomic::AtomicU64,
 ) -> bool {
     let from = rec.elapsed().as_nanos() as u64;
     let got = tokio::time::timeout(
@@ -255,7 +263,18 @@ async fn sample(
     .value(json!({"from": from, "held": held}));
     ev.extra.insert("after".into(), json!(after));
     ev.extra.insert("delay_ms".into(), json!(delay_ms));
+    let older = held["version"].as_i64().zip(version).filter(|(h, v)| h < v);
     rec.log(ev);
+    if let Some((h, v)) = older {
+        use std::sync::atomic::Ordering;
+        if printed.fetch_add(1, Ordering::Relaxed) < PRINTED {
+            eprintln!(
+                "watch: {node} held key {} at version {h} {delay_ms} ms after version {v} was committed (line {})",
+                coherence_store::quote(key),
+                after + 1
+            );
+        }
+    }
     true
 }
 
@@ -284,7 +303,7 @@ impl Client for Watcher {
             // Every sample due now, all at once (each node's GETs share its connection).
             let mut batch = Vec::new();
             while self.due.peek().is_some_and(|Reverse(d)| d.0 <= now) {
-                let Some(Reverse((_, after, key, delay_ms))) = self.due.pop() else {
+                let Some(Reverse((_, after, key, delay_ms, version))) = self.due.pop() else {
                     break;
                 };
                 for (node, addr) in self.nodes.clone() {
@@ -293,7 +312,7 @@ impl Client for Watcher {
                         continue;
                     }
                     if let Some(con) = self.connection(&addr).await {
-                        batch.push((node, addr, con, key.clone(), after, delay_ms));
+                        batch.push((node, addr, con, key.clone(), (after, delay_ms, version)));
                     }
                 }
             }
@@ -307,12 +326,12 @@ impl Client for Watcher {
             }
             let rec = self.recording.recorder().clone();
             let decode = self.decode.clone();
-            let answered = futures_util::future::join_all(batch.iter().map(
-                |(node, _, con, key, after, delay_ms)| {
-                    sample(&rec, con.clone(), &decode, node, key, *after, *delay_ms)
-                },
-            ))
-            .await;
+            let printed = &self.printed;
+            let answered =
+                futures_util::future::join_all(batch.iter().map(|(node, _, con, key, of)| {
+                    sample(&rec, con.clone(), &decode, node, key, *of, printed)
+                }))
+                .await;
             for ((_, addr, ..), ok) in batch.iter().zip(answered) {
                 if !ok {
                     self.connections.remove(addr);
