@@ -9,9 +9,13 @@ use common::{coherence, lab_up, our_rules, run_dir, text};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+/// One lab per machine: the tests of this file take it in turn.
+static LAB: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 #[ignore = "needs root: the lab (network namespaces, a bridge, iptables); scripts/test runs it as root"]
 fn fail_fast_stops_a_buggy_design_and_lets_a_coherent_one_run() {
+    let _turn = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let (_down, _state, nodes) = lab_up(&[]);
     let store = tempfile::tempdir().unwrap();
     let store_s = store.path().to_str().unwrap();
@@ -159,6 +163,7 @@ fn watch_campaign(dir: &Path, delays: &str) -> std::path::PathBuf {
 #[test]
 #[ignore = "needs root: the lab (network namespaces, a bridge, iptables); scripts/test runs it as root"]
 fn watch_reports_inconsistent_samples_of_a_buggy_design_and_none_of_a_coherent_one() {
+    let _turn = LAB.lock().unwrap_or_else(|p| p.into_inner());
     let (_down, _state, _nodes) = lab_up(&[]);
     let store = tempfile::tempdir().unwrap();
     let store_s = store.path().to_str().unwrap();

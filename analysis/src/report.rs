@@ -228,6 +228,7 @@ pub fn render(history: &History, results: &Results, ctx: &RunContext) -> String 
                 (anomalies(results, total))
                 (staleness(results))
                 (invalidation_lag(results))
+                (live(results))
                 (timeline(history, results))
                 (breakdown(history, results))
                 (integrity(ctx))
@@ -763,6 +764,33 @@ fn staleness(r: &Results) -> Markup {
 
 /// The invalidation lag the cache observers saw: per region and per node, its
 /// histogram, and the share invalidated within Δ as nines.
+/// What the online checker detected while the history was written, if it ran.
+fn live(r: &Results) -> Markup {
+    let Some(live) = &r.live else {
+        return html! {};
+    };
+    let total: u64 = live.counts.values().sum();
+    html! {
+        section id="live" {
+            h2 { "Live detection" }
+            p { "While the history was written, the online checker took its " (live.events)
+                " events as they came and flagged " (total)
+                " anomalies the moment the history made each certain (each is also among the findings above). Time from the event that made a detection certain to the detection: p50 "
+                (duration(live.mttd_ns.p50)) ", p99 " (duration(live.mttd_ns.p99)) ", max " (duration(live.mttd_ns.max)) "." }
+            @if !live.counts.is_empty() {
+                table {
+                    thead { tr { th { "anomaly" } th.n { "detected live" } th.n { "found after the run" } } }
+                    tbody {
+                        @for (kind, n) in &live.counts {
+                            tr { td { (kind) } td.n { (n) } td.n { (r.anomaly_counts.get(kind).copied().unwrap_or(0)) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn invalidation_lag(r: &Results) -> Markup {
     let Some(lag) = &r.invalidation_lag else {
         return html! {
