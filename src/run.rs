@@ -298,6 +298,16 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     // What the observers watch ([observe]; the lab's default when absent), named per run.
     let observe = campaign.observe();
+    if args.watch
+        && observe
+            .as_ref()
+            .is_none_or(|o| o.database.is_none() || !o.caches)
+    {
+        bail!(
+            "{}: `coherence watch` samples the caches after each commit the commit observer sees: give an [observe] section with caches = true and [observe.database] (see campaigns/lab-watch.toml, README \"Observers\")",
+            args.campaign.display()
+        );
+    }
     let observe_tag = format!("{}_{}", campaign.name, std::process::id());
     let (endpoints, design, dir, rec, observers) = if lab {
         let design: coherence_lab::Design = match &campaign.cluster {

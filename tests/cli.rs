@@ -453,6 +453,8 @@ fn a_staging_campaign_that_cannot_reach_its_database_is_refused() {
 kind = "staging"
 [cluster.postgres]
 writer = "127.0.0.1:1"
+user = "u"
+dbname = "d"
 [[cluster.regions]]
 name = "eu"
 primary = "127.0.0.1:2"
@@ -560,6 +562,8 @@ fn an_http_service_that_does_not_answer_is_refused_naming_its_url() {
 kind = "staging"
 [cluster.postgres]
 writer = "127.0.0.1:1"
+user = "u"
+dbname = "d"
 [[cluster.regions]]
 name = "eu"
 primary = "127.0.0.1:2"
@@ -1465,4 +1469,73 @@ fn check_follow_detects_while_the_history_grows() {
     ]);
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("compressed"));
+}
+
+/// `coherence watch` refuses what it cannot watch, before touching anything: a campaign
+/// that is not a watch, a watch with no commit observer, a bad delay; and `run` refuses
+/// a watch campaign. Each names the file and what to do, exit 2.
+#[test]
+fn watch_refuses_campaigns_it_cannot_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("runs");
+    let write = |name: &str, text: &str| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let staging = r#"name = "w"
+[cluster]
+kind = "staging"
+[cluster.postgres]
+writer = "127.0.0.1:1"
+user = "u"
+dbname = "d"
+[[cluster.regions]]
+name = "r1"
+primary = "127.0.0.1:2"
+[workload]
+kind = "watch"
+keys = 5
+concurrency = 1
+time_limit = "1s"
+"#;
+    let cases = [
+        (
+            write(
+                "not-watch.toml",
+                &staging.replace(
+                    r#"kind = "watch""#,
+                    r#"kind = "cache-aside"
+invalidation = "writer"
+fill = "plain""#,
+                ),
+            ),
+            "watch",
+            "kind = \"watch\"",
+        ),
+        (
+            write("no-observe.toml", staging),
+            "watch",
+            "[observe.database]",
+        ),
+        (
+            write(
+                "bad-delay.toml",
+                &format!("{staging}[workload.watch]\ndelays = [\"soon\"]\n"),
+            ),
+            "watch",
+            "soon",
+        ),
+        (write("run-watch.toml", staging), "run", "coherence watch"),
+    ];
+    for (campaign, cmd, says) in cases {
+        let o = coherence(&[cmd, &campaign, "--store", store.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{cmd} {campaign}: {err}");
+        assert!(
+            err.contains(says) && err.contains(&campaign),
+            "{cmd} {campaign}: {err}"
+        );
+    }
+    assert!(!store.exists(), "a refused campaign left a run directory");
 }
