@@ -107,7 +107,7 @@ proptest! {
     #[test]
     fn live_detections_are_offline_findings(steps in proptest::collection::vec(brute::step(), 1..60), bound in 0u64..3) {
         let bound = bound * 1_000_000;
-        let text = brute::history(&steps).join("\n") + "\n";
+        let text: String = brute::history(&steps).iter().map(|l| format!("{l}\n")).collect();
         let (offline, live) = both(&text, bound);
         for d in &live {
             prop_assert!(offline.contains(d), "live found {:?}, offline did not:\n{}", d, text);
