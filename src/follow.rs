@@ -78,7 +78,7 @@ pub fn follow(
                 continue;
             };
             for d in live.feed(&ev, arrived, &now) {
-                eprintln!("live: {}: {}", d.kind.name(), d.summary);
+                eprintln!("{d}");
             }
         }
     }

@@ -76,7 +76,7 @@ impl LiveRun {
                     let n = printed.entry(name).or_default();
                     *n += 1;
                     if *n <= PRINTED_PER_KIND {
-                        print(&format!("live: {name}: {}", d.summary));
+                        print(&d.to_string());
                     } else if *n == PRINTED_PER_KIND + 1 {
                         print(&format!(
                             "live: more {name} detections are counted, not shown"

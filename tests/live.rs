@@ -168,6 +168,22 @@ fn watch_reports_inconsistent_samples_of_a_buggy_design_and_none_of_a_coherent_o
     let store = tempfile::tempdir().unwrap();
     let store_s = store.path().to_str().unwrap();
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // `coherence watch` for 6 s, sampling after `delays`, while `other` runs; then
+    // `other` is waited for.
+    let watch = |other: &mut std::process::Child, delays: &str| {
+        let campaign = watch_campaign(store.path(), delays);
+        let o = coherence(&[
+            "watch",
+            campaign.to_str().unwrap(),
+            "--time-limit",
+            "6s",
+            "--store",
+            store_s,
+        ]);
+        other.wait().unwrap();
+        let t = text(&o);
+        (o, t)
+    };
 
     // The notify pipeline, whose invalidator is killed now and then: what it misses
     // stays cached, older than the commit, long after it.
@@ -176,17 +192,7 @@ fn watch_reports_inconsistent_samples_of_a_buggy_design_and_none_of_a_coherent_o
         "16s",
         store_s,
     );
-    let campaign = watch_campaign(store.path(), r#"["100ms", "1s"]"#);
-    let o = coherence(&[
-        "watch",
-        campaign.to_str().unwrap(),
-        "--time-limit",
-        "6s",
-        "--store",
-        store_s,
-    ]);
-    other.wait().unwrap();
-    let t = text(&o);
+    let (o, t) = watch(&mut other, r#"["100ms", "1s"]"#);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("of writes consistent within 100 ms"), "{t}");
     let dir = run_dir(&t);
@@ -207,17 +213,7 @@ fn watch_reports_inconsistent_samples_of_a_buggy_design_and_none_of_a_coherent_o
 
     // The outbox pipeline with versioned fills: every sample a second on is consistent.
     let mut other = background_run(&manifest.join("campaigns/lab-outbox.toml"), "14s", store_s);
-    let campaign = watch_campaign(store.path(), r#"["1s"]"#);
-    let o = coherence(&[
-        "watch",
-        campaign.to_str().unwrap(),
-        "--time-limit",
-        "6s",
-        "--store",
-        store_s,
-    ]);
-    other.wait().unwrap();
-    let t = text(&o);
+    let (o, t) = watch(&mut other, r#"["1s"]"#);
     assert!(t.contains("of writes consistent within 1 s"), "{t}");
     if o.status.code() != Some(0) {
         let moved = common::sentinel_moved_a_primary();

@@ -59,6 +59,13 @@ pub struct Detection {
     pub summary: String,
 }
 
+impl std::fmt::Display for Detection {
+    /// The line `run` and `check --follow` print: `live: stale-read: ...`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "live: {}: {}", self.kind.name(), self.summary)
+    }
+}
+
 /// What the online checker found: `results.json`'s `live` section.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LiveSummary {
@@ -216,12 +223,12 @@ impl Live {
         self.events += 1;
         let mut found: Vec<(AnomalyKind, String, u64, String)> = Vec::new();
         match &ev.process {
-            ProcessRef::Actor(actor) => {
+            ProcessRef::Actor(_) => {
                 if ev.op == OpKind::FinalPhase {
                     self.final_phase = true;
                 }
                 if ev.f == "commit" {
-                    self.commit(ev, actor);
+                    self.commit(ev);
                 }
             }
             ProcessRef::Client(p) => {
@@ -274,7 +281,7 @@ impl Live {
     }
 
     /// A commit event of the commit observer: a write id's stated version.
-    fn commit(&mut self, ev: &EventRef<'_>, _actor: &str) {
+    fn commit(&mut self, ev: &EventRef<'_>) {
         let (Some(key), ValueRef::Raw(raw)) = (&ev.key, &ev.value) else {
             return;
         };

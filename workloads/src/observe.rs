@@ -286,7 +286,6 @@ async fn read_back(
         .for_each_concurrent(READ_BACKS_IN_FLIGHT, |key| {
             let (client, con, w, decode, rec) = (&client, &con, &w, &decode, &rec);
             async move {
-                let from = rec.elapsed().as_nanos() as u64;
                 let mut c = {
                     let mut slot = con.lock().await;
                     if slot.is_none() {
@@ -304,34 +303,59 @@ async fn read_back(
                         None => return,
                     }
                 };
-                let got = tokio::time::timeout(
-                    Duration::from_secs(1),
-                    redis::cmd("GET")
-                        .arg(&key)
-                        .query_async::<Option<String>>(&mut c),
-                )
-                .await;
-                let held = match got {
-                    Ok(Ok(None)) => serde_json::Value::Null,
-                    Ok(Ok(Some(cached))) => match decode.held(&cached) {
-                        Some(v) => v,
-                        // Not a value of the workload's: it shows nothing.
-                        None => return,
-                    },
-                    _ => {
-                        *con.lock().await = None;
-                        return;
-                    }
-                };
-                rec.log(
-                    Event::new(0, process(&w.node), EventType::Info, "sample")
-                        .key(key)
-                        .node(w.node.clone())
-                        .value(json!({"from": from, "held": held})),
-                );
+                match read_back_sample(rec, &mut c, decode, &w.node, &key).await {
+                    ReadBack::Held(ev) => rec.log(ev),
+                    ReadBack::NoEvidence => {}
+                    ReadBack::NoAnswer => *con.lock().await = None,
+                }
             }
         })
         .await;
+}
+
+/// What reading a key back on a node gave.
+#[derive(Debug)]
+pub enum ReadBack {
+    /// The node's observer's `sample` of what it held (not yet logged).
+    Held(Event),
+    /// The cached value names no write of the workload's: it shows nothing.
+    NoEvidence,
+    /// The node did not answer within a second (its connection is better dropped).
+    NoAnswer,
+}
+
+/// Reads `key` back on `node` over `con`, decoding the cached value with `decode`:
+/// the `sample` event of the node's observer (`{"from", "held"}`, `from` when the GET
+/// was sent), for the caller to log (the watcher adds fields to it first).
+pub async fn read_back_sample(
+    rec: &Recorder,
+    con: &mut redis::aio::MultiplexedConnection,
+    decode: &crate::http::Decode,
+    node: &str,
+    key: &str,
+) -> ReadBack {
+    let from = rec.elapsed().as_nanos() as u64;
+    let got = tokio::time::timeout(
+        Duration::from_secs(1),
+        redis::cmd("GET")
+            .arg(key)
+            .query_async::<Option<String>>(con),
+    )
+    .await;
+    let held = match got {
+        Ok(Ok(None)) => serde_json::Value::Null,
+        Ok(Ok(Some(cached))) => match decode.held(&cached) {
+            Some(v) => v,
+            None => return ReadBack::NoEvidence,
+        },
+        _ => return ReadBack::NoAnswer,
+    };
+    ReadBack::Held(
+        Event::new(0, process(node), EventType::Info, "sample")
+            .key(key.to_string())
+            .node(node.to_string())
+            .value(json!({"from": from, "held": held})),
+    )
 }
 
 /// Logs that the observer of `node` was blind from `from` until now.

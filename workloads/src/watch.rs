@@ -235,35 +235,18 @@ async fn sample(
     (after, delay_ms, version): (u64, u64, Option<i64>),
     printed: &std::sync::atomic::AtomicU64,
 ) -> bool {
-    let from = rec.elapsed().as_nanos() as u64;
-    let got = tokio::time::timeout(
-        Duration::from_secs(1),
-        redis::cmd("GET")
-            .arg(key)
-            .query_async::<Option<String>>(&mut con),
-    )
-    .await;
-    let held = match got {
-        Ok(Ok(None)) => Value::Null,
-        Ok(Ok(Some(cached))) => match decode.held(&cached) {
-            Some(v) => v,
-            // Not a value of the workload's: it shows nothing.
-            None => return true,
-        },
-        _ => return false,
+    let mut ev = match crate::observe::read_back_sample(rec, &mut con, decode, node, key).await {
+        crate::observe::ReadBack::Held(ev) => ev,
+        crate::observe::ReadBack::NoEvidence => return true,
+        crate::observe::ReadBack::NoAnswer => return false,
     };
-    let mut ev = Event::new(
-        0,
-        Process::Actor(format!("monitor:{node}")),
-        EventType::Info,
-        "sample",
-    )
-    .key(key.to_string())
-    .node(node.to_string())
-    .value(json!({"from": from, "held": held}));
     ev.extra.insert("after".into(), json!(after));
     ev.extra.insert("delay_ms".into(), json!(delay_ms));
-    let older = held["version"].as_i64().zip(version).filter(|(h, v)| h < v);
+    let held = ev
+        .value
+        .as_ref()
+        .and_then(|v| v["held"]["version"].as_i64());
+    let older = held.zip(version).filter(|(h, v)| h < v);
     rec.log(ev);
     if let Some((h, v)) = older {
         use std::sync::atomic::Ordering;
