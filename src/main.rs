@@ -68,7 +68,8 @@ enum Command {
     /// Watch a system that serves its own traffic: observers only, no workload of ours
     /// and no fault. After each commit, every cache node is sampled after each of a few
     /// delays; prints "N nines of writes consistent within M" per region, and the keys
-    /// that were not. Exit status 0 all consistent, 1 some not, 3 nothing sampled.
+    /// that were not. Exit status 0 all consistent, 1 some not, 3 nothing sampled or the
+    /// commit observer was blind for a while.
     Watch(run::WatchArgs),
     /// Serve the run store read-only over HTTP on loopback: the run index, every report.
     Serve {

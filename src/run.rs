@@ -87,7 +87,8 @@ pub struct WatchArgs {
 
 /// Watches a system that serves its own traffic: observers and the cache samples after
 /// each commit, no workload of ours and no fault; the lab is not prepared. Exit status
-/// 0 when every sample was consistent, 1 when some were not, 3 when none was taken.
+/// 0 when every sample was consistent, 1 when some were not, 3 when none was taken or
+/// the commit observer was blind for a while (commits went unseen).
 pub fn watch(args: WatchArgs) -> Result<u8> {
     run(RunArgs {
         campaign: args.campaign,
@@ -917,10 +918,11 @@ impl<'a> Conclude<'a> {
                 println!("{line}");
             }
             println!("watch: {}", dir.path().join("watch.json").display());
-            return Ok(if summary.samples == 0 {
-                3
-            } else if summary.inconsistent() {
+            // Consistent is claimed only of a watch that saw every commit.
+            return Ok(if summary.inconsistent() {
                 1
+            } else if summary.samples == 0 || !summary.blind.is_empty() {
+                3
             } else {
                 0
             });

@@ -39,6 +39,8 @@ pub struct WatchSummary {
     pub skipped: u64,
     /// Samples still due when the watch ended.
     pub pending: u64,
+    /// The commit observer's gaps (from, to, ns): commits then went unseen, unsampled.
+    pub blind: Vec<(u64, u64)>,
 }
 
 impl WatchSummary {
@@ -56,6 +58,13 @@ impl WatchSummary {
             "watch: {} commits, {} samples ({} skipped by the rate limit, {} still due at the end)",
             self.commits, self.samples, self.skipped, self.pending
         )];
+        for (from, to) in &self.blind {
+            out.push(format!(
+                "  unknown: the commit observer was blind from {} to {}: commits then were not seen, nor sampled",
+                coherence_analysis::explain::duration(*from),
+                coherence_analysis::explain::duration(*to)
+            ));
+        }
         for (region, delays) in &self.regions {
             for (ms, w) in delays {
                 let m = coherence_analysis::explain::duration(ms * 1_000_000);
@@ -130,6 +139,13 @@ pub fn summarize(path: &Path) -> Result<WatchSummary> {
                 };
                 s.samples += 1;
                 samples.push((after, delay, node.to_string(), v["value"]["held"].clone()));
+            }
+            "observer-gap" if v["process"].as_str().is_some_and(|p| p.starts_with("cdc:")) => {
+                if let (Some(from), Some(to)) =
+                    (v["value"]["from"].as_u64(), v["value"]["to"].as_u64())
+                {
+                    s.blind.push((from, to));
+                }
             }
             "watch-end" => {
                 s.skipped += v["value"]["skipped_samples"].as_u64().unwrap_or(0);

@@ -1528,6 +1528,29 @@ fill = "plain""#,
         ),
         (write("run-watch.toml", staging), "run", "coherence watch"),
     ];
+    // --fail-fast names only what the online checker decides.
+    let cache_aside = write(
+        "cache-aside.toml",
+        &staging.replace(
+            r#"kind = "watch""#,
+            "kind = \"cache-aside\"\ninvalidation = \"writer\"\nfill = \"plain\"",
+        ),
+    );
+    for (flag, says) in [
+        ("--fail-fast=lost-write", "judged only once the run is over"),
+        ("--fail-fast=stale", "no anomaly is named"),
+    ] {
+        let o = coherence(&[
+            "run",
+            &cache_aside,
+            flag,
+            "--store",
+            store.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains(says), "{flag}: {err}");
+    }
     for (campaign, cmd, says) in cases {
         let o = coherence(&[cmd, &campaign, "--store", store.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&o.stderr);
