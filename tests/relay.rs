@@ -16,6 +16,9 @@ use std::path::Path;
 /// 10 ms); the relay of one row at a time took about a second at the median.
 const LAG_P99_MS: f64 = 100.0;
 
+/// The fewest acknowledged writes the run must record for the lag figures to count.
+const MIN_WRITES: usize = 300;
+
 /// Regression: the outbox relay handled one row at a time (a deletion per region in
 /// turn, then a cursor update) and fell ever further behind the writers, seconds
 /// within a few seconds of load, so the campaign meant to be coherent served stale
@@ -76,8 +79,10 @@ fn the_outbox_relay_keeps_up_with_the_writers() {
     let mut regions: Vec<String> = region_of.values().cloned().collect();
     regions.sort();
     regions.dedup();
+    // Enough writes for a 99th percentile to mean something. Not a throughput target:
+    // this machine records ~1,500 writes in the 5 s, CI's slower one half as many.
     assert!(
-        writes.len() > 1000 && regions.len() == 2,
+        writes.len() >= MIN_WRITES && regions.len() == 2,
         "{} writes, regions {regions:?}:\n{t}",
         writes.len()
     );
