@@ -82,5 +82,8 @@ pub fn follow(
             }
         }
     }
+    for d in live.finish(&now) {
+        eprintln!("{d}");
+    }
     Ok(live.summary())
 }

@@ -59,6 +59,32 @@ impl LiveRun {
             let mut live = Live::new(bound).counting(checks.as_deref());
             let now = || start.elapsed().as_nanos() as u64;
             let mut printed: BTreeMap<&'static str, u64> = BTreeMap::new();
+            let mut shown = |d: Detection| {
+                let name = d.kind.name();
+                let n = printed.entry(name).or_default();
+                *n += 1;
+                if *n <= PRINTED_PER_KIND {
+                    print(&d.to_string());
+                } else if *n == PRINTED_PER_KIND + 1 {
+                    print(&format!(
+                        "live: more {name} detections are counted, not shown"
+                    ));
+                }
+                if let Ok(mut c) = c.lock() {
+                    *c.entry(name).or_default() += 1;
+                }
+                let stops = fail_fast.as_ref().is_some_and(|k| k.contains(&d.kind));
+                if stops && !h.load(Ordering::Relaxed) {
+                    if let Ok(mut t) = t.lock() {
+                        *t = Some(Tripped {
+                            kind: d.kind,
+                            index: d.certain_index,
+                            summary: d.summary.clone(),
+                        });
+                    }
+                    h.store(true, Ordering::Relaxed);
+                }
+            };
             for line in lines {
                 let Ok(text) = std::str::from_utf8(&line) else {
                     continue;
@@ -72,31 +98,11 @@ impl LiveRun {
                 }
                 let found: Vec<Detection> = live.feed(&ev, ev.time, &now);
                 for d in found {
-                    let name = d.kind.name();
-                    let n = printed.entry(name).or_default();
-                    *n += 1;
-                    if *n <= PRINTED_PER_KIND {
-                        print(&d.to_string());
-                    } else if *n == PRINTED_PER_KIND + 1 {
-                        print(&format!(
-                            "live: more {name} detections are counted, not shown"
-                        ));
-                    }
-                    if let Ok(mut c) = c.lock() {
-                        *c.entry(name).or_default() += 1;
-                    }
-                    let stops = fail_fast.as_ref().is_some_and(|k| k.contains(&d.kind));
-                    if stops && !h.load(Ordering::Relaxed) {
-                        if let Ok(mut t) = t.lock() {
-                            *t = Some(Tripped {
-                                kind: d.kind,
-                                index: d.certain_index,
-                                summary: d.summary.clone(),
-                            });
-                        }
-                        h.store(true, Ordering::Relaxed);
-                    }
+                    shown(d);
                 }
+            }
+            for d in live.finish(&now) {
+                shown(d);
             }
             live.summary()
         });

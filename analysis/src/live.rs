@@ -133,7 +133,26 @@ struct KeyState {
     /// Final reads after the final phase, waiting for the database's final value:
     /// (invoke index, completion index, value).
     final_reads: Vec<(u64, u64, Value)>,
+    /// Ok reads not judged stale or fresh yet: their own version, or the version of a
+    /// write acknowledged more than Δ before they began, waits for its `commit`.
+    deferred: Vec<Deferred>,
 }
+
+/// A read whose staleness waits for a commit event.
+#[derive(Debug)]
+struct Deferred {
+    /// Its invoke's index and time.
+    index: u64,
+    time: u64,
+    /// Its completion's index.
+    at: u64,
+    node: String,
+    value: Value,
+}
+
+/// The most reads one key keeps waiting for commits; beyond, the oldest are dropped
+/// unjudged (live says nothing of them; the offline check judges every read).
+const DEFERRED_PER_KEY: usize = 10_000;
 
 impl KeyState {
     fn version(&self, v: &Value) -> Option<i64> {
@@ -170,6 +189,79 @@ impl KeyState {
         let at = self.frontier.partition_point(|e| e.0 <= v);
         self.frontier.get(at).copied()
     }
+
+    /// Whether a read of `v` that began at `began` can be judged now: its version is
+    /// known, and so is that of every write acknowledged more than `bound` before it
+    /// began (a write waiting for its commit may be the newer one).
+    fn decidable(&self, v: &Value, began: u64, bound: u64) -> Option<i64> {
+        let version = self.version(v)?;
+        let blocked = self
+            .awaiting
+            .values()
+            .any(|&done| done.saturating_add(bound) < began);
+        (!blocked).then_some(version)
+    }
+
+    /// The stale-read finding of a read of `version` on `node` that began at `began`
+    /// (invoke `index`, completion `at`), if it is stale.
+    fn stale(
+        &self,
+        key: &str,
+        version: i64,
+        r: (u64, u64, u64),
+        node: &str,
+        bound: u64,
+    ) -> Option<(AnomalyKind, String, u64, String)> {
+        let (index, began, at) = r;
+        let (newer, done) = self.newer_acked(version)?;
+        (done.saturating_add(bound) < began).then(|| {
+            (
+                AnomalyKind::StaleRead,
+                key.to_string(),
+                index,
+                format!(
+                    "read of key {} on {node} (line {}) returned version {version}, but version {newer} had been acknowledged {:.3} ms before it began",
+                    coherence_store::quote(key),
+                    at + 1,
+                    (began - done) as f64 / 1e6
+                ),
+            )
+        })
+    }
+
+    /// Judges the deferred reads that can be judged now.
+    fn judge_deferred(
+        &mut self,
+        key: &str,
+        bound: u64,
+        found: &mut Vec<(AnomalyKind, String, u64, String)>,
+    ) {
+        let waiting = std::mem::take(&mut self.deferred);
+        for d in waiting {
+            match self.decidable(&d.value, d.time, bound) {
+                Some(version) => {
+                    found.extend(self.stale(key, version, (d.index, d.time, d.at), &d.node, bound))
+                }
+                None => self.deferred.push(d),
+            }
+        }
+    }
+
+    /// Judges every deferred read by what is known: at the end of the history, a write
+    /// no commit showed has no version (a lost write, never the newer one), and a read
+    /// of one is not a read of a version.
+    fn judge_all_deferred(
+        &mut self,
+        key: &str,
+        bound: u64,
+        found: &mut Vec<(AnomalyKind, String, u64, String)>,
+    ) {
+        for d in std::mem::take(&mut self.deferred) {
+            if let Some(version) = self.version(&d.value) {
+                found.extend(self.stale(key, version, (d.index, d.time, d.at), &d.node, bound));
+            }
+        }
+    }
 }
 
 /// The online checker.
@@ -184,6 +276,8 @@ pub struct Live {
     counts: BTreeMap<&'static str, u64>,
     mttd: hdrhistogram::Histogram<u64>,
     events: u64,
+    /// The last event's index.
+    last_index: u64,
     /// The kinds that count (the others are not flagged).
     kinds: Vec<AnomalyKind>,
 }
@@ -200,6 +294,7 @@ impl Live {
             counts: BTreeMap::new(),
             mttd: hdrhistogram::Histogram::new(3).expect("3 significant figures"),
             events: 0,
+            last_index: 0,
             kinds: LIVE_KINDS.to_vec(),
         }
     }
@@ -221,6 +316,7 @@ impl Live {
         now: &dyn Fn() -> u64,
     ) -> Vec<Detection> {
         self.events += 1;
+        self.last_index = ev.index;
         let mut found: Vec<(AnomalyKind, String, u64, String)> = Vec::new();
         match &ev.process {
             ProcessRef::Actor(_) => {
@@ -228,7 +324,7 @@ impl Live {
                     self.final_phase = true;
                 }
                 if ev.f == "commit" {
-                    self.commit(ev);
+                    self.commit(ev, &mut found);
                 }
             }
             ProcessRef::Client(p) => {
@@ -257,6 +353,32 @@ impl Live {
                 }
             }
         }
+        self.emit(found, ev.index, arrived, now)
+    }
+
+    /// The end of the history (no more events come): what could be judged only then,
+    /// the reads still waiting for a commit.
+    pub fn finish(&mut self, now: &dyn Fn() -> u64) -> Vec<Detection> {
+        let (last_index, arrived) = (self.last_index, now());
+        let mut found = Vec::new();
+        let bound = self.bound;
+        for (key, k) in self.keys.iter_mut() {
+            if !k.deferred.is_empty() {
+                k.judge_all_deferred(key, bound, &mut found);
+            }
+        }
+        self.emit(found, last_index, arrived, now)
+    }
+
+    /// Counts and times what was found, made certain by the event at `certain_index`
+    /// that arrived at `arrived`.
+    fn emit(
+        &mut self,
+        mut found: Vec<(AnomalyKind, String, u64, String)>,
+        certain_index: u64,
+        arrived: u64,
+        now: &dyn Fn() -> u64,
+    ) -> Vec<Detection> {
         found.retain(|f| self.kinds.contains(&f.0));
         if found.is_empty() {
             return Vec::new();
@@ -271,7 +393,7 @@ impl Live {
                     kind,
                     key,
                     index,
-                    certain_index: ev.index,
+                    certain_index,
                     arrived_ns: arrived,
                     detected_ns: detected,
                     summary,
@@ -280,8 +402,9 @@ impl Live {
             .collect()
     }
 
-    /// A commit event of the commit observer: a write id's stated version.
-    fn commit(&mut self, ev: &EventRef<'_>) {
+    /// A commit event of the commit observer: a write id's stated version; the
+    /// deferred reads it lets be judged.
+    fn commit(&mut self, ev: &EventRef<'_>, found: &mut Vec<(AnomalyKind, String, u64, String)>) {
         let (Some(key), ValueRef::Raw(raw)) = (&ev.key, &ev.value) else {
             return;
         };
@@ -303,6 +426,9 @@ impl Live {
         if let Some(t) = k.awaiting.remove(write) {
             k.acked(version, t);
         }
+        if !k.deferred.is_empty() {
+            k.judge_deferred(key, self.bound, found);
+        }
     }
 
     fn completed(
@@ -312,7 +438,6 @@ impl Live {
         ev: &EventRef<'_>,
         found: &mut Vec<(AnomalyKind, String, u64, String)>,
     ) {
-        let ms = |ns: u64| ns as f64 / 1e6;
         let node = ev.node.as_deref().unwrap_or("?");
         let key = inv.key;
         let k = self.keys.entry(key.clone()).or_default();
@@ -341,24 +466,32 @@ impl Live {
                 let Some(v) = ev.value.versioned().map(Value::of) else {
                     return; // a miss is never stale
                 };
-                let Some(version) = k.version(&v) else {
-                    return; // not known yet: say nothing
-                };
-                if let Some((newer, done)) = k.newer_acked(version) {
-                    if done.saturating_add(self.bound) < inv.time {
-                        found.push((
-                            AnomalyKind::StaleRead,
-                            key.clone(),
-                            inv.index,
-                            format!(
-                                "read of key {} on {node} (line {}) returned version {version}, but version {newer} had been acknowledged {:.3} ms before it began",
-                                coherence_store::quote(&key),
-                                ev.index + 1,
-                                ms(inv.time - done)
-                            ),
-                        ));
+                let version = k.version(&v);
+                match k.decidable(&v, inv.time, self.bound) {
+                    Some(version) => found.extend(k.stale(
+                        &key,
+                        version,
+                        (inv.index, inv.time, ev.index),
+                        node,
+                        self.bound,
+                    )),
+                    None => {
+                        // Judged when the commit it waits for comes (or at the end).
+                        if k.deferred.len() >= DEFERRED_PER_KEY {
+                            k.deferred.remove(0);
+                        }
+                        k.deferred.push(Deferred {
+                            index: inv.index,
+                            time: inv.time,
+                            at: ev.index,
+                            node: node.to_string(),
+                            value: v,
+                        });
                     }
                 }
+                // The session checks judge reads in the process's order, so only at
+                // their completion: a read whose version is not known yet is not.
+                let Some(version) = version else { return };
                 let s = self.sessions.entry((process, key.clone())).or_default();
                 if let Some(read) = s.0.filter(|r| *r > version) {
                     found.push((

@@ -288,10 +288,25 @@ pub fn run(opts: Options) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start an async runtime")?;
+    /// Binds `addr`; while the address is in use (the instance this one replaces may
+    /// not have let go of it yet: a killed process's sockets close as it is reaped),
+    /// tries again, for up to 10 s.
+    async fn listen(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+        let start = std::time::Instant::now();
+        loop {
+            match tokio::net::TcpListener::bind(addr).await {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && start.elapsed() < std::time::Duration::from_secs(10) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+                r => return r.with_context(|| format!("cannot listen on {addr}")),
+            }
+        }
+    }
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(opts.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", opts.listen))?;
+        let listener = listen(opts.listen).await?;
         serve(&opts, listener, stopped()).await
     })
 }
