@@ -13,11 +13,13 @@ use std::time::{Duration, Instant};
 const POLL: Duration = Duration::from_millis(5);
 
 /// Follows `path` until it has not grown for `idle` (waiting that long for it to
-/// appear, too), flagging the kinds among `checks` (`None`: all); prints each
-/// detection on stderr. What the online checker found.
+/// appear, too), at staleness bound `bound` and invalidation bound `invalidation` (ns),
+/// flagging the kinds among `checks` (`None`: all); prints each detection on stderr.
+/// What the online checker found.
 pub fn follow(
     path: &Path,
     bound: u64,
+    invalidation: Option<u64>,
     checks: Option<&[coherence_analysis::AnomalyKind]>,
     idle: Duration,
 ) -> Result<LiveSummary> {
@@ -41,7 +43,9 @@ pub fn follow(
             }
         }
     };
-    let mut live = Live::new(bound).counting(checks);
+    let mut live = Live::new(bound)
+        .invalidation_bound(invalidation)
+        .counting(checks);
     let mut offset = 0u64;
     let mut pending: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 1 << 16];

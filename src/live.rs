@@ -38,12 +38,14 @@ pub struct LiveRun {
 }
 
 impl LiveRun {
-    /// Follows `rec` from now on with staleness bound `bound` (ns), flagging the kinds
+    /// Follows `rec` from now on with staleness bound `bound` and invalidation bound
+    /// `invalidation` (ns), flagging the kinds
     /// among `checks` (the checks that count; `None`: all); `fail_fast`: the kinds that
     /// stop the run (`None`: none do). `print` shows a line.
     pub fn start(
         rec: &Recorder,
         bound: u64,
+        invalidation: Option<u64>,
         checks: Option<Vec<AnomalyKind>>,
         fail_fast: Option<Vec<AnomalyKind>>,
         print: impl Fn(&str) + Send + 'static,
@@ -56,7 +58,9 @@ impl LiveRun {
         let faults = Arc::new(Mutex::new(BTreeMap::new()));
         let (c, t, h, f) = (counts.clone(), tripped.clone(), hit.clone(), faults.clone());
         let thread = std::thread::spawn(move || {
-            let mut live = Live::new(bound).counting(checks.as_deref());
+            let mut live = Live::new(bound)
+                .invalidation_bound(invalidation)
+                .counting(checks.as_deref());
             let now = || start.elapsed().as_nanos() as u64;
             let mut printed: BTreeMap<&'static str, u64> = BTreeMap::new();
             let mut shown = |d: Detection| {

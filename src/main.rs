@@ -486,6 +486,8 @@ fn check(args: CheckArgs) -> anyhow::Result<u8> {
         Some(follow::follow(
             &file,
             bound,
+            args.invalidation_bound
+                .map(|b| u64::try_from(b.as_nanos()).unwrap_or(u64::MAX)),
             args.checks.as_deref(),
             args.until_idle,
         )?)

@@ -581,6 +581,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
     let live = crate::live::LiveRun::start(
         &rec,
         campaign.checker.staleness_bound.as_nanos() as u64,
+        campaign
+            .checker
+            .invalidation_bound
+            .map(|b| b.as_nanos() as u64),
         checks.clone(),
         fail_fast,
         |line| eprintln!("{line}"),

@@ -6,8 +6,8 @@
 //! whose rules are the spec's (`docs/history.md`, *Observers*):
 //!
 //! - The committed versions of a key are its acknowledged writes the database kept (not
-//!   `lost-write`s) and its writes of unknown outcome that a `commit` event shows
-//!   committed. A version's *commit time* C is the time of its first `commit` event
+//!   `lost-write`s) or a `commit` event shows, and its writes of unknown outcome that a
+//!   `commit` event shows committed. A version's *commit time* C is the time of its first `commit` event
 //!   (matched by write id), else its write's acknowledgement.
 //! - A watched node *held an older version* at the commit when its last *holding
 //!   evidence* before the write W began shows a version below v, and the node's
@@ -41,6 +41,10 @@ use rustc_hash::FxHashMap;
 /// How long after an observed `set` the fill that made it may complete and still be
 /// taken as its cause.
 pub const SET_TO_FILL: u64 = 1_000_000_000;
+
+/// A `sample` logged more than this long after its `from` is no evidence: an answer that
+/// slow may be of any moment in between (and a live checker could not wait for it).
+pub const SAMPLE_AGE: u64 = 1_000_000_000;
 
 /// What became of an older entry on a watched node after a commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,7 +145,11 @@ pub fn committed(
         let commit = seen.get(&val.write).copied();
         let version = match op.outcome {
             // (An ok write no commit shows, in a history without versions, has none.)
-            Outcome::Ok if val.version >= 0 && !lost(val.version, id) => val.version,
+            // Acknowledged and kept, or seen committed by the change stream (whatever
+            // the database lost later).
+            Outcome::Ok if val.version >= 0 && (commit.is_some() || !lost(val.version, id)) => {
+                val.version
+            }
             // A write of unknown outcome that the change stream shows committed.
             Outcome::Info => match commit.and_then(|c| c.2) {
                 Some(v) => v,
@@ -199,7 +207,10 @@ pub fn pairs(
         // time order, the highest version last among those of one time.
         let mut evidence: Vec<(u64, Option<i64>, Holding)> = Vec::new();
         let mut fills: Vec<(u64, i64, Holding)> = Vec::new();
-        for s in h.samples[key as usize].iter().filter(|s| s.node == node) {
+        for s in h.samples[key as usize]
+            .iter()
+            .filter(|s| s.node == node && s.time.saturating_sub(s.from) <= SAMPLE_AGE)
+        {
             evidence.push((s.from, s.held.map(|v| v.version), Holding::Sample(s.index)));
             if let Some(v) = s.held {
                 // Sent after a set and showing its version: the set installed it (or

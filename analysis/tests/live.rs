@@ -23,18 +23,25 @@ fn both(
     BTreeSet<(&'static str, String, u64)>,
     Vec<(&'static str, String, u64)>,
 ) {
+    let (offline, live, _) = both_with(text, bound, None);
+    (offline, live)
+}
+
+/// As [`both`], with the invalidation bound `ib` (ns) for `slow-invalidation`; and how
+/// many live detections came before the end of the history.
+fn both_with(text: &str, bound: u64, ib: Option<u64>) -> Both {
     let mut b = Builder::new();
     coherence_store::reader::read_from(text.as_bytes(), std::path::Path::new("t.jsonl"), &mut b)
         .unwrap_or_else(|e| panic!("{e}"));
     let h = b.finish();
-    let ctx = Context::new(&h, bound);
+    let ctx = Context::new(&h, bound).with_invalidation_bound(ib);
     let offline: BTreeSet<(&'static str, String, u64)> = check::check(&ctx)
         .findings
         .iter()
         .filter(|f| LIVE_KINDS.contains(&f.kind))
         .map(|f| (f.kind.name(), h.keys.name(f.key).to_string(), f.index))
         .collect();
-    let mut live = Live::new(bound);
+    let mut live = Live::new(bound).invalidation_bound(ib);
     let mut found = Vec::new();
     for line in text.lines().filter(|l| !l.is_empty()) {
         let ev = coherence_store::reader::parse_event(line).unwrap();
@@ -42,10 +49,11 @@ fn both(
             found.push((d.kind.name(), d.key, d.index));
         }
     }
+    let before_end = found.len();
     for d in live.finish(&|| 0) {
         found.push((d.kind.name(), d.key, d.index));
     }
-    (offline, found)
+    (offline, found, before_end)
 }
 
 fn counts<'a>(
@@ -182,17 +190,177 @@ fn live_counts_stale_reads_as_offline_does_when_versions_come_from_commits() {
     assert!(seen > 0, "no stale read in the histories without versions");
 }
 
+/// `text` with every time (and the times samples and gaps carry) `factor` times later:
+/// the generated histories span milliseconds, and live waits seconds before it decides
+/// an invalidation (`SETTLE`), so only stretched ones show it deciding mid-stream.
+fn stretched(text: &str, factor: u64) -> String {
+    text.lines()
+        .map(|l| {
+            let mut e: serde_json::Value = serde_json::from_str(l).unwrap();
+            let t = e["time"].as_u64().unwrap();
+            e["time"] = (t * factor).into();
+            for f in ["from", "to"] {
+                if let Some(x) = e["value"].get(f).and_then(|x| x.as_u64()) {
+                    e["value"][f] = (x * factor).into();
+                }
+            }
+            format!("{e}\n")
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
     /// Random histories (versioned or not, with observers, faults and commits): live is
     /// never ahead of the definitions.
     #[test]
-    fn live_detections_are_offline_findings(steps in proptest::collection::vec(brute::step(), 1..60), bound in 0u64..3) {
-        let bound = bound * 1_000_000;
+    fn live_detections_are_offline_findings(
+        steps in proptest::collection::vec(brute::step(), 1..60),
+        bound in 0u64..3,
+        ib in proptest::option::of(0u64..3),
+        factor in proptest::sample::select(vec![1u64, 100, 400]),
+    ) {
         let text: String = brute::history(&steps).iter().map(|l| format!("{l}\n")).collect();
-        let (offline, live) = both(&text, bound);
+        let text = stretched(&text, factor);
+        let bound = bound * 1_000_000 * factor;
+        let ib = ib.map(|b| b * 1_000_000 * factor);
+        let (offline, live, _) = both_with(&text, bound, ib);
         for d in &live {
             prop_assert!(offline.contains(d), "live found {:?}, offline did not:\n{}", d, text);
         }
     }
+}
+
+/// The random histories do show live slow invalidations: the property above is not
+/// passing by never deciding one. (Their writes seldom have a commit event of their
+/// own, which live needs before the end; `a_late_invalidation_is_flagged_...` shows
+/// one decided mid-stream.)
+#[test]
+fn random_histories_show_live_slow_invalidations() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let steps = proptest::collection::vec(brute::step(), 20..60);
+    let (mut live_slow, mut offline_slow, mut mid_stream) = (0, 0, 0);
+    for case in 0..2000u64 {
+        let text: String = brute::history(&steps.new_tree(&mut runner).unwrap().current())
+            .iter()
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let factor = [1, 400][case as usize % 2];
+        let text = stretched(&text, factor);
+        let (offline, live, before_end) = both_with(&text, 0, Some(1_000_000 * factor));
+        for d in &live {
+            assert!(
+                offline.contains(d),
+                "live found {d:?}, offline did not:\n{text}"
+            );
+        }
+        let slow = |d: &&(&str, String, u64)| d.0 == "slow-invalidation";
+        live_slow += live.iter().filter(slow).count();
+        mid_stream += live[..before_end].iter().filter(slow).count();
+        offline_slow += offline
+            .iter()
+            .filter(|d| d.0 == "slow-invalidation")
+            .count();
+    }
+    assert!(
+        live_slow > 0,
+        "live slow-invalidations in 2000 random histories: {live_slow}, {mid_stream} of them \
+         before the end ({offline_slow} offline)"
+    );
+    eprintln!("slow invalidations: live {live_slow} ({mid_stream} before the end), offline {offline_slow}");
+}
+
+/// What [`both_with`] answers.
+type Both = (
+    BTreeSet<(&'static str, String, u64)>,
+    Vec<(&'static str, String, u64)>,
+    usize,
+);
+
+/// One watched node `n` held version 1 of `k` (a read of it), version 2 was written and
+/// committed at 1 s, and `n`'s observer saw the invalidation `late_ms` later; then the
+/// history goes on for `tail_s` seconds of other keys' reads. `extra` lines come right
+/// after the invalidation.
+fn late_invalidation(late_ms: u64, tail_s: u64, extra: &[serde_json::Value]) -> String {
+    use serde_json::json;
+    let ms = 1_000_000u64;
+    let mut lines = vec![
+        json!({"time": 0, "process": "control", "type": "info", "f": "observe", "value": {"caches": ["n"], "databases": ["db"]}}),
+        json!({"time": 100 * ms, "process": 0, "type": "invoke", "f": "read", "key": "k", "node": "n"}),
+        json!({"time": 101 * ms, "process": 0, "type": "ok", "f": "read", "key": "k", "node": "n", "value": {"version": 1, "write": "w1"}}),
+        json!({"time": 1000 * ms, "process": 1, "type": "invoke", "f": "write", "key": "k", "node": "db", "value": {"write": "w2"}}),
+        json!({"time": 1001 * ms, "process": "cdc:db", "type": "info", "f": "commit", "key": "k", "node": "db", "value": {"write": "w2", "version": 2}}),
+        json!({"time": 1002 * ms, "process": 1, "type": "ok", "f": "write", "key": "k", "node": "db", "value": {"write": "w2", "version": 2}}),
+        json!({"time": (1001 + late_ms) * ms, "process": "monitor:n", "type": "info", "f": "invalidate", "key": "k", "node": "n"}),
+    ];
+    let at = lines.last().unwrap()["time"].as_u64().unwrap();
+    for e in extra {
+        let mut e = e.clone();
+        e["time"] = at.into();
+        lines.push(e);
+    }
+    for i in 0..tail_s * 10 {
+        let t = at + (i + 1) * 100 * ms;
+        lines.push(json!({"time": t, "process": 2, "type": "invoke", "f": "read", "key": "other", "node": "n"}));
+        lines.push(json!({"time": t, "process": 2, "type": "ok", "f": "read", "key": "other", "node": "n", "value": null}));
+    }
+    lines
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut e)| {
+            e["index"] = i.into();
+            format!("{e}\n")
+        })
+        .collect()
+}
+
+#[test]
+fn a_late_invalidation_is_flagged_live_once_nothing_can_change_it() {
+    let ms = 1_000_000;
+    let slow = |(_, live, before_end): &Both| {
+        let at = |range: &[(&str, String, u64)]| {
+            range.iter().filter(|d| d.0 == "slow-invalidation").count()
+        };
+        (at(&live[..*before_end]), at(live))
+    };
+    // 500 ms late against a bound of 200 ms: flagged while the history goes on.
+    let text = late_invalidation(500, 5, &[]);
+    let r = both_with(&text, 0, Some(200 * ms));
+    assert!(
+        r.0.contains(&("slow-invalidation", "k".to_string(), 3)),
+        "{:?}",
+        r.0
+    );
+    assert_eq!(slow(&r), (1, 1), "{:?}", r.1);
+    // ... but not before the settling time has passed: with one second of history
+    // after it, only the end decides it.
+    assert_eq!(
+        slow(&both_with(
+            &late_invalidation(500, 1, &[]),
+            0,
+            Some(200 * ms)
+        )),
+        (0, 1)
+    );
+    // Within the bound: nothing, live or offline.
+    let r = both_with(&late_invalidation(100, 5, &[]), 0, Some(200 * ms));
+    assert_eq!(slow(&r), (0, 0));
+    assert!(!r.0.iter().any(|d| d.0 == "slow-invalidation"));
+    // Without a bound: not judged.
+    assert_eq!(slow(&both_with(&text, 0, None)), (0, 0));
+    // The observer was blind meanwhile (its gap logged when it came back): nothing.
+    let gap = serde_json::json!({"process": "monitor:n", "type": "info", "f": "observer-gap", "node": "n", "value": {"node": "n", "from": 1200 * ms, "to": 1300 * ms}});
+    assert_eq!(
+        slow(&both_with(
+            &late_invalidation(500, 5, &[gap]),
+            0,
+            Some(200 * ms)
+        )),
+        (0, 0)
+    );
+    // A kill in force meanwhile (the node may have come back empty): live says nothing.
+    let kill = serde_json::json!({"process": "nemesis", "type": "info", "f": "kill", "value": {"seq": 1, "node": "n"}});
+    let r = both_with(&late_invalidation(500, 5, &[kill]), 0, Some(200 * ms));
+    assert_eq!(slow(&r).0, 0, "{:?}", r.1);
 }

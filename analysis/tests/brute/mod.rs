@@ -549,7 +549,9 @@ fn analyse(text: &str, bound: u64) -> (BTreeMap<&'static str, Vec<Found>>, Vec<F
                     f.into(),
                 ));
             }
-            if f == "sample" && actor.starts_with("monitor:") {
+            // a sample answered more than 1 s after it was sent is no evidence
+            let sent = e["value"]["from"].as_u64().unwrap_or(0).min(time);
+            if f == "sample" && actor.starts_with("monitor:") && time - sent <= 1_000_000_000 {
                 let held = &e["value"]["held"];
                 samples.push((
                     e["key"].as_str().unwrap().into(),
@@ -825,7 +827,8 @@ fn fates<'o>(
             };
             let c = first_commit(id);
             let version = match w.kind.as_str() {
-                "ok" if !is_lost(w) => w.value.as_ref().unwrap().0,
+                // kept, or seen committed (whatever the database lost later)
+                "ok" if c.is_some() || !is_lost(w) => w.value.as_ref().unwrap().0,
                 "info" => match c.and_then(|c| c.2) {
                     Some(v) => v,
                     None => continue,

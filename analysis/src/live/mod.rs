@@ -6,24 +6,35 @@
 //! state is per key and per (process, key), so each event costs a few map lookups and
 //! its memory is bounded by the keys, the processes and the operations in flight.
 //!
-//! What it decides, by the definitions of `docs/history.md` (*Anomalies*), each at the
-//! completion of the read that shows it:
+//! What it decides, by the definitions of `docs/history.md` (*Anomalies*):
 //!
-//! - `stale-read`: an ok `read` or `db-read` R of version v, when an ok write of a
-//!   version above v completed more than Δ before R was invoked. Every such write
-//!   completed before R did, so its `ok` is already in the history when R's is: the
-//!   read is judged once, at its completion, exactly as the offline check judges it.
+//! - `stale-read`, at the completion of the read, or once the `commit` events that tell
+//!   the versions it needs came: an ok `read` or `db-read` R of version v, when an ok
+//!   write of a version above v completed more than Δ before R was invoked. Every such
+//!   write completed before R did, so its `ok` is already in the history when R's is;
+//!   with values without versions, R waits until its own write's version and that of
+//!   every write acknowledged more than Δ before it are known (at the end of the
+//!   history, what no commit showed has no version). So every read is judged, exactly
+//!   as the offline check judges it.
 //! - `monotonic-read`: the process read the key at a higher version earlier.
 //! - `read-your-writes`: the process wrote the key at a higher version earlier (ok).
-//! - `non-convergence`: a `final-read` after the `final-phase` that returned a value
-//!   other than the key's ok `db-final-read` (whichever of the two comes second).
+//! - `slow-invalidation`, with an invalidation bound ([`Live::invalidation_bound`]): a
+//!   committed version on a watched node that held an older one, invalidated there
+//!   later than the bound; decided a few seconds after the invalidation, once nothing
+//!   still to come can change it (`invalidation` module).
+//! - `non-convergence`, at the end of the history: a `final-read` after the
+//!   `final-phase` that returned a value other than the key's last ok `db-final-read`
+//!   (another could come until the end).
 //!
 //! Values without versions take the version their write's `commit` event states; a
 //! value whose write no `commit` with a version has shown yet is not judged (live says
 //! nothing rather than guess). The checks that need the whole history (phantoms, lost
-//! writes, forks, missing and slow invalidations) are left to the offline check.
+//! writes, forks, missing invalidations: an observer logs its gap only once it is back,
+//! possibly after the end) are left to the offline check.
 //! Every live detection is also an offline finding of the same history (same kind,
 //! same operation): `analysis/tests/live.rs` holds it to that.
+
+mod invalidation;
 
 use crate::detect::AnomalyKind;
 use coherence_store::reader::{EventRef, ProcessRef, ValueRef};
@@ -33,11 +44,12 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// The anomalies the online checker decides.
-pub const LIVE_KINDS: [AnomalyKind; 4] = [
+pub const LIVE_KINDS: [AnomalyKind; 5] = [
     AnomalyKind::StaleRead,
     AnomalyKind::MonotonicRead,
     AnomalyKind::ReadYourWrites,
     AnomalyKind::NonConvergence,
+    AnomalyKind::SlowInvalidation,
 ];
 
 /// One anomaly, flagged when the history made it certain.
@@ -113,6 +125,8 @@ struct Pending {
     key: String,
     /// A write's id.
     write: Option<String>,
+    /// The node its invoke names.
+    node: Option<String>,
     /// Invoked after the final phase began.
     after_final: bool,
 }
@@ -128,11 +142,14 @@ struct KeyState {
     versions: FxHashMap<String, i64>,
     /// Ok writes waiting for their version: write id -> completion time.
     awaiting: FxHashMap<String, u64>,
-    /// The database's final value (ok `db-final-read`).
+    /// The database's final value (the last ok `db-final-read` so far).
     db_final: Option<Value>,
-    /// Final reads after the final phase, waiting for the database's final value:
-    /// (invoke index, completion index, value).
-    final_reads: Vec<(u64, u64, Value)>,
+    /// The last ok `db-final-read`'s version log, when it had one (`Some(None)`: a
+    /// final state without a log).
+    db_log: Option<Option<Vec<(i64, String)>>>,
+    /// Final reads after the final phase, judged at the end against the database's
+    /// final value: (invoke index, completion index, node, value).
+    final_reads: Vec<(u64, u64, String, Value)>,
     /// Ok reads not judged stale or fresh yet: their own version, or the version of a
     /// write acknowledged more than Δ before they began, waits for its `commit`.
     deferred: Vec<Deferred>,
@@ -188,6 +205,19 @@ impl KeyState {
     fn newer_acked(&self, v: i64) -> Option<(i64, u64)> {
         let at = self.frontier.partition_point(|e| e.0 <= v);
         self.frontier.get(at).copied()
+    }
+
+    /// True when the database's final state lost the acknowledged write `write` of
+    /// `version`: its log lacks it, or without a log, it ends below that version (no
+    /// final state yet: not lost).
+    fn lost(&self, version: i64, write: &str) -> bool {
+        let (Some(fin), Some(log)) = (&self.db_final, &self.db_log) else {
+            return false;
+        };
+        match log {
+            Some(log) => !log.iter().any(|(v, w)| *v == version && w == write),
+            None => self.version(fin).is_some_and(|f| version > f),
+        }
     }
 
     /// Whether a read of `v` that began at `began` can be judged now: its version is
@@ -280,6 +310,8 @@ pub struct Live {
     last_index: u64,
     /// The kinds that count (the others are not flagged).
     kinds: Vec<AnomalyKind>,
+    /// Slow invalidations.
+    invalidations: invalidation::Judge,
 }
 
 impl Live {
@@ -296,7 +328,15 @@ impl Live {
             events: 0,
             last_index: 0,
             kinds: LIVE_KINDS.to_vec(),
+            invalidations: invalidation::Judge::new(None),
         }
+    }
+
+    /// Judges slow invalidations too, against the invalidation bound `bound` (ns;
+    /// `None`: no bound, none is slow).
+    pub fn invalidation_bound(mut self, bound: Option<u64>) -> Live {
+        self.invalidations = invalidation::Judge::new(bound);
+        self
     }
 
     /// Flags only the kinds among `checks` (the checks that count; `None`: all).
@@ -319,7 +359,8 @@ impl Live {
         self.last_index = ev.index;
         let mut found: Vec<(AnomalyKind, String, u64, String)> = Vec::new();
         match &ev.process {
-            ProcessRef::Actor(_) => {
+            ProcessRef::Actor(actor) => {
+                self.invalidations.actor(actor, ev);
                 if ev.op == OpKind::FinalPhase {
                     self.final_phase = true;
                 }
@@ -342,17 +383,20 @@ impl Live {
                                 op: ev.op,
                                 key: key.to_string(),
                                 write,
+                                node: ev.node.as_deref().map(str::to_string),
                                 after_final: self.final_phase,
                             },
                         );
                     }
                 } else if let Some(inv) = self.pending.remove(p) {
+                    self.invalidations.completed(&inv, ev);
                     if ev.kind == EventType::Ok {
                         self.completed(*p, inv, ev, &mut found);
                     }
                 }
             }
         }
+        self.slow(false, &mut found);
         self.emit(found, ev.index, arrived, now)
     }
 
@@ -361,13 +405,28 @@ impl Live {
     pub fn finish(&mut self, now: &dyn Fn() -> u64) -> Vec<Detection> {
         let (last_index, arrived) = (self.last_index, now());
         let mut found = Vec::new();
+        self.slow(true, &mut found);
         let bound = self.bound;
         for (key, k) in self.keys.iter_mut() {
             if !k.deferred.is_empty() {
                 k.judge_all_deferred(key, bound, &mut found);
             }
+            if let Some(db) = k.db_final.clone() {
+                for (index, at, node, v) in std::mem::take(&mut k.final_reads) {
+                    if let Some(d) = diverged(k, &v, &db, key, &node, at) {
+                        found.push((AnomalyKind::NonConvergence, key.clone(), index, d));
+                    }
+                }
+            }
         }
         self.emit(found, last_index, arrived, now)
+    }
+
+    /// The slow invalidations decided by now (`end`: the history is over).
+    fn slow(&mut self, end: bool, found: &mut Vec<(AnomalyKind, String, u64, String)>) {
+        for (key, index, summary) in self.invalidations.wake(&self.keys, &self.pending, end) {
+            found.push((AnomalyKind::SlowInvalidation, key, index, summary));
+        }
     }
 
     /// Counts and times what was found, made certain by the event at `certain_index`
@@ -523,26 +582,18 @@ impl Live {
                 let Some(v) = ev.value.versioned().map(Value::of) else {
                     return; // a miss has converged
                 };
-                match &k.db_final {
-                    Some(db) => {
-                        if let Some(d) = diverged(k, &v, db, &key, node, ev.index) {
-                            found.push((AnomalyKind::NonConvergence, key, inv.index, d));
-                        }
-                    }
-                    None => k.final_reads.push((inv.index, ev.index, v)),
-                }
+                // Judged at the end: the database's final value is its last ok
+                // db-final-read, and another may still come.
+                k.final_reads
+                    .push((inv.index, ev.index, node.to_string(), v));
             }
             OpKind::DbFinalRead => {
-                let Some(db) = ev.value.versioned().map(Value::of) else {
-                    return;
-                };
-                let waiting = std::mem::take(&mut k.final_reads);
-                for (index, at, v) in waiting {
-                    if let Some(d) = diverged(k, &v, &db, &key, node, at) {
-                        found.push((AnomalyKind::NonConvergence, key.clone(), index, d));
-                    }
+                if let Some(db) = ev.value.versioned().map(Value::of) {
+                    k.db_final = Some(db);
                 }
-                k.db_final = Some(db);
+                if let ValueRef::Final { log, .. } = &ev.value {
+                    k.db_log = Some(log.clone());
+                }
             }
             _ => {}
         }
