@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// written as usual, and the exit status is 1. A release gate.
     #[arg(long, value_name = "KINDS", num_args = 0..=1, require_equals = true, default_missing_value = "")]
     fail_fast: Option<String>,
+    /// Do not run the online checker (no live detections, no `live` section in
+    /// results.json): to measure what it costs, or to spare a loaded machine.
+    #[arg(long, conflicts_with = "fail_fast")]
+    no_live: bool,
     /// `coherence watch`: observers only, the lab left as it is.
     #[arg(skip)]
     watch: bool,
@@ -104,6 +108,7 @@ pub fn watch(args: WatchArgs) -> Result<u8> {
         nemesis_duration: None,
         checks: None,
         fail_fast: None,
+        no_live: false,
         watch: true,
     })
 }
@@ -578,17 +583,19 @@ pub fn run(args: RunArgs) -> Result<u8> {
     };
     write_output(&dir.run_json(), &run_info.to_json(), &[])?;
     // The online checker follows every event from here on.
-    let live = crate::live::LiveRun::start(
-        &rec,
-        campaign.checker.staleness_bound.as_nanos() as u64,
-        campaign
-            .checker
-            .invalidation_bound
-            .map(|b| b.as_nanos() as u64),
-        checks.clone(),
-        fail_fast,
-        |line| eprintln!("{line}"),
-    );
+    let live = (!args.no_live).then(|| {
+        crate::live::LiveRun::start(
+            &rec,
+            campaign.checker.staleness_bound.as_nanos() as u64,
+            campaign
+                .checker
+                .invalidation_bound
+                .map(|b| b.as_nanos() as u64),
+            checks.clone(),
+            fail_fast,
+            |line| eprintln!("{line}"),
+        )
+    });
     // Who replicates whom, for the checker's causes (failovers change it later).
     rec.log(
         Event::new(
@@ -693,7 +700,10 @@ pub fn run(args: RunArgs) -> Result<u8> {
         {
             // Ctrl-C or SIGTERM: the workload stops, faults heal, the final phase runs.
             let (stop_faults, rec, signals) = (stop_faults.clone(), rec.clone(), signals.clone());
-            let (hit, tripped) = (live.hit.clone(), live.tripped.clone());
+            let (hit, tripped) = live
+                .as_ref()
+                .map(|l| (l.hit.clone(), l.tripped.clone()))
+                .unwrap_or_default();
             tokio::spawn(async move {
                 while !signals.interrupted.load(Ordering::Relaxed) && !hit.load(Ordering::Relaxed) {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -748,8 +758,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
             let rec = rec.clone();
             let phase = phase.clone();
             let limit = work.time_limit;
-            let counts = live.counts.clone();
-            let faults = live.faults.clone();
+            let counts = live.as_ref().map(|l| l.counts.clone());
+            let faults = live.as_ref().map(|l| l.faults.clone());
             tokio::spawn(async move {
                 let mut last = (0u64, std::time::Instant::now());
                 loop {
@@ -764,8 +774,8 @@ pub fn run(args: RunArgs) -> Result<u8> {
                         limit.as_secs_f64(),
                         rec.counters.failed.load(Ordering::Relaxed),
                         rec.counters.unknown.load(Ordering::Relaxed),
-                        crate::live::LiveRun::so_far(&counts),
-                        crate::live::LiveRun::faults_now(&faults),
+                        counts.as_ref().map_or("off".into(), |c| crate::live::LiveRun::so_far(c)),
+                        faults.as_ref().map_or("not followed".into(), |f| crate::live::LiveRun::faults_now(f)),
                     ));
                 }
             })
@@ -824,7 +834,7 @@ pub fn run(args: RunArgs) -> Result<u8> {
     }
     // The last holder of the recorder besides us.
     drop(nemesis_after);
-    Conclude::of(&args, &campaign, checks, dir, rec).conclude(result, Some(live))
+    Conclude::of(&args, &campaign, checks, dir, rec).conclude(result, live)
 }
 
 /// The end of every run: the history finished, checked, results, report and JUnit

@@ -2,7 +2,8 @@
 //! watched commits whose every sample in the region, M after the commit, was
 //! consistent — the node held the committed version or a newer one, or nothing (a
 //! miss is fine) — as "N nines of writes consistent within M", and the keys that were
-//! not. Read from the run's history: the commit observer's `commit` events and the
+//! not. A commit is judged in a region only when every node of it gave a sample, or
+//! one was inconsistent. Read from the run's history: the commit observer's `commit` events and the
 //! watcher's `sample` events (`after`: the commit's index, `delay_ms`).
 
 use anyhow::{Context, Result};
@@ -19,6 +20,9 @@ pub struct Within {
     pub commits: u64,
     /// Of which every sample was consistent.
     pub consistent: u64,
+    /// Commits whose samples all were consistent but some node of the region gave none
+    /// (it did not answer): not judged, and not counted in `commits`.
+    pub incomplete: u64,
     /// `-log10` of the inconsistent share (`null` when none was inconsistent: as many
     /// nines as the commits can show).
     pub nines: Option<f64>,
@@ -76,6 +80,12 @@ impl WatchSummary {
                     "  {region}: {nines} of writes consistent within {m} ({} of {} commits)",
                     w.consistent, w.commits
                 );
+                if w.incomplete > 0 {
+                    line.push_str(&format!(
+                        "; {} more not judged (a node gave no sample)",
+                        w.incomplete
+                    ));
+                }
                 if !w.keys.is_empty() {
                     line.push_str(&format!("; not: {}", w.keys.join(", ")));
                 }
@@ -95,8 +105,8 @@ pub fn summarize(path: &Path) -> Result<WatchSummary> {
     let mut commits: HashMap<u64, (String, String, Option<i64>)> = HashMap::new();
     // key -> write id -> place in the commit order
     let mut order: HashMap<String, HashMap<String, i64>> = HashMap::new();
-    // (commit index, delay, region) -> consistent so far
-    let mut judged: BTreeMap<(u64, u64, String), bool> = BTreeMap::new();
+    // (commit index, delay, region) -> (consistent so far, nodes sampled)
+    let mut judged: BTreeMap<(u64, u64, String), (bool, BTreeSet<String>)> = BTreeMap::new();
     let mut s = WatchSummary::default();
     let mut samples: Vec<(u64, u64, String, Value)> = Vec::new();
     for line in std::io::BufReader::new(file).lines() {
@@ -179,8 +189,11 @@ pub fn summarize(path: &Path) -> Result<WatchSummary> {
                 None => false,
             }
         };
-        let e = judged.entry((after, delay, region.clone())).or_insert(true);
-        *e &= consistent;
+        let e = judged
+            .entry((after, delay, region.clone()))
+            .or_insert((true, BTreeSet::new()));
+        e.0 &= consistent;
+        e.1.insert(node.clone());
         if !consistent {
             bad_keys
                 .entry((region, delay))
@@ -188,13 +201,25 @@ pub fn summarize(path: &Path) -> Result<WatchSummary> {
                 .insert(key.clone());
         }
     }
-    for ((_, delay, region), ok) in judged {
+    // The cache nodes of each region, as the topology names them.
+    let mut region_nodes: HashMap<&str, usize> = HashMap::new();
+    for r in region_of.values() {
+        *region_nodes.entry(r.as_str()).or_default() += 1;
+    }
+    for ((_, delay, region), (ok, sampled)) in judged {
         let w = s
             .regions
             .entry(region.clone())
             .or_default()
             .entry(delay)
             .or_default();
+        // Consistent only when every node of the region said so; an inconsistent
+        // sample is one whatever the others said.
+        let nodes = region_nodes.get(region.as_str()).copied().unwrap_or(1);
+        if ok && sampled.len() < nodes {
+            w.incomplete += 1;
+            continue;
+        }
         w.commits += 1;
         w.consistent += ok as u64;
         if let Some(keys) = bad_keys.get(&(region, delay)) {
@@ -206,4 +231,41 @@ pub fn summarize(path: &Path) -> Result<WatchSummary> {
         w.nines = (bad > 0).then(|| -((bad as f64) / (w.commits as f64)).log10());
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_region_is_judged_by_all_its_nodes_or_by_an_inconsistent_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.jsonl");
+        let topology = json!({"caches": [{"node": "r1a", "region": "r1"}, {"node": "r1b", "region": "r1", "replica_of": "r1a"}]});
+        let mut lines = vec![json!({"f": "topology", "process": "control", "value": topology})];
+        for (c, v) in [(1, 1), (2, 2), (3, 3)] {
+            lines.push(json!({"index": c, "f": "commit", "process": "cdc:db1", "key": "k", "value": {"write": format!("w{v}"), "version": v}}));
+        }
+        let sample = |after: u64, node: &str, held: i64| json!({"f": "sample", "process": format!("monitor:{node}"), "node": node, "key": "k", "after": after, "delay_ms": 1000, "value": {"from": 0, "held": {"write": format!("w{held}"), "version": held}}});
+        // Commit 1: both nodes consistent. Commit 2: r1b gave no sample. Commit 3: r1a
+        // alone, and behind.
+        lines.extend([
+            sample(1, "r1a", 1),
+            sample(1, "r1b", 1),
+            sample(2, "r1a", 2),
+            sample(3, "r1a", 2),
+        ]);
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        std::fs::write(&path, text).unwrap();
+        let s = summarize(&path).unwrap();
+        let w = &s.regions["r1"][&1000];
+        assert_eq!((w.commits, w.consistent, w.incomplete), (2, 1, 1), "{w:?}");
+        assert!(s.inconsistent());
+        assert!(
+            s.lines()[1].contains("1 more not judged"),
+            "{:?}",
+            s.lines()
+        );
+    }
 }

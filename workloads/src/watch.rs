@@ -4,8 +4,9 @@
 //! each of a few delays (`[workload.watch] delays`, default 1 s, 10 s, 60 s) and logs
 //! what each node held as a `sample` (`{"from", "held"}`, with `after` the commit's
 //! index and `delay_ms`), under the node's `monitor:` actor. Samples are rate-limited
-//! (`max_samples_per_second`): one that would exceed the budget is not taken (and
-//! counted as skipped), so the watcher never becomes the load.
+//! (`max_samples_per_second`): a commit's samples at one delay are taken on every node
+//! or, when they would exceed the budget, on none (counted as skipped), so the watcher
+//! never becomes the load and no region is judged by some of its nodes only.
 //!
 //! What it shows ("N nines of writes consistent within M") is computed from those
 //! samples after the run (`src/watch.rs`).
@@ -188,15 +189,16 @@ impl Watcher {
         }
     }
 
-    /// Whether the rate allows one more sample now.
-    fn allowed(&mut self) -> bool {
+    /// Whether the rate allows `n` more samples now (a budget of at least `n` a second).
+    fn allowed(&mut self, n: usize) -> bool {
         let now = Instant::now();
         let rate = self.rate as f64;
-        self.tokens =
-            (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate).min(rate);
+        let need = n as f64;
+        self.tokens = (self.tokens + now.duration_since(self.refilled).as_secs_f64() * rate)
+            .min(rate.max(need));
         self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.tokens >= need {
+            self.tokens -= need;
             true
         } else {
             false
@@ -289,11 +291,13 @@ impl Client for Watcher {
                 let Some(Reverse((_, after, key, delay_ms, version))) = self.due.pop() else {
                     break;
                 };
+                // Every node or none: a commit sampled on some nodes of a region only
+                // would look consistent there without being so.
+                if !self.allowed(self.nodes.len()) {
+                    self.skipped += self.nodes.len() as u64;
+                    continue;
+                }
                 for (node, addr) in self.nodes.clone() {
-                    if !self.allowed() {
-                        self.skipped += 1;
-                        continue;
-                    }
                     if let Some(con) = self.connection(&addr).await {
                         batch.push((node, addr, con, key.clone(), (after, delay_ms, version)));
                     }
