@@ -1551,6 +1551,18 @@ fill = "plain""#,
         assert_eq!(o.status.code(), Some(2), "{flag}: {err}");
         assert!(err.contains(says), "{flag}: {err}");
     }
+    // A release gate needs the online checker.
+    let o = coherence(&[
+        "run",
+        &cache_aside,
+        "--fail-fast",
+        "--no-live",
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.contains("--no-live") && err.contains("--fail-fast"), "{err}");
     for (campaign, cmd, says) in cases {
         let o = coherence(&[cmd, &campaign, "--store", store.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&o.stderr);
