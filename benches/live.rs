@@ -6,6 +6,9 @@
 //! detection's certain event being recorded to its detection (p50, p99, max).
 //!
 //! `cargo bench --bench live` (`COHERENCE_BENCH_OPS`, 200000, tunes it).
+//! `COHERENCE_BENCH_HISTORY=path/history.jsonl` replays a recorded history instead (a
+//! lab run's, with its observers' events: the slow-invalidation judge at work; the
+//! recorder stamps the events anew, so its detections are not the run's).
 
 use coherence_analysis::live::Live;
 use coherence_store::recorder::Recorder;
@@ -18,22 +21,19 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200_000);
     let dir = tempfile::tempdir().unwrap();
-    let source = dir.path().join("source.jsonl");
-    let mut w = HistoryWriter::create(&source).unwrap();
-    let config = coherence_sim::SimConfig {
-        seed: 7,
-        ops,
-        keys: 200,
-        mode: coherence_sim::Mode::Buggy,
-        ..coherence_sim::SimConfig::default()
+    let source = match std::env::var_os("COHERENCE_BENCH_HISTORY") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => simulated(dir.path(), ops),
     };
-    coherence_sim::generate(&config, &mut w).unwrap();
-    w.finish().unwrap();
     let events: Vec<Event> = std::fs::read_to_string(&source)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
+    let ops = events
+        .iter()
+        .filter(|e| e.kind == coherence_store::EventType::Invoke)
+        .count();
     let n = events.len() as f64;
 
     // Without the online checker.
@@ -50,13 +50,14 @@ fn main() {
     let lines = rec.tap();
     let start = rec.started();
     let checker = std::thread::spawn(move || {
-        let mut live = Live::new(0);
+        let mut live = Live::new(0).invalidation_bound(Some(200_000_000));
         let now = || start.elapsed().as_nanos() as u64;
         for line in lines {
             let text = std::str::from_utf8(&line).unwrap();
             let ev = coherence_store::reader::parse_event(text).unwrap();
             live.feed(&ev, ev.time, &now);
         }
+        live.finish(&now);
         live.summary()
     });
     let started = Instant::now();
@@ -86,4 +87,20 @@ fn main() {
         ms(summary.mttd_ns.p99),
         ms(summary.mttd_ns.max)
     );
+}
+
+/// A simulated buggy history of `ops` operations, written under `dir`.
+fn simulated(dir: &std::path::Path, ops: u64) -> std::path::PathBuf {
+    let source = dir.join("source.jsonl");
+    let mut w = HistoryWriter::create(&source).unwrap();
+    let config = coherence_sim::SimConfig {
+        seed: 7,
+        ops,
+        keys: 200,
+        mode: coherence_sim::Mode::Buggy,
+        ..coherence_sim::SimConfig::default()
+    };
+    coherence_sim::generate(&config, &mut w).unwrap();
+    w.finish().unwrap();
+    source
 }

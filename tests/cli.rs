@@ -1562,7 +1562,10 @@ fill = "plain""#,
     ]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("--no-live") && err.contains("--fail-fast"), "{err}");
+    assert!(
+        err.contains("--no-live") && err.contains("--fail-fast"),
+        "{err}"
+    );
     for (campaign, cmd, says) in cases {
         let o = coherence(&[cmd, &campaign, "--store", store.to_str().unwrap()]);
         let err = String::from_utf8_lossy(&o.stderr);
