@@ -43,8 +43,10 @@ pub const SETTLE: u64 = SET_TO_FILL + SAMPLE_AGE;
 /// dropped (and the node's older evidence with it).
 pub const HORIZON: u64 = 30_000_000_000;
 
-/// How often a candidate waiting for something that has no time of its own (a commit
-/// event, a read in flight, the next change on the node) looks again.
+/// How soon a candidate waiting for something that has no time of its own (its commit
+/// event, a read in flight) looks again, at first; then at half its age, so a
+/// candidate looks a few times in all before [`HORIZON`]. One waiting for the next
+/// change on its node is woken by that change.
 const RETRY: u64 = 250_000_000;
 
 /// What one watched node showed of one key.
@@ -58,6 +60,8 @@ struct NodeKey {
     /// What may have overwritten an entry: ok fills at their completion and read-backs
     /// at their `from`, by time.
     fills: Vec<(u64, Value)>,
+    /// Candidates waiting for the next change: (write's invoke index, node's place).
+    waiters: Vec<(u64, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +131,8 @@ struct Write {
 enum Step {
     /// Look again at this time.
     Wait(u64),
+    /// Look again at the next change on the node.
+    Park,
     /// Nothing to say (no pair, or not slow, or not certain).
     Drop,
     /// A slow invalidation: its summary.
@@ -284,6 +290,10 @@ impl Judge {
                 let time = ev.time;
                 if let Some(nk) = self.node_key(key, node) {
                     nk.changes.push((time, seen));
+                    let woken: Vec<(u64, usize)> = std::mem::take(&mut nk.waiters);
+                    for (index, slot) in woken {
+                        self.queue.push(Reverse((time, index, slot)));
+                    }
                 }
             }
             f => {
@@ -411,18 +421,24 @@ impl Judge {
             };
             match step {
                 Step::Wait(t) => again.push(Reverse((t.max(wake + 1), index, slot))),
+                Step::Park if !end => {
+                    let at = self.writes.get(&index).and_then(|w| {
+                        let node = self.watched.as_ref()?.get(slot)?;
+                        self.nodes.get_mut(&(w.key.clone(), node.clone()))
+                    });
+                    match at {
+                        Some(nk) => nk.waiters.push((index, slot)),
+                        None => self.forget(index),
+                    }
+                }
+                Step::Park => self.forget(index),
                 Step::Drop | Step::Slow(_) => {
                     if let Step::Slow(summary) = step {
                         if let Some(w) = self.writes.get(&index) {
                             out.push((w.key.clone(), w.index, summary));
                         }
                     }
-                    let left = self.waiting.entry(index).or_default();
-                    *left = left.saturating_sub(1);
-                    if *left == 0 {
-                        self.waiting.remove(&index);
-                        self.writes.remove(&index);
-                    }
+                    self.forget(index);
                 }
             }
         }
@@ -434,11 +450,25 @@ impl Judge {
             self.pruned_at = self.now;
             let cutoff = self.now.saturating_sub(HORIZON + SETTLE);
             self.cutoff = cutoff;
+            let mut expired = Vec::new();
             for nk in self.nodes.values_mut() {
                 nk.prune(cutoff);
+                // Parked past the horizon: dropped (live says nothing of them).
+                let writes = &self.writes;
+                nk.waiters.retain(|&(index, _)| {
+                    let keep = writes.get(&index).is_some_and(|w| w.invoke >= cutoff);
+                    if !keep {
+                        expired.push(index);
+                    }
+                    keep
+                });
             }
-            self.nodes
-                .retain(|_, nk| !(nk.evidence.is_empty() && nk.changes.is_empty()));
+            for index in expired {
+                self.forget(index);
+            }
+            self.nodes.retain(|_, nk| {
+                !(nk.evidence.is_empty() && nk.changes.is_empty() && nk.waiters.is_empty())
+            });
             // (`open` holds places in `disruptions`: forget closed ones only when none is
             // open.)
             if self.open.is_empty() {
@@ -451,6 +481,16 @@ impl Judge {
             }
         }
         out
+    }
+
+    /// One of a write's candidates is done with; the write is forgotten after its last.
+    fn forget(&mut self, index: u64) {
+        let left = self.waiting.entry(index).or_default();
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.waiting.remove(&index);
+            self.writes.remove(&index);
+        }
     }
 
     /// One candidate: `w` on the watched node at `slot`.
@@ -470,6 +510,9 @@ impl Judge {
                 Step::Wait(at)
             }
         };
+        let later = self
+            .now
+            .saturating_add(RETRY.max(self.now.saturating_sub(w.invoke) / 2));
         let (Some(bound), Some(watched)) = (self.bound, self.watched.as_ref()) else {
             return Step::Drop;
         };
@@ -492,7 +535,7 @@ impl Judge {
                 Some(v) if !k.lost(v, &w.write) => (Some(v), w.done),
                 _ => return Step::Drop,
             },
-            None => return retry(self.now.saturating_add(RETRY)),
+            None => return retry(later),
         };
         let version = match (w.acked, w.info) {
             (Some(v), _) => v,
@@ -505,7 +548,7 @@ impl Judge {
                 write: w.write.clone(),
             }) {
                 Some(v) => v,
-                None => return retry(self.now.saturating_add(RETRY)),
+                None => return retry(later),
             },
         };
         if self.forked.contains(&(w.key.clone(), version)) {
@@ -522,7 +565,7 @@ impl Judge {
                     && p.time < w.invoke
             });
             if in_flight {
-                return retry(self.now.saturating_add(RETRY));
+                return retry(later);
             }
         }
         let Some(nk) = self.nodes.get(&(w.key.clone(), node.clone())) else {
@@ -606,6 +649,6 @@ impl Judge {
         if self.final_time.is_some() || end {
             return Step::Drop;
         }
-        retry(self.now.saturating_add(RETRY))
+        Step::Park
     }
 }
