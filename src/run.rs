@@ -113,22 +113,22 @@ pub fn watch(args: WatchArgs) -> Result<u8> {
     })
 }
 
-/// The kinds `--fail-fast` names (all the online checker decides when it names none);
-/// an error naming one it cannot decide.
+/// The kinds `--fail-fast` names (all the online checker decides while the run goes on
+/// when it names none); an error naming one it cannot decide then.
 fn fail_fast_kinds(arg: &str) -> Result<Vec<coherence_analysis::AnomalyKind>> {
-    use coherence_analysis::live::LIVE_KINDS;
+    use coherence_analysis::live::EARLY_KINDS;
     if arg.trim().is_empty() {
-        return Ok(LIVE_KINDS.to_vec());
+        return Ok(EARLY_KINDS.to_vec());
     }
-    let live: Vec<&str> = LIVE_KINDS.iter().map(|k| k.name()).collect();
+    let live: Vec<&str> = EARLY_KINDS.iter().map(|k| k.name()).collect();
     arg.split(',')
         .map(|name| {
             let kind: coherence_analysis::AnomalyKind = name.trim().parse().map_err(|_| {
-                anyhow::anyhow!("--fail-fast: no anomaly is named {name:?}; the online checker decides {}", live.join(", "))
+                anyhow::anyhow!("--fail-fast: no anomaly is named {name:?}; the online checker decides {} while the run goes on", live.join(", "))
             })?;
             anyhow::ensure!(
-                LIVE_KINDS.contains(&kind),
-                "--fail-fast: {name} is judged only once the run is over; the online checker decides {}",
+                EARLY_KINDS.contains(&kind),
+                "--fail-fast: {name} is judged only once the run is over; the online checker decides {} while the run goes on",
                 live.join(", ")
             );
             Ok(kind)

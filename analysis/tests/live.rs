@@ -231,8 +231,8 @@ proptest! {
     }
 }
 
-/// The random histories do show live slow invalidations: the property above is not
-/// passing by never deciding one. (Their writes seldom have a commit event of their
+/// The random histories do show live slow and missing invalidations: the property above
+/// is not passing by never deciding one. (Their writes seldom have a commit event of their
 /// own, which live needs before the end; `a_late_invalidation_is_flagged_...` shows
 /// one decided mid-stream.)
 #[test]
@@ -240,7 +240,7 @@ fn random_histories_show_live_slow_invalidations() {
     use proptest::strategy::{Strategy, ValueTree};
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let steps = proptest::collection::vec(brute::step(), 20..60);
-    let (mut live_slow, mut offline_slow, mut mid_stream) = (0, 0, 0);
+    let (mut live_slow, mut offline_slow, mut mid_stream, mut live_missing) = (0, 0, 0, 0);
     for case in 0..2000u64 {
         let text: String = brute::history(&steps.new_tree(&mut runner).unwrap().current())
             .iter()
@@ -257,12 +257,20 @@ fn random_histories_show_live_slow_invalidations() {
         }
         let slow = |d: &&(&str, String, u64)| d.0 == "slow-invalidation";
         live_slow += live.iter().filter(slow).count();
+        live_missing += live
+            .iter()
+            .filter(|d| d.0 == "missing-invalidation")
+            .count();
         mid_stream += live[..before_end].iter().filter(slow).count();
         offline_slow += offline
             .iter()
             .filter(|d| d.0 == "slow-invalidation")
             .count();
     }
+    assert!(
+        live_missing > 0,
+        "no live missing-invalidation in 2000 random histories"
+    );
     assert!(
         live_slow > 0,
         "live slow-invalidations in 2000 random histories: {live_slow}, {mid_stream} of them \
@@ -283,6 +291,18 @@ type Both = (
 /// history goes on for `tail_s` seconds of other keys' reads. `extra` lines come right
 /// after the invalidation.
 fn late_invalidation(late_ms: u64, tail_s: u64, extra: &[serde_json::Value]) -> String {
+    with_final_phase(late_ms, tail_s, extra, None)
+}
+
+/// As [`late_invalidation`] (with a `late_ms` of 0, no invalidation at all), then, with
+/// `final_phase: Some(back)`, a `final-phase` and after it an `observer-gap` of `n`
+/// that began `back` ns before it (0: just after it).
+fn with_final_phase(
+    late_ms: u64,
+    tail_s: u64,
+    extra: &[serde_json::Value],
+    final_phase: Option<u64>,
+) -> String {
     use serde_json::json;
     let ms = 1_000_000u64;
     let mut lines = vec![
@@ -292,8 +312,10 @@ fn late_invalidation(late_ms: u64, tail_s: u64, extra: &[serde_json::Value]) -> 
         json!({"time": 1000 * ms, "process": 1, "type": "invoke", "f": "write", "key": "k", "node": "db", "value": {"write": "w2"}}),
         json!({"time": 1001 * ms, "process": "cdc:db", "type": "info", "f": "commit", "key": "k", "node": "db", "value": {"write": "w2", "version": 2}}),
         json!({"time": 1002 * ms, "process": 1, "type": "ok", "f": "write", "key": "k", "node": "db", "value": {"write": "w2", "version": 2}}),
-        json!({"time": (1001 + late_ms) * ms, "process": "monitor:n", "type": "info", "f": "invalidate", "key": "k", "node": "n"}),
     ];
+    if late_ms > 0 {
+        lines.push(json!({"time": (1001 + late_ms) * ms, "process": "monitor:n", "type": "info", "f": "invalidate", "key": "k", "node": "n"}));
+    }
     let at = lines.last().unwrap()["time"].as_u64().unwrap();
     for e in extra {
         let mut e = e.clone();
@@ -305,6 +327,12 @@ fn late_invalidation(late_ms: u64, tail_s: u64, extra: &[serde_json::Value]) -> 
         lines.push(json!({"time": t, "process": 2, "type": "invoke", "f": "read", "key": "other", "node": "n"}));
         lines.push(json!({"time": t, "process": 2, "type": "ok", "f": "read", "key": "other", "node": "n", "value": null}));
     }
+    if let Some(back) = final_phase {
+        let t = lines.last().unwrap()["time"].as_u64().unwrap();
+        let from = if back == 0 { t + 1 } else { t - back };
+        lines.push(json!({"time": t, "process": "control", "type": "info", "f": "final-phase", "value": {"quiesce_ms": 0}}));
+        lines.push(json!({"time": t + 1, "process": "monitor:n", "type": "info", "f": "observer-gap", "node": "n", "value": {"node": "n", "from": from, "to": t + 1}}));
+    }
     lines
         .into_iter()
         .enumerate()
@@ -313,6 +341,49 @@ fn late_invalidation(late_ms: u64, tail_s: u64, extra: &[serde_json::Value]) -> 
             format!("{e}\n")
         })
         .collect()
+}
+
+#[test]
+fn a_missing_invalidation_is_flagged_live_at_the_end() {
+    let missing = |r: &Both| {
+        let at = |range: &[(&str, String, u64)]| {
+            range
+                .iter()
+                .filter(|d| d.0 == "missing-invalidation")
+                .count()
+        };
+        (at(&r.1[..r.2]), at(&r.1))
+    };
+    // Never invalidated by the final phase: found at the end, not before.
+    let r = both_with(&with_final_phase(0, 40, &[], Some(0)), 0, None);
+    assert!(
+        r.0.contains(&("missing-invalidation", "k".to_string(), 3)),
+        "{:?}",
+        r.0
+    );
+    assert_eq!(missing(&r), (0, 1), "{:?}", r.1);
+    // Invalidated (within the 30 s the pair waited parked): not missing.
+    assert_eq!(
+        missing(&both_with(
+            &with_final_phase(35_000, 5, &[], Some(0)),
+            0,
+            None
+        )),
+        (0, 0)
+    );
+    // Without a final phase: pending, nothing.
+    assert_eq!(
+        missing(&both_with(&with_final_phase(0, 5, &[], None), 0, None)),
+        (0, 0)
+    );
+    // The observer's gap logged after the final phase, reaching back 2 s before it: blind.
+    let r = both_with(&with_final_phase(0, 5, &[], Some(2_000_000_000)), 0, None);
+    assert_eq!(missing(&r), (0, 0), "{:?}", r.1);
+    assert!(
+        !r.0.iter().any(|d| d.0 == "missing-invalidation"),
+        "{:?}",
+        r.0
+    );
 }
 
 #[test]

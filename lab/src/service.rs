@@ -191,6 +191,9 @@ pub struct Options {
     pub double_delete_delay: Duration,
     /// Database connections kept.
     pub connections: usize,
+    /// How long to try again while the address is in use (the lab's instance this one
+    /// replaces may not have let go of it yet; elsewhere 0: in use is an error).
+    pub listen_wait: Duration,
 }
 
 impl Options {
@@ -210,6 +213,7 @@ impl Options {
             fill_ttl: Duration::from_secs(60),
             double_delete_delay: Duration::from_millis(500),
             connections: 16,
+            listen_wait: Duration::ZERO,
         }
     }
 
@@ -235,6 +239,7 @@ impl Options {
                 .map(|a| format!("{a}:{}", layout::PG_PORT))
                 .collect(),
         );
+        opts.listen_wait = Duration::from_secs(10);
         opts.remote = (1..=regions)
             .map(|i| format!("r{i}"))
             .filter(|r| r != region)
@@ -288,17 +293,13 @@ pub fn run(opts: Options) -> Result<()> {
         .enable_all()
         .build()
         .context("cannot start an async runtime")?;
-    /// Binds `addr`; while the address is in use (the instance this one replaces may
-    /// not have let go of it yet: a killed process's sockets close as it is reaped),
-    /// tries again, for up to 10 s.
-    async fn listen(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener> {
+    /// Binds `addr`; while the address is in use, tries again for up to `wait` (the
+    /// instance this one replaces may not have let go of it yet).
+    async fn listen(addr: std::net::SocketAddr, wait: Duration) -> Result<tokio::net::TcpListener> {
         let start = std::time::Instant::now();
         loop {
             match tokio::net::TcpListener::bind(addr).await {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::AddrInUse
-                        && start.elapsed() < std::time::Duration::from_secs(10) =>
-                {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && start.elapsed() < wait => {
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                 }
                 r => return r.with_context(|| format!("cannot listen on {addr}")),
@@ -306,7 +307,7 @@ pub fn run(opts: Options) -> Result<()> {
         }
     }
     rt.block_on(async move {
-        let listener = listen(opts.listen).await?;
+        let listener = listen(opts.listen, opts.listen_wait).await?;
         serve(&opts, listener, stopped()).await
     })
 }

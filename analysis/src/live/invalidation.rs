@@ -1,6 +1,6 @@
-//! `slow-invalidation`, live: a committed version on a watched cache node that held an
-//! older version of the key, invalidated there later than the invalidation bound after
-//! the commit (`docs/history.md`, *Observers*; [`crate::observers`] is the offline
+//! `slow-invalidation` and `missing-invalidation`, live: a committed version on a
+//! watched cache node that held an older version of the key, invalidated there later
+//! than the invalidation bound after the commit, or never by the final phase (`docs/history.md`, *Observers*; [`crate::observers`] is the offline
 //! judgement this one must agree with).
 //!
 //! Each write that completed is a *candidate* on every watched node, judged by a wake-up
@@ -21,12 +21,15 @@
 //!   gap of the node overlaps, nor a kill or failover (of any node: live does not track
 //!   the topology, so it says nothing where one could matter).
 //!
-//! A candidate that cannot be decided within [`HORIZON`] of its write is dropped: live
-//! says nothing of it. `missing-invalidation` is never decided live: an observer logs
-//! its gap only when it is back, possibly after the end of the run, so no moment before
-//! the end makes a missing invalidation certain.
+//! A candidate that cannot be established within [`HORIZON`] of its write is dropped:
+//! live says nothing of it. One established with no change yet waits (parked on its
+//! node, woken by the next change there) until the end: a pair with no change that
+//! decides by the `final-phase` is a `missing-invalidation`, certain only at the end of
+//! the history (an observer logs its gap only when it is back, possibly after the
+//! final phase), and not blind by the gaps and faults known then.
 
 use super::{KeyState, Pending, Value};
+use crate::detect::AnomalyKind;
 use crate::observers::{SAMPLE_AGE, SET_TO_FILL};
 use coherence_store::reader::{EventRef, ValueRef};
 use coherence_store::{EventType, OpKind};
@@ -55,8 +58,8 @@ struct NodeKey {
     /// Holding evidence, by time: (time, what it held: `None` a miss, dirty). `dirty`:
     /// pruned changes came after it.
     evidence: Vec<(u64, Option<Value>, bool)>,
-    /// What the node's observer saw, in time order: (time, what).
-    changes: Vec<(u64, Seen)>,
+    /// What the node's observer saw, in time order: (time, what, sequence number).
+    changes: Vec<(u64, Seen, u64)>,
     /// What may have overwritten an entry: ok fills at their completion and read-backs
     /// at their `from`, by time.
     fills: Vec<(u64, Value)>,
@@ -135,8 +138,23 @@ enum Step {
     Park,
     /// Nothing to say (no pair, or not slow, or not certain).
     Drop,
-    /// A slow invalidation: its summary.
-    Slow(String),
+    /// An anomaly: its kind and summary.
+    Found(AnomalyKind, String),
+}
+
+/// A candidate's pair, once established: its node held an older version when the write
+/// began.
+#[derive(Debug, Clone, Copy)]
+struct Est {
+    /// The holding evidence's time.
+    t_e: u64,
+    /// The version it showed.
+    held: i64,
+    /// The version committed, and when.
+    version: i64,
+    commit: u64,
+    /// The node's changes up to this sequence number were looked at and decided nothing.
+    scanned: u64,
 }
 
 /// The live slow-invalidation check.
@@ -164,6 +182,10 @@ pub(super) struct Judge {
     cutoff: u64,
     /// Versions claimed by more than one write, per key (left to the offline check).
     claims: FxHashMap<String, FxHashMap<i64, String>>,
+    /// Established pairs, by (write's invoke index, node's place).
+    est: FxHashMap<(u64, usize), Est>,
+    /// The last change's sequence number.
+    seq: u64,
     forked: FxHashSet<(String, i64)>,
     /// The first `commit` event of each (key, write id): its version, its time.
     commits: FxHashMap<(String, String), (Option<i64>, u64)>,
@@ -205,9 +227,6 @@ impl Judge {
     /// An actor's event (observers, the nemesis, control).
     pub(super) fn actor(&mut self, actor: &str, ev: &EventRef<'_>) {
         self.now = ev.time;
-        if self.bound.is_none() {
-            return;
-        }
         let raw = || match &ev.value {
             ValueRef::Raw(raw) => serde_json::from_str::<serde_json::Value>(raw.get()).ok(),
             _ => None,
@@ -288,8 +307,10 @@ impl Judge {
                     _ => return,
                 };
                 let time = ev.time;
+                self.seq += 1;
+                let seq = self.seq;
                 if let Some(nk) = self.node_key(key, node) {
-                    nk.changes.push((time, seen));
+                    nk.changes.push((time, seen, seq));
                     let woken: Vec<(u64, usize)> = std::mem::take(&mut nk.waiters);
                     for (index, slot) in woken {
                         self.queue.push(Reverse((time, index, slot)));
@@ -324,7 +345,7 @@ impl Judge {
     /// A client operation's completion (`inv` its invoke).
     pub(super) fn completed(&mut self, inv: &Pending, ev: &EventRef<'_>) {
         self.now = ev.time;
-        if self.bound.is_none() || self.watched.is_none() {
+        if self.watched.is_none() {
             return;
         }
         let node = ev.node.as_deref().or(inv.node.as_deref());
@@ -396,28 +417,38 @@ impl Judge {
         }
     }
 
-    /// Decides what can be decided by now: the slow invalidations found, as (key,
-    /// write's invoke index, summary). `end`: the history is over, nothing more comes.
+    /// Decides what can be decided by now: the anomalies found, as (kind, key, write's
+    /// invoke index, summary). `end`: the history is over, nothing more comes.
     pub(super) fn wake(
         &mut self,
         keys: &FxHashMap<String, KeyState>,
         pending: &FxHashMap<i64, Pending>,
         end: bool,
-    ) -> Vec<(String, u64, String)> {
+    ) -> Vec<(AnomalyKind, String, u64, String)> {
         let mut out = Vec::new();
-        if self.bound.is_none() {
-            return out;
-        }
         let now = if end { u64::MAX } else { self.now };
+        if end {
+            // The parked ones too: nothing more will wake them.
+            for nk in self.nodes.values_mut() {
+                for (index, slot) in nk.waiters.drain(..) {
+                    self.queue.push(Reverse((0, index, slot)));
+                }
+            }
+        }
         let mut again = Vec::new();
         while let Some(&Reverse((wake, index, slot))) = self.queue.peek() {
             if wake > now {
                 break;
             }
             self.queue.pop();
-            let step = match self.writes.get(&index) {
-                Some(w) => self.decide(w, slot, keys, pending, end),
-                None => Step::Drop,
+            let est = self.est.get(&(index, slot)).copied();
+            let (step, est) = match self.writes.get(&index) {
+                Some(w) => self.decide(w, slot, est, keys, pending, end),
+                None => (Step::Drop, None),
+            };
+            match est {
+                Some(e) => self.est.insert((index, slot), e),
+                None => self.est.remove(&(index, slot)),
             };
             match step {
                 Step::Wait(t) => again.push(Reverse((t.max(wake + 1), index, slot))),
@@ -428,15 +459,19 @@ impl Judge {
                     });
                     match at {
                         Some(nk) => nk.waiters.push((index, slot)),
-                        None => self.forget(index),
+                        None => {
+                            self.est.remove(&(index, slot));
+                            self.forget(index);
+                        }
                     }
                 }
-                Step::Park => self.forget(index),
-                Step::Drop | Step::Slow(_) => {
-                    if let Step::Slow(summary) = step {
-                        if let Some(w) = self.writes.get(&index) {
-                            out.push((w.key.clone(), w.index, summary));
-                        }
+                Step::Park | Step::Drop => {
+                    self.est.remove(&(index, slot));
+                    self.forget(index);
+                }
+                Step::Found(kind, summary) => {
+                    if let Some(w) = self.writes.get(&index) {
+                        out.push((kind, w.key.clone(), w.index, summary));
                     }
                     self.forget(index);
                 }
@@ -450,35 +485,16 @@ impl Judge {
             self.pruned_at = self.now;
             let cutoff = self.now.saturating_sub(HORIZON + SETTLE);
             self.cutoff = cutoff;
-            let mut expired = Vec::new();
             for nk in self.nodes.values_mut() {
                 nk.prune(cutoff);
-                // Parked past the horizon: dropped (live says nothing of them).
-                let writes = &self.writes;
-                nk.waiters.retain(|&(index, _)| {
-                    let keep = writes.get(&index).is_some_and(|w| w.invoke >= cutoff);
-                    if !keep {
-                        expired.push(index);
-                    }
-                    keep
-                });
             }
-            for index in expired {
-                self.forget(index);
-            }
+            // (Parked candidates stay, with their established pairs, until a change
+            // wakes them or the end; the gaps and faults stay too, few as they are.)
             self.nodes.retain(|_, nk| {
                 !(nk.evidence.is_empty() && nk.changes.is_empty() && nk.waiters.is_empty())
             });
-            // (`open` holds places in `disruptions`: forget closed ones only when none is
-            // open.)
-            if self.open.is_empty() {
-                self.disruptions.retain(|d| d.1.is_none_or(|e| e >= cutoff));
-            }
             self.commits
                 .retain(|_, c| c.1 >= cutoff.saturating_sub(HORIZON));
-            for g in self.gaps.values_mut() {
-                g.retain(|g| g.1 >= cutoff);
-            }
         }
         out
     }
@@ -493,15 +509,141 @@ impl Judge {
         }
     }
 
-    /// One candidate: `w` on the watched node at `slot`.
+    /// One candidate: `w` on the watched node at `slot`, whose pair is `est` when it
+    /// was established already. What to do, and the pair as far as it is judged.
     fn decide(
         &self,
         w: &Write,
         slot: usize,
+        est: Option<Est>,
         keys: &FxHashMap<String, KeyState>,
         pending: &FxHashMap<i64, Pending>,
         end: bool,
-    ) -> Step {
+    ) -> (Step, Option<Est>) {
+        let now = if end { u64::MAX } else { self.now };
+        let Some(node) = self.watched.as_ref().and_then(|w| w.get(slot)) else {
+            return (Step::Drop, None);
+        };
+        let Some(k) = keys.get(&w.key) else {
+            return (Step::Drop, None);
+        };
+        let mut est = match est {
+            Some(e) => e,
+            None => match self.establish(w, node, k, pending, end) {
+                Ok(e) => e,
+                Err(step) => return (step, None),
+            },
+        };
+        let Some(nk) = self.nodes.get(&(w.key.clone(), node.clone())) else {
+            return (Step::Drop, None);
+        };
+        let version = est.version;
+        // What became of the entry: the first change after the evidence that decides.
+        let from = nk.changes.partition_point(|c| c.2 <= est.scanned);
+        for &(t, seen, seq) in &nk.changes[from..] {
+            if self.final_time.is_some_and(|f| t > f) {
+                return self.missing(w, node, est, end);
+            }
+            if now < t.saturating_add(SETTLE) {
+                return (Step::Wait(t + SETTLE), Some(est));
+            }
+            match seen {
+                Seen::Removed => return (Step::Drop, None),
+                Seen::Set => {
+                    let mut window = nk
+                        .fills
+                        .iter()
+                        .filter(|f| f.0 >= t && f.0 <= t + SET_TO_FILL)
+                        .map(|f| k.version(&f.1));
+                    // An overwrite (or a fill whose version is not known: say nothing).
+                    if window.any(|v| v.is_none_or(|v| v >= version)) {
+                        return (Step::Drop, None);
+                    }
+                    est.scanned = seq;
+                }
+                Seen::Invalidate => {
+                    let (Some(bound), false) = (self.bound, self.blind(node, est.t_e, t)) else {
+                        return (Step::Drop, None);
+                    };
+                    let lag = t.saturating_sub(est.commit);
+                    if lag <= bound {
+                        return (Step::Drop, None);
+                    }
+                    return (
+                        Step::Found(
+                            AnomalyKind::SlowInvalidation,
+                            format!(
+                                "key {} version {version} was committed while {node} held version {}; {node}'s observer saw it invalidated {:.3} ms after the commit, beyond the bound of {:.3} ms",
+                                coherence_store::quote(&w.key),
+                                est.held,
+                                lag as f64 / 1e6,
+                                bound as f64 / 1e6
+                            ),
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+        if self.final_time.is_some() {
+            return self.missing(w, node, est, end);
+        }
+        if end {
+            return (Step::Drop, None); // pending: no final phase
+        }
+        (Step::Park, Some(est))
+    }
+
+    /// Whether `node`'s observer was blind, or a kill or failover could have changed
+    /// what it holds unseen, between `from` and `to`.
+    fn blind(&self, node: &str, from: u64, to: u64) -> bool {
+        let gap = self
+            .gaps
+            .get(node)
+            .is_some_and(|g| g.iter().any(|g| g.0 <= to && g.1 >= from));
+        let disrupted = self
+            .disruptions
+            .iter()
+            .any(|d| d.0 <= to && d.1.is_none_or(|e| e >= from));
+        gap || disrupted
+    }
+
+    /// A pair with no change that decides by the final phase: missing, decided at the end
+    /// (an observer may log a gap up to then).
+    fn missing(&self, w: &Write, node: &str, est: Est, end: bool) -> (Step, Option<Est>) {
+        if !end {
+            return (Step::Park, Some(est));
+        }
+        let Some(f) = self.final_time else {
+            return (Step::Drop, None);
+        };
+        if self.blind(node, est.t_e, f) {
+            return (Step::Drop, None);
+        }
+        (
+            Step::Found(
+                AnomalyKind::MissingInvalidation,
+                format!(
+                    "key {} version {} was committed while {node} held version {}; by the final phase {node}'s observer saw it neither invalidated nor overwritten",
+                    coherence_store::quote(&w.key),
+                    est.version,
+                    est.held
+                ),
+            ),
+            None,
+        )
+    }
+
+    /// The pair of `w` on `node`, once every evidence of what the node held when `w`
+    /// began is in: `Err` with what to do when it is not (yet), or there is none.
+    fn establish(
+        &self,
+        w: &Write,
+        node: &str,
+        k: &KeyState,
+        pending: &FxHashMap<i64, Pending>,
+        end: bool,
+    ) -> Result<Est, Step> {
         let now = if end { u64::MAX } else { self.now };
         let retry = |at: u64| {
             if end || at > w.invoke.saturating_add(HORIZON) {
@@ -513,17 +655,8 @@ impl Judge {
         let later = self
             .now
             .saturating_add(RETRY.max(self.now.saturating_sub(w.invoke) / 2));
-        let (Some(bound), Some(watched)) = (self.bound, self.watched.as_ref()) else {
-            return Step::Drop;
-        };
-        let Some(node) = watched.get(slot) else {
-            return Step::Drop;
-        };
-        let Some(k) = keys.get(&w.key) else {
-            return Step::Drop;
-        };
         if w.invoke < self.cutoff {
-            return Step::Drop; // what it needs may be forgotten
+            return Err(Step::Drop); // what it needs may be forgotten
         }
         // Its commit time, from its first commit event, and its version: the one its
         // `ok` states, else its commit's.
@@ -533,31 +666,28 @@ impl Judge {
             // acknowledgement, unless the database lost it.
             None if end => match w.acked {
                 Some(v) if !k.lost(v, &w.write) => (Some(v), w.done),
-                _ => return Step::Drop,
+                _ => return Err(Step::Drop),
             },
-            None => return retry(later),
+            None => return Err(retry(later)),
         };
         let version = match (w.acked, w.info) {
             (Some(v), _) => v,
-            (None, true) => match first {
-                Some(v) => v,
-                None => return Step::Drop,
-            },
+            (None, true) => first.ok_or(Step::Drop)?,
             (None, false) => match k.version(&Value {
                 version: None,
                 write: w.write.clone(),
             }) {
                 Some(v) => v,
-                None => return retry(later),
+                None => return Err(retry(later)),
             },
         };
         if self.forked.contains(&(w.key.clone(), version)) {
-            return Step::Drop;
+            return Err(Step::Drop);
         }
         // Every holding evidence before the write began is in.
         if !end {
             if now < w.invoke.saturating_add(SAMPLE_AGE) {
-                return retry(w.invoke + SAMPLE_AGE);
+                return Err(retry(w.invoke + SAMPLE_AGE));
             }
             let in_flight = pending.values().any(|p| {
                 p.key == w.key
@@ -565,90 +695,48 @@ impl Judge {
                     && p.time < w.invoke
             });
             if in_flight {
-                return retry(later);
+                return Err(retry(later));
             }
         }
-        let Some(nk) = self.nodes.get(&(w.key.clone(), node.clone())) else {
-            return Step::Drop;
-        };
+        let nk = self
+            .nodes
+            .get(&(w.key.clone(), node.to_string()))
+            .ok_or(Step::Drop)?;
         // The last holding evidence before the write began (the highest version among
         // those of its time).
         let pos = nk.evidence.partition_point(|e| e.0 < w.invoke);
-        let Some(t_e) = pos.checked_sub(1).map(|p| nk.evidence[p].0) else {
-            return Step::Drop;
-        };
+        let t_e = pos
+            .checked_sub(1)
+            .map(|p| nk.evidence[p].0)
+            .ok_or(Step::Drop)?;
         let mut held: Option<Option<i64>> = None;
         for e in nk.evidence[..pos].iter().rev().take_while(|e| e.0 == t_e) {
             if e.2 {
-                return Step::Drop;
+                return Err(Step::Drop);
             }
             let v = match &e.1 {
                 None => None,
-                Some(v) => match k.version(v) {
-                    Some(n) => Some(n),
-                    None => return Step::Drop, // not known (yet): say nothing
-                },
+                // Not known (yet): say nothing.
+                Some(v) => Some(k.version(v).ok_or(Step::Drop)?),
             };
             held = Some(held.map_or(v, |h| h.max(v)));
         }
-        let Some(Some(held)) = held else {
-            return Step::Drop; // a miss: it held nothing
-        };
+        // A miss: it held nothing.
+        let held = held.flatten().ok_or(Step::Drop)?;
         if held >= version {
-            return Step::Drop;
+            return Err(Step::Drop);
         }
+        // No change between the evidence and the write's beginning.
         let after = nk.changes.partition_point(|c| c.0 <= t_e);
         if nk.changes[after..].first().is_some_and(|c| c.0 < w.invoke) {
-            return Step::Drop;
+            return Err(Step::Drop);
         }
-        for &(t, seen) in &nk.changes[after..] {
-            if self.final_time.is_some_and(|f| t > f) {
-                return Step::Drop; // missing by the final phase: the offline check's
-            }
-            if now < t.saturating_add(SETTLE) {
-                return retry(t + SETTLE);
-            }
-            match seen {
-                Seen::Removed => return Step::Drop,
-                Seen::Set => {
-                    let mut window = nk
-                        .fills
-                        .iter()
-                        .filter(|f| f.0 >= t && f.0 <= t + SET_TO_FILL)
-                        .map(|f| k.version(&f.1));
-                    // An overwrite (or a fill whose version is not known: say nothing).
-                    if window.any(|v| v.is_none_or(|v| v >= version)) {
-                        return Step::Drop;
-                    }
-                }
-                Seen::Invalidate => {
-                    let blind = self
-                        .gaps
-                        .get(node)
-                        .is_some_and(|g| g.iter().any(|g| g.0 <= t && g.1 >= t_e));
-                    let disrupted = self
-                        .disruptions
-                        .iter()
-                        .any(|d| d.0 <= t && d.1.is_none_or(|e| e >= t_e));
-                    if blind || disrupted {
-                        return Step::Drop;
-                    }
-                    let lag = t.saturating_sub(commit);
-                    if lag <= bound {
-                        return Step::Drop;
-                    }
-                    return Step::Slow(format!(
-                        "key {} version {version} was committed while {node} held version {held}; {node}'s observer saw it invalidated {:.3} ms after the commit, beyond the bound of {:.3} ms",
-                        coherence_store::quote(&w.key),
-                        lag as f64 / 1e6,
-                        bound as f64 / 1e6
-                    ));
-                }
-            }
-        }
-        if self.final_time.is_some() || end {
-            return Step::Drop;
-        }
-        Step::Park
+        Ok(Est {
+            t_e,
+            held,
+            version,
+            commit,
+            scanned: after.checked_sub(1).map_or(0, |i| nk.changes[i].2),
+        })
     }
 }

@@ -25,12 +25,14 @@
 //! - `non-convergence`, at the end of the history: a `final-read` after the
 //!   `final-phase` that returned a value other than the key's last ok `db-final-read`
 //!   (another could come until the end).
+//! - `missing-invalidation`, at the end of the history: the same pairs as
+//!   `slow-invalidation`, with no change that decides by the `final-phase` (a cache
+//!   observer logs its gap only when it is back, possibly after the final phase).
 //!
 //! Values without versions take the version their write's `commit` event states; a
 //! value whose write no `commit` with a version has shown yet is not judged (live says
-//! nothing rather than guess). The checks that need the whole history (phantoms, lost
-//! writes, forks, missing invalidations: an observer logs its gap only once it is back,
-//! possibly after the end) are left to the offline check.
+//! nothing rather than guess). Phantoms, lost writes and forks need the whole history
+//! (a write of the id, the final database state) and are left to the offline check.
 //! Every live detection is also an offline finding of the same history (same kind,
 //! same operation): `analysis/tests/live.rs` holds it to that.
 
@@ -44,11 +46,21 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// The anomalies the online checker decides.
-pub const LIVE_KINDS: [AnomalyKind; 5] = [
+pub const LIVE_KINDS: [AnomalyKind; 6] = [
     AnomalyKind::StaleRead,
     AnomalyKind::MonotonicRead,
     AnomalyKind::ReadYourWrites,
     AnomalyKind::NonConvergence,
+    AnomalyKind::MissingInvalidation,
+    AnomalyKind::SlowInvalidation,
+];
+
+/// The anomalies the online checker can decide before the end of the history (what
+/// `run --fail-fast` can stop at); the others of [`LIVE_KINDS`] only at its end.
+pub const EARLY_KINDS: [AnomalyKind; 4] = [
+    AnomalyKind::StaleRead,
+    AnomalyKind::MonotonicRead,
+    AnomalyKind::ReadYourWrites,
     AnomalyKind::SlowInvalidation,
 ];
 
@@ -422,11 +434,9 @@ impl Live {
         self.emit(found, last_index, arrived, now)
     }
 
-    /// The slow invalidations decided by now (`end`: the history is over).
+    /// The slow and missing invalidations decided by now (`end`: the history is over).
     fn slow(&mut self, end: bool, found: &mut Vec<(AnomalyKind, String, u64, String)>) {
-        for (key, index, summary) in self.invalidations.wake(&self.keys, &self.pending, end) {
-            found.push((AnomalyKind::SlowInvalidation, key, index, summary));
-        }
+        found.extend(self.invalidations.wake(&self.keys, &self.pending, end));
     }
 
     /// Counts and times what was found, made certain by the event at `certain_index`
