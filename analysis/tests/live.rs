@@ -231,16 +231,17 @@ proptest! {
     }
 }
 
-/// The random histories do show live slow and missing invalidations: the property above
-/// is not passing by never deciding one. (Their writes seldom have a commit event of their
+/// The random histories do show live slow and missing invalidations and phantom reads:
+/// the property above is not passing by never deciding one. (Their writes seldom have a commit event of their
 /// own, which live needs before the end; `a_late_invalidation_is_flagged_...` shows
 /// one decided mid-stream.)
 #[test]
-fn random_histories_show_live_slow_invalidations() {
+fn random_histories_show_live_invalidation_and_phantom_detections() {
     use proptest::strategy::{Strategy, ValueTree};
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let steps = proptest::collection::vec(brute::step(), 20..60);
-    let (mut live_slow, mut offline_slow, mut mid_stream, mut live_missing) = (0, 0, 0, 0);
+    let (mut live_slow, mut offline_slow, mut mid_stream) = (0, 0, 0);
+    let (mut live_missing, mut live_phantoms) = (0, 0);
     for case in 0..2000u64 {
         let text: String = brute::history(&steps.new_tree(&mut runner).unwrap().current())
             .iter()
@@ -261,6 +262,7 @@ fn random_histories_show_live_slow_invalidations() {
             .iter()
             .filter(|d| d.0 == "missing-invalidation")
             .count();
+        live_phantoms += live.iter().filter(|d| d.0 == "phantom-read").count();
         mid_stream += live[..before_end].iter().filter(slow).count();
         offline_slow += offline
             .iter()
@@ -270,6 +272,10 @@ fn random_histories_show_live_slow_invalidations() {
     assert!(
         live_missing > 0,
         "no live missing-invalidation in 2000 random histories"
+    );
+    assert!(
+        live_phantoms > 0,
+        "no live phantom-read in 2000 random histories"
     );
     assert!(
         live_slow > 0,

@@ -25,18 +25,21 @@
 //! - `non-convergence`, at the end of the history: a `final-read` after the
 //!   `final-phase` that returned a value other than the key's last ok `db-final-read`
 //!   (another could come until the end).
+//! - `phantom-read`, at the end of the history: a read that looked like one when it
+//!   completed, and is one by every write of the history (`phantoms` module).
 //! - `missing-invalidation`, at the end of the history: the same pairs as
 //!   `slow-invalidation`, with no change that decides by the `final-phase` (a cache
 //!   observer logs its gap only when it is back, possibly after the final phase).
 //!
 //! Values without versions take the version their write's `commit` event states; a
 //! value whose write no `commit` with a version has shown yet is not judged (live says
-//! nothing rather than guess). Phantoms, lost writes and forks need the whole history
-//! (a write of the id, the final database state) and are left to the offline check.
+//! nothing rather than guess). Lost writes and forks need the whole history (the final
+//! database state, every write's version) and are left to the offline check.
 //! Every live detection is also an offline finding of the same history (same kind,
 //! same operation): `analysis/tests/live.rs` holds it to that.
 
 mod invalidation;
+mod phantoms;
 
 use crate::detect::AnomalyKind;
 use coherence_store::reader::{EventRef, ProcessRef, ValueRef};
@@ -46,8 +49,9 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 
 /// The anomalies the online checker decides.
-pub const LIVE_KINDS: [AnomalyKind; 6] = [
+pub const LIVE_KINDS: [AnomalyKind; 7] = [
     AnomalyKind::StaleRead,
+    AnomalyKind::PhantomRead,
     AnomalyKind::MonotonicRead,
     AnomalyKind::ReadYourWrites,
     AnomalyKind::NonConvergence,
@@ -322,8 +326,10 @@ pub struct Live {
     last_index: u64,
     /// The kinds that count (the others are not flagged).
     kinds: Vec<AnomalyKind>,
-    /// Slow invalidations.
+    /// Slow and missing invalidations.
     invalidations: invalidation::Judge,
+    /// Phantom reads.
+    phantoms: phantoms::Phantoms,
 }
 
 impl Live {
@@ -341,6 +347,7 @@ impl Live {
             last_index: 0,
             kinds: LIVE_KINDS.to_vec(),
             invalidations: invalidation::Judge::new(None),
+            phantoms: phantoms::Phantoms::default(),
         }
     }
 
@@ -402,6 +409,7 @@ impl Live {
                     }
                 } else if let Some(inv) = self.pending.remove(p) {
                     self.invalidations.completed(&inv, ev);
+                    self.phantoms.completed(&inv, ev);
                     if ev.kind == EventType::Ok {
                         self.completed(*p, inv, ev, &mut found);
                     }
@@ -418,6 +426,7 @@ impl Live {
         let (last_index, arrived) = (self.last_index, now());
         let mut found = Vec::new();
         self.slow(true, &mut found);
+        found.extend(self.phantoms.finish(&self.pending));
         let bound = self.bound;
         for (key, k) in self.keys.iter_mut() {
             if !k.deferred.is_empty() {
