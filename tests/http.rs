@@ -49,16 +49,49 @@ fn campaign(dir: &Path, design: &str, invalidator: &str) -> PathBuf {
 }
 
 fn run(campaign: &Path, store: &str, limit: &str) -> (std::process::Output, String) {
-    let o = coherence(&[
-        "run",
-        campaign.to_str().unwrap(),
-        "--time-limit",
-        limit,
-        "--store",
-        store,
-    ]);
+    run_with(campaign, store, limit, &[])
+}
+
+/// `run`, with environment variables `env` set for the run.
+fn run_with(
+    campaign: &Path,
+    store: &str,
+    limit: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Output, String) {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_coherence"))
+        .args([
+            "run",
+            campaign.to_str().unwrap(),
+            "--time-limit",
+            limit,
+            "--store",
+            store,
+        ])
+        .envs(env.iter().copied())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run coherence");
     let dir = run_dir(&text(&o));
     (o, dir)
+}
+
+/// The files under `dir` (recursively) whose bytes contain `needle`.
+fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_containing(&path, needle));
+        } else if std::fs::read(&path)
+            .unwrap()
+            .windows(needle.len())
+            .any(|w| w == needle)
+        {
+            found.push(path);
+        }
+    }
+    found
 }
 
 /// Every event of a run's history.
@@ -102,8 +135,34 @@ fn the_http_workload_judges_each_design_of_the_lab_service() {
     );
 
     // delete-after-commit: stale reads, the fill race among their causes, and the
-    // values traced to writes by the commit order (no phantom).
-    let (o, after) = run(&campaign(dir, "delete-after-commit", "none"), store_s, "6s");
+    // values traced to writes by the commit order (no phantom). Its requests carry a
+    // header whose value comes from the environment, which no file of the run
+    // directory may hold (nor the campaign's copy, which keeps `${NAME}`).
+    let token = "tok-7f3a9c2e-never-written";
+    let secret = dir.join("delete-after-commit-header.toml");
+    std::fs::write(
+        &secret,
+        std::fs::read_to_string(campaign(dir, "delete-after-commit", "none"))
+            .unwrap()
+            .replace(
+                "unique = \"/value\"",
+                "unique = \"/value\"\nheaders = { Authorization = \"Bearer ${COH_HTTP_TOKEN}\" }",
+            ),
+    )
+    .unwrap();
+    let (o, after) = run_with(&secret, store_s, "6s", &[("COH_HTTP_TOKEN", token)]);
+    assert!(
+        files_containing(Path::new(&after), token.as_bytes()).is_empty(),
+        "the header's value was written: {:?}",
+        files_containing(Path::new(&after), token.as_bytes())
+    );
+    assert!(
+        std::fs::read_to_string(Path::new(&after).join("campaign.toml"))
+            .unwrap()
+            .contains("${COH_HTTP_TOKEN}"),
+        "the campaign's copy lost its header"
+    );
+    assert!(!text(&o).contains(token), "{}", text(&o));
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let r = results(&after);
     assert!(count(&r, "stale-read") > 0, "{r:#}");
