@@ -1,15 +1,17 @@
-//! The observers (issue 12) against the real lab, under the faults they exist for: two
-//! short runs of the campaigns in `tests/campaigns/`, one with the `notify` invalidator
-//! and one with `outbox`, both cutting region r1 off first. What each run must show:
+//! The observers (issue 12) against the real lab, under the faults they exist for:
+//! three short runs of the campaigns in `tests/campaigns/`, two with the `notify`
+//! invalidator and one with `outbox`, all cutting region r1 off first. What each run must show:
 //!
 //! - notify: a NOTIFY sent while the listener is down is lost for good, so what was
 //!   committed while the invalidator was killed (at the end of the workload) is a
 //!   `missing-invalidation` on every region's primary, r1's included, its cause the
 //!   invalidator; the partition delays r1's invalidations (its lag distribution). A
 //!   partition alone loses nothing there for good: the listener's connection survives a
-//!   partition (TCP retransmits), and a region is retried for 10 s, after which the
-//!   next write of the key invalidates it anyway (a first, longer run showed it: 0
-//!   missing, lag p99 12.8 s in both regions under a 12 s partition of r1).
+//!   partition (TCP retransmits), and a region is retried for 4 s, longer than this
+//!   2 s partition lasts.
+//! - notify, a partition of r1 three times as long as notify retries a region: the
+//!   batches given up there are `missing-invalidation`s on r1's nodes, caused by the
+//!   partition, and none on r2.
 //! - notify, `kill-redis`: the killed node's observer logs an `observer-gap` over the
 //!   kill, and no missing-invalidation is claimed there that the kill could explain
 //!   (its pairs are blind).
@@ -218,6 +220,7 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
     // here rather than as a puzzling failure below.
     let notify = "tests/campaigns/observe-notify.toml";
     let outbox = "tests/campaigns/observe-outbox.toml";
+    let long_cut = "tests/campaigns/observe-notify-partition.toml";
     use FaultKind::*;
     let r = |s: &str| Some(s.to_string());
     assert_eq!(
@@ -227,6 +230,10 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
             (KillRedis, r("r2")),
             (KillInvalidator, None)
         ]
+    );
+    assert_eq!(
+        planned(long_cut, &nodes, state.regions),
+        [(PartitionRegion, r("r1"))]
     );
     assert_eq!(
         planned(outbox, &nodes, state.regions),
@@ -394,6 +401,59 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
             && ns(&e["time"]) > to),
         "{monitor} heard nothing after its gap"
     );
+
+    // --- notify, a partition longer than it retries a region ---
+    // The batches it gave up there are lost for good on r1 (the partitioned region)
+    // where no later write of the key invalidated it: missing invalidations, each
+    // caused by the partition, borne out by the final read; r2, which lost nothing,
+    // has none (its invalidations came late, queued behind r1's retries).
+    let run = Run::of(long_cut, &store);
+    let partition = run.of_f("start-partition").next().expect("a partition");
+    let (cut, healed) = (ns(&partition["time"]), ns(&run.healed(partition)["time"]));
+    let r1 = run.lag("per_region", "r1");
+    let r2 = run.lag("per_region", "r2");
+    for (region, l) in [("r1", r1), ("r2", r2)] {
+        eprintln!(
+            "notify, long partition, {region}: {} awaited, {} invalidated, {} missing, {} undecided; lag p99 {:.1} ms",
+            l["awaited"], l["invalidated"], l["missing"], l["undecided"], ms(&l["p99_ns"])
+        );
+    }
+    assert!(ns(&r1["missing"]) > 0, "r1: {r1}\n{}", run.said);
+    assert_eq!(ns(&r2["missing"]), 0, "r2: {r2}");
+    assert!(
+        ns(&r2["invalidated"]) > 0 && ns(&r1["invalidated"]) > 0,
+        "{r1}\n{r2}"
+    );
+    let listed: Vec<&Value> = run.results["anomalies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["name"] == "missing-invalidation")
+        .collect();
+    assert!(!listed.is_empty());
+    for a in &listed {
+        assert!(
+            ["r1a", "r1b"].contains(&a["node"].as_str().unwrap()),
+            "a missing invalidation outside the partitioned region: {a}"
+        );
+        assert_eq!(a["cause"]["kind"], "partition", "{a}");
+        let write = a["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["f"] == "write")
+            .unwrap();
+        assert!(
+            (cut..healed).contains(&ns(&write["complete_ns"])),
+            "a missing invalidation of a write acknowledged outside the partition: {a}"
+        );
+        if a["node"] == "r1a" {
+            assert!(
+                run.stale_at_the_end(a),
+                "{a}\nyet the final read shows no stale entry there"
+            );
+        }
+    }
 
     // --- outbox ---
     let run = Run::of(outbox, &store);
