@@ -3,7 +3,10 @@
 //! thread can (far above the lab's recording rate), once without the online checker
 //! and once with it following the recorder's tap on a thread of its own, as
 //! `coherence run` does. Reports events per second both ways, and the time from each
-//! detection's certain event being recorded to its detection (p50, p99, max).
+//! detection's certain event being recorded to its detection (p50, p99, max). Then the
+//! memory the checker holds (heap bytes it allocated and has not freed, counted by this
+//! bench's allocator) after each quarter of the history, fed straight to it: what
+//! grows with the operations rather than with the keys shows as bytes per operation.
 //!
 //! `cargo bench --bench live` (`COHERENCE_BENCH_OPS`, 200000, tunes it).
 //! `COHERENCE_BENCH_HISTORY=path/history.jsonl` replays a recorded history instead (a
@@ -13,7 +16,35 @@
 use coherence_analysis::live::Live;
 use coherence_store::recorder::Recorder;
 use coherence_store::{Event, HistoryWriter};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
+
+/// The system allocator, counting the bytes allocated and not yet freed.
+struct Counting;
+
+static HELD: AtomicIsize = AtomicIsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        HELD.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        HELD.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        HELD.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
 
 fn main() {
     let ops: u64 = std::env::var("COHERENCE_BENCH_OPS")
@@ -87,6 +118,42 @@ fn main() {
         ms(summary.mttd_ns.p99),
         ms(summary.mttd_ns.max)
     );
+
+    // What the checker holds as the history goes on: fed on this thread, so that the
+    // heap it keeps is what this thread allocated and did not free.
+    let lines: Vec<String> = events
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    drop(events);
+    let base = HELD.load(Ordering::Relaxed);
+    let mut live = Live::new(0).invalidation_bound(Some(200_000_000));
+    let now = || 0;
+    let mut held = Vec::new();
+    let mut invokes = 0usize;
+    for (i, text) in lines.iter().enumerate() {
+        let ev = coherence_store::reader::parse_event(text).unwrap();
+        invokes += (ev.kind == coherence_store::EventType::Invoke) as usize;
+        live.feed(&ev, ev.time, &now);
+        if held.len() < 4 && i + 1 == lines.len() * (held.len() + 1) / 4 {
+            held.push((invokes, HELD.load(Ordering::Relaxed) - base));
+        }
+    }
+    let mib = |b: isize| b as f64 / (1 << 20) as f64;
+    println!(
+        "  the checker's heap after each quarter: {}",
+        held.iter()
+            .map(|(ops, b)| format!("{ops} ops {:.1} MiB", mib(*b)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    if let [.., (o1, b1), _, (o2, b2)] = held[..] {
+        println!(
+            "  growth from the half to the end: {:.0} bytes per operation",
+            (b2 - b1) as f64 / (o2 - o1).max(1) as f64
+        );
+    }
+    live.finish(&now);
 }
 
 /// A simulated buggy history of `ops` operations, written under `dir`.

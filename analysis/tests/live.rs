@@ -218,7 +218,7 @@ proptest! {
         steps in proptest::collection::vec(brute::step(), 1..60),
         bound in 0u64..3,
         ib in proptest::option::of(0u64..3),
-        factor in proptest::sample::select(vec![1u64, 100, 400]),
+        factor in proptest::sample::select(vec![1u64, 100, 400, 5000]),
     ) {
         let text: String = brute::history(&steps).iter().map(|l| format!("{l}\n")).collect();
         let text = stretched(&text, factor);
@@ -247,7 +247,7 @@ fn random_histories_show_live_invalidation_and_phantom_detections() {
             .iter()
             .map(|l| format!("{l}\n"))
             .collect();
-        let factor = [1, 400][case as usize % 2];
+        let factor = [1, 400, 5000][case as usize % 3];
         let text = stretched(&text, factor);
         let (offline, live, before_end) = both_with(&text, 0, Some(1_000_000 * factor));
         for d in &live {
@@ -440,4 +440,63 @@ fn a_late_invalidation_is_flagged_live_once_nothing_can_change_it() {
     let kill = serde_json::json!({"process": "nemesis", "type": "info", "f": "kill", "value": {"seq": 1, "node": "n"}});
     let r = both_with(&late_invalidation(500, 5, &[kill]), 0, Some(200 * ms));
     assert_eq!(slow(&r).0, 0, "{:?}", r.1);
+}
+
+/// The most per-write facts `Live` held at any point over `text`.
+fn most_remembered(text: &str) -> usize {
+    let mut live = Live::new(0).invalidation_bound(Some(200_000_000));
+    let mut most = 0;
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let ev = coherence_store::reader::parse_event(line).unwrap();
+        live.feed(&ev, ev.time, &|| 0);
+        most = most.max(live.remembered());
+    }
+    live.finish(&|| 0);
+    most
+}
+
+/// Over a history far longer than the checker's memory (`MEMORY`; a simulated one
+/// stretched to 20 minutes), live still finds only offline findings, still finds stale
+/// reads, and holds far fewer per-write facts than the same history at its own pace
+/// (a fraction of a second), over which it keeps them all.
+#[test]
+fn live_forgets_what_is_older_than_its_memory_and_stays_sound() {
+    use coherence_analysis::live::MEMORY;
+    for (what, text) in [
+        ("versioned", simulated(Mode::Buggy, FaultLevel::Many, 1)),
+        (
+            "without versions",
+            without_versions(&simulated(Mode::Buggy, FaultLevel::None, 1), 7),
+        ),
+    ] {
+        let span = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|e| e["time"].as_u64())
+            .max()
+            .unwrap();
+        let factor = (10 * MEMORY).div_ceil(span.max(1));
+        let long = stretched(&text, factor);
+        let (offline, live, _) = both_with(&long, 0, Some(200_000_000 * factor));
+        for d in &live {
+            assert!(
+                offline.contains(d),
+                "{what}: live found {d:?}, offline did not"
+            );
+        }
+        let stale = live.iter().filter(|d| d.0 == "stale-read").count();
+        assert!(
+            stale > 0,
+            "{what}: no live stale read over the long history"
+        );
+        let (short, long) = (most_remembered(&text), most_remembered(&long));
+        eprintln!(
+            "{what}: stretched {factor}x: {stale} live stale reads of {} offline; at most {long} facts held, against {short} at its own pace",
+            offline.iter().filter(|d| d.0 == "stale-read").count()
+        );
+        assert!(
+            long * 3 < short,
+            "{what}: {long} facts held over 10 memories, {short} over one"
+        );
+    }
 }

@@ -46,6 +46,11 @@ pub const SETTLE: u64 = SET_TO_FILL + SAMPLE_AGE;
 /// dropped (and the node's older evidence with it).
 pub const HORIZON: u64 = 30_000_000_000;
 
+/// The most candidates one node's key keeps parked (waiting for its next change);
+/// beyond, the oldest are dropped unjudged, so that a node whose invalidations are all
+/// lost holds no more than this per key.
+const PARKED_PER_NODE_KEY: usize = 1024;
+
 /// How soon a candidate waiting for something that has no time of its own (its commit
 /// event, a read in flight) looks again, at first; then at half its age, so a
 /// candidate looks a few times in all before [`HORIZON`]. One waiting for the next
@@ -157,6 +162,17 @@ struct Est {
     scanned: u64,
 }
 
+/// The versions of one key that writes claimed.
+#[derive(Debug, Default)]
+struct Claims {
+    /// Version -> the write that claimed it first, and when.
+    by_version: FxHashMap<i64, (String, u64)>,
+    /// The highest version whose claim was forgotten: another write may claim it again
+    /// (a fork, on the other side of a split brain, minutes later) unseen, so no pair
+    /// of a version up to it is judged.
+    forgot_to: Option<i64>,
+}
+
 /// The live slow-invalidation check.
 #[derive(Debug, Default)]
 pub(super) struct Judge {
@@ -180,8 +196,9 @@ pub(super) struct Judge {
     pruned_at: u64,
     /// What came before this was forgotten (but the last evidence of each node).
     cutoff: u64,
-    /// Versions claimed by more than one write, per key (left to the offline check).
-    claims: FxHashMap<String, FxHashMap<i64, String>>,
+    /// The write that claimed each version of a key first, and when (a version claimed
+    /// by more than one write is left to the offline check).
+    claims: FxHashMap<String, Claims>,
     /// Established pairs, by (write's invoke index, node's place).
     est: FxHashMap<(u64, usize), Est>,
     /// The last change's sequence number.
@@ -192,6 +209,17 @@ pub(super) struct Judge {
 }
 
 impl Judge {
+    /// How many candidates, established pairs, commits and claims it holds.
+    pub(super) fn remembered(&self) -> usize {
+        let claims: usize = self.claims.values().map(|c| c.by_version.len()).sum();
+        let nodes: usize = self
+            .nodes
+            .values()
+            .map(|n| n.evidence.len() + n.changes.len() + n.fills.len() + n.waiters.len())
+            .sum();
+        self.writes.len() + self.est.len() + self.commits.len() + claims + nodes
+    }
+
     pub(super) fn new(bound: Option<u64>) -> Judge {
         Judge {
             bound,
@@ -213,13 +241,17 @@ impl Judge {
 
     fn claim(&mut self, key: &str, version: i64, write: &str) {
         let c = self.claims.entry(key.to_string()).or_default();
+        if c.forgot_to.is_some_and(|f| version <= f) {
+            return; // its pairs are not judged
+        }
+        let c = &mut c.by_version;
         match c.get(&version) {
-            Some(w) if w != write => {
+            Some((w, _)) if w != write => {
                 self.forked.insert((key.to_string(), version));
             }
             Some(_) => {}
             None => {
-                c.insert(version, write.to_string());
+                c.insert(version, (write.to_string(), self.now));
             }
         }
     }
@@ -457,12 +489,18 @@ impl Judge {
                         let node = self.watched.as_ref()?.get(slot)?;
                         self.nodes.get_mut(&(w.key.clone(), node.clone()))
                     });
-                    match at {
-                        Some(nk) => nk.waiters.push((index, slot)),
-                        None => {
-                            self.est.remove(&(index, slot));
-                            self.forget(index);
+                    let evicted = match at {
+                        Some(nk) => {
+                            nk.waiters.push((index, slot));
+                            // A node that takes no change of the key (its invalidations
+                            // lost) parks every write of it: the oldest are let go.
+                            (nk.waiters.len() > PARKED_PER_NODE_KEY).then(|| nk.waiters.remove(0))
                         }
+                        None => Some((index, slot)),
+                    };
+                    if let Some((index, slot)) = evicted {
+                        self.est.remove(&(index, slot));
+                        self.forget(index);
                     }
                 }
                 Step::Park | Step::Drop => {
@@ -495,6 +533,17 @@ impl Judge {
             });
             self.commits
                 .retain(|_, c| c.1 >= cutoff.saturating_sub(HORIZON));
+            for c in self.claims.values_mut() {
+                let mut forgot = c.forgot_to;
+                c.by_version.retain(|&v, w| {
+                    let keep = w.1 >= cutoff.saturating_sub(HORIZON);
+                    if !keep {
+                        forgot = forgot.max(Some(v));
+                    }
+                    keep
+                });
+                c.forgot_to = forgot;
+            }
         }
         out
     }
@@ -681,7 +730,13 @@ impl Judge {
                 None => return Err(retry(later)),
             },
         };
-        if self.forked.contains(&(w.key.clone(), version)) {
+        if self.forked.contains(&(w.key.clone(), version))
+            || self
+                .claims
+                .get(&w.key)
+                .and_then(|c| c.forgot_to)
+                .is_some_and(|f| version <= f)
+        {
             return Err(Step::Drop);
         }
         // Every holding evidence before the write began is in.

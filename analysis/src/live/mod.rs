@@ -3,8 +3,14 @@
 //! [`Live`] takes a history's events one at a time, in file order (from `coherence run`'s
 //! recorder, or from a file another process is still writing: `check --follow`), and
 //! flags an anomaly as soon as the events so far make it certain, never earlier. Its
-//! state is per key and per (process, key), so each event costs a few map lookups and
-//! its memory is bounded by the keys, the processes and the operations in flight.
+//! state is per key and per (process, key), so each event costs a few map lookups. Its
+//! memory is bounded by the keys, the live processes, the operations in flight and what
+//! the last [`MEMORY`] of history time wrote: older per-write facts (a write id's
+//! version, an acknowledged write's place in a key's order, a read still waiting for a
+//! commit) are forgotten, so a run of any length holds as much as two minutes of it.
+//! What would need a forgotten fact is not judged live (it is said nothing of, never
+//! guessed): a read, without a version, of a value written before then, say, is left
+//! to the offline check.
 //!
 //! What it decides, by the definitions of `docs/history.md` (*Anomalies*):
 //!
@@ -47,6 +53,16 @@ use coherence_store::{EventType, OpKind, UNVERSIONED};
 use rustc_hash::FxHashMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
+
+/// How much history time the online checker remembers per-write facts for (ns): a
+/// read of a value written longer ago than this, whose judgment needs what that write
+/// did, is left to the offline check. Longer than any of its waits (the invalidation
+/// judge's horizon, a commit's delay behind its acknowledgement).
+pub const MEMORY: u64 = 120_000_000_000;
+
+/// How often (ns of history time) the online checker forgets what is older than
+/// [`MEMORY`].
+const PRUNE_EVERY: u64 = 1_000_000_000;
 
 /// The anomalies the online checker decides.
 pub const LIVE_KINDS: [AnomalyKind; 7] = [
@@ -154,8 +170,8 @@ struct KeyState {
     /// (a write of a lower version completed later is dominated by one above it that
     /// completed earlier, and dropped).
     frontier: Vec<(i64, u64)>,
-    /// Write ids whose version a `commit` event stated.
-    versions: FxHashMap<String, i64>,
+    /// Write ids whose version a `commit` event stated: (version, the commit's time).
+    versions: FxHashMap<String, (i64, u64)>,
     /// Ok writes waiting for their version: write id -> completion time.
     awaiting: FxHashMap<String, u64>,
     /// The database's final value (the last ok `db-final-read` so far).
@@ -192,8 +208,28 @@ impl KeyState {
         match v.version {
             Some(n) => Some(n),
             None if v.write == "init" => Some(0),
-            None => self.versions.get(&v.write).copied(),
+            None => self.versions.get(&v.write).map(|&(n, _)| n),
         }
+    }
+
+    /// Forgets the per-write facts older than `cutoff`, each in a way that can only
+    /// make a judgment say less, never more:
+    /// - the frontier's entries that completed before `cutoff` but the last of them: a
+    ///   read of an older version then finds that one, which completed no earlier than
+    ///   the one it replaces, so it is stale only if it was;
+    /// - write ids' versions: a read of one waits for a commit that does not come,
+    ///   and is forgotten in turn;
+    /// - writes waiting for their version (lost ones: no commit showed them): no
+    ///   longer the newer write of any read;
+    /// - reads waiting for a commit: never judged.
+    fn prune(&mut self, cutoff: u64) {
+        let old = self.frontier.partition_point(|e| e.1 < cutoff);
+        if old > 1 {
+            self.frontier.drain(..old - 1);
+        }
+        self.versions.retain(|_, v| v.1 >= cutoff);
+        self.awaiting.retain(|_, done| *done >= cutoff);
+        self.deferred.retain(|d| d.time >= cutoff);
     }
 
     /// Adds an ok write of `version` completed at `t` to the frontier.
@@ -310,14 +346,20 @@ impl KeyState {
     }
 }
 
+/// One process's session on one key: the highest version it read, and wrote (ok).
+type Session = (Option<i64>, Option<i64>);
+
 /// The online checker.
 #[derive(Debug)]
 pub struct Live {
     bound: u64,
     keys: FxHashMap<String, KeyState>,
     pending: FxHashMap<i64, Pending>,
-    /// Per (process, key): the highest version read, and written (ok).
-    sessions: FxHashMap<(i64, String), (Option<i64>, Option<i64>)>,
+    /// Per process, per key: the highest version read, and written (ok). A process
+    /// that ended (an `info`: the next operation is another process's) is forgotten.
+    sessions: FxHashMap<i64, FxHashMap<String, Session>>,
+    /// The history time of the last pruning (`MEMORY`).
+    pruned_at: u64,
     final_phase: bool,
     counts: BTreeMap<&'static str, u64>,
     mttd: hdrhistogram::Histogram<u64>,
@@ -340,6 +382,7 @@ impl Live {
             keys: FxHashMap::default(),
             pending: FxHashMap::default(),
             sessions: FxHashMap::default(),
+            pruned_at: 0,
             final_phase: false,
             counts: BTreeMap::new(),
             mttd: hdrhistogram::Histogram::new(3).expect("3 significant figures"),
@@ -412,12 +455,26 @@ impl Live {
                     self.phantoms.completed(&inv, ev);
                     if ev.kind == EventType::Ok {
                         self.completed(*p, inv, ev, &mut found);
+                    } else if ev.kind == EventType::Info {
+                        self.sessions.remove(p);
                     }
                 }
             }
         }
+        if ev.time > self.pruned_at.saturating_add(PRUNE_EVERY) {
+            self.pruned_at = ev.time;
+            self.prune(ev.time.saturating_sub(MEMORY));
+        }
         self.slow(false, &mut found);
         self.emit(found, ev.index, arrived, now)
+    }
+
+    /// Forgets what is older than `cutoff` (history time), as [`MEMORY`] says.
+    fn prune(&mut self, cutoff: u64) {
+        for k in self.keys.values_mut() {
+            k.prune(cutoff);
+        }
+        self.phantoms.prune(cutoff);
     }
 
     /// The end of the history (no more events come): what could be judged only then,
@@ -500,7 +557,7 @@ impl Live {
         if k.versions.contains_key(write) {
             return;
         }
-        k.versions.insert(write.to_string(), version);
+        k.versions.insert(write.to_string(), (version, ev.time));
         if let Some(t) = k.awaiting.remove(write) {
             k.acked(version, t);
         }
@@ -532,7 +589,12 @@ impl Live {
                 match k.version(&value) {
                     Some(n) => {
                         k.acked(n, ev.time);
-                        let s = self.sessions.entry((process, key)).or_default();
+                        let s = self
+                            .sessions
+                            .entry(process)
+                            .or_default()
+                            .entry(key)
+                            .or_default();
                         s.1 = s.1.max(Some(n));
                     }
                     None => {
@@ -570,7 +632,12 @@ impl Live {
                 // The session checks judge reads in the process's order, so only at
                 // their completion: a read whose version is not known yet is not.
                 let Some(version) = version else { return };
-                let s = self.sessions.entry((process, key.clone())).or_default();
+                let s = self
+                    .sessions
+                    .entry(process)
+                    .or_default()
+                    .entry(key.clone())
+                    .or_default();
                 if let Some(read) = s.0.filter(|r| *r > version) {
                     found.push((
                         AnomalyKind::MonotonicRead,
@@ -636,6 +703,19 @@ impl Live {
             },
             events: self.events,
         }
+    }
+
+    /// How many per-write facts it holds now (versions, acknowledged writes, reads
+    /// waiting, write ids' states, invalidation candidates and their commits): what
+    /// [`MEMORY`] keeps bounded however long the history.
+    pub fn remembered(&self) -> usize {
+        let keys: usize = self
+            .keys
+            .values()
+            .map(|k| k.frontier.len() + k.versions.len() + k.awaiting.len() + k.deferred.len())
+            .sum();
+        let sessions: usize = self.sessions.values().map(|s| s.len()).sum();
+        keys + sessions + self.phantoms.remembered() + self.invalidations.remembered()
     }
 
     /// Detections so far, in all.

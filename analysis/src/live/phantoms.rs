@@ -11,12 +11,16 @@
 //! order), else its first write (`info` or `fail`); an operation still in flight at the
 //! end is of unknown outcome. Histories with values without versions are left to the
 //! offline check (their phantoms come from the commit order).
+//!
+//! The states of write ids last written longer than [`super::MEMORY`] ago are
+//! forgotten, and the suspects that name them with them; on a key that forgot any, a
+//! read of an id it does not know is no suspect (it may be a forgotten one).
 
 use super::{Pending, Value};
 use crate::detect::AnomalyKind;
 use coherence_store::reader::EventRef;
 use coherence_store::{EventType, OpKind};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 /// What the writes of one write id of a key did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -25,6 +29,8 @@ struct WState {
     last_ok: Option<(u64, i64)>,
     /// The first other one (by invoke index), and whether it failed.
     first_other: Option<(u64, bool)>,
+    /// The latest invoke time of its writes.
+    time: u64,
 }
 
 /// A read that looked like a phantom when it completed.
@@ -43,6 +49,8 @@ struct PKey {
     /// Some write was acknowledged as version 0 (then `"init"` is no version).
     ok_zero: bool,
     suspects: Vec<Suspect>,
+    /// Some write id's state was forgotten.
+    forgot: bool,
 }
 
 /// Why a read of (`write`, `version`) is a phantom by `k`'s writes so far, if it is.
@@ -99,6 +107,7 @@ impl Phantoms {
                     return; // acknowledged without a version: no place in the order
                 }
                 let s = k.writes.entry(write).or_default();
+                s.time = s.time.max(inv.time);
                 match (ev.kind, version) {
                     (EventType::Ok, Some(v)) => {
                         if s.last_ok.is_none_or(|(i, _)| inv.index > i) {
@@ -117,7 +126,8 @@ impl Phantoms {
             OpKind::Read | OpKind::DbRead | OpKind::FinalRead if ev.kind == EventType::Ok => {
                 let Some(v) = value else { return }; // a miss
                 let version = v.version.unwrap_or_default();
-                if phantom(k, &v.write, version).is_some() {
+                let forgotten = k.forgot && v.write != "init" && !k.writes.contains_key(&v.write);
+                if !forgotten && phantom(k, &v.write, version).is_some() {
                     k.suspects.push(Suspect {
                         index: inv.index,
                         at: ev.index,
@@ -128,6 +138,33 @@ impl Phantoms {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// How many write ids' states and suspects it holds.
+    pub(super) fn remembered(&self) -> usize {
+        self.keys
+            .values()
+            .map(|k| k.writes.len() + k.suspects.len())
+            .sum()
+    }
+
+    /// Forgets the states of the write ids last written before `cutoff`, and the
+    /// suspects that name them (they cannot be decided any more).
+    pub(super) fn prune(&mut self, cutoff: u64) {
+        for k in self.keys.values_mut() {
+            let mut gone = FxHashSet::default();
+            k.writes.retain(|id, s| {
+                let keep = s.time >= cutoff;
+                if !keep {
+                    gone.insert(id.clone());
+                }
+                keep
+            });
+            if !gone.is_empty() {
+                k.forgot = true;
+                k.suspects.retain(|s| !gone.contains(&s.write));
+            }
         }
     }
 
