@@ -8,7 +8,8 @@
 //! bench's allocator) after each quarter of the history, fed straight to it: what
 //! grows with the operations rather than with the keys shows as bytes per operation.
 //!
-//! `cargo bench --bench live` (`COHERENCE_BENCH_OPS`, 200000, tunes it).
+//! `cargo bench --bench live` (`COHERENCE_BENCH_OPS`, 200000, tunes it;
+//! `COHERENCE_BENCH_STRETCH` stretches the times of the memory part).
 //! `COHERENCE_BENCH_HISTORY=path/history.jsonl` replays a recorded history instead (a
 //! lab run's, with its observers' events: the slow-invalidation judge at work; the
 //! recorder stamps the events anew, so its detections are not the run's).
@@ -121,9 +122,31 @@ fn main() {
 
     // What the checker holds as the history goes on: fed on this thread, so that the
     // heap it keeps is what this thread allocated and did not free.
+    // `COHERENCE_BENCH_STRETCH=F` makes its times F times later: a history of seconds
+    // spans minutes, past what the checker remembers (`live::MEMORY`), at a rate F
+    // times lower.
+    let stretch: u64 = std::env::var("COHERENCE_BENCH_STRETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
     let lines: Vec<String> = events
         .iter()
-        .map(|e| serde_json::to_string(e).unwrap())
+        .map(|e| {
+            let mut v = serde_json::to_value(e).unwrap();
+            let scale = |t: Option<&mut serde_json::Value>| {
+                if let Some(t) = t {
+                    if let Some(n) = t.as_u64() {
+                        *t = (n * stretch).into();
+                    }
+                }
+            };
+            scale(v.get_mut("time"));
+            if let Some(value) = v.get_mut("value").and_then(|x| x.as_object_mut()) {
+                scale(value.get_mut("from"));
+                scale(value.get_mut("to"));
+            }
+            v.to_string()
+        })
         .collect();
     drop(events);
     let base = HELD.load(Ordering::Relaxed);
