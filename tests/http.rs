@@ -94,6 +94,66 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
     found
 }
 
+/// The reads through a region's service (whose values a commit showed) and, of them,
+/// the stale ones at Δ = 0 counting only writes made through the same region's
+/// service: those its own deletions were to make fresh, apart from the other regions'
+/// caches, which these designs never delete.
+fn own_region_stale_reads(run: &str) -> (usize, usize) {
+    use std::collections::HashMap;
+    let events = history(run);
+    let mut version: HashMap<(String, String), i64> = HashMap::new();
+    for e in events.iter().filter(|e| e["f"] == "commit") {
+        if let (Some(k), Some(w), Some(v)) = (
+            e["key"].as_str(),
+            e["value"]["write"].as_str(),
+            e["value"]["version"].as_i64(),
+        ) {
+            version.entry((k.into(), w.into())).or_insert(v);
+        }
+    }
+    let mut invoked: HashMap<String, u64> = HashMap::new();
+    // Per (key, region): the acknowledged writes in time order, as (time, the highest
+    // version acknowledged so far).
+    let mut acked: HashMap<(String, String), Vec<(u64, i64)>> = HashMap::new();
+    let mut reads = Vec::new();
+    for e in &events {
+        let (process, time) = (e["process"].to_string(), e["time"].as_u64().unwrap_or(0));
+        if e["type"] == "invoke" {
+            invoked.insert(process, time);
+            continue;
+        }
+        let Some(region) = e["node"].as_str().and_then(|n| n.strip_prefix("app:")) else {
+            continue;
+        };
+        let (Some(k), Some(w)) = (e["key"].as_str(), e["value"]["write"].as_str()) else {
+            continue;
+        };
+        let Some(&v) = version.get(&(k.to_string(), w.to_string())) else {
+            continue;
+        };
+        let at = (k.to_string(), region.to_string());
+        match (e["type"].as_str(), e["f"].as_str()) {
+            (Some("ok"), Some("write")) => {
+                let list = acked.entry(at).or_default();
+                let most = list.last().map_or(v, |l| l.1.max(v));
+                list.push((time, most));
+            }
+            (Some("ok"), Some("read")) => reads.push((at, v, invoked[&process])),
+            _ => {}
+        }
+    }
+    let stale = reads
+        .iter()
+        .filter(|(at, v, began)| {
+            acked.get(at).is_some_and(|list| {
+                let before = list.partition_point(|w| w.0 < *began);
+                before > 0 && list[before - 1].1 > *v
+            })
+        })
+        .count();
+    (stale, reads.len())
+}
+
 /// Every event of a run's history.
 fn history(run: &str) -> Vec<serde_json::Value> {
     std::fs::read_to_string(Path::new(run).join("history.jsonl"))
@@ -190,7 +250,6 @@ fn the_http_workload_judges_each_design_of_the_lab_service() {
         events.iter().any(|e| e["f"] == "commit"),
         "no commit observed"
     );
-    let stale_after = count(&r, "stale-read");
     // The cache observer read back what the service set: samples show what the nodes
     // held, and the region the service never deletes misses invalidations.
     assert!(
@@ -231,8 +290,13 @@ fn the_http_workload_judges_each_design_of_the_lab_service() {
         r["anomaly-counts"]
     );
 
-    // delayed-double-delete: fewer stale reads than delete-after-commit at the same
-    // seed, but not none (the other region is never deleted; the window stays).
+    // delayed-double-delete: its first DEL comes before the commit, as
+    // delete-before-commit's, and its second, 500 ms later, removes what a reader
+    // refilled meanwhile: in the writer's own region, a smaller share of the reads are
+    // stale than under delete-before-commit, but not none (nor elsewhere: the other
+    // region's cache is never deleted). (Against delete-after-commit the totals say
+    // nothing: the other region's stale reads, the same under both designs, are most
+    // of them and vary by a third from run to run, and its own-region window is wider.)
     let (o, double) = run(
         &campaign(dir, "delayed-double-delete", "none"),
         store_s,
@@ -240,10 +304,20 @@ fn the_http_workload_judges_each_design_of_the_lab_service() {
     );
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let r = results(&double);
-    let stale_double = count(&r, "stale-read");
+    assert!(count(&r, "stale-read") > 0, "{:#}", r["anomaly-counts"]);
+    let (own_double, reads_double) = own_region_stale_reads(&double);
+    let (own_before, reads_before) = own_region_stale_reads(&before);
+    let share = |stale: usize, reads: usize| stale as f64 / reads.max(1) as f64;
+    eprintln!(
+        "own-region stale reads: delayed-double-delete {own_double} of {reads_double}, \
+         delete-before-commit {own_before} of {reads_before}"
+    );
     assert!(
-        stale_double > 0 && stale_double < stale_after,
-        "delayed double delete {stale_double}, delete-after-commit {stale_after}"
+        own_double > 0
+            && reads_double > 100
+            && share(own_double, reads_double) < share(own_before, reads_before),
+        "own-region stale reads: delayed double delete {own_double} of {reads_double}, \
+         delete-before-commit {own_before} of {reads_before}"
     );
 
     // versioned with the outbox relay, no faults: valid at Δ = 0 in the writer's
