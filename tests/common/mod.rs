@@ -162,7 +162,8 @@ pub fn sentinel_moved_a_primary() -> Vec<String> {
 
 /// Holds a run's online checker to its offline check (issue 14): every live count is
 /// at most the offline count of its kind, and with `exact` (a history whose values
-/// carry their versions, at any bound) equal to it, but for slow invalidations; at a staleness bound of 0 the
+/// carry their versions, at any bound) equal to it, but for slow and missing
+/// invalidations; at a staleness bound of 0 the
 /// stale reads are equal in any history (live waits for the commits that tell a
 /// version). Returns `results` for chaining.
 #[allow(dead_code)]
@@ -177,8 +178,11 @@ pub fn live_agrees(results: serde_json::Value, exact: bool) -> serde_json::Value
         let n = n.as_u64().unwrap();
         assert!(n <= offline, "{kind}: live {n} > offline {offline}");
         // Live leaves a slow invalidation it could not settle in time (a kill, a read
-        // in flight for long) to the offline check: at most, never exactly.
-        if exact && kind != "slow-invalidation" {
+        // in flight for long) to the offline check, and a missing one wherever any
+        // kill or failover happened (offline: only where it hit the watched node): at
+        // most, never exactly. (A run of lab-notify-partitions, whose invalidator is
+        // killed, had live 1 against offline 1041.)
+        if exact && kind != "slow-invalidation" && kind != "missing-invalidation" {
             assert_eq!(n, offline, "{kind}: live {n}, offline {offline}");
         }
     }
