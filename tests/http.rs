@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{coherence, lab_up, run_dir, text};
+use common::{coherence, coherence_env, lab_up, run_dir, text};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,19 +59,17 @@ fn run_with(
     limit: &str,
     env: &[(&str, &str)],
 ) -> (std::process::Output, String) {
-    let o = std::process::Command::new(env!("CARGO_BIN_EXE_coherence"))
-        .args([
+    let o = coherence_env(
+        &[
             "run",
             campaign.to_str().unwrap(),
             "--time-limit",
             limit,
             "--store",
             store,
-        ])
-        .envs(env.iter().copied())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run coherence");
+        ],
+        env,
+    );
     let dir = run_dir(&text(&o));
     (o, dir)
 }

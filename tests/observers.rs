@@ -125,7 +125,7 @@ impl Run {
     /// node hold it.
     fn stale_at_the_end(&self, a: &Value) -> bool {
         let ops = a["ops"].as_array().unwrap();
-        let write = ops.iter().find(|o| o["f"] == "write").unwrap();
+        let write = write_of(a);
         let held = ops.iter().find(|o| o["node"] == a["node"]).unwrap();
         let held_at = if held["f"] == "fill" {
             ns(&held["complete_ns"])
@@ -145,6 +145,16 @@ impl Run {
                     .as_i64()
                     .is_some_and(|v| v < write["version"].as_i64().unwrap())
             })
+    }
+
+    /// The missing-invalidation anomalies results.json lists.
+    fn missing(&self) -> Vec<&Value> {
+        self.results["anomalies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["name"] == "missing-invalidation")
+            .collect()
     }
 
     fn check(&self, name: &str) -> &Value {
@@ -172,6 +182,16 @@ impl Drop for Store {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// The write of an anomaly's operations.
+fn write_of(a: &Value) -> &Value {
+    a["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["f"] == "write")
+        .unwrap()
 }
 
 fn ns(v: &Value) -> u64 {
@@ -284,16 +304,11 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
         .unwrap_or_else(|| panic!("no observer-gap of {killed_node}:\n{}", run.said));
     let demoted = run.demoted(&nodes);
     eprintln!("notify: Sentinel had demoted {demoted:?} by the end");
-    let listed: Vec<&Value> = run.results["anomalies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["name"] == "missing-invalidation")
-        .collect();
+    let listed = run.missing();
     assert!(!listed.is_empty());
     for a in &listed {
         let ops = a["ops"].as_array().unwrap();
-        let write = ops.iter().find(|o| o["f"] == "write").unwrap();
+        let write = write_of(a);
         let held = ops.iter().find(|o| o["node"] == a["node"]).unwrap();
         let held_at = if held["f"] == "fill" {
             ns(&held["complete_ns"])
@@ -424,12 +439,7 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
         ns(&r2["invalidated"]) > 0 && ns(&r1["invalidated"]) > 0,
         "{r1}\n{r2}"
     );
-    let listed: Vec<&Value> = run.results["anomalies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|a| a["name"] == "missing-invalidation")
-        .collect();
+    let listed = run.missing();
     assert!(!listed.is_empty());
     for a in &listed {
         assert!(
@@ -437,12 +447,7 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
             "a missing invalidation outside the partitioned region: {a}"
         );
         assert_eq!(a["cause"]["kind"], "partition", "{a}");
-        let write = a["ops"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["f"] == "write")
-            .unwrap();
+        let write = write_of(a);
         assert!(
             (cut..healed).contains(&ns(&write["complete_ns"])),
             "a missing invalidation of a write acknowledged outside the partition: {a}"
@@ -482,13 +487,11 @@ fn observers_see_lost_invalidations_their_own_gaps_and_a_failover() {
             assert_eq!(l["missing"], 0, "{node}: {l}");
         }
     }
-    for a in run.results["anomalies"].as_array().unwrap() {
-        if a["name"] == "missing-invalidation" {
-            assert!(
-                demoted.iter().any(|d| a["node"] == d.as_str()) && run.stale_at_the_end(a),
-                "{a}"
-            );
-        }
+    for a in run.missing() {
+        assert!(
+            demoted.iter().any(|d| a["node"] == d.as_str()) && run.stale_at_the_end(a),
+            "{a}"
+        );
     }
     for region in ["r1", "r2"] {
         let l = run.lag("per_region", region);

@@ -8,8 +8,14 @@ use std::process::{Command, Output};
 
 /// Runs `coherence` with `args` from the project's root, as a user would.
 pub fn coherence(args: &[&str]) -> Output {
+    coherence_env(args, &[])
+}
+
+/// [`coherence`], with the environment variables `env` set for it.
+pub fn coherence_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_coherence"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run coherence")

@@ -531,12 +531,13 @@ impl Judge {
             self.nodes.retain(|_, nk| {
                 !(nk.evidence.is_empty() && nk.changes.is_empty() && nk.waiters.is_empty())
             });
-            self.commits
-                .retain(|_, c| c.1 >= cutoff.saturating_sub(HORIZON));
+            // Commits and claims come near their write's: kept a horizon longer.
+            let kept_from = cutoff.saturating_sub(HORIZON);
+            self.commits.retain(|_, c| c.1 >= kept_from);
             for c in self.claims.values_mut() {
                 let mut forgot = c.forgot_to;
                 c.by_version.retain(|&v, w| {
-                    let keep = w.1 >= cutoff.saturating_sub(HORIZON);
+                    let keep = w.1 >= kept_from;
                     if !keep {
                         forgot = forgot.max(Some(v));
                     }
